@@ -1,0 +1,463 @@
+/* gilhook.c — see gilhook.h for the contract. */
+#include "gilhook.h"
+#include "ledger.h"
+
+#include <dlfcn.h>
+#include <elf.h>
+#include <errno.h>
+#include <link.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+/* sem_clockwait appeared in glibc 2.30: bind weakly so older systems still load us. */
+#pragma weak sem_clockwait
+
+/* CPython's struct _gil_runtime_state, 3.9–3.13 (pycore_gil.h), without Py_GIL_DISABLED:
+ *   unsigned long interval; void *last_holder; int locked; unsigned long switch_number;
+ *   pthread_cond_t cond; pthread_mutex_t mutex; pthread_cond_t switch_cond; ... */
+#define GIL_COND_TO_INTERVAL (-(ptrdiff_t)(4 * sizeof(unsigned long)))
+#define GIL_COND_TO_LOCKED (-(ptrdiff_t)(2 * sizeof(unsigned long)))
+#define GIL_COND_TO_SWITCH_NUMBER (-(ptrdiff_t)sizeof(unsigned long))
+#define GIL_COND_TO_SWITCH_COND ((ptrdiff_t)(sizeof(pthread_cond_t) + sizeof(pthread_mutex_t)))
+
+static _Atomic(void *) g_gil_cond;
+static _Atomic(void *) g_switch_cond;
+
+static __thread int tls_calibrating __attribute__((tls_model("initial-exec")));
+static __thread int tls_cal_count __attribute__((tls_model("initial-exec")));
+static __thread void *tls_cal_conds[GLA_CAL_MAX] __attribute__((tls_model("initial-exec")));
+
+static inline uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* vDSO: no system call */
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static inline int is_gil_cond(const void *cond)
+{
+    return cond == atomic_load_explicit(&g_gil_cond, memory_order_relaxed) ||
+           cond == atomic_load_explicit(&g_switch_cond, memory_order_relaxed);
+}
+
+static void calibration_note(void *cond)
+{
+    for (int i = 0; i < tls_cal_count; i++)
+        if (tls_cal_conds[i] == cond)
+            return;
+    if (tls_cal_count < GLA_CAL_MAX)
+        tls_cal_conds[tls_cal_count++] = cond;
+}
+
+static inline void account(gla_wait_kind kind, uint64_t t0)
+{
+    uint64_t dt = mono_ns() - t0;
+    gla_thread *t = gla_ledger_self_nosys();
+    if (t)
+        gla_ledger_add_wait(t, kind, dt);
+}
+
+/* ---- wrappers ----------------------------------------------------------------------- */
+
+static int hook_cond_timedwait(pthread_cond_t *cond, pthread_mutex_t *mutex,
+                               const struct timespec *abstime)
+{
+    if (__builtin_expect(!is_gil_cond(cond), 1)) {
+        if (__builtin_expect(tls_calibrating, 0))
+            calibration_note(cond);
+        return pthread_cond_timedwait(cond, mutex, abstime);
+    }
+    uint64_t t0 = mono_ns();
+    int rc = pthread_cond_timedwait(cond, mutex, abstime);
+    account(GLA_GIL_WAIT, t0);
+    return rc;
+}
+
+static int hook_cond_wait(pthread_cond_t *cond, pthread_mutex_t *mutex)
+{
+    if (__builtin_expect(!is_gil_cond(cond), 1)) {
+        if (__builtin_expect(tls_calibrating, 0))
+            calibration_note(cond);
+        return pthread_cond_wait(cond, mutex);
+    }
+    uint64_t t0 = mono_ns();
+    int rc = pthread_cond_wait(cond, mutex);
+    account(GLA_GIL_WAIT, t0);
+    return rc;
+}
+
+static int hook_sem_wait(sem_t *sem)
+{
+    uint64_t t0 = mono_ns();
+    int rc = sem_wait(sem);
+    account(GLA_LOCK_WAIT, t0);
+    return rc;
+}
+
+static int hook_sem_timedwait(sem_t *sem, const struct timespec *abstime)
+{
+    uint64_t t0 = mono_ns();
+    int rc = sem_timedwait(sem, abstime);
+    account(GLA_LOCK_WAIT, t0);
+    return rc;
+}
+
+static int hook_sem_clockwait(sem_t *sem, clockid_t clock, const struct timespec *abstime)
+{
+    uint64_t t0 = mono_ns();
+    int rc = sem_clockwait(sem, clock, abstime);
+    account(GLA_LOCK_WAIT, t0);
+    return rc;
+}
+
+/* Threads the interpreter creates register in the ledger before running anything, so
+ * their start is exact and their final totals are kept when they exit. */
+typedef struct {
+    void *(*start)(void *);
+    void *arg;
+} start_trampoline;
+
+static void *thread_trampoline(void *p)
+{
+    start_trampoline tr = *(start_trampoline *)p;
+    free(p);
+    gla_ledger_self();
+    return tr.start(tr.arg);
+}
+
+static int hook_pthread_create(pthread_t *thread, const pthread_attr_t *attr,
+                               void *(*start)(void *), void *arg)
+{
+    start_trampoline *tr = malloc(sizeof *tr);
+    if (!tr)
+        return pthread_create(thread, attr, start, arg);
+    tr->start = start;
+    tr->arg = arg;
+    int rc = pthread_create(thread, attr, thread_trampoline, tr);
+    if (rc != 0)
+        free(tr);
+    return rc;
+}
+
+/* ---- GOT patching ------------------------------------------------------------------- */
+
+typedef struct {
+    const char *name;
+    void *wrapper;
+    const char *skip_version; /* version whose imports are left alone, or NULL */
+    int is_sem; /* 0: condition wait, 1: semaphore wait, 2: thread creation */
+} hook_target;
+
+static const hook_target g_targets[] = {
+    {"pthread_cond_timedwait", (void *)hook_cond_timedwait, "GLIBC_2.2.5", 0},
+    {"pthread_cond_wait", (void *)hook_cond_wait, "GLIBC_2.2.5", 0},
+    {"sem_wait", (void *)hook_sem_wait, NULL, 1},
+    {"sem_timedwait", (void *)hook_sem_timedwait, NULL, 1},
+    {"sem_clockwait", (void *)hook_sem_clockwait, NULL, 1},
+    {"pthread_create", (void *)hook_pthread_create, NULL, 2},
+};
+#define N_TARGETS (sizeof g_targets / sizeof g_targets[0])
+
+#define MAX_PATCHED 64
+typedef struct {
+    void **slot;
+    void *original;
+    int in_relro;
+} patched_slot;
+
+static pthread_mutex_t g_hook_lock = PTHREAD_MUTEX_INITIALIZER;
+static patched_slot g_patched[MAX_PATCHED];
+static int g_npatched;
+static gla_hook_status g_status;
+
+typedef struct {
+    const void *anchor;
+    int found;
+    int err;
+} install_ctx;
+
+static uintptr_t dyn_ptr(uintptr_t base, uintptr_t value)
+{
+    /* glibc relocates most d_ptr entries in place; some loaders do not. */
+    return (base != 0 && value < base) ? value + base : value;
+}
+
+/* Name of symbol index sym's required version, or NULL (unversioned / local). */
+static const char *symbol_version(const ElfW(Half) *versym, const ElfW(Verneed) *verneed,
+                                  size_t verneednum, const char *strtab, size_t sym)
+{
+    if (!versym || !verneed)
+        return NULL;
+    ElfW(Half) idx = versym[sym] & 0x7fff;
+    if (idx <= 1)
+        return NULL;
+    const ElfW(Verneed) *vn = verneed;
+    for (size_t i = 0; i < verneednum; i++) {
+        const ElfW(Vernaux) *aux = (const ElfW(Vernaux) *)(const void *)((const char *)vn + vn->vn_aux);
+        for (ElfW(Half) j = 0; j < vn->vn_cnt; j++) {
+            if (aux->vna_other == idx)
+                return strtab + aux->vna_name;
+            aux = (const ElfW(Vernaux) *)(const void *)((const char *)aux + aux->vna_next);
+        }
+        if (vn->vn_next == 0)
+            break;
+        vn = (const ElfW(Verneed) *)(const void *)((const char *)vn + vn->vn_next);
+    }
+    return NULL;
+}
+
+static int patch_slot(void **slot, void *value, uintptr_t relro_lo, uintptr_t relro_hi)
+{
+    uintptr_t addr = (uintptr_t)slot;
+    int in_relro = addr >= relro_lo && addr < relro_hi;
+    long page = sysconf(_SC_PAGESIZE);
+    uintptr_t page_start = addr & ~((uintptr_t)page - 1);
+    if (in_relro && mprotect((void *)page_start, (size_t)page, PROT_READ | PROT_WRITE) != 0)
+        return -errno;
+    __atomic_store_n(slot, value, __ATOMIC_RELEASE);
+    if (in_relro)
+        mprotect((void *)page_start, (size_t)page, PROT_READ);
+    return 0;
+}
+
+static void patch_relocs(const ElfW(Rela) *rela, size_t count, uintptr_t base,
+                         const ElfW(Sym) *symtab, const char *strtab,
+                         const ElfW(Half) *versym, const ElfW(Verneed) *verneed,
+                         size_t verneednum, uintptr_t relro_lo, uintptr_t relro_hi, int *err)
+{
+    for (size_t i = 0; i < count; i++) {
+        unsigned long type = ELF64_R_TYPE(rela[i].r_info);
+#if defined(__x86_64__)
+        if (type != R_X86_64_JUMP_SLOT && type != R_X86_64_GLOB_DAT)
+            continue;
+#elif defined(__aarch64__)
+        if (type != R_AARCH64_JUMP_SLOT && type != R_AARCH64_GLOB_DAT)
+            continue;
+#else
+        (void)type;
+        continue;
+#endif
+        size_t sym = ELF64_R_SYM(rela[i].r_info);
+        const char *name = strtab + symtab[sym].st_name;
+        for (size_t k = 0; k < N_TARGETS; k++) {
+            if (strcmp(name, g_targets[k].name) != 0)
+                continue;
+            const char *version = symbol_version(versym, verneed, verneednum, strtab, sym);
+            if (g_targets[k].skip_version && version &&
+                strcmp(version, g_targets[k].skip_version) == 0)
+                break;
+            if (g_npatched >= MAX_PATCHED)
+                break;
+            void **slot = (void **)(base + rela[i].r_offset);
+            void *original = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+            int rc = patch_slot(slot, g_targets[k].wrapper, relro_lo, relro_hi);
+            if (rc < 0) {
+                *err = rc;
+                break;
+            }
+            g_patched[g_npatched].slot = slot;
+            g_patched[g_npatched].original = original;
+            g_patched[g_npatched].in_relro = (uintptr_t)slot >= relro_lo && (uintptr_t)slot < relro_hi;
+            g_npatched++;
+            if (g_targets[k].is_sem == 1)
+                g_status.slots_sem++;
+            else if (g_targets[k].is_sem == 0)
+                g_status.slots_cond++;
+            else
+                g_status.slots_create++;
+            break;
+        }
+    }
+}
+
+static int install_in_object(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    install_ctx *ctx = data;
+    uintptr_t base = info->dlpi_addr;
+    uintptr_t anchor = (uintptr_t)ctx->anchor;
+    int contains = 0;
+    const ElfW(Dyn) *dyn = NULL;
+    uintptr_t relro_lo = 0, relro_hi = 0;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uintptr_t lo = base + ph->p_vaddr, hi = lo + ph->p_memsz;
+        if (ph->p_type == PT_LOAD && anchor >= lo && anchor < hi)
+            contains = 1;
+        else if (ph->p_type == PT_DYNAMIC)
+            dyn = (const ElfW(Dyn) *)lo;
+        else if (ph->p_type == PT_GNU_RELRO) {
+            relro_lo = lo;
+            relro_hi = hi;
+        }
+    }
+    if (!contains)
+        return 0;
+    ctx->found = 1;
+    snprintf(g_status.object, sizeof g_status.object, "%s", info->dlpi_name);
+    if (!dyn) {
+        ctx->err = -ENOENT;
+        return 1;
+    }
+    const ElfW(Sym) *symtab = NULL;
+    const char *strtab = NULL;
+    const ElfW(Rela) *jmprel = NULL, *rela = NULL;
+    size_t pltrelsz = 0, relasz = 0, verneednum = 0;
+    const ElfW(Half) *versym = NULL;
+    const ElfW(Verneed) *verneed = NULL;
+    for (const ElfW(Dyn) *d = dyn; d->d_tag != DT_NULL; d++) {
+        switch (d->d_tag) {
+        case DT_SYMTAB: symtab = (const ElfW(Sym) *)dyn_ptr(base, d->d_un.d_ptr); break;
+        case DT_STRTAB: strtab = (const char *)dyn_ptr(base, d->d_un.d_ptr); break;
+        case DT_JMPREL: jmprel = (const ElfW(Rela) *)dyn_ptr(base, d->d_un.d_ptr); break;
+        case DT_PLTRELSZ: pltrelsz = d->d_un.d_val; break;
+        case DT_RELA: rela = (const ElfW(Rela) *)dyn_ptr(base, d->d_un.d_ptr); break;
+        case DT_RELASZ: relasz = d->d_un.d_val; break;
+        case DT_VERSYM: versym = (const ElfW(Half) *)dyn_ptr(base, d->d_un.d_ptr); break;
+        case DT_VERNEED: verneed = (const ElfW(Verneed) *)dyn_ptr(base, d->d_un.d_ptr); break;
+        case DT_VERNEEDNUM: verneednum = d->d_un.d_val; break;
+        default: break;
+        }
+    }
+    if (!symtab || !strtab) {
+        ctx->err = -ENOENT;
+        return 1;
+    }
+    if (jmprel)
+        patch_relocs(jmprel, pltrelsz / sizeof(ElfW(Rela)), base, symtab, strtab, versym,
+                     verneed, verneednum, relro_lo, relro_hi, &ctx->err);
+    if (rela)
+        patch_relocs(rela, relasz / sizeof(ElfW(Rela)), base, symtab, strtab, versym,
+                     verneed, verneednum, relro_lo, relro_hi, &ctx->err);
+    return 1;
+}
+
+static int restore_all(void)
+{
+    int err = 0;
+    for (int i = g_npatched - 1; i >= 0; i--) {
+        uintptr_t slot = (uintptr_t)g_patched[i].slot;
+        uintptr_t relro_lo = g_patched[i].in_relro ? slot : 0;
+        uintptr_t relro_hi = g_patched[i].in_relro ? slot + 1 : 0;
+        int rc = patch_slot(g_patched[i].slot, g_patched[i].original, relro_lo, relro_hi);
+        if (rc < 0)
+            err = rc;
+    }
+    g_npatched = 0;
+    return err;
+}
+
+int gla_hook_install(const void *anchor)
+{
+    const char *env = getenv("GIL_ADAPT_HOOK");
+    pthread_mutex_lock(&g_hook_lock);
+    int rc = 0;
+    if (g_status.installed)
+        goto out;
+    if (env && strcmp(env, "0") == 0) {
+        snprintf(g_status.reason, sizeof g_status.reason, "disabled by GIL_ADAPT_HOOK=0");
+        rc = -ECANCELED;
+        goto out;
+    }
+#if !defined(__x86_64__) && !defined(__aarch64__)
+    snprintf(g_status.reason, sizeof g_status.reason, "GOT hook not implemented for this CPU");
+    rc = -ENOSYS;
+    goto out;
+#endif
+    gla_ledger_init();
+    g_status.slots_cond = g_status.slots_sem = g_status.slots_create = 0;
+    install_ctx ctx = {anchor, 0, 0};
+    dl_iterate_phdr(install_in_object, &ctx);
+    if (!ctx.found) {
+        snprintf(g_status.reason, sizeof g_status.reason, "no loaded object contains the interpreter");
+        rc = -ENOENT;
+    } else if (ctx.err < 0) {
+        restore_all();
+        snprintf(g_status.reason, sizeof g_status.reason, "patching the GOT failed: %s", strerror(-ctx.err));
+        rc = ctx.err;
+    } else if (g_status.slots_cond == 0) {
+        restore_all();
+        snprintf(g_status.reason, sizeof g_status.reason,
+                 "the interpreter does not import pthread_cond_timedwait@GLIBC_2.3.2 through its GOT");
+        rc = -ENOENT;
+    } else {
+        g_status.installed = 1;
+        g_status.reason[0] = '\0';
+    }
+out:
+    pthread_mutex_unlock(&g_hook_lock);
+    return rc;
+}
+
+int gla_hook_uninstall(void)
+{
+    pthread_mutex_lock(&g_hook_lock);
+    int rc = 0;
+    if (g_status.installed) {
+        rc = restore_all();
+        g_status.installed = 0;
+        g_status.slots_cond = g_status.slots_sem = g_status.slots_create = 0;
+    }
+    pthread_mutex_unlock(&g_hook_lock);
+    return rc;
+}
+
+void gla_hook_get_status(gla_hook_status *out)
+{
+    pthread_mutex_lock(&g_hook_lock);
+    *out = g_status;
+    out->gil_known = atomic_load(&g_gil_cond) != NULL;
+    pthread_mutex_unlock(&g_hook_lock);
+}
+
+void gla_hook_set_gil(void *gil_cond)
+{
+    void *sw = gil_cond ? (void *)((char *)gil_cond + GIL_COND_TO_SWITCH_COND) : NULL;
+    atomic_store(&g_switch_cond, sw);
+    atomic_store(&g_gil_cond, gil_cond);
+}
+
+void *gla_hook_gil(void) { return atomic_load(&g_gil_cond); }
+
+long long gla_gil_switches(void)
+{
+    const char *cond = atomic_load(&g_gil_cond);
+    if (!cond)
+        return -1;
+    return (long long)__atomic_load_n((const unsigned long *)(const void *)(cond + GIL_COND_TO_SWITCH_NUMBER),
+                                      __ATOMIC_RELAXED);
+}
+
+void gla_hook_calibrate_begin(void)
+{
+    tls_cal_count = 0;
+    tls_calibrating = 1;
+}
+
+int gla_hook_calibrate_end(void **conds, int cap)
+{
+    tls_calibrating = 0;
+    int n = tls_cal_count < cap ? tls_cal_count : cap;
+    for (int i = 0; i < n; i++)
+        conds[i] = tls_cal_conds[i];
+    return n;
+}
+
+int gla_gil_layout_ok(const void *cond, unsigned long switch_interval_us, const void *lo, const void *hi)
+{
+    const char *c = cond;
+    if (!c)
+        return 0;
+    if (hi > lo && ((const char *)cond < (const char *)lo || (const char *)cond >= (const char *)hi))
+        return 0;
+    unsigned long interval = __atomic_load_n((const unsigned long *)(const void *)(c + GIL_COND_TO_INTERVAL), __ATOMIC_RELAXED);
+    int locked = __atomic_load_n((const int *)(const void *)(c + GIL_COND_TO_LOCKED), __ATOMIC_RELAXED);
+    return interval == switch_interval_us && (locked == 0 || locked == 1);
+}

@@ -1,0 +1,81 @@
+/* gilhook.h — exact GIL and lock waits by patching the interpreter's GOT (measure).
+ *
+ * Contract
+ * --------
+ * gla_hook_install(anchor) patches, in the one loaded ELF object that contains the
+ * address `anchor` (the interpreter: the object defining PyEval_SaveThread), the GOT
+ * slots (JUMP_SLOT and GLOB_DAT relocations) of:
+ *   pthread_cond_timedwait / pthread_cond_wait  (only the GLIBC_2.3.2 ABI, never the old
+ *                                                GLIBC_2.2.5 one)
+ *   sem_wait / sem_timedwait / sem_clockwait     (Python-level lock waits)
+ *   pthread_create                               (new threads register in the ledger
+ *                                                 before their start routine runs)
+ * The wrappers call libc's functions directly (never the saved slot, which may hold the
+ * lazy-binding stub) and add the time spent to the calling thread's ledger record:
+ *   - a condition wait counts as GLA_GIL_WAIT only if its condition variable is the
+ *     GIL's (set by gla_hook_set_gil) or the GIL's switch condition; others pass through;
+ *   - a semaphore wait counts as GLA_LOCK_WAIT.
+ * Inside a GIL wait the wrapper runs with the GIL's mutex held: it does two
+ * CLOCK_MONOTONIC reads (vDSO), an atomic add, and nothing else — no system call, no
+ * allocation, no lazily allocated TLS.
+ *
+ * install is idempotent (a second call returns 0 and changes nothing); uninstall
+ * restores every patched slot; a thread already inside a wrapper finishes normally
+ * (the wrappers live in this object, which is never unloaded). Both serialize on an
+ * internal lock. The environment variable GIL_ADAPT_HOOK=0 makes install return
+ * -ECANCELED without patching.
+ *
+ * Calibration: gla_hook_calibrate_begin() makes the calling thread record the condition
+ * variables it waits on (up to GLA_CAL_MAX); gla_hook_calibrate_end() returns them.
+ * The caller (module binding) arranges a real GIL hand-off in between and validates the
+ * candidate with gla_gil_layout_ok() before calling gla_hook_set_gil().
+ */
+#ifndef GIL_ADAPT_GILHOOK_H
+#define GIL_ADAPT_GILHOOK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define GLA_CAL_MAX 8
+
+typedef struct {
+    int installed;          /* 1 while slots are patched */
+    int slots_cond;         /* GOT slots patched for condition waits */
+    int slots_sem;          /* GOT slots patched for semaphore waits */
+    int slots_create;       /* GOT slots patched for pthread_create (registration) */
+    int gil_known;          /* the GIL's condition variable is set */
+    char object[256];       /* path of the patched object ("" = main executable) */
+    char reason[256];       /* why not installed / not exact, when applicable */
+} gla_hook_status;
+
+/* 0 on success (or already installed); -ECANCELED (GIL_ADAPT_HOOK=0), -ENOENT (no
+ * object contains anchor / nothing to patch), or -errno; reason in gla_hook_get_status. */
+int gla_hook_install(const void *anchor);
+int gla_hook_uninstall(void);
+void gla_hook_get_status(gla_hook_status *out);
+
+/* Tells the wrappers which condition variable is the GIL's. The switch condition is
+ * derived from CPython's struct _gil_runtime_state layout (cond, mutex, switch_cond). */
+void gla_hook_set_gil(void *gil_cond);
+void *gla_hook_gil(void);
+
+/* Number of GIL hand-offs so far (CPython's gil->switch_number), or -1 if unknown. */
+long long gla_gil_switches(void);
+
+void gla_hook_calibrate_begin(void);
+int gla_hook_calibrate_end(void **conds, int cap);
+
+/* Checks a candidate GIL condition variable against CPython's struct layout: the
+ * `interval` field (cond - 4 words) must equal switch_interval_us and `locked`
+ * (cond - 2 words) must be 0 or 1; and it must lie inside [lo, hi) when hi > lo. */
+int gla_gil_layout_ok(const void *cond, unsigned long switch_interval_us,
+                      const void *lo, const void *hi);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

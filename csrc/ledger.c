@@ -1,0 +1,514 @@
+/* ledger.c — see ledger.h for the contract.
+ *
+ * Layout: a static, append-only table of GLA_MAX_THREADS records (BSS: only the pages of
+ * records in use become resident). A record's slot is claimed with an atomic counter or,
+ * once the table has been filled, by reusing a record dead for GLA_DEAD_KEEP_NS. Lookups
+ * by tid scan the used part of the table; a thread does that once, then keeps its record
+ * in initial-exec TLS (no lazy TLS allocation, so the hook may use it).
+ *
+ * Partition of wall time (gla_sample_finish). The kernel's cpu and run-queue figures
+ * count everything, including the few microseconds of CPU and the run-queue delay that
+ * happen inside a GIL or lock wait (after the hand-off wakes the waiter it must still get
+ * a core). The hooks time each wait inclusively. Adding both would count that time twice
+ * (DESIGN.md §1, "accounting overlap"). The ledger therefore keeps, per record, the
+ * kernel's cpu and run-queue totals *at the edges of the waits it can see safely*
+ * (see gilhook.c: sampled after the wait, outside the GIL's mutex, when cheap) and
+ * defines:
+ *   gil_wait, lock_wait, idle : inclusive wait times (hooks / worker loop)
+ *   cpu, runq                  : kernel totals minus the share that fell inside waits
+ *   io_wait                    : wall - all of the above, >= 0
+ * When the in-wait share has not been sampled, the overlap is bounded by the excess of
+ * the sum over wall; gla_sample_finish removes exactly that excess (never more), so the
+ * states always add up to wall and none is negative.
+ */
+#include "ledger.h"
+#include "procstat.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+
+enum { SLOT_FREE = 0, SLOT_CLAIMED = 1, SLOT_LIVE = 2, SLOT_DEAD = 3 };
+
+struct gla_thread {
+    _Atomic int state;
+    _Atomic int tid;
+    _Atomic int registered;
+    _Atomic uint64_t generation;
+    _Atomic uint64_t start_ns;
+    _Atomic uint64_t end_ns;
+    _Atomic uint64_t wait_ns[GLA_NWAIT];
+    _Atomic uint64_t cpu_ns;      /* kernel total, last read (final once dead) */
+    _Atomic uint64_t runq_ns;
+    _Atomic uint64_t cpu_base_ns; /* kernel totals when accounting started */
+    _Atomic uint64_t runq_base_ns;
+    _Atomic int start_known;      /* start_ns is exact or read from /proc */
+    char name[GLA_NAME_LEN];      /* written and read under g_reader_lock only */
+};
+
+static struct gla_thread g_slots[GLA_MAX_THREADS];
+static _Atomic int g_used;      /* high-water mark of claimed slots */
+static _Atomic uint64_t g_dropped;
+static _Atomic int g_inited;
+static pthread_key_t g_exit_key;
+static int g_exit_key_ok;       /* key usable without allocation (index < 32) */
+static _Atomic long g_tid_offset = -1; /* offset of the tid in glibc's struct pthread */
+static pthread_mutex_t g_reader_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t g_init_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Totals of exited threads (under g_reader_lock). */
+static gla_sample g_exited;
+
+static void sample_record(struct gla_thread *t, gla_sample *s, uint64_t now);
+
+/* Folds a record that just died into the exited totals (g_reader_lock held). */
+static void add_exited(struct gla_thread *t)
+{
+    gla_sample s;
+    sample_record(t, &s, 0);
+    g_exited.wall_ns += s.wall_ns;
+    g_exited.cpu_ns += s.cpu_ns;
+    g_exited.runq_ns += s.runq_ns;
+    g_exited.gil_wait_ns += s.gil_wait_ns;
+    g_exited.lock_wait_ns += s.lock_wait_ns;
+    g_exited.idle_ns += s.idle_ns;
+    g_exited.io_wait_ns += s.io_wait_ns;
+    g_exited.overlap_ns += s.overlap_ns;
+}
+
+static __thread struct gla_thread *tls_self __attribute__((tls_model("initial-exec")));
+static __thread uint64_t tls_generation __attribute__((tls_model("initial-exec")));
+
+uint64_t gla_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static pid_t sys_gettid(void) { return (pid_t)syscall(SYS_gettid); }
+
+/* ---- tid without a system call ---------------------------------------------------- */
+
+/* Offsets (in ints) within the first bytes of struct pthread that hold the value v. */
+static int scan_for(const int *base, int v, unsigned char *hits, int nints)
+{
+    int n = 0;
+    for (int i = 0; i < nints; i++) {
+        if (base[i] == v) {
+            hits[i]++;
+            n++;
+        }
+    }
+    return n;
+}
+
+#define TID_SCAN_INTS 512
+static unsigned char g_tid_hits[TID_SCAN_INTS];
+
+static void *tid_probe_thread(void *arg)
+{
+    (void)arg;
+    scan_for((const int *)(void *)pthread_self(), (int)sys_gettid(), g_tid_hits, TID_SCAN_INTS);
+    return NULL;
+}
+
+/* Finds where glibc keeps the kernel tid in struct pthread: the offset must hold the
+ * caller's tid in this thread and in a fresh one (whose tid differs from the pid). */
+static void discover_tid_offset(void)
+{
+    memset(g_tid_hits, 0, sizeof g_tid_hits);
+    scan_for((const int *)(void *)pthread_self(), (int)sys_gettid(), g_tid_hits, TID_SCAN_INTS);
+    pthread_t probe;
+    if (pthread_create(&probe, NULL, tid_probe_thread, NULL) != 0)
+        return;
+    pthread_join(probe, NULL);
+    for (int i = 0; i < TID_SCAN_INTS; i++) {
+        if (g_tid_hits[i] == 2) {
+            atomic_store(&g_tid_offset, (long)i * (long)sizeof(int));
+            return;
+        }
+    }
+}
+
+static inline pid_t tid_nosys(void)
+{
+    long off = atomic_load_explicit(&g_tid_offset, memory_order_relaxed);
+    if (off < 0)
+        return 0;
+    return *(const pid_t *)(const void *)((const char *)(void *)pthread_self() + off);
+}
+
+/* ---- records ---------------------------------------------------------------------- */
+
+static void reset_record(struct gla_thread *t, pid_t tid, uint64_t start_ns)
+{
+    atomic_store_explicit(&t->tid, tid, memory_order_relaxed);
+    atomic_store_explicit(&t->registered, 0, memory_order_relaxed);
+    atomic_store_explicit(&t->start_ns, start_ns, memory_order_relaxed);
+    atomic_store_explicit(&t->end_ns, 0, memory_order_relaxed);
+    for (int k = 0; k < GLA_NWAIT; k++)
+        atomic_store_explicit(&t->wait_ns[k], 0, memory_order_relaxed);
+    atomic_store_explicit(&t->cpu_ns, 0, memory_order_relaxed);
+    atomic_store_explicit(&t->runq_ns, 0, memory_order_relaxed);
+    atomic_store_explicit(&t->cpu_base_ns, 0, memory_order_relaxed);
+    atomic_store_explicit(&t->runq_base_ns, 0, memory_order_relaxed);
+    atomic_store_explicit(&t->start_known, 0, memory_order_relaxed);
+    atomic_fetch_add_explicit(&t->generation, 1, memory_order_relaxed);
+}
+
+/* Claims a slot for tid (no system call, no allocation). */
+static struct gla_thread *claim_slot(pid_t tid, uint64_t now)
+{
+    int idx = atomic_fetch_add_explicit(&g_used, 1, memory_order_acq_rel);
+    if (idx < GLA_MAX_THREADS) {
+        struct gla_thread *t = &g_slots[idx];
+        int expect = SLOT_FREE;
+        if (atomic_compare_exchange_strong(&t->state, &expect, SLOT_CLAIMED)) {
+            reset_record(t, tid, now);
+            atomic_store_explicit(&t->state, SLOT_LIVE, memory_order_release);
+            return t;
+        }
+    } else {
+        atomic_store_explicit(&g_used, GLA_MAX_THREADS, memory_order_relaxed);
+    }
+    /* Table filled once: reuse a free slot (after fork) or one dead long enough. */
+    for (int i = 0; i < GLA_MAX_THREADS; i++) {
+        struct gla_thread *t = &g_slots[i];
+        int st = atomic_load_explicit(&t->state, memory_order_acquire);
+        if (st == SLOT_DEAD) {
+            uint64_t end = atomic_load_explicit(&t->end_ns, memory_order_relaxed);
+            if (now - end < GLA_DEAD_KEEP_NS)
+                continue;
+        } else if (st != SLOT_FREE) {
+            continue;
+        }
+        if (atomic_compare_exchange_strong(&t->state, &st, SLOT_CLAIMED)) {
+            reset_record(t, tid, now);
+            atomic_store_explicit(&t->state, SLOT_LIVE, memory_order_release);
+            return t;
+        }
+    }
+    atomic_fetch_add_explicit(&g_dropped, 1, memory_order_relaxed);
+    return NULL;
+}
+
+static struct gla_thread *find_live(pid_t tid)
+{
+    int used = atomic_load_explicit(&g_used, memory_order_acquire);
+    if (used > GLA_MAX_THREADS)
+        used = GLA_MAX_THREADS;
+    for (int i = 0; i < used; i++) {
+        struct gla_thread *t = &g_slots[i];
+        if (atomic_load_explicit(&t->state, memory_order_acquire) == SLOT_LIVE &&
+            atomic_load_explicit(&t->tid, memory_order_relaxed) == tid)
+            return t;
+    }
+    return NULL;
+}
+
+static inline struct gla_thread *tls_record(void)
+{
+    struct gla_thread *t = tls_self;
+    if (t && atomic_load_explicit(&t->generation, memory_order_relaxed) == tls_generation &&
+        atomic_load_explicit(&t->state, memory_order_relaxed) == SLOT_LIVE)
+        return t;
+    return NULL;
+}
+
+static void bind_tls(struct gla_thread *t, int may_set_key)
+{
+    tls_self = t;
+    tls_generation = atomic_load_explicit(&t->generation, memory_order_relaxed);
+    if (may_set_key && g_exit_key_ok)
+        pthread_setspecific(g_exit_key, t); /* first-level key: no allocation */
+}
+
+/* Final totals at thread exit (runs in the exiting thread, no lock of the GIL held). */
+static void on_thread_exit(void *arg)
+{
+    struct gla_thread *t = arg;
+    if (!t || atomic_load_explicit(&t->state, memory_order_acquire) != SLOT_LIVE)
+        return;
+    uint64_t cpu, runq, start;
+    if (!atomic_load_explicit(&t->start_known, memory_order_relaxed) &&
+        gla_read_thread_start_ns(0, &start) == 0) {
+        atomic_store_explicit(&t->start_ns, start, memory_order_relaxed);
+        atomic_store_explicit(&t->start_known, 1, memory_order_relaxed);
+    }
+    if (gla_read_schedstat(0, &cpu, &runq) == 0) {
+        atomic_store_explicit(&t->cpu_ns, cpu, memory_order_relaxed);
+        atomic_store_explicit(&t->runq_ns, runq, memory_order_relaxed);
+    }
+    pthread_mutex_lock(&g_reader_lock);
+    atomic_store_explicit(&t->end_ns, gla_now_ns(), memory_order_relaxed);
+    atomic_store_explicit(&t->state, SLOT_DEAD, memory_order_release);
+    add_exited(t);
+    pthread_mutex_unlock(&g_reader_lock);
+    tls_self = NULL;
+}
+
+static void atfork_child(void)
+{
+    /* Only the forking thread exists in the child: forget the others. */
+    struct gla_thread *me = tls_self;
+    for (int i = 0; i < GLA_MAX_THREADS; i++) {
+        struct gla_thread *t = &g_slots[i];
+        if (t != me)
+            atomic_store_explicit(&t->state, SLOT_FREE, memory_order_relaxed);
+    }
+    memset(&g_exited, 0, sizeof g_exited);
+    pthread_mutex_init(&g_reader_lock, NULL);
+    if (me) {
+        uint64_t cpu = 0, runq = 0;
+        gla_read_schedstat(0, &cpu, &runq);
+        reset_record(me, sys_gettid(), gla_now_ns());
+        atomic_store_explicit(&me->registered, 1, memory_order_relaxed);
+        atomic_store_explicit(&me->start_known, 1, memory_order_relaxed);
+        atomic_store_explicit(&me->cpu_base_ns, cpu, memory_order_relaxed);
+        atomic_store_explicit(&me->runq_base_ns, runq, memory_order_relaxed);
+        atomic_store_explicit(&me->state, SLOT_LIVE, memory_order_release);
+        bind_tls(me, 1);
+    }
+}
+
+int gla_ledger_init(void)
+{
+    if (atomic_load_explicit(&g_inited, memory_order_acquire))
+        return 0;
+    pthread_mutex_lock(&g_init_lock);
+    int rc = 0;
+    if (!atomic_load_explicit(&g_inited, memory_order_relaxed)) {
+        if (pthread_key_create(&g_exit_key, on_thread_exit) == 0) {
+            g_exit_key_ok = (unsigned)g_exit_key < 32u; /* PTHREAD_KEY_2NDLEVEL_SIZE */
+        }
+        discover_tid_offset();
+        rc = -pthread_atfork(NULL, NULL, atfork_child);
+        atomic_store_explicit(&g_inited, 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&g_init_lock);
+    return rc;
+}
+
+gla_thread *gla_ledger_self(void)
+{
+    struct gla_thread *t = tls_record();
+    if (t) {
+        if (!atomic_load_explicit(&t->registered, memory_order_relaxed) && g_exit_key_ok)
+            pthread_setspecific(g_exit_key, t);
+        return t;
+    }
+    gla_ledger_init();
+    pid_t tid = sys_gettid();
+    uint64_t cpu = 0, runq = 0;
+    gla_read_schedstat(0, &cpu, &runq);
+    t = find_live(tid);
+    if (!t) {
+        t = claim_slot(tid, gla_now_ns());
+        if (!t)
+            return NULL;
+        atomic_store_explicit(&t->cpu_base_ns, cpu, memory_order_relaxed);
+        atomic_store_explicit(&t->runq_base_ns, runq, memory_order_relaxed);
+        atomic_store_explicit(&t->start_known, 1, memory_order_relaxed);
+        atomic_store_explicit(&t->registered, 1, memory_order_release);
+    }
+    bind_tls(t, 0);
+    pthread_setspecific(g_exit_key, t); /* may allocate: allowed here */
+    return t;
+}
+
+gla_thread *gla_ledger_self_nosys(void)
+{
+    struct gla_thread *t = tls_record();
+    if (t)
+        return t;
+    if (!atomic_load_explicit(&g_inited, memory_order_acquire))
+        return NULL;
+    pid_t tid = tid_nosys();
+    if (tid <= 0)
+        return NULL;
+    t = find_live(tid);
+    if (!t) {
+        /* Start unknown here (no system call): a reader fills it from /proc. */
+        t = claim_slot(tid, gla_now_ns());
+        if (!t)
+            return NULL;
+    }
+    bind_tls(t, 1);
+    return t;
+}
+
+void gla_ledger_add_wait(gla_thread *t, gla_wait_kind kind, uint64_t ns)
+{
+    if (t && (unsigned)kind < GLA_NWAIT)
+        atomic_fetch_add_explicit(&t->wait_ns[kind], ns, memory_order_relaxed);
+}
+
+uint64_t gla_ledger_wait(const gla_thread *t, gla_wait_kind kind)
+{
+    if (!t || (unsigned)kind >= GLA_NWAIT)
+        return 0;
+    return atomic_load_explicit(&((struct gla_thread *)t)->wait_ns[kind], memory_order_relaxed);
+}
+
+void gla_sample_finish(gla_sample *s)
+{
+    uint64_t waits = s->gil_wait_ns + s->lock_wait_ns + s->idle_ns;
+    uint64_t kernel = s->cpu_ns + s->runq_ns;
+    uint64_t sum = waits + kernel;
+    s->overlap_ns = 0;
+    if (sum > s->wall_ns) {
+        /* Time counted by the kernel as cpu/runq that lay inside a timed wait: count it
+         * once, in the wait. Take it from runq first (the hand-off wake-up delay), then
+         * cpu; if the waits alone exceed wall (clock granularity), trim the waits. */
+        uint64_t excess = sum - s->wall_ns;
+        uint64_t from_runq = excess < s->runq_ns ? excess : s->runq_ns;
+        s->runq_ns -= from_runq;
+        excess -= from_runq;
+        uint64_t from_cpu = excess < s->cpu_ns ? excess : s->cpu_ns;
+        s->cpu_ns -= from_cpu;
+        excess -= from_cpu;
+        s->overlap_ns = from_runq + from_cpu;
+        /* Any rest: waits exceed wall by clock granularity; trim gil, lock, idle. */
+        uint64_t *order[3] = {&s->idle_ns, &s->lock_wait_ns, &s->gil_wait_ns};
+        for (int i = 0; i < 3 && excess; i++) {
+            uint64_t cut = excess < *order[i] ? excess : *order[i];
+            *order[i] -= cut;
+            excess -= cut;
+        }
+        s->io_wait_ns = 0;
+    } else {
+        s->io_wait_ns = s->wall_ns - sum;
+    }
+}
+
+/* Fills s from record t (no /proc read); now=0 means "at its end" for dead records. */
+static void sample_record(struct gla_thread *t, gla_sample *s, uint64_t now)
+{
+    memset(s, 0, sizeof *s);
+    s->tid = atomic_load_explicit(&t->tid, memory_order_relaxed);
+    s->alive = atomic_load_explicit(&t->state, memory_order_acquire) == SLOT_LIVE;
+    s->registered = atomic_load_explicit(&t->registered, memory_order_relaxed);
+    memcpy(s->name, t->name, GLA_NAME_LEN);
+    s->start_ns = atomic_load_explicit(&t->start_ns, memory_order_relaxed);
+    uint64_t end = s->alive ? now : atomic_load_explicit(&t->end_ns, memory_order_relaxed);
+    if (end == 0)
+        end = gla_now_ns();
+    s->wall_ns = end > s->start_ns ? end - s->start_ns : 0;
+    uint64_t cpu = atomic_load_explicit(&t->cpu_ns, memory_order_relaxed);
+    uint64_t runq = atomic_load_explicit(&t->runq_ns, memory_order_relaxed);
+    uint64_t cpu_base = atomic_load_explicit(&t->cpu_base_ns, memory_order_relaxed);
+    uint64_t runq_base = atomic_load_explicit(&t->runq_base_ns, memory_order_relaxed);
+    s->cpu_ns = cpu > cpu_base ? cpu - cpu_base : 0;
+    s->runq_ns = runq > runq_base ? runq - runq_base : 0;
+    s->gil_wait_ns = atomic_load_explicit(&t->wait_ns[GLA_GIL_WAIT], memory_order_relaxed);
+    s->lock_wait_ns = atomic_load_explicit(&t->wait_ns[GLA_LOCK_WAIT], memory_order_relaxed);
+    s->idle_ns = atomic_load_explicit(&t->wait_ns[GLA_IDLE], memory_order_relaxed);
+    gla_sample_finish(s);
+}
+
+int gla_ledger_sample_self(gla_sample *out)
+{
+    struct gla_thread *t = gla_ledger_self();
+    if (!t)
+        return -ENOSPC;
+    uint64_t cpu, runq;
+    int rc = gla_read_schedstat(0, &cpu, &runq);
+    if (rc < 0)
+        return rc;
+    atomic_store_explicit(&t->cpu_ns, cpu, memory_order_relaxed);
+    atomic_store_explicit(&t->runq_ns, runq, memory_order_relaxed);
+    sample_record(t, out, gla_now_ns());
+    return 0;
+}
+
+/* Adds records for threads of this process not yet in the table (reader lock held). */
+static void discover_threads(void)
+{
+    DIR *dir = opendir("/proc/self/task");
+    if (!dir)
+        return;
+    struct dirent *ent;
+    while ((ent = readdir(dir)) != NULL) {
+        int tid = atoi(ent->d_name);
+        if (tid <= 0 || find_live(tid))
+            continue;
+        struct gla_thread *t = claim_slot(tid, gla_now_ns());
+        if (!t)
+            continue;
+        /* Unregistered thread: its kernel totals count from its birth. */
+        uint64_t start;
+        if (gla_read_thread_start_ns(tid, &start) == 0) {
+            atomic_store_explicit(&t->start_ns, start, memory_order_relaxed);
+            atomic_store_explicit(&t->start_known, 1, memory_order_relaxed);
+        }
+    }
+    closedir(dir);
+}
+
+int gla_ledger_read(gla_sample *out, size_t cap, size_t *n)
+{
+    gla_ledger_init();
+    pthread_mutex_lock(&g_reader_lock);
+    discover_threads();
+    uint64_t now = gla_now_ns();
+    size_t written = 0;
+    int rc = 0;
+    int used = atomic_load_explicit(&g_used, memory_order_acquire);
+    if (used > GLA_MAX_THREADS)
+        used = GLA_MAX_THREADS;
+    for (int i = 0; i < used; i++) {
+        struct gla_thread *t = &g_slots[i];
+        int st = atomic_load_explicit(&t->state, memory_order_acquire);
+        if (st != SLOT_LIVE && st != SLOT_DEAD)
+            continue;
+        pid_t tid = atomic_load_explicit(&t->tid, memory_order_relaxed);
+        if (st == SLOT_LIVE) {
+            if (!atomic_load_explicit(&t->start_known, memory_order_relaxed)) {
+                uint64_t start;
+                if (gla_read_thread_start_ns(tid, &start) == 0)
+                    atomic_store_explicit(&t->start_ns, start, memory_order_relaxed);
+                atomic_store_explicit(&t->start_known, 1, memory_order_relaxed);
+            }
+            if (t->name[0] == '\0')
+                gla_read_thread_name(tid, t->name, GLA_NAME_LEN);
+            uint64_t cpu, runq;
+            if (gla_read_schedstat(tid, &cpu, &runq) == 0) {
+                atomic_store_explicit(&t->cpu_ns, cpu, memory_order_relaxed);
+                atomic_store_explicit(&t->runq_ns, runq, memory_order_relaxed);
+            } else {
+                /* Gone without telling us (not registered): last figures are final. */
+                int expect = SLOT_LIVE;
+                atomic_store_explicit(&t->end_ns, now, memory_order_relaxed);
+                if (atomic_compare_exchange_strong(&t->state, &expect, SLOT_DEAD))
+                    add_exited(t);
+            }
+        }
+        if (written < cap)
+            sample_record(t, &out[written], now);
+        else
+            rc = -ENOSPC;
+        written++;
+    }
+    pthread_mutex_unlock(&g_reader_lock);
+    *n = written < cap ? written : cap;
+    return rc;
+}
+
+void gla_ledger_exited(gla_sample *out)
+{
+    pthread_mutex_lock(&g_reader_lock);
+    *out = g_exited;
+    pthread_mutex_unlock(&g_reader_lock);
+}
+
+uint64_t gla_ledger_dropped(void)
+{
+    return atomic_load_explicit(&g_dropped, memory_order_relaxed);
+}

@@ -1,0 +1,120 @@
+/* ledger.h — the per-thread time ledger (measure).
+ *
+ * Contract
+ * --------
+ * Every thread the ledger knows has one record, keyed by its kernel thread id (tid).
+ * A record holds cumulative nanosecond counters of where the thread's wall time went:
+ *
+ *   gil_wait   time inside the interpreter's GIL condition waits (hook, exact, inclusive)
+ *   lock_wait  time inside Python-level lock waits (sem_* hooks, inclusive)
+ *   idle       time an executor worker waited for work (reported by the worker loop)
+ *   cpu, runq  from the kernel (/proc/.../schedstat fields 1 and 2), sampled by readers
+ *
+ * io_wait is never stored: a reader derives it as the remainder (see gla_sample_finish).
+ *
+ * Threads
+ *  - Records are created by: the thread itself (gla_ledger_self, may allocate and make
+ *    system calls), the GIL/lock hooks (gla_ledger_self_nosys: no system call, no
+ *    allocation, for use while the GIL's mutex is held), or a reader discovering the
+ *    thread in /proc/self/task (gla_ledger_read).
+ *  - A thread that registered itself leaves its final cpu/runq totals in the record when
+ *    it exits (TLS destructor); the record stays readable ("alive" = 0) for at least
+ *    GLA_DEAD_KEEP_NS before its slot may be reused. Totals of every exited thread are
+ *    also folded into a process-wide "exited" aggregate that never shrinks.
+ *  - Records are never freed; the table has GLA_MAX_THREADS slots. When it is full, new
+ *    threads are not recorded and gla_ledger_dropped() counts them.
+ *
+ * Concurrency
+ *  - Wait counters are written only by the owning thread (relaxed atomic adds); all other
+ *    fields are published with release stores and read with acquire loads. Any thread may
+ *    read at any time without the GIL. The table itself is append-only.
+ *  - No function here needs Python.h.
+ *
+ * fork(): gla_ledger_atfork_child() (registered by gla_ledger_init) drops every record
+ * except the calling thread's, whose counters restart at zero in the child.
+ */
+#ifndef GIL_ADAPT_LEDGER_H
+#define GIL_ADAPT_LEDGER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define GLA_MAX_THREADS 16384
+#define GLA_NAME_LEN 16
+#define GLA_DEAD_KEEP_NS (120ull * 1000000000ull)
+
+typedef enum {
+    GLA_GIL_WAIT = 0,
+    GLA_LOCK_WAIT = 1,
+    GLA_IDLE = 2,
+    GLA_NWAIT = 3
+} gla_wait_kind;
+
+typedef struct gla_thread gla_thread; /* opaque */
+
+/* One thread's cumulative figures at one instant (all ns). */
+typedef struct {
+    pid_t tid;
+    int alive;             /* 0: the thread has exited; figures are its final totals */
+    int registered;        /* 1: the thread registered itself (exact start and exit) */
+    char name[GLA_NAME_LEN];
+    uint64_t start_ns;     /* CLOCK_MONOTONIC when its accounting started */
+    uint64_t wall_ns;      /* time accounted: (end or now) - start_ns */
+    uint64_t cpu_ns;       /* on a core */
+    uint64_t runq_ns;      /* runnable, waiting for a core (outside GIL/lock waits) */
+    uint64_t gil_wait_ns;
+    uint64_t lock_wait_ns;
+    uint64_t idle_ns;
+    uint64_t io_wait_ns;   /* derived remainder, >= 0 */
+    uint64_t overlap_ns;   /* cpu+runq that fell inside waits, removed from cpu/runq */
+} gla_sample;
+
+/* Process-wide monotonic clock in ns. */
+uint64_t gla_now_ns(void);
+
+/* Sets up the table and the fork handler. Idempotent; returns 0 or -errno. */
+int gla_ledger_init(void);
+
+/* The calling thread's record, registering it (system calls and allocation allowed).
+ * Returns NULL only when the table is full. */
+gla_thread *gla_ledger_self(void);
+
+/* The calling thread's record without any system call or allocation (safe while the
+ * GIL's mutex is held). May return NULL (table full, tid not knowable without a call). */
+gla_thread *gla_ledger_self_nosys(void);
+
+/* Adds ns to one wait counter of a record (owner thread only). */
+void gla_ledger_add_wait(gla_thread *t, gla_wait_kind kind, uint64_t ns);
+
+/* Cumulative wait counter of a record (any thread). */
+uint64_t gla_ledger_wait(const gla_thread *t, gla_wait_kind kind);
+
+/* Reads the calling thread's own cumulative figures (cpu/runq read from the kernel;
+ * a few system calls, no allocation after the first call). Returns 0 or -errno. */
+int gla_ledger_sample_self(gla_sample *out);
+
+/* Reads every known thread (discovering new ones in /proc/self/task) into out[0..cap).
+ * *n receives the number of records written; returns 0, or -ENOSPC when cap was too
+ * small (out holds the first cap), or -errno. */
+int gla_ledger_read(gla_sample *out, size_t cap, size_t *n);
+
+/* Totals of every thread that has exited since init (final figures). */
+void gla_ledger_exited(gla_sample *out);
+
+/* Threads that could not be recorded because the table was full. */
+uint64_t gla_ledger_dropped(void);
+
+/* Derives io_wait and the overlap so that
+ *   cpu + runq + gil_wait + lock_wait + idle + io_wait == wall
+ * holds exactly (see DESIGN notes in ledger.c). Readers call it; exposed for tests. */
+void gla_sample_finish(gla_sample *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

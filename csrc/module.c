@@ -1,0 +1,371 @@
+/* module.c — the Python binding gil_adapt._core (the only ledger file with Python.h).
+ *
+ * Exposes the ledger and the hook to Python: install/uninstall with GIL calibration,
+ * capabilities, raw per-thread samples, GIL switch count, core and memory limits.
+ * Everything is computed in C; the Python layer only shapes dicts.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "gilhook.h"
+#include "ledger.h"
+#include "procstat.h"
+
+#include <dlfcn.h>
+#include <elf.h>
+#include <errno.h>
+#include <link.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <time.h>
+
+static char g_gil_reason[320] = "not calibrated";
+static int g_free_threaded;
+
+/* ---- calibration ------------------------------------------------------------------ */
+
+typedef struct {
+    _Atomic int holding;
+    uint64_t hold_ns;
+} cal_ctx;
+
+/* Holds the GIL in a C spin (no Python code, no import) for hold_ns. */
+static void *cal_holder(void *arg)
+{
+    cal_ctx *ctx = arg;
+    PyGILState_STATE st = PyGILState_Ensure();
+    atomic_store(&ctx->holding, 1);
+    uint64_t until = gla_now_ns() + ctx->hold_ns;
+    while (gla_now_ns() < until) {
+    }
+    PyGILState_Release(st);
+    return NULL;
+}
+
+static unsigned long switch_interval_us(void)
+{
+    PyObject *fn = PySys_GetObject("getswitchinterval"); /* borrowed */
+    if (!fn)
+        return 0;
+    PyObject *v = PyObject_CallObject(fn, NULL);
+    if (!v) {
+        PyErr_Clear();
+        return 0;
+    }
+    double s = PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return (unsigned long)(s * 1e6 + 0.5);
+}
+
+/* Bounds of the _PyRuntime object (the main interpreter's GIL lives inside it). */
+static void runtime_bounds(const void **lo, const void **hi)
+{
+    *lo = *hi = NULL;
+    void *rt = dlsym(RTLD_DEFAULT, "_PyRuntime");
+    if (!rt)
+        return;
+    Dl_info info;
+    const ElfW(Sym) *sym = NULL;
+    if (dladdr1(rt, &info, (void **)&sym, RTLD_DL_SYMENT) && sym && sym->st_size > 0) {
+        *lo = rt;
+        *hi = (const char *)rt + sym->st_size;
+    }
+}
+
+/* One GIL hand-off observed from the waiting side; returns the GIL's cond or NULL. */
+static void *calibrate_once(unsigned long interval_us, const void *lo, const void *hi)
+{
+    cal_ctx ctx;
+    atomic_init(&ctx.holding, 0);
+    ctx.hold_ns = 3ull * interval_us * 1000ull + 2000000ull;
+    pthread_t holder;
+    void *conds[GLA_CAL_MAX];
+    int n = 0, started = 0;
+    Py_BEGIN_ALLOW_THREADS
+    started = pthread_create(&holder, NULL, cal_holder, &ctx) == 0;
+    if (started) {
+        struct timespec pause = {0, 100000};
+        for (int i = 0; i < 20000 && !atomic_load(&ctx.holding); i++)
+            nanosleep(&pause, NULL);
+        gla_hook_calibrate_begin();
+    }
+    Py_END_ALLOW_THREADS /* waits on the GIL's condition while the holder spins */
+    if (!started)
+        return NULL;
+    n = gla_hook_calibrate_end(conds, GLA_CAL_MAX);
+    Py_BEGIN_ALLOW_THREADS
+    pthread_join(holder, NULL);
+    Py_END_ALLOW_THREADS
+    void *found = NULL;
+    for (int i = 0; i < n; i++) {
+        if (gla_gil_layout_ok(conds[i], interval_us, lo, hi)) {
+            if (found && found != conds[i])
+                return NULL; /* ambiguous */
+            found = conds[i];
+        }
+    }
+    return found;
+}
+
+static int detect_free_threaded(void)
+{
+    PyObject *fn = PySys_GetObject("_is_gil_enabled");
+    if (!fn)
+        return 0;
+    PyObject *v = PyObject_CallObject(fn, NULL);
+    if (!v) {
+        PyErr_Clear();
+        return 0;
+    }
+    int enabled = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return enabled == 0;
+}
+
+static void calibrate(void)
+{
+    if (gla_hook_gil())
+        return;
+    if (g_free_threaded) {
+        snprintf(g_gil_reason, sizeof g_gil_reason, "free-threaded build: the GIL is disabled");
+        return;
+    }
+    unsigned long interval_us = switch_interval_us();
+    const void *lo, *hi;
+    runtime_bounds(&lo, &hi);
+    void *first = calibrate_once(interval_us, lo, hi);
+    void *second = first ? calibrate_once(interval_us, lo, hi) : NULL;
+    if (!first || first != second) {
+        snprintf(g_gil_reason, sizeof g_gil_reason,
+                 "calibration did not find the GIL's condition variable (unknown layout)");
+        return;
+    }
+    gla_hook_set_gil(first);
+    long long before = gla_gil_switches();
+    calibrate_once(interval_us, lo, hi);
+    if (gla_gil_switches() <= before) {
+        gla_hook_set_gil(NULL);
+        snprintf(g_gil_reason, sizeof g_gil_reason,
+                 "calibration candidate failed the switch-counter check");
+        return;
+    }
+    g_gil_reason[0] = '\0';
+}
+
+/* ---- Python functions --------------------------------------------------------------- */
+
+static PyObject *py_install(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    int rc = gla_ledger_init();
+    if (rc < 0)
+        return PyErr_Format(PyExc_OSError, "gil_adapt: ledger init failed: %s", strerror(-rc));
+    gla_ledger_self();
+    rc = gla_hook_install((const void *)&PyEval_SaveThread);
+    if (rc == 0)
+        calibrate();
+    else {
+        gla_hook_status st;
+        gla_hook_get_status(&st);
+        snprintf(g_gil_reason, sizeof g_gil_reason, "hook not installed: %s", st.reason);
+    }
+    return PyLong_FromLong(rc);
+}
+
+static PyObject *py_uninstall(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = gla_hook_uninstall();
+    Py_END_ALLOW_THREADS
+    if (rc == 0)
+        snprintf(g_gil_reason, sizeof g_gil_reason, "hook uninstalled");
+    return PyLong_FromLong(rc);
+}
+
+static PyObject *py_capabilities(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    gla_hook_status st;
+    gla_hook_get_status(&st);
+    uint64_t cpu, runq;
+    int sched_ok = gla_read_schedstat(0, &cpu, &runq) == 0;
+    int gil_exact = st.installed && st.gil_known && !g_free_threaded;
+    const char *gil_reason = gil_exact ? "" : (st.installed ? g_gil_reason : (st.reason[0] ? st.reason : g_gil_reason));
+    return Py_BuildValue(
+        "{s:s,s:s,s:s,s:s,s:s,s:O,s:i,s:i,s:s}",
+        "gil_wait", gil_exact ? "exact" : "unavailable",
+        "gil_wait_reason", gil_reason,
+        "lock_wait", (st.installed && st.slots_sem > 0) ? "exact" : "unavailable",
+        "runq_wait", sched_ok ? "exact" : "unavailable",
+        "runq_wait_reason", sched_ok ? "" : "/proc/thread-self/schedstat is not readable",
+        "free_threaded", g_free_threaded ? Py_True : Py_False,
+        "hook_slots_cond", st.slots_cond,
+        "hook_slots_sem", st.slots_sem,
+        "hook_object", st.object[0] ? st.object : (st.installed ? "(main executable)" : ""));
+}
+
+static PyObject *sample_tuple(const gla_sample *s)
+{
+    return Py_BuildValue("(iiisKKKKKKKKK)", (int)s->tid, s->alive, s->registered, s->name,
+                         (unsigned long long)s->start_ns, (unsigned long long)s->wall_ns,
+                         (unsigned long long)s->cpu_ns, (unsigned long long)s->runq_ns,
+                         (unsigned long long)s->gil_wait_ns, (unsigned long long)s->lock_wait_ns,
+                         (unsigned long long)s->idle_ns, (unsigned long long)s->io_wait_ns,
+                         (unsigned long long)s->overlap_ns);
+}
+
+/* read() -> (now_ns, [sample tuples]) ; tuple fields as in SAMPLE_FIELDS (Python side). */
+static PyObject *py_read(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    size_t cap = 256, n = 0;
+    gla_sample *buf = NULL;
+    uint64_t now = 0;
+    int rc;
+    for (;;) {
+        gla_sample *grown = PyMem_RawRealloc(buf, cap * sizeof *buf);
+        if (!grown) {
+            PyMem_RawFree(buf);
+            return PyErr_NoMemory();
+        }
+        buf = grown;
+        Py_BEGIN_ALLOW_THREADS
+        rc = gla_ledger_read(buf, cap, &n);
+        now = gla_now_ns();
+        Py_END_ALLOW_THREADS
+        if (rc != -ENOSPC || cap >= GLA_MAX_THREADS)
+            break;
+        cap *= 4;
+    }
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    if (!list) {
+        PyMem_RawFree(buf);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        PyObject *t = sample_tuple(&buf[i]);
+        if (!t) {
+            Py_DECREF(list);
+            PyMem_RawFree(buf);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+    }
+    PyMem_RawFree(buf);
+    return Py_BuildValue("(KN)", (unsigned long long)now, list);
+}
+
+static PyObject *py_exited(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    gla_sample s;
+    gla_ledger_exited(&s);
+    return sample_tuple(&s);
+}
+
+static PyObject *py_finish(PyObject *self, PyObject *args)
+{
+    (void)self;
+    gla_sample s;
+    memset(&s, 0, sizeof s);
+    unsigned long long wall, cpu, runq, gil, lock, idle;
+    if (!PyArg_ParseTuple(args, "KKKKKK", &wall, &cpu, &runq, &gil, &lock, &idle))
+        return NULL;
+    s.wall_ns = wall;
+    s.cpu_ns = cpu;
+    s.runq_ns = runq;
+    s.gil_wait_ns = gil;
+    s.lock_wait_ns = lock;
+    s.idle_ns = idle;
+    gla_sample_finish(&s);
+    return sample_tuple(&s);
+}
+
+static PyObject *py_register_thread(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    return PyBool_FromLong(gla_ledger_self() != NULL);
+}
+
+static PyObject *py_gil_switches(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    return PyLong_FromLongLong(gla_gil_switches());
+}
+
+static PyObject *py_now_ns(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    return PyLong_FromUnsignedLongLong(gla_now_ns());
+}
+
+static PyObject *py_limits(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    int affinity = 0;
+    double quota = 0, usable = 0;
+    uint64_t limit = 0, avail = 0;
+    gla_read_usable_cores(&affinity, &quota, &usable);
+    gla_read_memory(&limit, &avail);
+    return Py_BuildValue("{s:i,s:d,s:d,s:K,s:K}", "affinity_cores", affinity,
+                         "cpu_quota_cores", quota, "usable_cores", usable,
+                         "memory_limit_bytes", (unsigned long long)limit,
+                         "memory_available_bytes", (unsigned long long)avail);
+}
+
+static PyObject *py_dropped(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    return PyLong_FromUnsignedLongLong(gla_ledger_dropped());
+}
+
+static PyMethodDef core_methods[] = {
+    {"install", py_install, METH_NOARGS, "Install the GOT hooks and calibrate; returns 0 or -errno."},
+    {"uninstall", py_uninstall, METH_NOARGS, "Restore every patched GOT slot; returns 0 or -errno."},
+    {"capabilities", py_capabilities, METH_NOARGS, "Which figures are exact, and why not."},
+    {"read", py_read, METH_NOARGS, "(now_ns, [per-thread sample tuples])"},
+    {"exited", py_exited, METH_NOARGS, "Sample tuple of the totals of all exited threads."},
+    {"finish", py_finish, METH_VARARGS, "finish(wall, cpu, runq, gil, lock, idle) -> partitioned sample tuple."},
+    {"register_thread", py_register_thread, METH_NOARGS, "Register the calling thread in the ledger."},
+    {"gil_switches", py_gil_switches, METH_NOARGS, "GIL hand-offs so far, or -1."},
+    {"now_ns", py_now_ns, METH_NOARGS, "CLOCK_MONOTONIC in ns (the ledger's clock)."},
+    {"limits", py_limits, METH_NOARGS, "Usable cores and memory budget as read from affinity, cgroups and /proc."},
+    {"dropped", py_dropped, METH_NOARGS, "Threads not recorded because the table was full."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT, "gil_adapt._core", "gil-adapt's C core.", -1, core_methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    PyObject *m = PyModule_Create(&core_module);
+    if (!m)
+        return NULL;
+    g_free_threaded = detect_free_threaded();
+    if (PyModule_AddIntConstant(m, "MAX_THREADS", GLA_MAX_THREADS) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    /* Executor binding (pool_py.c) registers itself here. */
+    return m;
+}

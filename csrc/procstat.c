@@ -1,0 +1,201 @@
+/* procstat.c — see procstat.h. */
+#include "procstat.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Reads a small file into buf (NUL-terminated). Returns bytes read or -errno. */
+static int read_small(const char *path, char *buf, int cap)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int total = 0;
+    while (total < cap - 1) {
+        ssize_t got = read(fd, buf + total, (size_t)(cap - 1 - total));
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            int err = errno;
+            close(fd);
+            return -err;
+        }
+        if (got == 0)
+            break;
+        total += (int)got;
+    }
+    close(fd);
+    buf[total] = '\0';
+    return total;
+}
+
+static void task_path(char *out, size_t cap, pid_t tid, const char *leaf)
+{
+    if (tid == 0)
+        snprintf(out, cap, "/proc/thread-self/%s", leaf);
+    else
+        snprintf(out, cap, "/proc/self/task/%d/%s", (int)tid, leaf);
+}
+
+int gla_read_schedstat(pid_t tid, uint64_t *cpu_ns, uint64_t *runq_ns)
+{
+    char path[64], buf[128];
+    task_path(path, sizeof path, tid, "schedstat");
+    int rc = read_small(path, buf, sizeof buf);
+    if (rc < 0)
+        return rc;
+    unsigned long long cpu = 0, runq = 0;
+    if (sscanf(buf, "%llu %llu", &cpu, &runq) != 2)
+        return -EIO;
+    *cpu_ns = cpu;
+    *runq_ns = runq;
+    return 0;
+}
+
+int gla_read_thread_start_ns(pid_t tid, uint64_t *start_mono_ns)
+{
+    char path[64], buf[1024];
+    task_path(path, sizeof path, tid, "stat");
+    int rc = read_small(path, buf, sizeof buf);
+    if (rc < 0)
+        return rc;
+    /* Field 2 (comm) may hold spaces and parentheses: parse after the last ')'. */
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return -EIO;
+    p++;
+    /* starttime is field 22; after ')' we are at field 3. */
+    for (int field = 3; field < 22; field++) {
+        p = strchr(p + 1, ' ');
+        if (!p)
+            return -EIO;
+    }
+    unsigned long long ticks = strtoull(p + 1, NULL, 10);
+    long hz = sysconf(_SC_CLK_TCK);
+    if (hz <= 0)
+        return -EINVAL;
+    struct timespec boot, mono;
+    clock_gettime(CLOCK_BOOTTIME, &boot);
+    clock_gettime(CLOCK_MONOTONIC, &mono);
+    uint64_t boot_ns = (uint64_t)boot.tv_sec * 1000000000ull + (uint64_t)boot.tv_nsec;
+    uint64_t mono_ns = (uint64_t)mono.tv_sec * 1000000000ull + (uint64_t)mono.tv_nsec;
+    uint64_t start_boot_ns = ticks * (1000000000ull / (uint64_t)hz);
+    uint64_t age_ns = boot_ns > start_boot_ns ? boot_ns - start_boot_ns : 0;
+    *start_mono_ns = mono_ns > age_ns ? mono_ns - age_ns : 0;
+    return 0;
+}
+
+int gla_read_thread_name(pid_t tid, char *buf, int cap)
+{
+    char path[64], tmp[64];
+    task_path(path, sizeof path, tid, "comm");
+    int rc = read_small(path, tmp, sizeof tmp);
+    if (rc < 0)
+        return rc;
+    tmp[strcspn(tmp, "\n")] = '\0';
+    snprintf(buf, (size_t)cap, "%s", tmp);
+    return 0;
+}
+
+/* Path of this process's cgroup for a v1 controller (or v2 when controller is ""):
+ * /sys/fs/cgroup[/<controller>]/<path from /proc/self/cgroup>. */
+static int cgroup_dir(const char *controller, char *out, size_t cap)
+{
+    char buf[4096];
+    int rc = read_small("/proc/self/cgroup", buf, sizeof buf);
+    if (rc < 0)
+        return rc;
+    for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+        char *c1 = strchr(line, ':');
+        char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c2)
+            continue;
+        *c2 = '\0';
+        const char *ctrls = c1 + 1;
+        const char *path = c2 + 1;
+        if (controller[0] == '\0') {
+            if (ctrls[0] == '\0') {
+                snprintf(out, cap, "/sys/fs/cgroup%s", path);
+                return 0;
+            }
+            continue;
+        }
+        /* v1: comma-separated controller list. */
+        char list[256];
+        snprintf(list, sizeof list, ",%s,", ctrls);
+        char want[64];
+        snprintf(want, sizeof want, ",%s,", controller);
+        if (strstr(list, want)) {
+            snprintf(out, cap, "/sys/fs/cgroup/%s%s", controller, path);
+            if (access(out, F_OK) != 0) /* a namespaced mount shows the group at root */
+                snprintf(out, cap, "/sys/fs/cgroup/%s", controller);
+            return 0;
+        }
+    }
+    return -ENOENT;
+}
+
+static int read_in(const char *dir, const char *leaf, char *buf, int cap)
+{
+    char path[4096 + 64];
+    snprintf(path, sizeof path, "%s/%s", dir, leaf);
+    return read_small(path, buf, cap);
+}
+
+int gla_read_usable_cores(int *affinity, double *quota, double *usable)
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) != 0)
+        return -errno;
+    int ncpu = CPU_COUNT(&set);
+    double quota_cores = 0.0;
+    char dir[4096], buf[128];
+    if (cgroup_dir("", dir, sizeof dir) == 0 && read_in(dir, "cpu.max", buf, sizeof buf) > 0) {
+        long long q = -1, period = 0;
+        if (strncmp(buf, "max", 3) != 0 && sscanf(buf, "%lld %lld", &q, &period) == 2 && q > 0 && period > 0)
+            quota_cores = (double)q / (double)period;
+    } else if (cgroup_dir("cpu", dir, sizeof dir) == 0) {
+        char pbuf[64];
+        if (read_in(dir, "cpu.cfs_quota_us", buf, sizeof buf) > 0 &&
+            read_in(dir, "cpu.cfs_period_us", pbuf, sizeof pbuf) > 0) {
+            long long q = atoll(buf), period = atoll(pbuf);
+            if (q > 0 && period > 0)
+                quota_cores = (double)q / (double)period;
+        }
+    }
+    *affinity = ncpu;
+    *quota = quota_cores;
+    *usable = (quota_cores > 0.0 && quota_cores < (double)ncpu) ? quota_cores : (double)ncpu;
+    return 0;
+}
+
+int gla_read_memory(uint64_t *limit, uint64_t *available)
+{
+    char dir[4096], buf[4096];
+    uint64_t lim = 0;
+    if (cgroup_dir("", dir, sizeof dir) == 0 && read_in(dir, "memory.max", buf, sizeof buf) > 0) {
+        if (strncmp(buf, "max", 3) != 0)
+            lim = strtoull(buf, NULL, 10);
+    } else if (cgroup_dir("memory", dir, sizeof dir) == 0 &&
+               read_in(dir, "memory.limit_in_bytes", buf, sizeof buf) > 0) {
+        unsigned long long v = strtoull(buf, NULL, 10);
+        if (v < (1ull << 62)) /* v1 reports "no limit" as a huge page-rounded number */
+            lim = v;
+    }
+    uint64_t avail = 0;
+    if (read_small("/proc/meminfo", buf, sizeof buf) > 0) {
+        char *p = strstr(buf, "MemAvailable:");
+        if (p)
+            avail = strtoull(p + strlen("MemAvailable:"), NULL, 10) * 1024ull;
+    }
+    *limit = lim;
+    *available = avail;
+    return 0;
+}

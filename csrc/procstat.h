@@ -1,0 +1,42 @@
+/* procstat.h — readers of kernel facts about threads and limits (Linux /proc, cgroups).
+ *
+ * Contract: plain system-call readers, no allocation, no global state, thread-safe,
+ * no Python. Every function returns 0 on success or -errno; outputs are untouched on
+ * failure. None of them may be called while the GIL's internal mutex is held (they
+ * make system calls) — the hook never calls them.
+ */
+#ifndef GIL_ADAPT_PROCSTAT_H
+#define GIL_ADAPT_PROCSTAT_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* /proc/self/task/<tid>/schedstat (tid 0: the calling thread, via /proc/thread-self):
+ * cpu_ns = time on a core, runq_ns = time runnable but waiting for a core. */
+int gla_read_schedstat(pid_t tid, uint64_t *cpu_ns, uint64_t *runq_ns);
+
+/* CLOCK_MONOTONIC ns at which thread tid started (from /proc/.../stat starttime;
+ * resolution one clock tick, typically 10 ms). */
+int gla_read_thread_start_ns(pid_t tid, uint64_t *start_mono_ns);
+
+/* The thread's name (/proc/self/task/<tid>/comm), NUL-terminated, at most cap-1 chars. */
+int gla_read_thread_name(pid_t tid, char *buf, int cap);
+
+/* Usable cores: CPUs in the affinity mask, capped by a cgroup CPU quota (v2 cpu.max or
+ * v1 cpu.cfs_quota_us/cfs_period_us) when one is set. *affinity receives the mask count,
+ * *quota the quota in cores (0 when none), *usable the minimum of the two. */
+int gla_read_usable_cores(int *affinity, double *quota, double *usable);
+
+/* Memory budget in bytes: the cgroup memory limit (v2 memory.max, v1
+ * memory.limit_in_bytes) when one is set, else 0 in *limit; *available receives
+ * MemAvailable from /proc/meminfo. */
+int gla_read_memory(uint64_t *limit, uint64_t *available);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,12 @@
+"""gil-adapt: where every Python thread's time goes, and thread pools that stay at their best size.
+
+Measure -> decide -> act:
+
+* :func:`capabilities`, :func:`snapshot`, :func:`measure` — the per-thread ledger (C core).
+"""
+from __future__ import annotations
+
+from ._ledger import capabilities, install, measure, snapshot, uninstall
+
+__all__ = ["capabilities", "install", "measure", "snapshot", "uninstall"]
+__version__ = "0.1.0"

@@ -1,0 +1,179 @@
+"""The ledger's Python surface: capabilities(), snapshot(), measure().
+
+All figures come from the C core (``gil_adapt._core``); this module only shapes them.
+States of a thread (ns) partition its wall time::
+
+    wall = cpu + runq_wait + gil_wait + lock_wait + idle + io_wait
+
+``beta = gil_wait / (gil_wait + io_wait)`` (None when the thread did not wait at all).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from typing import Any, Dict, Optional
+
+from . import _core
+
+log = logging.getLogger("gil_adapt")
+
+STATES = ("cpu_ns", "runq_wait_ns", "gil_wait_ns", "lock_wait_ns", "idle_ns", "io_wait_ns")
+_FIELDS = ("tid", "alive", "registered", "os_name", "start_ns", "wall_ns", "cpu_ns",
+           "runq_wait_ns", "gil_wait_ns", "lock_wait_ns", "idle_ns", "io_wait_ns", "overlap_ns")
+
+_install_lock = threading.Lock()
+_install_rc: Optional[int] = None
+_install_pid: Optional[int] = None
+
+
+def install() -> bool:
+    """Installs the GIL/lock hooks (idempotent). Returns True when GIL waits are exact.
+
+    ``GIL_ADAPT_HOOK=0`` in the environment disables the hook; figures that need it are
+    then reported as unavailable, never guessed.
+    """
+    global _install_rc, _install_pid
+    with _install_lock:
+        if _install_rc is None or _install_pid != os.getpid():
+            _install_rc = _core.install()
+            _install_pid = os.getpid()
+            caps = _core.capabilities()
+            if caps["gil_wait"] != "exact":
+                log.info("gil_adapt: GIL waits unavailable: %s", caps["gil_wait_reason"])
+    return _core.capabilities()["gil_wait"] == "exact"
+
+
+def uninstall() -> None:
+    """Removes the hooks; waits already being timed finish normally."""
+    global _install_rc
+    with _install_lock:
+        rc = _core.uninstall()
+        _install_rc = None
+        if rc < 0:
+            raise OSError(-rc, "gil_adapt: restoring the GOT failed: " + os.strerror(-rc))
+
+
+def capabilities() -> Dict[str, Any]:
+    """What the ledger can measure here and how (``exact``/``estimated``/``unavailable``)."""
+    caps = dict(_core.capabilities())
+    caps["python"] = sys.version.split()[0]
+    caps["implementation"] = sys.implementation.name
+    caps["installed"] = _install_rc == 0
+    caps.update(_core.limits())
+    if caps["gil_wait"] != "exact":
+        caps["reason"] = caps["gil_wait_reason"]
+    return caps
+
+
+def _python_names() -> Dict[int, str]:
+    names = {}
+    for t in threading.enumerate():
+        native = getattr(t, "native_id", None)
+        if native is not None:
+            names[native] = t.name
+    return names
+
+
+def _raw() -> tuple:
+    now, rows = _core.read()
+    return now, [dict(zip(_FIELDS, row)) for row in rows]
+
+
+def snapshot() -> Dict[str, Any]:
+    """Cumulative per-thread counters now.
+
+    ``{"time_ns": int, "threads": {native_thread_id: {"name", "alive", "cpu_ns",
+    "gil_wait_ns", "lock_wait_ns", "runq_wait_ns", "io_wait_ns", "idle_ns", "wall_ns"}}}``.
+    Threads that exited stay listed (``alive`` False) with their final totals; ``exited``
+    holds the sum over every exited thread since the ledger started.
+    """
+    names = _python_names()
+    now, rows = _raw()
+    threads: Dict[int, Dict[str, Any]] = {}
+    for r in rows:
+        tid = r["tid"]
+        entry = {k: r[k] for k in ("wall_ns",) + STATES}
+        entry["name"] = names.get(tid, r["os_name"])
+        entry["alive"] = bool(r["alive"])
+        entry["start_ns"] = r["start_ns"]
+        if tid in threads and threads[tid]["alive"] and not entry["alive"]:
+            continue  # a reused tid: keep the live thread under its id
+        threads[tid] = entry
+    exited = dict(zip(_FIELDS, _core.exited()))
+    return {
+        "time_ns": now,
+        "threads": threads,
+        "exited": {k: exited[k] for k in ("wall_ns",) + STATES},
+        "gil_switches": _core.gil_switches(),
+    }
+
+
+def _beta(gil: int, io: int) -> Optional[float]:
+    total = gil + io
+    return gil / total if total > 0 else None
+
+
+def _derive(d: Dict[str, Any]) -> None:
+    d["beta"] = _beta(d["gil_wait_ns"], d["io_wait_ns"])
+    contention = d["gil_wait_ns"] + d["runq_wait_ns"]
+    denom = contention + d["io_wait_ns"]
+    d["contention"] = contention / denom if denom > 0 else None
+    d["beta_legacy"] = 1.0 - d["cpu_ns"] / d["wall_ns"] if d["wall_ns"] > 0 else None
+
+
+def diff(before: Dict[str, Any], after: Dict[str, Any]) -> Dict[str, Any]:
+    """Per-thread states over the interval between two snapshots, re-partitioned."""
+    threads: Dict[int, Dict[str, Any]] = {}
+    for tid, a in after["threads"].items():
+        b = before["threads"].get(tid)
+        if b is not None and b["start_ns"] != a["start_ns"]:
+            b = None  # a different thread that reused the id
+        if b is None and a["start_ns"] < before["time_ns"] and not a["alive"]:
+            continue  # exited before the interval began
+        raw = {}
+        for k in ("wall_ns", "cpu_ns", "runq_wait_ns", "gil_wait_ns", "lock_wait_ns", "idle_ns"):
+            raw[k] = max(0, a[k] - (b[k] if b else 0))
+        if b is None:
+            # Started inside the interval: its counters began at its start.
+            pass
+        row = dict(zip(_FIELDS, _core.finish(raw["wall_ns"], raw["cpu_ns"], raw["runq_wait_ns"],
+                                             raw["gil_wait_ns"], raw["lock_wait_ns"], raw["idle_ns"])))
+        entry = {k: row[k] for k in ("wall_ns",) + STATES}
+        entry["name"] = a["name"]
+        entry["alive"] = a["alive"]
+        _derive(entry)
+        threads[tid] = entry
+    total = {k: sum(t[k] for t in threads.values()) for k in ("wall_ns",) + STATES}
+    _derive(total)
+    return {"threads": threads, "total": total,
+            "gil_switches": max(0, after["gil_switches"] - before["gil_switches"])
+            if after["gil_switches"] >= 0 and before["gil_switches"] >= 0 else None,
+            "elapsed_ns": after["time_ns"] - before["time_ns"]}
+
+
+class measure:
+    """Context manager: ``with gil_adapt.measure() as m: ...`` then ``m.result``.
+
+    ``result["threads"][native_id]`` holds each thread's ``*_ns`` states over the block
+    and its ``beta``; ``result["total"]`` their sums with ``beta``, ``beta_legacy``
+    (1 - cpu/wall) and ``contention`` ((gil + runq) / (gil + runq + io)).
+    Measurements may nest and may run in several threads at once: each reads the
+    process-wide ledger, which is never reset.
+    """
+
+    def __init__(self) -> None:
+        self.result: Optional[Dict[str, Any]] = None
+        self._before: Optional[Dict[str, Any]] = None
+
+    def __enter__(self) -> "measure":
+        install()
+        self._before = snapshot()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._before is None:
+            raise RuntimeError("measure() exited without being entered")
+        self.result = diff(self._before, snapshot())
+        self._before = None
