@@ -1,6 +1,7 @@
 /* gilhook.c — see gilhook.h for the contract. */
 #include "gilhook.h"
 #include "ledger.h"
+#include "procstat.h"
 
 #include <dlfcn.h>
 #include <elf.h>
@@ -29,6 +30,9 @@
 
 static _Atomic(void *) g_gil_cond;
 static _Atomic(void *) g_switch_cond;
+/* Time of the last signal of each GIL condition (written under its mutex). */
+static _Atomic uint64_t g_gil_signal_ns;
+static _Atomic uint64_t g_switch_signal_ns;
 
 static __thread int tls_calibrating __attribute__((tls_model("initial-exec")));
 static __thread int tls_cal_count __attribute__((tls_model("initial-exec")));
@@ -56,15 +60,34 @@ static void calibration_note(void *cond)
         tls_cal_conds[tls_cal_count++] = cond;
 }
 
-static inline void account(gla_wait_kind kind, uint64_t t0)
+/* ---- wrappers ----------------------------------------------------------------------- */
+
+/* A GIL wait is timed whole (inclusive). Its tail — from the hand-off that woke the
+ * waiter (the last signal of that condition, or the timeout) to the return — is noted
+ * too: the kernel's run-queue delay inside the wait lies in it, so the ledger can bound
+ * the time both would count (ledger.h, "Partition"). */
+static inline gla_thread *gil_begin(uint64_t *t0)
 {
-    uint64_t dt = mono_ns() - t0;
     gla_thread *t = gla_ledger_self_nosys();
-    if (t)
-        gla_ledger_add_wait(t, kind, dt);
+    *t0 = mono_ns();
+    gla_ledger_wait_begin(t, GLA_GIL_WAIT, *t0);
+    return t;
 }
 
-/* ---- wrappers ----------------------------------------------------------------------- */
+static inline void gil_end(gla_thread *t, uint64_t t0, uint64_t wake_ns)
+{
+    uint64_t t1 = mono_ns();
+    uint64_t woke = (wake_ns > t0 && wake_ns < t1) ? wake_ns : t1;
+    if (t) {
+        gla_ledger_wait_end(t, t1);
+        gla_ledger_add_wait(t, GLA_GIL_TAIL, t1 - woke);
+    }
+}
+
+static inline uint64_t ts_ns(const struct timespec *ts)
+{
+    return (uint64_t)ts->tv_sec * 1000000000ull + (uint64_t)ts->tv_nsec;
+}
 
 static int hook_cond_timedwait(pthread_cond_t *cond, pthread_mutex_t *mutex,
                                const struct timespec *abstime)
@@ -74,10 +97,24 @@ static int hook_cond_timedwait(pthread_cond_t *cond, pthread_mutex_t *mutex,
             calibration_note(cond);
         return pthread_cond_timedwait(cond, mutex, abstime);
     }
-    uint64_t t0 = mono_ns();
+    _Atomic uint64_t *signal_ns = cond == atomic_load_explicit(&g_gil_cond, memory_order_relaxed)
+                                      ? &g_gil_signal_ns : &g_switch_signal_ns;
+    uint64_t t0;
+    gla_thread *t = gil_begin(&t0);
     int rc = pthread_cond_timedwait(cond, mutex, abstime);
-    account(GLA_GIL_WAIT, t0);
+    uint64_t wake = rc == ETIMEDOUT ? ts_ns(abstime)
+                                    : atomic_load_explicit(signal_ns, memory_order_relaxed);
+    gil_end(t, t0, wake);
     return rc;
+}
+
+static int hook_cond_signal(pthread_cond_t *cond)
+{
+    if (cond == atomic_load_explicit(&g_gil_cond, memory_order_relaxed))
+        atomic_store_explicit(&g_gil_signal_ns, mono_ns(), memory_order_relaxed);
+    else if (cond == atomic_load_explicit(&g_switch_cond, memory_order_relaxed))
+        atomic_store_explicit(&g_switch_signal_ns, mono_ns(), memory_order_relaxed);
+    return pthread_cond_signal(cond);
 }
 
 static int hook_cond_wait(pthread_cond_t *cond, pthread_mutex_t *mutex)
@@ -87,33 +124,74 @@ static int hook_cond_wait(pthread_cond_t *cond, pthread_mutex_t *mutex)
             calibration_note(cond);
         return pthread_cond_wait(cond, mutex);
     }
-    uint64_t t0 = mono_ns();
+    _Atomic uint64_t *signal_ns = cond == atomic_load_explicit(&g_gil_cond, memory_order_relaxed)
+                                      ? &g_gil_signal_ns : &g_switch_signal_ns;
+    uint64_t t0;
+    gla_thread *t = gil_begin(&t0);
     int rc = pthread_cond_wait(cond, mutex);
-    account(GLA_GIL_WAIT, t0);
+    gil_end(t, t0, atomic_load_explicit(signal_ns, memory_order_relaxed));
     return rc;
+}
+
+/* Lock waits: the thread holds no lock here, so reading its schedstat around a wait
+ * that really blocks is allowed; an uncontended acquire (sem_trywait succeeds) costs
+ * nothing extra. */
+typedef struct {
+    gla_thread *t;
+    uint64_t cpu0, runq0;
+    int ok;
+} lock_edge;
+
+static inline void lock_begin(lock_edge *e)
+{
+    e->t = gla_ledger_self();
+    e->ok = gla_read_schedstat(0, &e->cpu0, &e->runq0) == 0;
+    gla_ledger_wait_begin(e->t, GLA_LOCK_WAIT, mono_ns());
+}
+
+static inline void lock_end(const lock_edge *e)
+{
+    uint64_t cpu1, runq1;
+    gla_thread *t = e->t;
+    if (!t)
+        return;
+    gla_ledger_wait_end(t, mono_ns());
+    if (e->ok && gla_read_schedstat(0, &cpu1, &runq1) == 0) {
+        gla_ledger_add_wait(t, GLA_LOCK_CPU, cpu1 > e->cpu0 ? cpu1 - e->cpu0 : 0);
+        gla_ledger_add_wait(t, GLA_LOCK_RUNQ, runq1 > e->runq0 ? runq1 - e->runq0 : 0);
+    }
 }
 
 static int hook_sem_wait(sem_t *sem)
 {
-    uint64_t t0 = mono_ns();
+    if (sem_trywait(sem) == 0)
+        return 0;
+    lock_edge e;
+    lock_begin(&e);
     int rc = sem_wait(sem);
-    account(GLA_LOCK_WAIT, t0);
+    lock_end(&e);
     return rc;
 }
 
 static int hook_sem_timedwait(sem_t *sem, const struct timespec *abstime)
 {
-    uint64_t t0 = mono_ns();
+    if (sem_trywait(sem) == 0)
+        return 0;
+    lock_edge e;
+    lock_begin(&e);
     int rc = sem_timedwait(sem, abstime);
-    account(GLA_LOCK_WAIT, t0);
+    lock_end(&e);
     return rc;
 }
 
 static int hook_sem_clockwait(sem_t *sem, clockid_t clock, const struct timespec *abstime)
 {
-    uint64_t t0 = mono_ns();
+    if (sem_trywait(sem) == 0)
+        return 0;
+    lock_edge e;
+    lock_begin(&e);
     int rc = sem_clockwait(sem, clock, abstime);
-    account(GLA_LOCK_WAIT, t0);
+    lock_end(&e);
     return rc;
 }
 
@@ -158,6 +236,7 @@ typedef struct {
 static const hook_target g_targets[] = {
     {"pthread_cond_timedwait", (void *)hook_cond_timedwait, "GLIBC_2.2.5", 0},
     {"pthread_cond_wait", (void *)hook_cond_wait, "GLIBC_2.2.5", 0},
+    {"pthread_cond_signal", (void *)hook_cond_signal, "GLIBC_2.2.5", 3},
     {"sem_wait", (void *)hook_sem_wait, NULL, 1},
     {"sem_timedwait", (void *)hook_sem_timedwait, NULL, 1},
     {"sem_clockwait", (void *)hook_sem_clockwait, NULL, 1},
@@ -270,7 +349,7 @@ static void patch_relocs(const ElfW(Rela) *rela, size_t count, uintptr_t base,
                 g_status.slots_sem++;
             else if (g_targets[k].is_sem == 0)
                 g_status.slots_cond++;
-            else
+            else if (g_targets[k].is_sem == 2)
                 g_status.slots_create++;
             break;
         }

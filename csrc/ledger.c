@@ -6,20 +6,7 @@
  * by tid scan the used part of the table; a thread does that once, then keeps its record
  * in initial-exec TLS (no lazy TLS allocation, so the hook may use it).
  *
- * Partition of wall time (gla_sample_finish). The kernel's cpu and run-queue figures
- * count everything, including the few microseconds of CPU and the run-queue delay that
- * happen inside a GIL or lock wait (after the hand-off wakes the waiter it must still get
- * a core). The hooks time each wait inclusively. Adding both would count that time twice
- * (DESIGN.md §1, "accounting overlap"). The ledger therefore keeps, per record, the
- * kernel's cpu and run-queue totals *at the edges of the waits it can see safely*
- * (see gilhook.c: sampled after the wait, outside the GIL's mutex, when cheap) and
- * defines:
- *   gil_wait, lock_wait, idle : inclusive wait times (hooks / worker loop)
- *   cpu, runq                  : kernel totals minus the share that fell inside waits
- *   io_wait                    : wall - all of the above, >= 0
- * When the in-wait share has not been sampled, the overlap is bounded by the excess of
- * the sum over wall; gla_sample_finish removes exactly that excess (never more), so the
- * states always add up to wall and none is negative.
+ * The partition of wall time is stated in ledger.h and done by gla_sample_finish.
  */
 #include "ledger.h"
 #include "procstat.h"
@@ -41,9 +28,15 @@ struct gla_thread {
     _Atomic int tid;
     _Atomic int registered;
     _Atomic uint64_t generation;
+    _Atomic uint64_t serial;
     _Atomic uint64_t start_ns;
     _Atomic uint64_t end_ns;
     _Atomic uint64_t wait_ns[GLA_NWAIT];
+    /* The wait in progress (readers include its elapsed part), guarded by a sequence
+     * counter the owner makes odd while it updates wait_ns/open_*. */
+    _Atomic unsigned seq;
+    _Atomic int open_kind;        /* -1: none */
+    _Atomic uint64_t open_start_ns;
     _Atomic uint64_t cpu_ns;      /* kernel total, last read (final once dead) */
     _Atomic uint64_t runq_ns;
     _Atomic uint64_t cpu_base_ns; /* kernel totals when accounting started */
@@ -55,6 +48,7 @@ struct gla_thread {
 static struct gla_thread g_slots[GLA_MAX_THREADS];
 static _Atomic int g_used;      /* high-water mark of claimed slots */
 static _Atomic uint64_t g_dropped;
+static _Atomic uint64_t g_serial;
 static _Atomic int g_inited;
 static pthread_key_t g_exit_key;
 static int g_exit_key_ok;       /* key usable without allocation (index < 32) */
@@ -80,6 +74,14 @@ static void add_exited(struct gla_thread *t)
     g_exited.idle_ns += s.idle_ns;
     g_exited.io_wait_ns += s.io_wait_ns;
     g_exited.overlap_ns += s.overlap_ns;
+    g_exited.raw_cpu_ns += s.raw_cpu_ns;
+    g_exited.raw_runq_ns += s.raw_runq_ns;
+    g_exited.raw_gil_wait_ns += s.raw_gil_wait_ns;
+    g_exited.raw_lock_wait_ns += s.raw_lock_wait_ns;
+    g_exited.raw_idle_ns += s.raw_idle_ns;
+    g_exited.gil_tail_ns += s.gil_tail_ns;
+    g_exited.lock_cpu_ns += s.lock_cpu_ns;
+    g_exited.lock_runq_ns += s.lock_runq_ns;
 }
 
 static __thread struct gla_thread *tls_self __attribute__((tls_model("initial-exec")));
@@ -155,12 +157,16 @@ static void reset_record(struct gla_thread *t, pid_t tid, uint64_t start_ns)
     atomic_store_explicit(&t->end_ns, 0, memory_order_relaxed);
     for (int k = 0; k < GLA_NWAIT; k++)
         atomic_store_explicit(&t->wait_ns[k], 0, memory_order_relaxed);
+    atomic_store_explicit(&t->open_kind, -1, memory_order_relaxed);
+    atomic_store_explicit(&t->open_start_ns, 0, memory_order_relaxed);
     atomic_store_explicit(&t->cpu_ns, 0, memory_order_relaxed);
     atomic_store_explicit(&t->runq_ns, 0, memory_order_relaxed);
     atomic_store_explicit(&t->cpu_base_ns, 0, memory_order_relaxed);
     atomic_store_explicit(&t->runq_base_ns, 0, memory_order_relaxed);
     atomic_store_explicit(&t->start_known, 0, memory_order_relaxed);
     atomic_fetch_add_explicit(&t->generation, 1, memory_order_relaxed);
+    atomic_store_explicit(&t->serial, atomic_fetch_add_explicit(&g_serial, 1, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
 }
 
 /* Claims a slot for tid (no system call, no allocation). */
@@ -350,6 +356,42 @@ void gla_ledger_add_wait(gla_thread *t, gla_wait_kind kind, uint64_t ns)
         atomic_fetch_add_explicit(&t->wait_ns[kind], ns, memory_order_relaxed);
 }
 
+static inline void seq_enter(struct gla_thread *t)
+{
+    atomic_fetch_add_explicit(&t->seq, 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+}
+
+static inline void seq_leave(struct gla_thread *t)
+{
+    atomic_fetch_add_explicit(&t->seq, 1, memory_order_release);
+}
+
+void gla_ledger_wait_begin(gla_thread *t, gla_wait_kind kind, uint64_t now_ns)
+{
+    if (!t || (unsigned)kind > GLA_IDLE)
+        return;
+    seq_enter(t);
+    atomic_store_explicit(&t->open_start_ns, now_ns, memory_order_relaxed);
+    atomic_store_explicit(&t->open_kind, (int)kind, memory_order_relaxed);
+    seq_leave(t);
+}
+
+void gla_ledger_wait_end(gla_thread *t, uint64_t now_ns)
+{
+    if (!t)
+        return;
+    int kind = atomic_load_explicit(&t->open_kind, memory_order_relaxed);
+    if (kind < 0)
+        return;
+    uint64_t start = atomic_load_explicit(&t->open_start_ns, memory_order_relaxed);
+    seq_enter(t);
+    if (now_ns > start)
+        atomic_fetch_add_explicit(&t->wait_ns[kind], now_ns - start, memory_order_relaxed);
+    atomic_store_explicit(&t->open_kind, -1, memory_order_relaxed);
+    seq_leave(t);
+}
+
 uint64_t gla_ledger_wait(const gla_thread *t, gla_wait_kind kind)
 {
     if (!t || (unsigned)kind >= GLA_NWAIT)
@@ -357,35 +399,41 @@ uint64_t gla_ledger_wait(const gla_thread *t, gla_wait_kind kind)
     return atomic_load_explicit(&((struct gla_thread *)t)->wait_ns[kind], memory_order_relaxed);
 }
 
+static uint64_t take(uint64_t *from, uint64_t want)
+{
+    uint64_t cut = want < *from ? want : *from;
+    *from -= cut;
+    return cut;
+}
+
 void gla_sample_finish(gla_sample *s)
 {
-    uint64_t waits = s->gil_wait_ns + s->lock_wait_ns + s->idle_ns;
-    uint64_t kernel = s->cpu_ns + s->runq_ns;
-    uint64_t sum = waits + kernel;
+    s->cpu_ns = s->raw_cpu_ns;
+    s->runq_ns = s->raw_runq_ns;
+    s->gil_wait_ns = s->raw_gil_wait_ns;
+    s->lock_wait_ns = s->raw_lock_wait_ns;
+    s->idle_ns = s->raw_idle_ns;
     s->overlap_ns = 0;
-    if (sum > s->wall_ns) {
-        /* Time counted by the kernel as cpu/runq that lay inside a timed wait: count it
-         * once, in the wait. Take it from runq first (the hand-off wake-up delay), then
-         * cpu; if the waits alone exceed wall (clock granularity), trim the waits. */
-        uint64_t excess = sum - s->wall_ns;
-        uint64_t from_runq = excess < s->runq_ns ? excess : s->runq_ns;
-        s->runq_ns -= from_runq;
-        excess -= from_runq;
-        uint64_t from_cpu = excess < s->cpu_ns ? excess : s->cpu_ns;
-        s->cpu_ns -= from_cpu;
-        excess -= from_cpu;
-        s->overlap_ns = from_runq + from_cpu;
-        /* Any rest: waits exceed wall by clock granularity; trim gil, lock, idle. */
-        uint64_t *order[3] = {&s->idle_ns, &s->lock_wait_ns, &s->gil_wait_ns};
-        for (int i = 0; i < 3 && excess; i++) {
-            uint64_t cut = excess < *order[i] ? excess : *order[i];
-            *order[i] -= cut;
-            excess -= cut;
-        }
-        s->io_wait_ns = 0;
-    } else {
+    /* Lock waits: their inner cpu and run-queue time are known exactly. */
+    s->overlap_ns += take(&s->cpu_ns, s->lock_cpu_ns);
+    s->overlap_ns += take(&s->runq_ns, s->lock_runq_ns);
+    /* GIL waits: inner run-queue delay bounded by the wake-up tails. */
+    s->overlap_ns += take(&s->runq_ns, s->gil_tail_ns);
+    uint64_t sum = s->cpu_ns + s->runq_ns + s->gil_wait_ns + s->lock_wait_ns + s->idle_ns;
+    if (sum <= s->wall_ns) {
         s->io_wait_ns = s->wall_ns - sum;
+        return;
     }
+    /* Left over (granularity of the clocks, or CPU inside GIL waits): count it once. */
+    uint64_t excess = sum - s->wall_ns;
+    uint64_t cut = take(&s->runq_ns, excess);
+    cut += take(&s->cpu_ns, excess - cut);
+    s->overlap_ns += cut;
+    excess -= cut;
+    excess -= take(&s->idle_ns, excess);
+    excess -= take(&s->lock_wait_ns, excess);
+    take(&s->gil_wait_ns, excess);
+    s->io_wait_ns = 0;
 }
 
 /* Fills s from record t (no /proc read); now=0 means "at its end" for dead records. */
@@ -393,6 +441,7 @@ static void sample_record(struct gla_thread *t, gla_sample *s, uint64_t now)
 {
     memset(s, 0, sizeof *s);
     s->tid = atomic_load_explicit(&t->tid, memory_order_relaxed);
+    s->serial = atomic_load_explicit(&t->serial, memory_order_relaxed);
     s->alive = atomic_load_explicit(&t->state, memory_order_acquire) == SLOT_LIVE;
     s->registered = atomic_load_explicit(&t->registered, memory_order_relaxed);
     memcpy(s->name, t->name, GLA_NAME_LEN);
@@ -405,11 +454,31 @@ static void sample_record(struct gla_thread *t, gla_sample *s, uint64_t now)
     uint64_t runq = atomic_load_explicit(&t->runq_ns, memory_order_relaxed);
     uint64_t cpu_base = atomic_load_explicit(&t->cpu_base_ns, memory_order_relaxed);
     uint64_t runq_base = atomic_load_explicit(&t->runq_base_ns, memory_order_relaxed);
-    s->cpu_ns = cpu > cpu_base ? cpu - cpu_base : 0;
-    s->runq_ns = runq > runq_base ? runq - runq_base : 0;
-    s->gil_wait_ns = atomic_load_explicit(&t->wait_ns[GLA_GIL_WAIT], memory_order_relaxed);
-    s->lock_wait_ns = atomic_load_explicit(&t->wait_ns[GLA_LOCK_WAIT], memory_order_relaxed);
-    s->idle_ns = atomic_load_explicit(&t->wait_ns[GLA_IDLE], memory_order_relaxed);
+    s->raw_cpu_ns = cpu > cpu_base ? cpu - cpu_base : 0;
+    s->raw_runq_ns = runq > runq_base ? runq - runq_base : 0;
+    uint64_t waits[GLA_NWAIT];
+    int open_kind;
+    uint64_t open_start;
+    for (;;) {
+        unsigned seq1 = atomic_load_explicit(&t->seq, memory_order_acquire);
+        for (int k = 0; k < GLA_NWAIT; k++)
+            waits[k] = atomic_load_explicit(&t->wait_ns[k], memory_order_relaxed);
+        open_kind = atomic_load_explicit(&t->open_kind, memory_order_relaxed);
+        open_start = atomic_load_explicit(&t->open_start_ns, memory_order_relaxed);
+        atomic_thread_fence(memory_order_acquire);
+        unsigned seq2 = atomic_load_explicit(&t->seq, memory_order_relaxed);
+        if (seq1 == seq2 && !(seq1 & 1u))
+            break;
+    }
+    /* A wait still in progress counts up to the end of the sample. */
+    if (open_kind >= 0 && open_kind < GLA_NWAIT && end > open_start)
+        waits[open_kind] += end - open_start;
+    s->raw_gil_wait_ns = waits[GLA_GIL_WAIT];
+    s->raw_lock_wait_ns = waits[GLA_LOCK_WAIT];
+    s->raw_idle_ns = waits[GLA_IDLE];
+    s->gil_tail_ns = waits[GLA_GIL_TAIL];
+    s->lock_cpu_ns = waits[GLA_LOCK_CPU];
+    s->lock_runq_ns = waits[GLA_LOCK_RUNQ];
     gla_sample_finish(s);
 }
 

@@ -12,6 +12,19 @@
  *
  * io_wait is never stored: a reader derives it as the remainder (see gla_sample_finish).
  *
+ * Partition (no time counted twice). The kernel's cpu and run-queue totals include the
+ * CPU and run-queue delay that happen inside lock and GIL waits; the waits are timed
+ * inclusively. So:
+ *   lock waits: the lock hook reads the thread's schedstat just before and after each
+ *     blocking wait (it holds no lock then), so their inner cpu/runq are known exactly
+ *     and removed from cpu/runq;
+ *   GIL waits: the hook may not make system calls, so their inner run-queue delay is
+ *     bounded from above by the wake-up tails (time from the hand-off that woke the
+ *     waiter to its return) and by the kernel's run-queue total: min(tail, runq) is
+ *     removed from runq — an estimate, reported as such (overlap_ns, capabilities);
+ *   anything still left over (sum above wall: clock granularity) is trimmed from runq,
+ *   then cpu, then the waits, so the states add up to wall exactly and none is < 0.
+ *
  * Threads
  *  - Records are created by: the thread itself (gla_ledger_self, may allocate and make
  *    system calls), the GIL/lock hooks (gla_ledger_self_nosys: no system call, no
@@ -52,26 +65,38 @@ typedef enum {
     GLA_GIL_WAIT = 0,
     GLA_LOCK_WAIT = 1,
     GLA_IDLE = 2,
-    GLA_NWAIT = 3
+    GLA_GIL_TAIL = 3,  /* part of gil_wait from the hand-off's wake-up to the return */
+    GLA_LOCK_CPU = 4,  /* kernel cpu time inside lock waits (exact, read around them) */
+    GLA_LOCK_RUNQ = 5, /* kernel run-queue time inside lock waits (exact) */
+    GLA_NWAIT = 6
 } gla_wait_kind;
 
 typedef struct gla_thread gla_thread; /* opaque */
 
-/* One thread's cumulative figures at one instant (all ns). */
+/* One thread's cumulative figures at one instant (all ns). The raw_* fields and the
+ * in-wait figures are the inputs; the rest is their partition (gla_sample_finish). */
 typedef struct {
     pid_t tid;
+    uint64_t serial;       /* unique per record life: tells a reused tid from the same thread */
     int alive;             /* 0: the thread has exited; figures are its final totals */
     int registered;        /* 1: the thread registered itself (exact start and exit) */
     char name[GLA_NAME_LEN];
     uint64_t start_ns;     /* CLOCK_MONOTONIC when its accounting started */
     uint64_t wall_ns;      /* time accounted: (end or now) - start_ns */
-    uint64_t cpu_ns;       /* on a core */
-    uint64_t runq_ns;      /* runnable, waiting for a core (outside GIL/lock waits) */
+    /* partition: cpu + runq + gil_wait + lock_wait + idle + io_wait == wall */
+    uint64_t cpu_ns;       /* on a core, outside lock waits */
+    uint64_t runq_ns;      /* runnable, waiting for a core, outside waits */
     uint64_t gil_wait_ns;
     uint64_t lock_wait_ns;
     uint64_t idle_ns;
     uint64_t io_wait_ns;   /* derived remainder, >= 0 */
-    uint64_t overlap_ns;   /* cpu+runq that fell inside waits, removed from cpu/runq */
+    uint64_t overlap_ns;   /* kernel cpu+runq found inside waits, counted once (in the wait) */
+    /* inputs */
+    uint64_t raw_cpu_ns, raw_runq_ns; /* kernel totals since accounting started */
+    uint64_t raw_gil_wait_ns, raw_lock_wait_ns, raw_idle_ns;
+    uint64_t gil_tail_ns;  /* wake-up-to-return part of the GIL waits */
+    uint64_t lock_cpu_ns;  /* kernel cpu inside lock waits */
+    uint64_t lock_runq_ns; /* kernel run-queue time inside lock waits */
 } gla_sample;
 
 /* Process-wide monotonic clock in ns. */
@@ -90,6 +115,13 @@ gla_thread *gla_ledger_self_nosys(void);
 
 /* Adds ns to one wait counter of a record (owner thread only). */
 void gla_ledger_add_wait(gla_thread *t, gla_wait_kind kind, uint64_t ns);
+
+/* Marks the start / the end of a wait of the owner thread (no system call, no
+ * allocation; kind GIL, LOCK or IDLE). Readers count the elapsed part of a wait in
+ * progress, so an interval that cuts a long wait gets exactly its share. end adds
+ * now_ns - start to the kind given at begin. */
+void gla_ledger_wait_begin(gla_thread *t, gla_wait_kind kind, uint64_t now_ns);
+void gla_ledger_wait_end(gla_thread *t, uint64_t now_ns);
 
 /* Cumulative wait counter of a record (any thread). */
 uint64_t gla_ledger_wait(const gla_thread *t, gla_wait_kind kind);

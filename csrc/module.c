@@ -214,14 +214,15 @@ static PyObject *py_capabilities(PyObject *self, PyObject *args)
         "hook_object", st.object[0] ? st.object : (st.installed ? "(main executable)" : ""));
 }
 
+#define U(x) ((unsigned long long)(x))
 static PyObject *sample_tuple(const gla_sample *s)
 {
-    return Py_BuildValue("(iiisKKKKKKKKK)", (int)s->tid, s->alive, s->registered, s->name,
-                         (unsigned long long)s->start_ns, (unsigned long long)s->wall_ns,
-                         (unsigned long long)s->cpu_ns, (unsigned long long)s->runq_ns,
-                         (unsigned long long)s->gil_wait_ns, (unsigned long long)s->lock_wait_ns,
-                         (unsigned long long)s->idle_ns, (unsigned long long)s->io_wait_ns,
-                         (unsigned long long)s->overlap_ns);
+    return Py_BuildValue("(iiisKKKKKKKKKKKKKKKKKK)", (int)s->tid, s->alive, s->registered, s->name,
+                         U(s->start_ns), U(s->wall_ns), U(s->cpu_ns), U(s->runq_ns),
+                         U(s->gil_wait_ns), U(s->lock_wait_ns), U(s->idle_ns), U(s->io_wait_ns),
+                         U(s->overlap_ns), U(s->raw_cpu_ns), U(s->raw_runq_ns),
+                         U(s->raw_gil_wait_ns), U(s->raw_lock_wait_ns), U(s->raw_idle_ns),
+                         U(s->gil_tail_ns), U(s->lock_cpu_ns), U(s->lock_runq_ns), U(s->serial));
 }
 
 /* read() -> (now_ns, [sample tuples]) ; tuple fields as in SAMPLE_FIELDS (Python side). */
@@ -280,15 +281,19 @@ static PyObject *py_finish(PyObject *self, PyObject *args)
     (void)self;
     gla_sample s;
     memset(&s, 0, sizeof s);
-    unsigned long long wall, cpu, runq, gil, lock, idle;
-    if (!PyArg_ParseTuple(args, "KKKKKK", &wall, &cpu, &runq, &gil, &lock, &idle))
+    unsigned long long wall, cpu, runq, gil, lock, idle, tail, lock_cpu, lock_runq;
+    if (!PyArg_ParseTuple(args, "KKKKKKKKK", &wall, &cpu, &runq, &gil, &lock, &idle, &tail,
+                          &lock_cpu, &lock_runq))
         return NULL;
+    s.gil_tail_ns = tail;
+    s.lock_cpu_ns = lock_cpu;
+    s.lock_runq_ns = lock_runq;
     s.wall_ns = wall;
-    s.cpu_ns = cpu;
-    s.runq_ns = runq;
-    s.gil_wait_ns = gil;
-    s.lock_wait_ns = lock;
-    s.idle_ns = idle;
+    s.raw_cpu_ns = cpu;
+    s.raw_runq_ns = runq;
+    s.raw_gil_wait_ns = gil;
+    s.raw_lock_wait_ns = lock;
+    s.raw_idle_ns = idle;
     gla_sample_finish(&s);
     return sample_tuple(&s);
 }
@@ -342,7 +347,7 @@ static PyMethodDef core_methods[] = {
     {"capabilities", py_capabilities, METH_NOARGS, "Which figures are exact, and why not."},
     {"read", py_read, METH_NOARGS, "(now_ns, [per-thread sample tuples])"},
     {"exited", py_exited, METH_NOARGS, "Sample tuple of the totals of all exited threads."},
-    {"finish", py_finish, METH_VARARGS, "finish(wall, cpu, runq, gil, lock, idle) -> partitioned sample tuple."},
+    {"finish", py_finish, METH_VARARGS, "finish(wall, cpu, runq, gil, lock, idle, gil_tail, lock_cpu, lock_runq) -> partitioned sample tuple."},
     {"register_thread", py_register_thread, METH_NOARGS, "Register the calling thread in the ledger."},
     {"gil_switches", py_gil_switches, METH_NOARGS, "GIL hand-offs so far, or -1."},
     {"now_ns", py_now_ns, METH_NOARGS, "CLOCK_MONOTONIC in ns (the ledger's clock)."},

@@ -21,7 +21,12 @@ log = logging.getLogger("gil_adapt")
 
 STATES = ("cpu_ns", "runq_wait_ns", "gil_wait_ns", "lock_wait_ns", "idle_ns", "io_wait_ns")
 _FIELDS = ("tid", "alive", "registered", "os_name", "start_ns", "wall_ns", "cpu_ns",
-           "runq_wait_ns", "gil_wait_ns", "lock_wait_ns", "idle_ns", "io_wait_ns", "overlap_ns")
+           "runq_wait_ns", "gil_wait_ns", "lock_wait_ns", "idle_ns", "io_wait_ns", "overlap_ns",
+           "raw_cpu_ns", "raw_runq_ns", "raw_gil_wait_ns", "raw_lock_wait_ns", "raw_idle_ns",
+           "gil_tail_ns", "lock_cpu_ns", "lock_runq_ns", "serial")
+# Inputs of the partition, in the order _core.finish takes them (after wall_ns).
+_RAW = ("raw_cpu_ns", "raw_runq_ns", "raw_gil_wait_ns", "raw_lock_wait_ns", "raw_idle_ns",
+        "gil_tail_ns", "lock_cpu_ns", "lock_runq_ns")
 
 _install_lock = threading.Lock()
 _install_rc: Optional[int] = None
@@ -94,10 +99,11 @@ def snapshot() -> Dict[str, Any]:
     threads: Dict[int, Dict[str, Any]] = {}
     for r in rows:
         tid = r["tid"]
-        entry = {k: r[k] for k in ("wall_ns",) + STATES}
+        entry = {k: r[k] for k in ("wall_ns", "overlap_ns") + STATES + _RAW}
         entry["name"] = names.get(tid, r["os_name"])
         entry["alive"] = bool(r["alive"])
         entry["start_ns"] = r["start_ns"]
+        entry["serial"] = r["serial"]
         if tid in threads and threads[tid]["alive"] and not entry["alive"]:
             continue  # a reused tid: keep the live thread under its id
         threads[tid] = entry
@@ -105,7 +111,7 @@ def snapshot() -> Dict[str, Any]:
     return {
         "time_ns": now,
         "threads": threads,
-        "exited": {k: exited[k] for k in ("wall_ns",) + STATES},
+        "exited": {k: exited[k] for k in ("wall_ns", "overlap_ns") + STATES + _RAW},
         "gil_switches": _core.gil_switches(),
     }
 
@@ -128,19 +134,13 @@ def diff(before: Dict[str, Any], after: Dict[str, Any]) -> Dict[str, Any]:
     threads: Dict[int, Dict[str, Any]] = {}
     for tid, a in after["threads"].items():
         b = before["threads"].get(tid)
-        if b is not None and b["start_ns"] != a["start_ns"]:
+        if b is not None and b["serial"] != a["serial"]:
             b = None  # a different thread that reused the id
-        if b is None and a["start_ns"] < before["time_ns"] and not a["alive"]:
+        if b is not None and not b["alive"]:
             continue  # exited before the interval began
-        raw = {}
-        for k in ("wall_ns", "cpu_ns", "runq_wait_ns", "gil_wait_ns", "lock_wait_ns", "idle_ns"):
-            raw[k] = max(0, a[k] - (b[k] if b else 0))
-        if b is None:
-            # Started inside the interval: its counters began at its start.
-            pass
-        row = dict(zip(_FIELDS, _core.finish(raw["wall_ns"], raw["cpu_ns"], raw["runq_wait_ns"],
-                                             raw["gil_wait_ns"], raw["lock_wait_ns"], raw["idle_ns"])))
-        entry = {k: row[k] for k in ("wall_ns",) + STATES}
+        delta = [max(0, a[k] - (b[k] if b else 0)) for k in ("wall_ns",) + _RAW]
+        row = dict(zip(_FIELDS, _core.finish(*delta)))
+        entry = {k: row[k] for k in ("wall_ns", "overlap_ns") + STATES}
         entry["name"] = a["name"]
         entry["alive"] = a["alive"]
         _derive(entry)
