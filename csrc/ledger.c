@@ -353,13 +353,15 @@ gla_thread *gla_ledger_self_nosys(void)
 void gla_ledger_add_wait(gla_thread *t, gla_wait_kind kind, uint64_t ns)
 {
     if (t && (unsigned)kind < GLA_NWAIT)
-        atomic_fetch_add_explicit(&t->wait_ns[kind], ns, memory_order_relaxed);
+        atomic_fetch_add_explicit(&t->wait_ns[kind], ns, memory_order_release);
 }
 
+/* Sequence lock without fences (TSan-friendly): the owner makes seq odd, then
+ * publishes the data with release stores, then makes seq even (release); a reader
+ * loads seq (acquire), the data (acquire), seq again, and retries on a change. */
 static inline void seq_enter(struct gla_thread *t)
 {
     atomic_fetch_add_explicit(&t->seq, 1, memory_order_relaxed);
-    atomic_thread_fence(memory_order_release);
 }
 
 static inline void seq_leave(struct gla_thread *t)
@@ -372,8 +374,8 @@ void gla_ledger_wait_begin(gla_thread *t, gla_wait_kind kind, uint64_t now_ns)
     if (!t || (unsigned)kind > GLA_IDLE)
         return;
     seq_enter(t);
-    atomic_store_explicit(&t->open_start_ns, now_ns, memory_order_relaxed);
-    atomic_store_explicit(&t->open_kind, (int)kind, memory_order_relaxed);
+    atomic_store_explicit(&t->open_start_ns, now_ns, memory_order_release);
+    atomic_store_explicit(&t->open_kind, (int)kind, memory_order_release);
     seq_leave(t);
 }
 
@@ -387,8 +389,8 @@ void gla_ledger_wait_end(gla_thread *t, uint64_t now_ns)
     uint64_t start = atomic_load_explicit(&t->open_start_ns, memory_order_relaxed);
     seq_enter(t);
     if (now_ns > start)
-        atomic_fetch_add_explicit(&t->wait_ns[kind], now_ns - start, memory_order_relaxed);
-    atomic_store_explicit(&t->open_kind, -1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&t->wait_ns[kind], now_ns - start, memory_order_release);
+    atomic_store_explicit(&t->open_kind, -1, memory_order_release);
     seq_leave(t);
 }
 
@@ -462,10 +464,9 @@ static void sample_record(struct gla_thread *t, gla_sample *s, uint64_t now)
     for (;;) {
         unsigned seq1 = atomic_load_explicit(&t->seq, memory_order_acquire);
         for (int k = 0; k < GLA_NWAIT; k++)
-            waits[k] = atomic_load_explicit(&t->wait_ns[k], memory_order_relaxed);
-        open_kind = atomic_load_explicit(&t->open_kind, memory_order_relaxed);
-        open_start = atomic_load_explicit(&t->open_start_ns, memory_order_relaxed);
-        atomic_thread_fence(memory_order_acquire);
+            waits[k] = atomic_load_explicit(&t->wait_ns[k], memory_order_acquire);
+        open_kind = atomic_load_explicit(&t->open_kind, memory_order_acquire);
+        open_start = atomic_load_explicit(&t->open_start_ns, memory_order_acquire);
         unsigned seq2 = atomic_load_explicit(&t->seq, memory_order_relaxed);
         if (seq1 == seq2 && !(seq1 & 1u))
             break;

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Debian packages gil-adapt needs to build and test: a C compiler with the sanitizer
+# runtimes (libasan/libubsan/libtsan come with gcc), make, and Python's venv module.
+# Installs only what is missing; needs root (or sudo) only when something is missing.
+set -euo pipefail
+need=()
+command -v gcc >/dev/null || need+=(gcc)
+command -v make >/dev/null || need+=(make)
+dpkg -s libc6-dev >/dev/null 2>&1 || need+=(libc6-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need[@]}"
+fi

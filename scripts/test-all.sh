@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite (README's test command runs this through `make test`):
+#  1. the C unit tests, -Wall -Wextra -Werror, plain + ASan/UBSan + TSan;
+#  2. the full pytest suite on the default python3;
+#  3. the build and the ledger tests on every other CPython >= 3.9 that pyenv has.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+
+echo "== C unit tests"
+make -C tests/c
+
+venv_for() {  # venv_for PYTHON DIR: a venv with gil-adapt (built with -Werror) + test deps
+  local py=$1 dir=$2
+  [ -x "$dir/bin/python" ] || "$py" -m venv "$dir"
+  "$dir/bin/python" -m pip install -q --upgrade pip >/dev/null
+  GIL_ADAPT_WERROR=1 "$dir/bin/python" -m pip install -q --force-reinstall --no-deps . >/dev/null
+  "$dir/bin/python" -m pip install -q ".[test]" >/dev/null
+}
+
+default_py=${PYTHON:-python3}
+echo "== full suite on $($default_py --version)"
+venv_for "$default_py" .venv-test
+.venv-test/bin/python -m pytest -q tests
+
+default_ver=$($default_py -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if command -v pyenv >/dev/null 2>&1; then
+  for ver in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.(9|[1-9][0-9])(\.|$)' | sort -V); do
+    py="$(pyenv root)/versions/$ver/bin/python"
+    [ -x "$py" ] || continue
+    short=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    [ "$short" = "$default_ver" ] && continue
+    echo "== build + ledger tests on Python $ver"
+    venv_for "$py" ".venv-$ver"
+    ".venv-$ver/bin/python" -m pytest -q tests/test_ledger.py
+  done
+fi
+echo "== all tests passed"

@@ -1,0 +1,367 @@
+/* test_ledger.c — the ledger and the GOT hook, without Python.
+ *
+ * The hook is installed into libwaiter.so (lib_waiter.c), which calls the pthread and
+ * semaphore functions through its own PLT just as libpython does. */
+#include "gilhook.h"
+#include "ledger.h"
+#include "procstat.h"
+#include "lib_waiter.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+static int g_failures;
+#define CHECK(cond, ...)                                                                   \
+    do {                                                                                   \
+        if (!(cond)) {                                                                     \
+            g_failures++;                                                                  \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                \
+            fprintf(stderr, __VA_ARGS__);                                                  \
+            fprintf(stderr, "\n");                                                         \
+        }                                                                                  \
+    } while (0)
+
+#define MS 1000000ull
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+static pid_t my_tid(void) { return (pid_t)syscall(SYS_gettid); }
+
+/* Finds tid's sample (the live one if the tid was reused). */
+static int find_sample(pid_t tid, gla_sample *out)
+{
+    static gla_sample buf[GLA_MAX_THREADS];
+    size_t n = 0;
+    gla_ledger_read(buf, GLA_MAX_THREADS, &n);
+    int found = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (buf[i].tid == tid && (!found || buf[i].alive)) {
+            *out = buf[i];
+            found = 1;
+        }
+    }
+    return found;
+}
+
+static uint64_t states_sum(const gla_sample *s)
+{
+    return s->cpu_ns + s->runq_ns + s->gil_wait_ns + s->lock_wait_ns + s->idle_ns + s->io_wait_ns;
+}
+
+/* ---- partition ------------------------------------------------------------------- */
+
+static uint64_t rnd(uint64_t *state)
+{
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    return *state;
+}
+
+static void test_partition_random(void)
+{
+    uint64_t seed = 88172645463325252ull;
+    for (int i = 0; i < 200000; i++) {
+        gla_sample s;
+        memset(&s, 0, sizeof s);
+        s.wall_ns = rnd(&seed) % (10 * 1000 * MS);
+        uint64_t span = s.wall_ns + 1 + s.wall_ns / 4; /* inputs may overshoot wall */
+        s.raw_cpu_ns = rnd(&seed) % span / 2;
+        s.raw_runq_ns = rnd(&seed) % span / 4;
+        s.raw_gil_wait_ns = rnd(&seed) % span / 2;
+        s.raw_lock_wait_ns = rnd(&seed) % span / 4;
+        s.raw_idle_ns = rnd(&seed) % span / 4;
+        s.gil_tail_ns = rnd(&seed) % (s.raw_gil_wait_ns + 1);
+        s.lock_cpu_ns = rnd(&seed) % (s.raw_cpu_ns + 1);
+        s.lock_runq_ns = rnd(&seed) % (s.raw_runq_ns + 1);
+        gla_sample_finish(&s);
+        CHECK(states_sum(&s) == s.wall_ns, "case %d: states %llu != wall %llu", i,
+              (unsigned long long)states_sum(&s), (unsigned long long)s.wall_ns);
+        CHECK(s.cpu_ns <= s.raw_cpu_ns && s.runq_ns <= s.raw_runq_ns &&
+                  s.gil_wait_ns <= s.raw_gil_wait_ns && s.lock_wait_ns <= s.raw_lock_wait_ns &&
+                  s.idle_ns <= s.raw_idle_ns,
+              "case %d: a state grew in the partition", i);
+        if (g_failures > 10)
+            return;
+    }
+}
+
+static void test_partition_cases(void)
+{
+    /* 4 CPU-bound threads on one core: 25 % cpu, 75 % GIL wait, a little run-queue delay
+     * inside the waits: nothing left for I/O, nothing counted twice. */
+    gla_sample s;
+    memset(&s, 0, sizeof s);
+    s.wall_ns = 1000 * MS;
+    s.raw_cpu_ns = 250 * MS;
+    s.raw_runq_ns = 10 * MS;
+    s.raw_gil_wait_ns = 750 * MS;
+    s.gil_tail_ns = 10 * MS;
+    gla_sample_finish(&s);
+    CHECK(s.io_wait_ns == 0 && s.gil_wait_ns == 750 * MS && s.cpu_ns == 250 * MS && s.runq_ns == 0,
+          "cpu-bound: io=%llu gil=%llu cpu=%llu runq=%llu", (unsigned long long)s.io_wait_ns,
+          (unsigned long long)s.gil_wait_ns, (unsigned long long)s.cpu_ns, (unsigned long long)s.runq_ns);
+    CHECK(s.overlap_ns == 10 * MS, "overlap %llu", (unsigned long long)s.overlap_ns);
+
+    /* Sleeper with a lock wait whose inner run-queue delay is known exactly. */
+    memset(&s, 0, sizeof s);
+    s.wall_ns = 1000 * MS;
+    s.raw_cpu_ns = 10 * MS;
+    s.raw_runq_ns = 30 * MS;
+    s.raw_lock_wait_ns = 200 * MS;
+    s.lock_runq_ns = 20 * MS;
+    s.lock_cpu_ns = 1 * MS;
+    gla_sample_finish(&s);
+    CHECK(s.runq_ns == 10 * MS && s.cpu_ns == 9 * MS && s.lock_wait_ns == 200 * MS &&
+              s.io_wait_ns == 781 * MS,
+          "lock case: runq=%llu cpu=%llu io=%llu", (unsigned long long)s.runq_ns,
+          (unsigned long long)s.cpu_ns, (unsigned long long)s.io_wait_ns);
+}
+
+/* ---- registration, exit, waits in progress ---------------------------------------- */
+
+typedef struct {
+    pid_t tid;
+    int sleep_ms;
+} worker_arg;
+
+static void *registered_worker(void *p)
+{
+    worker_arg *arg = p;
+    gla_thread *t = gla_ledger_self();
+    arg->tid = my_tid();
+    uint64_t t0 = gla_now_ns();
+    gla_ledger_wait_begin(t, GLA_LOCK_WAIT, t0);
+    sleep_ms(arg->sleep_ms);
+    gla_ledger_wait_end(t, gla_now_ns());
+    sleep_ms(arg->sleep_ms); /* plain "I/O" */
+    return NULL;
+}
+
+static void test_exit_keeps_totals(void)
+{
+    enum { N = 8 };
+    pthread_t th[N];
+    worker_arg args[N];
+    gla_sample before;
+    gla_ledger_exited(&before);
+    for (int i = 0; i < N; i++) {
+        args[i].sleep_ms = 20;
+        CHECK(pthread_create(&th[i], NULL, registered_worker, &args[i]) == 0, "create");
+    }
+    for (int i = 0; i < N; i++)
+        pthread_join(th[i], NULL);
+    sleep_ms(5); /* key destructors run before the kernel task ends */
+    for (int i = 0; i < N; i++) {
+        gla_sample s;
+        int found = find_sample(args[i].tid, &s);
+        CHECK(found, "thread %d not in the ledger", (int)args[i].tid);
+        if (!found)
+            continue;
+        CHECK(!s.alive && s.registered, "alive=%d registered=%d", s.alive, s.registered);
+        CHECK(s.lock_wait_ns >= 19 * MS && s.lock_wait_ns < 500 * MS, "lock %llu",
+              (unsigned long long)s.lock_wait_ns);
+        CHECK(s.io_wait_ns >= 15 * MS, "io %llu", (unsigned long long)s.io_wait_ns);
+        CHECK(states_sum(&s) == s.wall_ns, "sum");
+    }
+    gla_sample after;
+    gla_ledger_exited(&after);
+    CHECK(after.raw_lock_wait_ns - before.raw_lock_wait_ns >= N * 19 * MS,
+          "exited aggregate lock %llu",
+          (unsigned long long)(after.raw_lock_wait_ns - before.raw_lock_wait_ns));
+}
+
+static sem_t g_ready, g_release;
+
+static void *long_waiter(void *p)
+{
+    pid_t *tid = p;
+    gla_thread *t = gla_ledger_self();
+    *tid = my_tid();
+    gla_ledger_wait_begin(t, GLA_IDLE, gla_now_ns());
+    sem_post(&g_ready);
+    sem_wait(&g_release);
+    gla_ledger_wait_end(t, gla_now_ns());
+    return NULL;
+}
+
+static void test_wait_in_progress(void)
+{
+    pid_t tid = 0;
+    pthread_t th;
+    sem_init(&g_ready, 0, 0);
+    sem_init(&g_release, 0, 0);
+    pthread_create(&th, NULL, long_waiter, &tid);
+    sem_wait(&g_ready);
+    gla_sample a, b;
+    find_sample(tid, &a);
+    sleep_ms(30);
+    find_sample(tid, &b);
+    CHECK(b.raw_idle_ns - a.raw_idle_ns >= 29 * MS, "in-progress idle grew by %llu",
+          (unsigned long long)(b.raw_idle_ns - a.raw_idle_ns));
+    sem_post(&g_release);
+    pthread_join(th, NULL);
+    sem_destroy(&g_ready);
+    sem_destroy(&g_release);
+}
+
+/* ---- the hook --------------------------------------------------------------------- */
+
+static pthread_mutex_t g_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_gil = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t g_other = PTHREAD_COND_INITIALIZER;
+
+typedef struct {
+    pthread_cond_t *cond;
+    int ms;
+    pid_t tid;
+    int registered;
+} cond_arg;
+
+static void *cond_waiter(void *p)
+{
+    cond_arg *arg = p;
+    arg->tid = my_tid();
+    pthread_mutex_lock(&g_mutex);
+    int rc;
+    do {
+        rc = waiter_cond_timedwait_ms(arg->cond, &g_mutex, arg->ms);
+    } while (rc == 0); /* spurious wake-ups: wait out the whole timeout */
+    pthread_mutex_unlock(&g_mutex);
+    gla_sample s;
+    find_sample(arg->tid, &s);
+    arg->registered = s.registered;
+    return NULL;
+}
+
+static uint64_t gil_wait_of_waiter(pthread_cond_t *cond, int ms, int via_hooked_create, int *registered)
+{
+    pthread_t th;
+    cond_arg arg = {cond, ms, 0, 0};
+    if (via_hooked_create)
+        waiter_thread_create(&th, cond_waiter, &arg);
+    else
+        pthread_create(&th, NULL, cond_waiter, &arg);
+    pthread_join(th, NULL);
+    sleep_ms(2);
+    gla_sample s;
+    if (!find_sample(arg.tid, &s))
+        return (uint64_t)-1;
+    if (registered)
+        *registered = arg.registered;
+    return s.raw_gil_wait_ns;
+}
+
+static sem_t g_sem;
+static void *sem_blocker(void *p)
+{
+    pid_t *tid = p;
+    *tid = my_tid();
+    waiter_sem_wait(&g_sem);
+    return NULL;
+}
+
+static void test_hook(void)
+{
+    const void *anchor = (const void *)waiter_anchor;
+    CHECK(gla_hook_install(anchor) == 0, "install");
+    gla_hook_status st;
+    gla_hook_get_status(&st);
+    CHECK(st.installed && st.slots_cond >= 1 && st.slots_sem >= 1 && st.slots_create >= 1,
+          "slots cond=%d sem=%d create=%d", st.slots_cond, st.slots_sem, st.slots_create);
+    CHECK(strstr(st.object, "libwaiter") != NULL, "patched object %s", st.object);
+    CHECK(gla_hook_install(anchor) == 0, "second install is a no-op");
+    gla_hook_status st2;
+    gla_hook_get_status(&st2);
+    CHECK(st2.slots_cond == st.slots_cond && st2.slots_sem == st.slots_sem, "idempotent");
+
+    /* Before the GIL is known no condition wait counts. */
+    uint64_t none = gil_wait_of_waiter(&g_gil, 20, 0, NULL);
+    CHECK(none == 0, "unknown GIL counted %llu", (unsigned long long)none);
+
+    gla_hook_set_gil(&g_gil);
+    int registered = 0;
+    uint64_t gil = gil_wait_of_waiter(&g_gil, 30, 1, &registered);
+    CHECK(gil >= 29 * MS && gil < 1000 * MS, "GIL wait %llu", (unsigned long long)gil);
+    CHECK(registered, "thread created through the hooked pthread_create registered");
+    uint64_t other = gil_wait_of_waiter(&g_other, 20, 0, NULL);
+    CHECK(other == 0, "other condition counted %llu", (unsigned long long)other);
+
+    /* A semaphore wait that blocks counts as a lock wait. */
+    sem_init(&g_sem, 0, 0);
+    pid_t tid = 0;
+    pthread_t th;
+    pthread_create(&th, NULL, sem_blocker, &tid);
+    sleep_ms(30);
+    sem_post(&g_sem);
+    pthread_join(th, NULL);
+    gla_sample s;
+    CHECK(find_sample(tid, &s) && s.raw_lock_wait_ns >= 25 * MS, "lock wait %llu",
+          (unsigned long long)s.raw_lock_wait_ns);
+    /* An uncontended one costs nothing and counts nothing. */
+    sem_post(&g_sem);
+    gla_thread *me = gla_ledger_self();
+    uint64_t lock0 = gla_ledger_wait(me, GLA_LOCK_WAIT);
+    waiter_sem_wait(&g_sem);
+    CHECK(gla_ledger_wait(me, GLA_LOCK_WAIT) == lock0, "uncontended acquire counted");
+    sem_destroy(&g_sem);
+
+    CHECK(gla_hook_uninstall() == 0, "uninstall");
+    uint64_t after = gil_wait_of_waiter(&g_gil, 20, 0, NULL);
+    CHECK(after == 0, "counted after uninstall: %llu", (unsigned long long)after);
+    gla_hook_get_status(&st);
+    CHECK(!st.installed, "status after uninstall");
+
+    setenv("GIL_ADAPT_HOOK", "0", 1);
+    CHECK(gla_hook_install(anchor) == -ECANCELED, "GIL_ADAPT_HOOK=0 refuses");
+    unsetenv("GIL_ADAPT_HOOK");
+    CHECK(gla_hook_install(anchor) == 0, "reinstall");
+    CHECK(gla_hook_install(NULL) == 0, "installed: anchor ignored");
+    gla_hook_uninstall();
+    CHECK(gla_hook_install((const void *)1) == -ENOENT, "no object holds the anchor");
+    gla_hook_set_gil(NULL);
+}
+
+static void test_procstat(void)
+{
+    uint64_t cpu = 0, runq = 0;
+    CHECK(gla_read_schedstat(0, &cpu, &runq) == 0 && cpu > 0, "schedstat");
+    int aff = 0;
+    double quota = -1, usable = 0;
+    CHECK(gla_read_usable_cores(&aff, &quota, &usable) == 0 && aff >= 1 && usable > 0 &&
+              usable <= aff,
+          "cores aff=%d quota=%f usable=%f", aff, quota, usable);
+    uint64_t limit = 1, avail = 0;
+    CHECK(gla_read_memory(&limit, &avail) == 0 && avail > 0, "memory");
+    CHECK(gla_read_schedstat(999999999, &cpu, &runq) < 0, "missing thread is an error");
+}
+
+int main(void)
+{
+    CHECK(gla_ledger_init() == 0, "init");
+    CHECK(gla_ledger_init() == 0, "init twice");
+    test_partition_random();
+    test_partition_cases();
+    test_exit_keeps_totals();
+    test_wait_in_progress();
+    test_hook();
+    test_procstat();
+    if (g_failures) {
+        fprintf(stderr, "test_ledger: %d failure(s)\n", g_failures);
+        return 1;
+    }
+    printf("test_ledger: all passed\n");
+    return 0;
+}

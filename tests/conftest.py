@@ -1,0 +1,41 @@
+"""Shared fixtures: CPU work of a known size, pinning to one core."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterator
+
+import pytest
+
+
+def _spin(n: int) -> int:
+    x = 0
+    for i in range(n):
+        x += i
+    return x
+
+
+@pytest.fixture(scope="session")
+def cpu_ms():
+    """cpu_ms(ms): pure-Python CPU work of about ms milliseconds (holds the GIL)."""
+    n = 200_000
+    t0 = time.thread_time()
+    _spin(n)
+    per_ms = max(1, int(n / ((time.thread_time() - t0) * 1000.0)))
+
+    def work(ms: float) -> None:
+        _spin(int(per_ms * ms))
+
+    return work
+
+
+@pytest.fixture
+def one_core() -> Iterator[int]:
+    """Pins the test (and the threads it starts) to one core; restores afterwards."""
+    before = os.sched_getaffinity(0)
+    core = max(before)
+    os.sched_setaffinity(0, {core})
+    try:
+        yield core
+    finally:
+        os.sched_setaffinity(0, before)
