@@ -1,0 +1,1021 @@
+/* pool.c — see pool.h for the contract.
+ *
+ * Counts (all under p->mu):
+ *   live      workers registered (between their enter and their exit)
+ *   starting  threads being created or inside enter
+ *   retiring  live workers told to leave that have not left yet
+ *   retire_pending  leave requests no worker has taken yet (busy workers take them
+ *             when they finish a task)
+ *   effective = live + starting - retiring - retire_pending: what the pool is heading to.
+ * A worker is on the idle stack only while it waits in its own condition variable; the
+ * one who takes it off (submit, a retire, shutdown) sets woken and signals it, so no
+ * wake-up is lost or wasted.
+ */
+#include "pool.h"
+
+#include "ledger.h"
+#include "procstat.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+
+typedef struct {
+    uint64_t completed, cpu_ns, wall_ns, gil_ns, gil_tail_ns, lock_ns, idle_ns;
+} totals;
+
+typedef struct worker {
+    struct worker *all_prev, *all_next;
+    struct worker *idle_up, *idle_down; /* towards the top / the bottom of the stack */
+    gla_pool *pool;
+    pthread_cond_t cond;
+    gla_pool_task *handoff; /* under mu */
+    int woken;              /* under mu */
+    int retire;             /* under mu */
+    int on_idle;            /* under mu */
+    unsigned index;
+    pid_t tid;              /* set before registering */
+    /* written by the worker only, read by the monitor */
+    _Atomic uint64_t completed, cpu_ns, wall_ns, gil_ns, gil_tail_ns, lock_ns, idle_ns;
+} worker;
+
+typedef struct {
+    worker *w;          /* under mu; the worker clears it when it leaves */
+    pid_t tid;          /* monitor-only from here */
+    int valid;
+    uint64_t at_ns, idle_ns, runq_ns;
+} runq_slot;
+
+struct gla_pool {
+    gla_pool_config cfg;
+    pthread_mutex_t mu;
+    pthread_cond_t done_cond;    /* live/starting went down */
+    pthread_cond_t monitor_cond; /* monitor: stop, kick */
+
+    gla_pool_task *head, *tail;
+    long queue_len;
+
+    worker *all;
+    worker *idle_top, *idle_bottom;
+    int n_idle;
+
+    int live, starting, retiring, retire_pending, target;
+    int shutdown, broken;
+    unsigned next_index;
+    int inject_failures;
+
+    int monitor_started, monitor_stop, monitor_parked, monitor_join_claimed;
+    int drained_claimed;
+    pthread_t monitor;
+
+    uint64_t submitted, started, retired, start_failures;
+    int last_start_errno;
+    totals gone; /* figures of workers that have left */
+
+    /* results of the monitor (under mu) */
+    uint64_t decisions[GLA_POOL_NACTIONS];
+    char last_reason[GLA_POOL_REASON_LEN];
+    gla_pool_action last_action;
+    gla_pool_window last_window;
+    uint64_t windows;
+    double usable_cores;
+
+    runq_slot rq[GLA_POOL_RUNQ_SAMPLE];
+};
+
+static _Thread_local gla_pool *tls_pool;
+
+static int spawn(gla_pool *p);
+
+/* ---- small helpers ---------------------------------------------------------------- */
+
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static struct timespec abs_mono(uint64_t ns)
+{
+    struct timespec ts;
+    ts.tv_sec = (time_t)(ns / 1000000000ull);
+    ts.tv_nsec = (long)(ns % 1000000000ull);
+    return ts;
+}
+
+static void cond_init_mono(pthread_cond_t *c)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(c, &a);
+    pthread_condattr_destroy(&a);
+}
+
+static inline void add_owned(_Atomic uint64_t *c, uint64_t d)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + d,
+                          memory_order_relaxed);
+}
+
+static inline uint64_t ld(const _Atomic uint64_t *c)
+{
+    return atomic_load_explicit(c, memory_order_relaxed);
+}
+
+static int effective_locked(const gla_pool *p)
+{
+    return p->live + p->starting - p->retiring - p->retire_pending;
+}
+
+static int clamp_target(const gla_pool *p, int t)
+{
+    if (t < p->cfg.min_workers)
+        t = p->cfg.min_workers;
+    if (t > p->cfg.max_workers)
+        t = p->cfg.max_workers;
+    return t;
+}
+
+/* ---- queue and idle stack (mu held) ----------------------------------------------- */
+
+static void queue_append(gla_pool *p, gla_pool_task *t)
+{
+    t->next = NULL;
+    if (p->tail)
+        p->tail->next = t;
+    else
+        p->head = t;
+    p->tail = t;
+    p->queue_len++;
+}
+
+static void queue_push_front(gla_pool *p, gla_pool_task *t)
+{
+    t->next = p->head;
+    p->head = t;
+    if (!p->tail)
+        p->tail = t;
+    p->queue_len++;
+}
+
+static gla_pool_task *queue_pop(gla_pool *p)
+{
+    gla_pool_task *t = p->head;
+    if (t) {
+        p->head = t->next;
+        if (!p->head)
+            p->tail = NULL;
+        t->next = NULL;
+        p->queue_len--;
+    }
+    return t;
+}
+
+static int queue_remove(gla_pool *p, gla_pool_task *t)
+{
+    gla_pool_task *prev = NULL;
+    for (gla_pool_task *c = p->head; c; prev = c, c = c->next) {
+        if (c != t)
+            continue;
+        if (prev)
+            prev->next = c->next;
+        else
+            p->head = c->next;
+        if (p->tail == c)
+            p->tail = prev;
+        c->next = NULL;
+        p->queue_len--;
+        return 1;
+    }
+    return 0;
+}
+
+static gla_pool_task *queue_detach(gla_pool *p)
+{
+    gla_pool_task *list = p->head;
+    p->head = p->tail = NULL;
+    p->queue_len = 0;
+    return list;
+}
+
+static void idle_push(gla_pool *p, worker *w)
+{
+    w->idle_up = NULL;
+    w->idle_down = p->idle_top;
+    if (p->idle_top)
+        p->idle_top->idle_up = w;
+    else
+        p->idle_bottom = w;
+    p->idle_top = w;
+    w->on_idle = 1;
+    p->n_idle++;
+}
+
+static void idle_remove(gla_pool *p, worker *w)
+{
+    if (!w->on_idle)
+        return;
+    if (w->idle_up)
+        w->idle_up->idle_down = w->idle_down;
+    else
+        p->idle_top = w->idle_down;
+    if (w->idle_down)
+        w->idle_down->idle_up = w->idle_up;
+    else
+        p->idle_bottom = w->idle_up;
+    w->idle_up = w->idle_down = NULL;
+    w->on_idle = 0;
+    p->n_idle--;
+}
+
+/* Takes an idle worker off the stack and wakes it with a task (or NULL). */
+static void wake_worker(gla_pool *p, worker *w, gla_pool_task *t)
+{
+    idle_remove(p, w);
+    w->handoff = t;
+    w->woken = 1;
+    pthread_cond_signal(&w->cond);
+}
+
+static void wake_all_idle(gla_pool *p)
+{
+    while (p->idle_top)
+        wake_worker(p, p->idle_top, NULL);
+}
+
+/* Applies a target: retires idle workers (longest idle first) and asks busy ones to
+ * leave, or cancels pending leaves and returns how many workers to start for the tasks
+ * that wait. */
+static int apply_target_locked(gla_pool *p, int target)
+{
+    p->target = clamp_target(p, target);
+    if (p->shutdown)
+        return 0;
+    int eff = effective_locked(p);
+    if (eff > p->target) {
+        int k = eff - p->target;
+        while (k > 0 && p->idle_bottom) {
+            worker *w = p->idle_bottom;
+            w->retire = 1;
+            p->retiring++;
+            wake_worker(p, w, NULL);
+            k--;
+        }
+        p->retire_pending += k;
+        return 0;
+    }
+    int k = p->target - eff;
+    int c = k < p->retire_pending ? k : p->retire_pending;
+    p->retire_pending -= c;
+    k -= c;
+    long want = p->queue_len < (long)k ? p->queue_len : (long)k;
+    p->starting += (int)want;
+    return (int)want;
+}
+
+/* ---- workers ------------------------------------------------------------------------ */
+
+typedef struct {
+    uint64_t mono, cpu, gil, gil_tail, lock;
+} edge;
+
+static void read_edge(gla_thread *rec, edge *e)
+{
+    e->mono = gla_now_ns();
+    e->cpu = thread_cpu_ns();
+    if (rec) {
+        e->gil = gla_ledger_wait(rec, GLA_GIL_WAIT);
+        e->gil_tail = gla_ledger_wait(rec, GLA_GIL_TAIL);
+        e->lock = gla_ledger_wait(rec, GLA_LOCK_WAIT);
+    } else {
+        e->gil = e->gil_tail = e->lock = 0;
+    }
+}
+
+static inline uint64_t sub0(uint64_t a, uint64_t b)
+{
+    return a > b ? a - b : 0;
+}
+
+static void account_task(worker *w, const edge *a, const edge *b)
+{
+    add_owned(&w->completed, 1);
+    add_owned(&w->wall_ns, sub0(b->mono, a->mono));
+    add_owned(&w->cpu_ns, sub0(b->cpu, a->cpu));
+    add_owned(&w->gil_ns, sub0(b->gil, a->gil));
+    add_owned(&w->gil_tail_ns, sub0(b->gil_tail, a->gil_tail));
+    add_owned(&w->lock_ns, sub0(b->lock, a->lock));
+}
+
+static void add_worker_totals(totals *t, const worker *w)
+{
+    t->completed += ld(&w->completed);
+    t->cpu_ns += ld(&w->cpu_ns);
+    t->wall_ns += ld(&w->wall_ns);
+    t->gil_ns += ld(&w->gil_ns);
+    t->gil_tail_ns += ld(&w->gil_tail_ns);
+    t->lock_ns += ld(&w->lock_ns);
+    t->idle_ns += ld(&w->idle_ns);
+}
+
+static void set_os_name(const gla_pool *p, const char *suffix, unsigned index)
+{
+    /* Linux allows 15 characters: cut the pool's name, keep the suffix. */
+    char tail[16], name[16];
+    if (suffix)
+        snprintf(tail, sizeof tail, "%s", suffix);
+    else
+        snprintf(tail, sizeof tail, "_%u", index);
+    size_t keep = 15 - strlen(tail);
+    size_t len = strnlen(p->cfg.name, keep);
+    memcpy(name, p->cfg.name, len);
+    memcpy(name + len, tail, strlen(tail) + 1);
+    pthread_setname_np(pthread_self(), name);
+}
+
+/* Unregisters w (mu held): its last touch of the pool's worker bookkeeping. */
+static void unregister_locked(gla_pool *p, worker *w)
+{
+    idle_remove(p, w);
+    if (w->all_prev)
+        w->all_prev->all_next = w->all_next;
+    else
+        p->all = w->all_next;
+    if (w->all_next)
+        w->all_next->all_prev = w->all_prev;
+    for (int i = 0; i < GLA_POOL_RUNQ_SAMPLE; i++)
+        if (p->rq[i].w == w)
+            p->rq[i].w = NULL;
+    add_worker_totals(&p->gone, w);
+    if (w->retire)
+        p->retiring--;
+    p->live--;
+    p->retired++;
+    pthread_cond_broadcast(&p->done_cond);
+}
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    gla_pool *p = w->pool;
+    /* Copies: after unregistering, the pool may be freed under our feet. */
+    const gla_pool_hooks hooks = p->cfg.hooks;
+    const gla_pool_hooks *h = &hooks;
+    void *ctx = p->cfg.ctx;
+    tls_pool = p;
+    set_os_name(p, NULL, w->index);
+    w->tid = (pid_t)syscall(SYS_gettid);
+    gla_thread *rec = gla_ledger_self();
+
+    void *wdata = NULL;
+    int rc = h->enter ? h->enter(ctx, &wdata, w->index) : 0;
+    pthread_mutex_lock(&p->mu);
+    p->starting--;
+    if (rc < 0) {
+        pthread_cond_broadcast(&p->done_cond);
+        pthread_mutex_unlock(&p->mu);
+        pthread_cond_destroy(&w->cond);
+        free(w);
+        tls_pool = NULL;
+        if (h->leave)
+            h->leave(ctx, wdata, rc == GLA_POOL_ENTER_FAIL_HELD);
+        return NULL;
+    }
+    p->live++;
+    w->all_prev = NULL;
+    w->all_next = p->all;
+    if (p->all)
+        p->all->all_prev = w;
+    p->all = w;
+
+    int holding = 1;
+    edge e;
+    read_edge(rec, &e);
+    for (;;) { /* mu held at the top */
+        if (w->retire)
+            break;
+        if (p->retire_pending > 0 && !p->shutdown) {
+            p->retire_pending--;
+            p->retiring++;
+            w->retire = 1;
+            break;
+        }
+        gla_pool_task *t = queue_pop(p);
+        if (!t) {
+            if (p->shutdown)
+                break;
+            if (holding) {
+                pthread_mutex_unlock(&p->mu);
+                if (h->pause)
+                    h->pause(ctx, wdata);
+                holding = 0;
+                pthread_mutex_lock(&p->mu);
+                continue;
+            }
+            /* Idle: wait on our own condition until someone takes us off the stack. */
+            idle_push(p, w);
+            w->woken = 0;
+            uint64_t t0 = gla_now_ns();
+            if (rec)
+                gla_ledger_wait_begin(rec, GLA_IDLE, t0);
+            uint64_t idle_deadline = p->cfg.idle_timeout_s > 0
+                ? t0 + (uint64_t)(p->cfg.idle_timeout_s * 1e9) : 0;
+            while (!w->woken) {
+                if (idle_deadline) {
+                    struct timespec ts = abs_mono(idle_deadline);
+                    int wr = pthread_cond_timedwait(&w->cond, &p->mu, &ts);
+                    if (wr == ETIMEDOUT && !w->woken) {
+                        if (effective_locked(p) > p->cfg.min_workers && !p->shutdown) {
+                            idle_remove(p, w);
+                            w->retire = 1;
+                            p->retiring++;
+                            w->woken = 1;
+                        } else {
+                            idle_deadline = 0; /* at the floor: wait without a timeout */
+                        }
+                    }
+                } else {
+                    pthread_cond_wait(&w->cond, &p->mu);
+                }
+            }
+            uint64_t t1 = gla_now_ns();
+            if (rec)
+                gla_ledger_wait_end(rec, t1);
+            add_owned(&w->idle_ns, t1 - t0);
+            t = w->handoff;
+            w->handoff = NULL;
+            if (!t)
+                continue; /* retire or shutdown: decided at the top */
+        }
+        pthread_mutex_unlock(&p->mu);
+        if (!holding) {
+            read_edge(rec, &e);
+            if (h->resume && h->resume(ctx, wdata) < 0) {
+                pthread_mutex_lock(&p->mu);
+                queue_push_front(p, t);
+                break;
+            }
+            holding = 1;
+        }
+        if (h->run)
+            h->run(ctx, wdata, t);
+        edge e2;
+        read_edge(rec, &e2);
+        account_task(w, &e, &e2);
+        e = e2;
+        pthread_mutex_lock(&p->mu);
+    }
+    /* Leaving (mu held). Take back what pause released before unregistering, so that a
+     * thread waiting for the pool to empty cannot go on before we are done with it. */
+    if (!holding && h->resume) {
+        pthread_mutex_unlock(&p->mu);
+        holding = h->resume(ctx, wdata) == 0;
+        pthread_mutex_lock(&p->mu);
+    } else if (!h->resume) {
+        holding = 1;
+    }
+    unregister_locked(p, w);
+    pthread_mutex_unlock(&p->mu);
+    pthread_cond_destroy(&w->cond);
+    free(w);
+    tls_pool = NULL;
+    if (h->leave)
+        h->leave(ctx, wdata, holding);
+    return NULL;
+}
+
+/* Creates one worker thread; p->starting already counts it. 0 or -errno (then the
+ * count is taken back and the failure recorded). */
+static int spawn(gla_pool *p)
+{
+    int err = 0;
+    worker *w = calloc(1, sizeof *w);
+    pthread_mutex_lock(&p->mu);
+    if (p->inject_failures > 0) {
+        p->inject_failures--;
+        err = EAGAIN;
+    }
+    unsigned index = p->next_index++;
+    pthread_mutex_unlock(&p->mu);
+    if (!w && !err)
+        err = ENOMEM;
+    if (!err) {
+        w->pool = p;
+        w->index = index;
+        cond_init_mono(&w->cond);
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (pthread_attr_setstacksize(&attr, p->cfg.stack_size) != 0)
+            pthread_attr_setstacksize(&attr, GLA_POOL_DEFAULT_STACK);
+        pthread_t th;
+        err = pthread_create(&th, &attr, worker_main, w);
+        pthread_attr_destroy(&attr);
+        if (err)
+            pthread_cond_destroy(&w->cond);
+    }
+    if (err) {
+        free(w);
+        pthread_mutex_lock(&p->mu);
+        p->starting--;
+        p->start_failures++;
+        p->last_start_errno = err;
+        pthread_cond_broadcast(&p->done_cond);
+        pthread_mutex_unlock(&p->mu);
+        return -err;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->started++;
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+}
+
+/* ---- monitor ------------------------------------------------------------------------ */
+
+static void gather_locked(gla_pool *p, totals *t)
+{
+    *t = p->gone;
+    for (worker *w = p->all; w; w = w->all_next)
+        add_worker_totals(t, w);
+}
+
+/* Fills the sample slots from the live workers and copies (tid, idle) for reading. */
+static int runq_pick_locked(gla_pool *p, pid_t tids[], uint64_t idle[])
+{
+    for (int i = 0; i < GLA_POOL_RUNQ_SAMPLE; i++) {
+        if (p->rq[i].w)
+            continue;
+        p->rq[i].valid = 0;
+        for (worker *w = p->all; w; w = w->all_next) {
+            int taken = 0;
+            for (int j = 0; j < GLA_POOL_RUNQ_SAMPLE && !taken; j++)
+                taken = p->rq[j].w == w;
+            if (!taken) {
+                p->rq[i].w = w;
+                break;
+            }
+        }
+    }
+    int n = 0;
+    for (int i = 0; i < GLA_POOL_RUNQ_SAMPLE; i++) {
+        tids[i] = p->rq[i].w ? p->rq[i].w->tid : 0;
+        idle[i] = p->rq[i].w ? ld(&p->rq[i].w->idle_ns) : 0;
+        n += tids[i] != 0;
+    }
+    return n;
+}
+
+/* Run-queue share of the sampled workers' busy time since the last window, or -1. */
+static double runq_share(gla_pool *p, const pid_t tids[], const uint64_t idle[], uint64_t now)
+{
+    uint64_t runq_sum = 0, busy_sum = 0;
+    for (int i = 0; i < GLA_POOL_RUNQ_SAMPLE; i++) {
+        runq_slot *s = &p->rq[i];
+        if (!tids[i]) {
+            s->valid = 0;
+            continue;
+        }
+        uint64_t cpu, runq;
+        if (gla_read_schedstat(tids[i], &cpu, &runq) != 0) {
+            s->valid = 0;
+            continue;
+        }
+        if (s->valid && s->tid == tids[i] && now > s->at_ns) {
+            uint64_t span = now - s->at_ns;
+            uint64_t idl = sub0(idle[i], s->idle_ns);
+            uint64_t busy = sub0(span, idl);
+            runq_sum += sub0(runq, s->runq_ns);
+            busy_sum += busy;
+        }
+        s->tid = tids[i];
+        s->valid = 1;
+        s->at_ns = now;
+        s->idle_ns = idle[i];
+        s->runq_ns = runq;
+    }
+    if (busy_sum == 0)
+        return -1.0;
+    double share = (double)runq_sum / (double)busy_sum;
+    return share > 1.0 ? 1.0 : share;
+}
+
+static void fill_window(const gla_pool *p, const totals *a, const totals *b, double span_s,
+                        double rq_share, gla_pool_window *win)
+{
+    memset(win, 0, sizeof *win);
+    win->window_s = span_s;
+    uint64_t n = sub0(b->completed, a->completed);
+    win->completed = (double)n;
+    win->task_cpu_s = win->task_gil_wait_s = win->task_wall_s = -1.0;
+    win->beta = -1.0;
+    win->runq_share = rq_share;
+    if (n > 0) {
+        uint64_t cpu = sub0(b->cpu_ns, a->cpu_ns), wall = sub0(b->wall_ns, a->wall_ns);
+        uint64_t gil = sub0(b->gil_ns, a->gil_ns), tail = sub0(b->gil_tail_ns, a->gil_tail_ns);
+        uint64_t lock = sub0(b->lock_ns, a->lock_ns);
+        win->task_cpu_s = (double)cpu / 1e9 / (double)n;
+        win->task_wall_s = (double)wall / 1e9 / (double)n;
+        if (p->cfg.gil_wait_known) {
+            win->task_gil_wait_s = (double)gil / 1e9 / (double)n;
+            gla_sample s;
+            memset(&s, 0, sizeof s);
+            s.wall_ns = wall;
+            s.raw_cpu_ns = cpu;
+            s.raw_runq_ns = rq_share > 0 ? (uint64_t)(rq_share * (double)wall) : 0;
+            s.raw_gil_wait_ns = gil;
+            s.raw_lock_wait_ns = lock;
+            s.gil_tail_ns = tail;
+            gla_sample_finish(&s);
+            uint64_t denom = s.gil_wait_ns + s.io_wait_ns;
+            win->beta = denom ? (double)s.gil_wait_ns / (double)denom : -1.0;
+        }
+    }
+    win->workers = p->live;
+    win->busy = p->live - p->n_idle;
+    win->queue_length = p->queue_len;
+    win->usable_cores = p->usable_cores;
+    win->target = p->target;
+}
+
+static void spawn_n(gla_pool *p, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (spawn(p) < 0) {
+            /* Thread limit or memory: the rest are not tried this window. */
+            pthread_mutex_lock(&p->mu);
+            p->starting -= n - i - 1;
+            pthread_cond_broadcast(&p->done_cond);
+            pthread_mutex_unlock(&p->mu);
+            return;
+        }
+    }
+}
+
+static void *monitor_main(void *arg)
+{
+    gla_pool *p = arg;
+    set_os_name(p, "-mon", 0);
+    double next_s = p->cfg.first_window_s > 0 ? p->cfg.first_window_s : 0.1;
+    pthread_mutex_lock(&p->mu);
+    totals last;
+    gather_locked(p, &last);
+    uint64_t win_start = gla_now_ns();
+    uint64_t deadline = win_start + (uint64_t)(next_s * 1e9);
+    int quiet = 0;
+    pid_t tids[GLA_POOL_RUNQ_SAMPLE];
+    uint64_t idle[GLA_POOL_RUNQ_SAMPLE];
+    while (!p->monitor_stop) {
+        uint64_t now = gla_now_ns();
+        if (now < deadline) {
+            struct timespec ts = abs_mono(deadline);
+            pthread_cond_timedwait(&p->monitor_cond, &p->mu, &ts);
+            continue;
+        }
+        totals cur;
+        gather_locked(p, &cur);
+        runq_pick_locked(p, tids, idle);
+        int nothing = cur.completed == last.completed && p->queue_len == 0 &&
+                      p->live == p->n_idle;
+        pthread_mutex_unlock(&p->mu);
+
+        double cores = p->usable_cores;
+        int aff;
+        double quota, usable;
+        if (p->cfg.usable_cores <= 0 && gla_read_usable_cores(&aff, &quota, &usable) == 0 &&
+            usable > 0)
+            cores = usable;
+        double share = runq_share(p, tids, idle, now);
+
+        pthread_mutex_lock(&p->mu);
+        p->usable_cores = cores;
+        gla_pool_window win;
+        fill_window(p, &last, &cur, (double)(now - win_start) / 1e9, share, &win);
+        pthread_mutex_unlock(&p->mu);
+
+        gla_pool_decision d;
+        memset(&d, 0, sizeof d);
+        d.target = win.target;
+        d.action = GLA_POOL_HOLD;
+        next_s = p->cfg.policy(p->cfg.policy_ctx, &win, &d);
+        if (!(next_s > 0.001))
+            next_s = 0.001;
+        if (next_s > 10.0)
+            next_s = 10.0;
+
+        pthread_mutex_lock(&p->mu);
+        p->last_window = win;
+        p->windows++;
+        if ((unsigned)d.action < GLA_POOL_NACTIONS) {
+            p->decisions[d.action]++;
+            p->last_action = d.action;
+        }
+        d.reason[GLA_POOL_REASON_LEN - 1] = '\0';
+        memcpy(p->last_reason, d.reason, sizeof p->last_reason);
+        int to_start = p->monitor_stop ? 0 : apply_target_locked(p, d.target);
+        if (to_start > 0) {
+            pthread_mutex_unlock(&p->mu);
+            spawn_n(p, to_start);
+            pthread_mutex_lock(&p->mu);
+        }
+        last = cur;
+        win_start = now;
+        now = gla_now_ns();
+        deadline = now + (uint64_t)(next_s * 1e9);
+        quiet = nothing ? quiet + 1 : 0;
+        if (quiet >= 2 && !p->monitor_stop) {
+            /* Nothing queued, running or done for two windows: sleep until a submit. */
+            p->monitor_parked = 1;
+            while (p->monitor_parked && !p->monitor_stop)
+                pthread_cond_wait(&p->monitor_cond, &p->mu);
+            quiet = 0;
+            gather_locked(p, &last);
+            win_start = gla_now_ns();
+            deadline = win_start + (uint64_t)(next_s * 1e9);
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+/* Starts the monitor once, if there is a policy and the pool is open. */
+static void ensure_monitor(gla_pool *p)
+{
+    if (!p->cfg.policy)
+        return;
+    pthread_mutex_lock(&p->mu);
+    int start = !p->monitor_started && !p->shutdown;
+    if (start)
+        p->monitor_started = 1;
+    pthread_mutex_unlock(&p->mu);
+    if (!start)
+        return;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 128u * 1024u);
+    pthread_t th;
+    int err = pthread_create(&th, &attr, monitor_main, p);
+    pthread_attr_destroy(&attr);
+    pthread_mutex_lock(&p->mu);
+    if (err) {
+        p->monitor_started = 0; /* tried again at the next worker start */
+        snprintf(p->last_reason, sizeof p->last_reason,
+                 "monitor thread could not start (%s): holding the target", strerror(err));
+    } else {
+        p->monitor = th;
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* ---- public API ----------------------------------------------------------------------- */
+
+gla_pool *gla_pool_create(const gla_pool_config *cfg)
+{
+    if (!cfg || cfg->min_workers < 1 || cfg->max_workers < cfg->min_workers) {
+        errno = EINVAL;
+        return NULL;
+    }
+    gla_pool *p = calloc(1, sizeof *p);
+    if (!p) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    gla_ledger_init();
+    p->cfg = *cfg;
+    p->cfg.name[GLA_POOL_NAME_LEN - 1] = '\0';
+    if (!p->cfg.name[0])
+        snprintf(p->cfg.name, sizeof p->cfg.name, "gla");
+    if (p->cfg.stack_size == 0)
+        p->cfg.stack_size = GLA_POOL_DEFAULT_STACK;
+    pthread_mutex_init(&p->mu, NULL);
+    cond_init_mono(&p->done_cond);
+    cond_init_mono(&p->monitor_cond);
+    p->target = clamp_target(p, cfg->initial_target);
+    p->usable_cores = cfg->usable_cores;
+    if (p->usable_cores <= 0) {
+        int aff;
+        double quota, usable;
+        p->usable_cores = gla_read_usable_cores(&aff, &quota, &usable) == 0 ? usable : 1.0;
+    }
+    p->last_action = GLA_POOL_HOLD;
+    snprintf(p->last_reason, sizeof p->last_reason, "no window closed yet");
+    return p;
+}
+
+int gla_pool_submit(gla_pool *p, gla_pool_task *t)
+{
+    pthread_mutex_lock(&p->mu);
+    if (p->broken) {
+        pthread_mutex_unlock(&p->mu);
+        return -EPIPE;
+    }
+    if (p->shutdown) {
+        pthread_mutex_unlock(&p->mu);
+        return -ESHUTDOWN;
+    }
+    p->submitted++;
+    if (p->monitor_parked) {
+        p->monitor_parked = 0;
+        pthread_cond_signal(&p->monitor_cond);
+    }
+    if (p->idle_top) {
+        wake_worker(p, p->idle_top, t);
+        pthread_mutex_unlock(&p->mu);
+        return 0;
+    }
+    queue_append(p, t);
+    int start = 0;
+    if (p->retire_pending > 0) {
+        /* A worker about to leave is still needed: keep it. */
+        p->retire_pending--;
+    } else if (effective_locked(p) < p->target) {
+        p->starting++;
+        start = 1;
+    }
+    int need_monitor = p->cfg.policy && !p->monitor_started;
+    pthread_mutex_unlock(&p->mu);
+    if (need_monitor)
+        ensure_monitor(p);
+    if (!start)
+        return 0;
+    int rc = spawn(p);
+    if (rc == 0)
+        return 0;
+    pthread_mutex_lock(&p->mu);
+    if (p->live + p->starting == 0 && queue_remove(p, t)) {
+        /* No worker and none can start: give the task back, fail the call. */
+        p->submitted--;
+        pthread_mutex_unlock(&p->mu);
+        return rc;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+}
+
+void gla_pool_shutdown(gla_pool *p, int cancel, gla_pool_task **cancelled)
+{
+    if (cancelled)
+        *cancelled = NULL;
+    pthread_mutex_lock(&p->mu);
+    p->shutdown = 1;
+    p->retire_pending = 0;
+    if (cancel) {
+        gla_pool_task *list = queue_detach(p);
+        if (cancelled)
+            *cancelled = list;
+    }
+    wake_all_idle(p);
+    p->monitor_stop = 1;
+    p->monitor_parked = 0;
+    pthread_cond_broadcast(&p->monitor_cond);
+    int start = p->queue_len > 0 && p->live + p->starting - p->retiring == 0;
+    if (start)
+        p->starting++;
+    pthread_mutex_unlock(&p->mu);
+    if (start)
+        spawn(p);
+}
+
+void gla_pool_wait(gla_pool *p, int self_is_worker)
+{
+    int floor = self_is_worker ? 1 : 0;
+    pthread_mutex_lock(&p->mu);
+    while (p->live + p->starting > floor)
+        pthread_cond_wait(&p->done_cond, &p->mu);
+    int join = p->monitor_started && p->monitor_stop && !p->monitor_join_claimed;
+    if (join)
+        p->monitor_join_claimed = 1;
+    pthread_mutex_unlock(&p->mu);
+    if (join)
+        pthread_join(p->monitor, NULL);
+}
+
+gla_pool_task *gla_pool_break(gla_pool *p)
+{
+    pthread_mutex_lock(&p->mu);
+    p->broken = 1;
+    p->shutdown = 1;
+    p->retire_pending = 0;
+    gla_pool_task *list = queue_detach(p);
+    wake_all_idle(p);
+    p->monitor_stop = 1;
+    p->monitor_parked = 0;
+    pthread_cond_broadcast(&p->monitor_cond);
+    pthread_mutex_unlock(&p->mu);
+    return list;
+}
+
+void gla_pool_destroy(gla_pool *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->mu);
+    p->shutdown = 1;
+    p->monitor_stop = 1;
+    pthread_cond_broadcast(&p->monitor_cond);
+    int join = p->monitor_started && !p->monitor_join_claimed;
+    if (join)
+        p->monitor_join_claimed = 1;
+    pthread_mutex_unlock(&p->mu);
+    if (join)
+        pthread_join(p->monitor, NULL);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->done_cond);
+    pthread_cond_destroy(&p->monitor_cond);
+    free(p);
+}
+
+void gla_pool_get_stats(gla_pool *p, gla_pool_stats *o)
+{
+    memset(o, 0, sizeof *o);
+    pthread_mutex_lock(&p->mu);
+    o->workers = p->live;
+    o->idle = p->n_idle;
+    o->busy = p->live - p->n_idle;
+    o->starting = p->starting;
+    o->target = p->target;
+    o->min_workers = p->cfg.min_workers;
+    o->max_workers = p->cfg.max_workers;
+    o->retire_pending = p->retire_pending;
+    o->queue_length = p->queue_len;
+    o->submitted = p->submitted;
+    totals t;
+    gather_locked(p, &t);
+    o->completed = t.completed;
+    o->started = p->started;
+    o->retired = p->retired;
+    o->start_failures = p->start_failures;
+    o->last_start_errno = p->last_start_errno;
+    o->shutdown = p->shutdown;
+    o->broken = p->broken;
+    memcpy(o->decisions, p->decisions, sizeof o->decisions);
+    memcpy(o->last_reason, p->last_reason, sizeof o->last_reason);
+    o->last_action = p->last_action;
+    o->last_window = p->last_window;
+    o->throughput = p->last_window.window_s > 0
+        ? p->last_window.completed / p->last_window.window_s : 0.0;
+    o->stack_size = p->cfg.stack_size;
+    o->windows = p->windows;
+    pthread_mutex_unlock(&p->mu);
+}
+
+void gla_pool_set_target(gla_pool *p, int target)
+{
+    pthread_mutex_lock(&p->mu);
+    int n = apply_target_locked(p, target);
+    pthread_mutex_unlock(&p->mu);
+    if (n > 0)
+        spawn_n(p, n);
+}
+
+int gla_pool_claim_drained(gla_pool *p)
+{
+    pthread_mutex_lock(&p->mu);
+    int claim = p->shutdown && p->live + p->starting == 0 && !p->drained_claimed;
+    if (claim)
+        p->drained_claimed = 1;
+    pthread_mutex_unlock(&p->mu);
+    return claim;
+}
+
+int gla_pool_is_worker(const gla_pool *p)
+{
+    return p && tls_pool == p;
+}
+
+void gla_pool_inject_start_failures(gla_pool *p, int n)
+{
+    pthread_mutex_lock(&p->mu);
+    p->inject_failures = n;
+    pthread_mutex_unlock(&p->mu);
+}
+
+gla_pool_task *gla_pool_reset_after_fork(gla_pool *p)
+{
+    /* Only this thread exists: the locks may have been held by threads that are gone. */
+    pthread_mutex_init(&p->mu, NULL);
+    cond_init_mono(&p->done_cond);
+    cond_init_mono(&p->monitor_cond);
+    for (worker *w = p->all; w;) {
+        worker *next = w->all_next;
+        free(w);
+        w = next;
+    }
+    gla_pool_task *list = queue_detach(p);
+    p->all = p->idle_top = p->idle_bottom = NULL;
+    p->n_idle = p->live = p->starting = p->retiring = p->retire_pending = 0;
+    p->monitor_started = p->monitor_stop = p->monitor_parked = p->monitor_join_claimed = 0;
+    p->submitted = p->started = p->retired = p->start_failures = 0;
+    memset(&p->gone, 0, sizeof p->gone);
+    memset(p->rq, 0, sizeof p->rq);
+    tls_pool = NULL;
+    return list;
+}

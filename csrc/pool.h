@@ -1,0 +1,207 @@
+/* pool.h — the executor's work queue, workers and monitor (act). Pure C, no Python.h.
+ *
+ * Contract
+ * --------
+ * A gla_pool runs tasks (gla_pool_task nodes that the caller embeds in its own structs)
+ * on worker threads it starts and retires itself, between min_workers and max_workers,
+ * at the size a policy callback picks once per measurement window.
+ *
+ * Queue and hand-off. gla_pool_submit appends a task to a FIFO, or hands it straight to
+ * the most recently idled worker (a LIFO stack of idle workers, each with its own
+ * condition variable: one wake-up per task, never a thundering herd, and the idle
+ * workers left at the bottom are the ones retired first). A task is never dropped: it
+ * is run exactly once by a worker, or given back to the caller by gla_pool_shutdown
+ * (cancel) / gla_pool_break / gla_pool_reset_after_fork.
+ *
+ * Workers. A worker is a detached pthread with the configured stack size. It calls
+ * hooks->enter once (a binding takes its interpreter lock and runs an initializer
+ * there; < 0 makes the worker leave at once), then runs tasks with hooks->run. Between
+ * tasks it keeps whatever hooks->enter took; only when it finds no work does it call
+ * hooks->pause (release it) and wait — that wait is added to the thread's ledger record
+ * as GLA_IDLE — and hooks->resume when it has a task again (resume < 0: the process is
+ * going away; the task goes back to the front of the queue and the worker leaves).
+ * Leaving, it unregisters under the pool lock (its last touch of the pool) and then
+ * calls hooks->leave(ctx, wdata, holding) — so a binding may free the pool from there.
+ *
+ * A worker that cannot be started (pthread_create fails: thread limit, memory) leaves
+ * the pool smaller: start_failures counts it and the task waits for another worker. Only
+ * when the pool has no worker at all and none can be started does gla_pool_submit fail
+ * (-errno) and return the task to the caller, so the caller can raise at the call.
+ *
+ * Sizing. A monitor thread (no interpreter lock) closes a window every policy-chosen
+ * interval, aggregates per-task figures measured by the workers (one CLOCK_MONOTONIC +
+ * one CLOCK_THREAD_CPUTIME_ID read and two ledger loads per task edge), samples the
+ * run-queue delay of up to GLA_POOL_RUNQ_SAMPLE workers from /proc, calls the policy, and
+ * applies its target: new workers start only while tasks wait (lazily, as
+ * ThreadPoolExecutor does), excess workers retire — idle ones at once (longest idle
+ * first), busy ones when they finish their current task. A pool with nothing queued or
+ * running parks its monitor until the next submit. gla_pool_set_target applies a target
+ * directly (tests, manual override).
+ *
+ * Locking. One mutex per pool guards the queue, the idle stack and the counts. A caller
+ * that holds an interpreter lock may call submit/shutdown/stats (lock order: interpreter
+ * lock, then pool mutex); hooks are never called with the pool mutex held, and the pool
+ * never waits for an interpreter lock while holding it. Per-task counters are written by
+ * their worker only (relaxed atomics) and summed by the monitor.
+ *
+ * fork(): in the child only the forking thread exists; gla_pool_reset_after_fork
+ * re-initialises the locks, forgets every worker and the monitor, and returns the
+ * queued tasks (the parent's: they run there, not in the child) for the caller to drop.
+ * The pool is then empty and usable again.
+ */
+#ifndef GIL_ADAPT_POOL_H
+#define GIL_ADAPT_POOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define GLA_POOL_REASON_LEN 160
+#define GLA_POOL_NAME_LEN 48
+#define GLA_POOL_RUNQ_SAMPLE 16
+#define GLA_POOL_DEFAULT_STACK (256u * 1024u)
+
+typedef struct gla_pool gla_pool;
+
+/* Intrusive queue node: embed it first in the caller's task struct. */
+typedef struct gla_pool_task {
+    struct gla_pool_task *next;
+} gla_pool_task;
+
+/* Worker hooks, called in the worker thread; ctx is gla_pool_config.ctx and *wdata a
+ * per-worker slot the hooks may use. index is the worker's serial number (0, 1, ...).
+ * enter returns 0 (serve tasks, holding what resume would take), GLA_POOL_ENTER_FAIL_HELD
+ * (leave at once, still holding it) or GLA_POOL_ENTER_FAIL (leave at once, not holding).
+ * run runs one task and frees it. Every hook may be NULL (resume then succeeds). */
+#define GLA_POOL_ENTER_FAIL_HELD (-1)
+#define GLA_POOL_ENTER_FAIL (-2)
+typedef struct {
+    int (*enter)(void *ctx, void **wdata, unsigned index);
+    void (*pause)(void *ctx, void *wdata);
+    int (*resume)(void *ctx, void *wdata);
+    void (*run)(void *ctx, void *wdata, gla_pool_task *task);
+    void (*leave)(void *ctx, void *wdata, int holding);
+} gla_pool_hooks;
+
+/* What the pool measured over one window (input of the policy). Per-task figures are
+ * means over the tasks completed in the window; < 0 where unknown. */
+typedef struct {
+    double window_s;        /* length of the window */
+    double completed;       /* tasks completed in the window */
+    double task_cpu_s;      /* mean thread CPU per task */
+    double task_gil_wait_s; /* mean GIL wait per task (< 0: no exact GIL figure) */
+    double task_wall_s;     /* mean wall per task, from the worker taking it to its end */
+    double beta;            /* gil_wait / (gil_wait + io_wait) of the workers' busy time */
+    double runq_share;      /* run-queue delay / busy time of the sampled workers */
+    int workers;            /* live workers at the window's end */
+    int busy;               /* workers not idle at the window's end */
+    long queue_length;      /* tasks waiting at the window's end */
+    double usable_cores;
+    int target;             /* the target in force during the window */
+} gla_pool_window;
+
+typedef enum {
+    GLA_POOL_HOLD = 0,
+    GLA_POOL_GROW = 1,
+    GLA_POOL_SHRINK = 2,
+    GLA_POOL_VETO = 3,
+    GLA_POOL_NACTIONS = 4
+} gla_pool_action;
+
+typedef struct {
+    int target;
+    gla_pool_action action;
+    char reason[GLA_POOL_REASON_LEN];
+} gla_pool_decision;
+
+/* The policy: called by the monitor thread only (never concurrently with itself), with
+ * no lock held. Fills *d and returns the length of the next window in seconds. */
+typedef double (*gla_pool_policy_fn)(void *policy_ctx, const gla_pool_window *w,
+                                     gla_pool_decision *d);
+
+typedef struct {
+    int min_workers;           /* >= 1 */
+    int max_workers;           /* >= min_workers */
+    int initial_target;        /* clamped to [min, max] */
+    size_t stack_size;         /* 0: GLA_POOL_DEFAULT_STACK */
+    double usable_cores;       /* reported in windows; <= 0: read from procstat */
+    double first_window_s;     /* first window length; <= 0: 0.1 s */
+    double idle_timeout_s;     /* idle workers above min retire after this; <= 0: never */
+    int gil_wait_known;        /* the ledger's GIL waits are exact (hook installed) */
+    char name[GLA_POOL_NAME_LEN]; /* OS thread names: "<name>_<index>", cut to 15 chars */
+    gla_pool_hooks hooks;
+    void *ctx;
+    gla_pool_policy_fn policy; /* NULL: hold the target (no monitor thread) */
+    void *policy_ctx;
+} gla_pool_config;
+
+typedef struct {
+    int workers, idle, busy, starting, target, min_workers, max_workers;
+    int retire_pending;
+    long queue_length;
+    uint64_t submitted, completed, started, retired, start_failures;
+    int last_start_errno;
+    int shutdown, broken;
+    uint64_t decisions[GLA_POOL_NACTIONS];
+    char last_reason[GLA_POOL_REASON_LEN];
+    gla_pool_action last_action;
+    gla_pool_window last_window; /* zeros before the first window */
+    double throughput;           /* completed / window_s of the last window */
+    size_t stack_size;
+    uint64_t windows;
+} gla_pool_stats;
+
+/* Creates a pool (no thread yet: workers and the monitor start on demand). NULL with
+ * errno set (EINVAL for bad bounds, ENOMEM). */
+gla_pool *gla_pool_create(const gla_pool_config *cfg);
+
+/* Queues a task, or hands it to an idle worker; starts a worker when none is idle and
+ * the pool is below its target. 0 on success; -ESHUTDOWN after shutdown, -EPIPE when
+ * broken, -errno (EAGAIN, ENOMEM, ...) when the pool has no worker and none could be
+ * started: in every error case the task was not taken. */
+int gla_pool_submit(gla_pool *p, gla_pool_task *task);
+
+/* Stops accepting tasks. With cancel, queued tasks are detached and returned as a list
+ * (*cancelled, may be NULL) for the caller to cancel; otherwise the workers run them all
+ * and then leave. Idempotent. Wakes every idle worker and stops the monitor. */
+void gla_pool_shutdown(gla_pool *p, int cancel, gla_pool_task **cancelled);
+
+/* Waits until every worker has left except, when self_is_worker, the calling worker
+ * (a task that shuts its own pool down), and joins the monitor. The caller must not
+ * hold a lock a worker needs (release the interpreter lock around it). */
+void gla_pool_wait(gla_pool *p, int self_is_worker);
+
+/* Marks the pool broken (e.g. a worker's initializer failed): no new tasks (-EPIPE),
+ * workers leave as after shutdown, queued tasks are detached and returned. */
+gla_pool_task *gla_pool_break(gla_pool *p);
+
+/* Frees the pool. Only after gla_pool_shutdown + gla_pool_wait (or in a forked child
+ * after gla_pool_reset_after_fork). */
+void gla_pool_destroy(gla_pool *p);
+
+void gla_pool_get_stats(gla_pool *p, gla_pool_stats *out);
+
+/* Applies a target now, as a policy decision would (clamped to [min, max]). */
+void gla_pool_set_target(gla_pool *p, int target);
+
+/* Returns 1 exactly once: the first time it is called after shutdown with no worker
+ * left or starting (a binding drops its keep-alive reference then). */
+int gla_pool_claim_drained(gla_pool *p);
+
+/* 1 when the calling thread is a worker of p. */
+int gla_pool_is_worker(const gla_pool *p);
+
+/* Test hook: the next n worker starts fail with EAGAIN, as if the thread limit were hit. */
+void gla_pool_inject_start_failures(gla_pool *p, int n);
+
+/* In a forked child: see the header comment. Returns the detached queued tasks; the
+ * pool keeps its configuration, its shutdown/broken state and restarts its counters. */
+gla_pool_task *gla_pool_reset_after_fork(gla_pool *p);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

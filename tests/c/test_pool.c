@@ -1,0 +1,568 @@
+/* test_pool.c — the executor's C pool without Python: queue, hand-off, workers added and
+ * retired while tasks run, start failures, shutdown/cancel/break, policy windows, idle
+ * accounting, fork. Invariants only (no timing thresholds). */
+#include "ledger.h"
+#include "pool.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/wait.h>
+
+static int g_failed, g_checks;
+#define CHECK(cond, ...)                                                                 \
+    do {                                                                                 \
+        g_checks++;                                                                      \
+        if (!(cond)) {                                                                   \
+            g_failed++;                                                                  \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);              \
+            fprintf(stderr, __VA_ARGS__);                                                \
+            fputc('\n', stderr);                                                         \
+        }                                                                                \
+    } while (0)
+
+#define NTASKS 20000
+
+typedef struct {
+    gla_pool_task link;
+    int id;
+    int sleep_us;
+    int gated;
+} ctask;
+
+static _Atomic int g_runs[NTASKS];
+static _Atomic int g_total;
+static _Atomic int g_gate_open;
+static _Atomic int g_running_now, g_running_max;
+static _Atomic int g_enter, g_leave, g_pause, g_resume, g_enter_fail_at = -1;
+static gla_pool *g_self_pool;
+static _Atomic int g_self_checks;
+
+static void sleep_us(long us)
+{
+    struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
+    nanosleep(&ts, NULL);
+}
+
+static int h_enter(void *ctx, void **wdata, unsigned index)
+{
+    (void)ctx;
+    *wdata = (void *)(uintptr_t)(index + 1);
+    atomic_fetch_add(&g_enter, 1);
+    if ((int)index == atomic_load(&g_enter_fail_at))
+        return GLA_POOL_ENTER_FAIL_HELD;
+    return 0;
+}
+
+static void h_pause(void *ctx, void *wdata)
+{
+    (void)ctx;
+    (void)wdata;
+    atomic_fetch_add(&g_pause, 1);
+}
+
+static int h_resume(void *ctx, void *wdata)
+{
+    (void)ctx;
+    (void)wdata;
+    atomic_fetch_add(&g_resume, 1);
+    return 0;
+}
+
+static void h_run(void *ctx, void *wdata, gla_pool_task *task)
+{
+    (void)ctx;
+    (void)wdata;
+    ctask *t = (ctask *)task;
+    int now = atomic_fetch_add(&g_running_now, 1) + 1;
+    int max = atomic_load(&g_running_max);
+    while (now > max && !atomic_compare_exchange_weak(&g_running_max, &max, now)) {
+    }
+    if (t->id >= 0)
+        atomic_fetch_add(&g_runs[t->id], 1);
+    while (t->gated && !atomic_load(&g_gate_open))
+        sleep_us(200);
+    if (t->sleep_us)
+        sleep_us(t->sleep_us);
+    if (g_self_pool)
+        atomic_fetch_add(&g_self_checks, gla_pool_is_worker(g_self_pool));
+    atomic_fetch_sub(&g_running_now, 1);
+    atomic_fetch_add(&g_total, 1);
+    free(t);
+}
+
+static void h_leave(void *ctx, void *wdata, int holding)
+{
+    (void)ctx;
+    (void)wdata;
+    (void)holding;
+    atomic_fetch_add(&g_leave, 1);
+}
+
+/* leave runs after a worker unregistered (it may free the pool's owner): wait for it. */
+static int leaves_match(void)
+{
+    uint64_t end = gla_now_ns() + 5000000000ull;
+    while (atomic_load(&g_leave) != atomic_load(&g_enter) && gla_now_ns() < end)
+        sleep_us(500);
+    return atomic_load(&g_leave) == atomic_load(&g_enter);
+}
+
+static void reset_counts(void)
+{
+    for (int i = 0; i < NTASKS; i++)
+        atomic_store(&g_runs[i], 0);
+    atomic_store(&g_total, 0);
+    atomic_store(&g_gate_open, 0);
+    atomic_store(&g_running_now, 0);
+    atomic_store(&g_running_max, 0);
+    atomic_store(&g_enter, 0);
+    atomic_store(&g_leave, 0);
+    atomic_store(&g_pause, 0);
+    atomic_store(&g_resume, 0);
+    atomic_store(&g_enter_fail_at, -1);
+    g_self_pool = NULL;
+    atomic_store(&g_self_checks, 0);
+}
+
+/* Tasks lo..hi-1 that did not run exactly once. */
+static int not_once(int lo, int hi)
+{
+    int bad = 0;
+    for (int i = lo; i < hi; i++)
+        bad += atomic_load(&g_runs[i]) != 1;
+    return bad;
+}
+
+/* Shuts p down (no cancel), waits for its workers, checks tasks 0..n-1 ran once. */
+static void drain_and_check(gla_pool *p, int n)
+{
+    gla_pool_shutdown(p, 0, NULL);
+    gla_pool_wait(p, 0);
+    int bad = not_once(0, n);
+    CHECK(bad == 0, "%d of %d tasks not run exactly once", bad, n);
+}
+
+static gla_pool_config base_config(int min, int max, int initial)
+{
+    gla_pool_config c;
+    memset(&c, 0, sizeof c);
+    c.min_workers = min;
+    c.max_workers = max;
+    c.initial_target = initial;
+    c.stack_size = 256 * 1024;
+    c.usable_cores = 2;
+    snprintf(c.name, sizeof c.name, "test-pool");
+    c.hooks.enter = h_enter;
+    c.hooks.pause = h_pause;
+    c.hooks.resume = h_resume;
+    c.hooks.run = h_run;
+    c.hooks.leave = h_leave;
+    return c;
+}
+
+static ctask *mk(int id, int sleep, int gated)
+{
+    ctask *t = calloc(1, sizeof *t);
+    t->id = id;
+    t->sleep_us = sleep;
+    t->gated = gated;
+    return t;
+}
+
+static int count_list(gla_pool_task *l, int free_them)
+{
+    int n = 0;
+    while (l) {
+        gla_pool_task *next = l->next;
+        ctask *t = (ctask *)l;
+        if (t->id >= 0)
+            atomic_fetch_add(&g_runs[t->id], 100); /* marks "given back", never run */
+        if (free_them)
+            free(l);
+        l = next;
+        n++;
+    }
+    return n;
+}
+
+static void wait_until(int (*pred)(gla_pool *), gla_pool *p, double max_s)
+{
+    uint64_t end = gla_now_ns() + (uint64_t)(max_s * 1e9);
+    while (!pred(p) && gla_now_ns() < end)
+        sleep_us(1000);
+}
+
+static int stats_workers(gla_pool *p)
+{
+    gla_pool_stats s;
+    gla_pool_get_stats(p, &s);
+    return s.workers;
+}
+static int at_least_6(gla_pool *p) { return stats_workers(p) >= 6; }
+static int at_most_1(gla_pool *p)
+{
+    gla_pool_stats s;
+    gla_pool_get_stats(p, &s);
+    return s.workers + s.starting <= 1 && s.starting == 0;
+}
+static int exactly_2(gla_pool *p) { return stats_workers(p) == 2; }
+
+/* 1. Many tasks: each runs exactly once; counts add up; no worker above the target. */
+static void test_exactly_once(void)
+{
+    reset_counts();
+    gla_pool_config c = base_config(1, 4, 3);
+    gla_pool *p = gla_pool_create(&c);
+    CHECK(p != NULL, "create");
+    for (int i = 0; i < NTASKS; i++)
+        CHECK(gla_pool_submit(p, &mk(i, (i % 997) == 0 ? 200 : 0, 0)->link) == 0, "submit %d", i);
+    drain_and_check(p, NTASKS);
+    gla_pool_stats s;
+    gla_pool_get_stats(p, &s);
+    CHECK(s.submitted == NTASKS && s.completed == NTASKS, "submitted %llu completed %llu",
+          (unsigned long long)s.submitted, (unsigned long long)s.completed);
+    CHECK(s.workers == 0 && s.queue_length == 0, "workers %d queue %ld", s.workers, s.queue_length);
+    CHECK(atomic_load(&g_running_max) <= 3, "ran %d at once with target 3", atomic_load(&g_running_max));
+    CHECK(leaves_match(), "enter %d leave %d",
+          atomic_load(&g_enter), atomic_load(&g_leave));
+    ctask *refused = mk(-1, 0, 0);
+    CHECK(gla_pool_submit(p, &refused->link) == -ESHUTDOWN, "submit after shutdown");
+    free(refused); /* a refused task stays the caller's */
+    CHECK(gla_pool_claim_drained(p) == 1 && gla_pool_claim_drained(p) == 0, "drained once");
+    gla_pool_destroy(p);
+}
+
+/* 2. Grow and retire while tasks run; none lost or duplicated. */
+static void test_grow_retire(void)
+{
+    reset_counts();
+    gla_pool_config c = base_config(1, 16, 1);
+    gla_pool *p = gla_pool_create(&c);
+    int n = 3000;
+    for (int i = 0; i < n; i++)
+        gla_pool_submit(p, &mk(i, 300, 0)->link);
+    gla_pool_set_target(p, 8);
+    wait_until(at_least_6, p, 5.0);
+    gla_pool_stats s;
+    gla_pool_get_stats(p, &s);
+    CHECK(s.workers >= 6 && s.workers <= 8, "grew to %d (target 8)", s.workers);
+    CHECK(s.queue_length > 0, "tasks still queued while growing");
+    gla_pool_set_target(p, 1);
+    wait_until(at_most_1, p, 5.0);
+    gla_pool_get_stats(p, &s);
+    CHECK(s.workers == 1, "retired to %d (target 1)", s.workers);
+    CHECK(s.queue_length > 0 || s.completed == (uint64_t)n, "work goes on after retiring");
+    gla_pool_set_target(p, 4);
+    drain_and_check(p, n);
+    gla_pool_get_stats(p, &s);
+    CHECK(s.retired == s.started, "started %llu retired %llu", (unsigned long long)s.started,
+          (unsigned long long)s.retired);
+    CHECK(atomic_load(&g_pause) == atomic_load(&g_resume) ||
+              atomic_load(&g_pause) == atomic_load(&g_resume) + 0,
+          "pause %d resume %d", atomic_load(&g_pause), atomic_load(&g_resume));
+    gla_pool_destroy(p);
+}
+
+/* 3. Workers that cannot start: the pool stays smaller, no task is lost; with no worker
+ *    at all the submit fails and the task is given back. */
+static void test_start_failures(void)
+{
+    reset_counts();
+    gla_pool_config c = base_config(1, 8, 2);
+    gla_pool *p = gla_pool_create(&c);
+    gla_pool_inject_start_failures(p, 1);
+    ctask *t0 = mk(0, 0, 0);
+    int rc = gla_pool_submit(p, &t0->link);
+    CHECK(rc == -EAGAIN, "first submit with no worker startable: %d", rc);
+    gla_pool_stats s;
+    gla_pool_get_stats(p, &s);
+    CHECK(s.submitted == 0 && s.queue_length == 0 && s.start_failures == 1,
+          "state unchanged: submitted %llu queue %ld failures %llu",
+          (unsigned long long)s.submitted, s.queue_length, (unsigned long long)s.start_failures);
+    CHECK(gla_pool_submit(p, &t0->link) == 0, "resubmit");
+    gla_pool_inject_start_failures(p, 5);
+    int n = 500;
+    for (int i = 1; i < n; i++)
+        CHECK(gla_pool_submit(p, &mk(i, 100, 0)->link) == 0, "submit %d", i);
+    gla_pool_set_target(p, 8);
+    drain_and_check(p, n);
+    gla_pool_get_stats(p, &s);
+    CHECK(s.start_failures >= 2, "failures counted: %llu", (unsigned long long)s.start_failures);
+    CHECK(s.last_start_errno == EAGAIN, "errno %d", s.last_start_errno);
+    gla_pool_destroy(p);
+}
+
+/* 4. shutdown(cancel) gives queued tasks back; break refuses new ones. */
+static void test_cancel_and_break(void)
+{
+    reset_counts();
+    gla_pool_config c = base_config(1, 2, 2);
+    gla_pool *p = gla_pool_create(&c);
+    int n = 200;
+    for (int i = 0; i < n; i++)
+        gla_pool_submit(p, &mk(i, 0, 1)->link);
+    while (atomic_load(&g_running_now) < 2)
+        sleep_us(500);
+    gla_pool_task *list = NULL;
+    gla_pool_shutdown(p, 1, &list);
+    int back = count_list(list, 1);
+    atomic_store(&g_gate_open, 1);
+    gla_pool_wait(p, 0);
+    int ran = 0, given = 0, bad = 0;
+    for (int i = 0; i < n; i++) {
+        int v = atomic_load(&g_runs[i]);
+        ran += v == 1;
+        given += v == 100;
+        bad += v != 1 && v != 100;
+    }
+    CHECK(bad == 0 && ran + given == n && given == back && ran == 2,
+          "ran %d given back %d (list %d) bad %d", ran, given, back, bad);
+    gla_pool_destroy(p);
+
+    reset_counts();
+    p = gla_pool_create(&c);
+    for (int i = 0; i < 50; i++)
+        gla_pool_submit(p, &mk(i, 0, 1)->link);
+    while (atomic_load(&g_running_now) < 2)
+        sleep_us(500);
+    list = gla_pool_break(p);
+    back = count_list(list, 1);
+    CHECK(back == 48, "break gave back %d", back);
+    ctask *t = mk(-1, 0, 0);
+    CHECK(gla_pool_submit(p, &t->link) == -EPIPE, "submit after break");
+    free(t);
+    atomic_store(&g_gate_open, 1);
+    gla_pool_shutdown(p, 0, NULL);
+    gla_pool_wait(p, 0);
+    gla_pool_destroy(p);
+}
+
+/* 5. enter failing (an initializer): the worker never serves, the pool goes on. */
+static void test_enter_failure(void)
+{
+    reset_counts();
+    atomic_store(&g_enter_fail_at, 0);
+    gla_pool_config c = base_config(1, 2, 1);
+    gla_pool *p = gla_pool_create(&c);
+    CHECK(gla_pool_submit(p, &mk(0, 0, 0)->link) == 0, "submit");
+    gla_pool_stats s;
+    for (int i = 0; i < 2000; i++) {
+        gla_pool_get_stats(p, &s);
+        if (s.starting == 0)
+            break;
+        sleep_us(1000);
+    }
+    CHECK(s.workers == 0 && s.queue_length == 1, "failed worker gone, task kept: w %d q %ld",
+          s.workers, s.queue_length);
+    CHECK(gla_pool_submit(p, &mk(1, 0, 0)->link) == 0, "second submit starts worker 1");
+    gla_pool_shutdown(p, 0, NULL);
+    gla_pool_wait(p, 0);
+    CHECK(atomic_load(&g_runs[0]) == 1 && atomic_load(&g_runs[1]) == 1, "both ran");
+    CHECK(leaves_match(), "leave for every enter");
+    gla_pool_destroy(p);
+}
+
+/* 6. A scripted policy drives the size through the monitor; windows carry figures. */
+static _Atomic int g_policy_calls;
+static _Atomic int g_policy_saw_tasks;
+static _Atomic int g_policy_bad;
+static double script_policy(void *ctx, const gla_pool_window *w, gla_pool_decision *d)
+{
+    (void)ctx;
+    int k = atomic_fetch_add(&g_policy_calls, 1);
+    if (w->completed > 0) {
+        atomic_fetch_add(&g_policy_saw_tasks, 1);
+        if (!(w->task_wall_s > 0 && w->task_cpu_s >= 0 && w->task_wall_s >= w->task_cpu_s * 0.5))
+            atomic_fetch_add(&g_policy_bad, 1);
+    }
+    if (w->window_s <= 0 || w->workers < 0 || w->busy > w->workers || w->queue_length < 0)
+        atomic_fetch_add(&g_policy_bad, 1);
+    static const int script[] = {4, 4, 2, 6, 1, 3};
+    d->target = script[k % 6];
+    d->action = k % 3 == 0 ? GLA_POOL_GROW : (k % 3 == 1 ? GLA_POOL_SHRINK : GLA_POOL_VETO);
+    snprintf(d->reason, sizeof d->reason, "script step %d", k);
+    return 0.01;
+}
+
+static void test_policy(void)
+{
+    reset_counts();
+    atomic_store(&g_policy_calls, 0);
+    gla_pool_config c = base_config(1, 8, 1);
+    c.policy = script_policy;
+    c.first_window_s = 0.01;
+    gla_pool *p = gla_pool_create(&c);
+    int n = 4000;
+    for (int i = 0; i < n; i++)
+        gla_pool_submit(p, &mk(i, 100, 0)->link);
+    while (atomic_load(&g_policy_calls) < 12)
+        sleep_us(2000);
+    gla_pool_stats s;
+    gla_pool_get_stats(p, &s);
+    uint64_t sum = s.decisions[0] + s.decisions[1] + s.decisions[2] + s.decisions[3];
+    CHECK(sum == s.windows && sum >= 12, "decisions %llu windows %llu", (unsigned long long)sum,
+          (unsigned long long)s.windows);
+    CHECK(strncmp(s.last_reason, "script step", 11) == 0, "reason '%s'", s.last_reason);
+    CHECK(s.workers <= 8, "workers %d", s.workers);
+    CHECK(atomic_load(&g_policy_saw_tasks) > 0 && atomic_load(&g_policy_bad) == 0,
+          "windows with tasks %d, bad windows %d", atomic_load(&g_policy_saw_tasks),
+          atomic_load(&g_policy_bad));
+    drain_and_check(p, n);
+    gla_pool_destroy(p);
+}
+
+/* 7. Idle workers above min retire after the idle timeout; idle time is accounted. */
+static void test_idle_timeout(void)
+{
+    reset_counts();
+    gla_pool_config c = base_config(2, 8, 6);
+    c.idle_timeout_s = 0.05;
+    gla_pool *p = gla_pool_create(&c);
+    for (int i = 0; i < 60; i++)
+        gla_pool_submit(p, &mk(i, 2000, 0)->link);
+    wait_until(exactly_2, p, 5.0);
+    gla_pool_stats s;
+    gla_pool_get_stats(p, &s);
+    CHECK(s.workers == 2, "idle workers kept: %d (min 2)", s.workers);
+    CHECK(s.completed == 60, "completed %llu", (unsigned long long)s.completed);
+    gla_pool_shutdown(p, 0, NULL);
+    gla_pool_wait(p, 0);
+    gla_pool_destroy(p);
+}
+
+/* 8. A task that shuts its own pool down and waits for the others. */
+static void *self_shutdown_thread(void *arg)
+{
+    gla_pool *p = arg;
+    gla_pool_shutdown(p, 0, NULL);
+    gla_pool_wait(p, gla_pool_is_worker(p));
+    return NULL;
+}
+
+typedef struct {
+    gla_pool_task link;
+    int id, sleep_us, gated;
+    gla_pool *pool;
+} stask;
+
+static void h_run_self(void *ctx, void *wdata, gla_pool_task *task)
+{
+    stask *t = (stask *)task;
+    if (t->pool) {
+        CHECK(gla_pool_is_worker(t->pool), "is_worker inside a task");
+        self_shutdown_thread(t->pool); /* from the worker itself */
+    } else {
+        h_run(ctx, wdata, task);
+        return;
+    }
+    free(t);
+}
+
+static void test_self_shutdown(void)
+{
+    reset_counts();
+    gla_pool_config c = base_config(1, 4, 4);
+    c.hooks.run = h_run_self;
+    gla_pool *p = gla_pool_create(&c);
+    CHECK(!gla_pool_is_worker(p), "main thread is no worker");
+    for (int i = 0; i < 100; i++) {
+        stask *t = calloc(1, sizeof *t);
+        t->id = i;
+        t->sleep_us = 100;
+        gla_pool_submit(p, &t->link);
+    }
+    stask *killer = calloc(1, sizeof *killer);
+    killer->id = -1;
+    killer->pool = p;
+    gla_pool_submit(p, &killer->link);
+    gla_pool_wait(p, 0); /* returns once all workers, the killer's included, left */
+    int bad = not_once(0, 100);
+    CHECK(bad == 0, "%d tasks not run exactly once", bad);
+    gla_pool_destroy(p);
+}
+
+/* 9. fork(): the child gets an empty, usable pool. */
+static void test_fork(void)
+{
+#if defined(__SANITIZE_THREAD__)
+    printf("   (fork test skipped under TSan)\n");
+#else
+    reset_counts();
+    gla_pool_config c = base_config(1, 2, 2);
+    gla_pool *p = gla_pool_create(&c);
+    for (int i = 0; i < 20; i++)
+        gla_pool_submit(p, &mk(i, 0, 1)->link);
+    while (atomic_load(&g_running_now) < 2)
+        sleep_us(500);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        gla_pool_task *list = gla_pool_reset_after_fork(p);
+        int back = count_list(list, 1);
+        gla_pool_stats s;
+        gla_pool_get_stats(p, &s);
+        int ok = back == 18 && s.workers == 0 && s.queue_length == 0;
+        atomic_store(&g_gate_open, 1);
+        for (int i = 100; i < 150; i++)
+            ok &= gla_pool_submit(p, &mk(i, 0, 0)->link) == 0;
+        gla_pool_shutdown(p, 0, NULL);
+        gla_pool_wait(p, 0);
+        for (int i = 100; i < 150; i++)
+            ok &= atomic_load(&g_runs[i]) == 1;
+        gla_pool_destroy(p);
+        _exit(ok ? 0 : 3);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
+    atomic_store(&g_gate_open, 1);
+    gla_pool_shutdown(p, 0, NULL);
+    gla_pool_wait(p, 0);
+    int bad = not_once(0, 20);
+    CHECK(bad == 0, "parent's tasks ran exactly once: %d bad", bad);
+    gla_pool_destroy(p);
+#endif
+}
+
+/* 10. Bad configuration. */
+static void test_bad_config(void)
+{
+    gla_pool_config c = base_config(0, 4, 1);
+    CHECK(gla_pool_create(&c) == NULL && errno == EINVAL, "min 0");
+    c = base_config(3, 2, 1);
+    CHECK(gla_pool_create(&c) == NULL && errno == EINVAL, "min > max");
+}
+
+int main(void)
+{
+    struct {
+        const char *name;
+        void (*fn)(void);
+    } tests[] = {
+        {"exactly_once", test_exactly_once},   {"grow_retire", test_grow_retire},
+        {"start_failures", test_start_failures}, {"cancel_and_break", test_cancel_and_break},
+        {"enter_failure", test_enter_failure}, {"policy", test_policy},
+        {"idle_timeout", test_idle_timeout},   {"self_shutdown", test_self_shutdown},
+        {"fork", test_fork},                   {"bad_config", test_bad_config},
+    };
+    int passed = 0, failed = 0;
+    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
+        int before = g_failed;
+        tests[i].fn();
+        int ok = g_failed == before;
+        printf("%s test_pool.%s\n", ok ? "ok  " : "FAIL", tests[i].name);
+        fflush(stdout);
+        if (ok)
+            passed++;
+        else
+            failed++;
+    }
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
