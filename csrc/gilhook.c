@@ -145,7 +145,7 @@ typedef struct {
 static inline void lock_begin(lock_edge *e)
 {
     e->t = gla_ledger_self();
-    e->ok = gla_read_schedstat(0, &e->cpu0, &e->runq0) == 0;
+    e->ok = gla_ledger_own_schedstat(&e->cpu0, &e->runq0) == 0;
     gla_ledger_wait_begin(e->t, GLA_LOCK_WAIT, mono_ns());
 }
 
@@ -156,7 +156,7 @@ static inline void lock_end(const lock_edge *e)
     if (!t)
         return;
     gla_ledger_wait_end(t, mono_ns());
-    if (e->ok && gla_read_schedstat(0, &cpu1, &runq1) == 0) {
+    if (e->ok && gla_ledger_own_schedstat(&cpu1, &runq1) == 0) {
         gla_ledger_add_wait(t, GLA_LOCK_CPU, cpu1 > e->cpu0 ? cpu1 - e->cpu0 : 0);
         gla_ledger_add_wait(t, GLA_LOCK_RUNQ, runq1 > e->runq0 ? runq1 - e->runq0 : 0);
     }

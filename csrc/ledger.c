@@ -86,6 +86,7 @@ static void add_exited(struct gla_thread *t)
 
 static __thread struct gla_thread *tls_self __attribute__((tls_model("initial-exec")));
 static __thread uint64_t tls_generation __attribute__((tls_model("initial-exec")));
+static __thread int tls_schedstat_fd __attribute__((tls_model("initial-exec"))); /* fd + 1 */
 
 uint64_t gla_now_ns(void)
 {
@@ -240,6 +241,10 @@ static void bind_tls(struct gla_thread *t, int may_set_key)
 static void on_thread_exit(void *arg)
 {
     struct gla_thread *t = arg;
+    if (tls_schedstat_fd > 0) {
+        close(tls_schedstat_fd - 1);
+        tls_schedstat_fd = 0;
+    }
     if (!t || atomic_load_explicit(&t->state, memory_order_acquire) != SLOT_LIVE)
         return;
     uint64_t cpu, runq, start;
@@ -260,10 +265,28 @@ static void on_thread_exit(void *arg)
     tls_self = NULL;
 }
 
+int gla_ledger_own_schedstat(uint64_t *cpu_ns, uint64_t *runq_ns)
+{
+    if (tls_schedstat_fd <= 0) {
+        if (!gla_ledger_self()) /* its exit destructor closes the file */
+            return gla_read_schedstat(0, cpu_ns, runq_ns);
+        int fd = gla_open_own_schedstat();
+        if (fd < 0)
+            return fd;
+        tls_schedstat_fd = fd + 1;
+    }
+    return gla_read_schedstat_fd(tls_schedstat_fd - 1, cpu_ns, runq_ns);
+}
+
 static void atfork_child(void)
 {
-    /* Only the forking thread exists in the child: forget the others. */
+    /* Only the forking thread exists in the child: forget the others. Its schedstat
+     * file still names the parent's thread. */
     struct gla_thread *me = tls_self;
+    if (tls_schedstat_fd > 0) {
+        close(tls_schedstat_fd - 1);
+        tls_schedstat_fd = 0;
+    }
     for (int i = 0; i < GLA_MAX_THREADS; i++) {
         struct gla_thread *t = &g_slots[i];
         if (t != me)

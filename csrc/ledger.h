@@ -126,6 +126,11 @@ void gla_ledger_wait_end(gla_thread *t, uint64_t now_ns);
 /* Cumulative wait counter of a record (any thread). */
 uint64_t gla_ledger_wait(const gla_thread *t, gla_wait_kind kind);
 
+/* The calling thread's kernel cpu and run-queue totals through a file kept open per
+ * thread (one pread; closed when the thread exits; reopened after fork). Not for use
+ * while the GIL's mutex is held. Returns 0 or -errno. */
+int gla_ledger_own_schedstat(uint64_t *cpu_ns, uint64_t *runq_ns);
+
 /* Reads the calling thread's own cumulative figures (cpu/runq read from the kernel;
  * a few system calls, no allocation after the first call). Returns 0 or -errno. */
 int gla_ledger_sample_self(gla_sample *out);

@@ -43,6 +43,16 @@ static void task_path(char *out, size_t cap, pid_t tid, const char *leaf)
         snprintf(out, cap, "/proc/self/task/%d/%s", (int)tid, leaf);
 }
 
+static int parse_schedstat(const char *buf, uint64_t *cpu_ns, uint64_t *runq_ns)
+{
+    unsigned long long cpu = 0, runq = 0;
+    if (sscanf(buf, "%llu %llu", &cpu, &runq) != 2)
+        return -EIO;
+    *cpu_ns = cpu;
+    *runq_ns = runq;
+    return 0;
+}
+
 int gla_read_schedstat(pid_t tid, uint64_t *cpu_ns, uint64_t *runq_ns)
 {
     char path[64], buf[128];
@@ -50,12 +60,23 @@ int gla_read_schedstat(pid_t tid, uint64_t *cpu_ns, uint64_t *runq_ns)
     int rc = read_small(path, buf, sizeof buf);
     if (rc < 0)
         return rc;
-    unsigned long long cpu = 0, runq = 0;
-    if (sscanf(buf, "%llu %llu", &cpu, &runq) != 2)
-        return -EIO;
-    *cpu_ns = cpu;
-    *runq_ns = runq;
-    return 0;
+    return parse_schedstat(buf, cpu_ns, runq_ns);
+}
+
+int gla_read_schedstat_fd(int fd, uint64_t *cpu_ns, uint64_t *runq_ns)
+{
+    char buf[128];
+    ssize_t got = pread(fd, buf, sizeof buf - 1, 0);
+    if (got <= 0)
+        return got < 0 ? -errno : -EIO;
+    buf[got] = '\0';
+    return parse_schedstat(buf, cpu_ns, runq_ns);
+}
+
+int gla_open_own_schedstat(void)
+{
+    int fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
+    return fd < 0 ? -errno : fd;
 }
 
 int gla_read_thread_start_ns(pid_t tid, uint64_t *start_mono_ns)

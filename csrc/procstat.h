@@ -19,6 +19,12 @@ extern "C" {
  * cpu_ns = time on a core, runq_ns = time runnable but waiting for a core. */
 int gla_read_schedstat(pid_t tid, uint64_t *cpu_ns, uint64_t *runq_ns);
 
+/* The same from an open schedstat file (pread at offset 0: one system call). */
+int gla_read_schedstat_fd(int fd, uint64_t *cpu_ns, uint64_t *runq_ns);
+
+/* Opens the calling thread's schedstat file (O_CLOEXEC); returns the fd or -errno. */
+int gla_open_own_schedstat(void);
+
 /* CLOCK_MONOTONIC ns at which thread tid started (from /proc/.../stat starttime;
  * resolution one clock tick, typically 10 ms). */
 int gla_read_thread_start_ns(pid_t tid, uint64_t *start_mono_ns);
