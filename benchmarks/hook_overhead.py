@@ -1,7 +1,8 @@
 """Cost of the ledger's hooks: the same GIL-heavy programs with the hook on and off.
 
 Each configuration runs in a fresh interpreter (GIL_ADAPT_HOOK=0 for "off"), pinned to
-one core, alternating on/off `--reps` times; the ratio of medians is printed.
+one core, alternating on/off `--reps` times; the ratio of medians of wall time and of
+the process's CPU time (less sensitive to other load on the machine) is printed.
 
   handoff : 4 threads handing the GIL back and forth (each loop iteration releases it
             with time.sleep(0) while the others want it) — the GIL-heavy loop.
@@ -40,22 +41,22 @@ CHILD = textwrap.dedent("""
             for _ in range(ITER):
                 spin(4000); time.sleep(0.002)
     ts = [threading.Thread(target=body) for _ in range(N)]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for t in ts: t.start()
     for t in ts: t.join()
-    print(time.perf_counter() - t0, int(exact))
+    print(time.perf_counter() - t0, time.process_time() - c0, int(exact))
 """)
 
 
-def run(kind: str, hook: bool, core: int) -> float:
+def run(kind: str, hook: bool, core: int) -> "tuple[float, float]":
     env = dict(os.environ)
     env["GIL_ADAPT_HOOK"] = "1" if hook else "0"
     out = subprocess.run([sys.executable, "-c", CHILD, kind, str(core)], env=env,
                          capture_output=True, text=True, check=True)
-    secs, exact = out.stdout.split()
+    secs, cpu, exact = out.stdout.split()
     if hook and exact != "1":
         raise SystemExit("the hook did not install: nothing to compare")
-    return float(secs)
+    return float(secs), float(cpu)
 
 
 def main() -> int:
@@ -70,9 +71,12 @@ def main() -> int:
         for _ in range(args.reps):
             off.append(run(kind, False, core))
             on.append(run(kind, True, core))
-        m_on, m_off = statistics.median(on), statistics.median(off)
-        print(f"{kind:8s} hook off {m_off:.3f} s  on {m_on:.3f} s  on/off = {m_on / m_off:.3f}"
-              f"  (spread off {min(off):.3f}-{max(off):.3f}, on {min(on):.3f}-{max(on):.3f})")
+        for i, what in ((0, "wall"), (1, "cpu ")):
+            a = [x[i] for x in on]
+            b = [x[i] for x in off]
+            m_on, m_off = statistics.median(a), statistics.median(b)
+            print(f"{kind:8s} {what} hook off {m_off:.3f} s  on {m_on:.3f} s  on/off = {m_on / m_off:.3f}"
+                  f"  (spread off {min(b):.3f}-{max(b):.3f}, on {min(a):.3f}-{max(a):.3f})")
     return 0
 
 

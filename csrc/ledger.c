@@ -494,6 +494,7 @@ static void sample_record(struct gla_thread *t, gla_sample *s, uint64_t now)
         if (seq1 == seq2 && !(seq1 & 1u))
             break;
     }
+    s->waiting = s->alive ? open_kind : -1;
     /* A wait still in progress counts up to the end of the sample. */
     if (open_kind >= 0 && open_kind < GLA_NWAIT && end > open_start)
         waits[open_kind] += end - open_start;

@@ -80,6 +80,7 @@ typedef struct {
     uint64_t serial;       /* unique per record life: tells a reused tid from the same thread */
     int alive;             /* 0: the thread has exited; figures are its final totals */
     int registered;        /* 1: the thread registered itself (exact start and exit) */
+    int waiting;           /* the wait in progress at the sample: a gla_wait_kind, or -1 */
     char name[GLA_NAME_LEN];
     uint64_t start_ns;     /* CLOCK_MONOTONIC when its accounting started */
     uint64_t wall_ns;      /* time accounted: (end or now) - start_ns */

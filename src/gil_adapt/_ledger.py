@@ -23,7 +23,9 @@ STATES = ("cpu_ns", "runq_wait_ns", "gil_wait_ns", "lock_wait_ns", "idle_ns", "i
 _FIELDS = ("tid", "alive", "registered", "os_name", "start_ns", "wall_ns", "cpu_ns",
            "runq_wait_ns", "gil_wait_ns", "lock_wait_ns", "idle_ns", "io_wait_ns", "overlap_ns",
            "raw_cpu_ns", "raw_runq_ns", "raw_gil_wait_ns", "raw_lock_wait_ns", "raw_idle_ns",
-           "gil_tail_ns", "lock_cpu_ns", "lock_runq_ns", "serial")
+           "gil_tail_ns", "lock_cpu_ns", "lock_runq_ns", "serial", "waiting")
+# What a thread is waiting for at the instant of a snapshot (the "waiting" field).
+WAITING = {-1: None, 0: "gil", 1: "lock", 2: "idle"}
 # Inputs of the partition, in the order _core.finish takes them (after wall_ns).
 _RAW = ("raw_cpu_ns", "raw_runq_ns", "raw_gil_wait_ns", "raw_lock_wait_ns", "raw_idle_ns",
         "gil_tail_ns", "lock_cpu_ns", "lock_runq_ns")
@@ -104,6 +106,7 @@ def snapshot() -> Dict[str, Any]:
         entry["alive"] = bool(r["alive"])
         entry["start_ns"] = r["start_ns"]
         entry["serial"] = r["serial"]
+        entry["waiting"] = WAITING.get(r["waiting"])
         if tid in threads and threads[tid]["alive"] and not entry["alive"]:
             continue  # a reused tid: keep the live thread under its id
         threads[tid] = entry
