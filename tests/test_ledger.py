@@ -338,3 +338,39 @@ def test_threads_leave_no_files_open():
             t.join()
     time.sleep(0.05)
     assert fds() <= before + 2, (before, fds())
+
+
+def test_thread_created_by_c_code_is_measured():
+    # A thread made by a plain pthread_create call outside the interpreter (through ctypes)
+    # that runs Python in a callback: the reader finds it, the GIL hook meets it first
+    # without any system call, and its states still partition its wall time.
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    start_t = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)
+    seen = {}
+    stop = threading.Event()
+
+    def body(_arg):
+        seen["tid"] = threading.get_native_id()
+        while not stop.is_set():
+            x = 0
+            for i in range(20000):
+                x += i
+        return None
+
+    cb = start_t(body)
+    rival = threading.Thread(target=lambda: [sum(range(20000)) for _ in iter(stop.is_set, True)])
+    handle = ctypes.c_ulong()
+    with gil_adapt.measure() as m:
+        rival.start()
+        assert libc.pthread_create(ctypes.byref(handle), None, cb, None) == 0
+        time.sleep(0.5)
+        stop.set()
+        assert libc.pthread_join(handle, None) == 0
+        rival.join()
+    d = m.result["threads"][seen["tid"]]
+    assert_partition(d)
+    assert d["gil_wait_ns"] > 0, d
+    assert d["cpu_ns"] > 0, d
