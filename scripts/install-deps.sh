@@ -7,6 +7,12 @@ need=()
 command -v gcc >/dev/null || need+=(gcc)
 command -v make >/dev/null || need+=(make)
 dpkg -s libc6-dev >/dev/null 2>&1 || need+=(libc6-dev)
+# Debian's own python3 (statically linked: the tests cover it) needs venv and headers.
+if [ -x /usr/bin/python3 ]; then
+  ver=$(/usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need+=("python${ver}-venv")
+  [ -f "/usr/include/python${ver}/Python.h" ] || need+=("python${ver}-dev")
+fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO=sudo

@@ -35,4 +35,10 @@ if command -v pyenv >/dev/null 2>&1; then
     ".venv-$ver/bin/python" -m pytest -q tests/test_ledger.py
   done
 fi
+# Debian's python3 links the interpreter statically: the hook patches the executable.
+if [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import sysconfig,sys; sys.exit(sysconfig.get_config_var("Py_ENABLE_SHARED") != 0)' 2>/dev/null; then
+  echo "== build + ledger tests on the statically linked $(/usr/bin/python3 --version)"
+  venv_for /usr/bin/python3 .venv-system
+  .venv-system/bin/python -m pytest -q tests/test_ledger.py
+fi
 echo "== all tests passed"
