@@ -30,11 +30,13 @@
 
 static _Atomic(void *) g_gil_cond;
 static _Atomic(void *) g_switch_cond;
+static _Atomic(void *) g_gil_mutex;
 /* Time of the last signal of each GIL condition (written under its mutex). */
 static _Atomic uint64_t g_gil_signal_ns;
 static _Atomic uint64_t g_switch_signal_ns;
 
 static __thread int tls_calibrating __attribute__((tls_model("initial-exec")));
+static __thread uint64_t tls_held_since __attribute__((tls_model("initial-exec"))); /* 0: not holding */
 static __thread int tls_cal_count __attribute__((tls_model("initial-exec")));
 static __thread void *tls_cal_conds[GLA_CAL_MAX] __attribute__((tls_model("initial-exec")));
 
@@ -74,7 +76,13 @@ static inline gla_thread *gil_begin(uint64_t *t0)
     return t;
 }
 
-static inline void gil_end(gla_thread *t, uint64_t t0, uint64_t wake_ns)
+static inline int gil_locked(const void *gil_cond)
+{
+    return __atomic_load_n((const int *)(const void *)((const char *)gil_cond + GIL_COND_TO_LOCKED),
+                           __ATOMIC_RELAXED);
+}
+
+static inline uint64_t gil_end(gla_thread *t, uint64_t t0, uint64_t wake_ns)
 {
     uint64_t t1 = mono_ns();
     uint64_t woke = (wake_ns > t0 && wake_ns < t1) ? wake_ns : t1;
@@ -82,6 +90,24 @@ static inline void gil_end(gla_thread *t, uint64_t t0, uint64_t wake_ns)
         gla_ledger_wait_end(t, t1);
         gla_ledger_add_wait(t, GLA_GIL_TAIL, t1 - woke);
     }
+    return t1;
+}
+
+/* GIL held time. CPython takes the GIL in take_gil right after locking the GIL's mutex
+ * and finding it free, or after a condition wait that finds it free; every drop_gil
+ * signals the GIL's condition from the dropping thread. Both points are hooked, so each
+ * thread's holding time is [take, drop) with no system call. */
+static inline void gil_taken(uint64_t now) { tls_held_since = now; }
+
+static inline void gil_dropped(uint64_t now)
+{
+    uint64_t since = tls_held_since;
+    if (!since)
+        return;
+    tls_held_since = 0;
+    gla_thread *t = gla_ledger_self_nosys();
+    if (t && now > since)
+        gla_ledger_add_wait(t, GLA_GIL_HELD, now - since);
 }
 
 static inline uint64_t ts_ns(const struct timespec *ts)
@@ -104,17 +130,33 @@ static int hook_cond_timedwait(pthread_cond_t *cond, pthread_mutex_t *mutex,
     int rc = pthread_cond_timedwait(cond, mutex, abstime);
     uint64_t wake = rc == ETIMEDOUT ? ts_ns(abstime)
                                     : atomic_load_explicit(signal_ns, memory_order_relaxed);
-    gil_end(t, t0, wake);
+    uint64_t t1 = gil_end(t, t0, wake);
+    if (signal_ns == &g_gil_signal_ns && !gil_locked(cond))
+        gil_taken(t1);
     return rc;
 }
 
 static int hook_cond_signal(pthread_cond_t *cond)
 {
-    if (cond == atomic_load_explicit(&g_gil_cond, memory_order_relaxed))
-        atomic_store_explicit(&g_gil_signal_ns, mono_ns(), memory_order_relaxed);
-    else if (cond == atomic_load_explicit(&g_switch_cond, memory_order_relaxed))
+    if (cond == atomic_load_explicit(&g_gil_cond, memory_order_relaxed)) {
+        uint64_t now = mono_ns();
+        atomic_store_explicit(&g_gil_signal_ns, now, memory_order_relaxed);
+        gil_dropped(now);
+    } else if (cond == atomic_load_explicit(&g_switch_cond, memory_order_relaxed)) {
         atomic_store_explicit(&g_switch_signal_ns, mono_ns(), memory_order_relaxed);
+    }
     return pthread_cond_signal(cond);
+}
+
+static int hook_mutex_lock(pthread_mutex_t *mutex)
+{
+    int rc = pthread_mutex_lock(mutex);
+    if (mutex == atomic_load_explicit(&g_gil_mutex, memory_order_relaxed) && rc == 0) {
+        const void *cond = atomic_load_explicit(&g_gil_cond, memory_order_relaxed);
+        if (cond && !gil_locked(cond))
+            gil_taken(mono_ns());
+    }
+    return rc;
 }
 
 static int hook_cond_wait(pthread_cond_t *cond, pthread_mutex_t *mutex)
@@ -230,13 +272,14 @@ typedef struct {
     const char *name;
     void *wrapper;
     const char *skip_version; /* version whose imports are left alone, or NULL */
-    int is_sem; /* 0: condition wait, 1: semaphore wait, 2: thread creation */
+    int is_sem; /* 0: condition wait, 1: semaphore wait, 2: thread creation, 3: GIL edges */
 } hook_target;
 
 static const hook_target g_targets[] = {
     {"pthread_cond_timedwait", (void *)hook_cond_timedwait, "GLIBC_2.2.5", 0},
     {"pthread_cond_wait", (void *)hook_cond_wait, "GLIBC_2.2.5", 0},
     {"pthread_cond_signal", (void *)hook_cond_signal, "GLIBC_2.2.5", 3},
+    {"pthread_mutex_lock", (void *)hook_mutex_lock, NULL, 3},
     {"sem_wait", (void *)hook_sem_wait, NULL, 1},
     {"sem_timedwait", (void *)hook_sem_timedwait, NULL, 1},
     {"sem_clockwait", (void *)hook_sem_clockwait, NULL, 1},
@@ -499,7 +542,9 @@ void gla_hook_get_status(gla_hook_status *out)
 void gla_hook_set_gil(void *gil_cond)
 {
     void *sw = gil_cond ? (void *)((char *)gil_cond + GIL_COND_TO_SWITCH_COND) : NULL;
+    void *mx = gil_cond ? (void *)((char *)gil_cond + sizeof(pthread_cond_t)) : NULL;
     atomic_store(&g_switch_cond, sw);
+    atomic_store(&g_gil_mutex, mx);
     atomic_store(&g_gil_cond, gil_cond);
 }
 

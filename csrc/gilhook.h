@@ -10,6 +10,9 @@
  *   sem_wait / sem_timedwait / sem_clockwait     (Python-level lock waits)
  *   pthread_create                               (new threads register in the ledger
  *                                                 before their start routine runs)
+ *   pthread_cond_signal / pthread_mutex_lock     (the GIL's hand-offs: signal times for
+ *                                                 the wake-up tails, take/drop times for
+ *                                                 GLA_GIL_HELD; other objects pass through)
  * The wrappers call libc's functions directly (never the saved slot, which may hold the
  * lazy-binding stub) and add the time spent to the calling thread's ledger record:
  *   - a condition wait counts as GLA_GIL_WAIT only if its condition variable is the

@@ -82,6 +82,7 @@ static void add_exited(struct gla_thread *t)
     g_exited.gil_tail_ns += s.gil_tail_ns;
     g_exited.lock_cpu_ns += s.lock_cpu_ns;
     g_exited.lock_runq_ns += s.lock_runq_ns;
+    g_exited.gil_held_ns += s.gil_held_ns;
 }
 
 static __thread struct gla_thread *tls_self __attribute__((tls_model("initial-exec")));
@@ -504,6 +505,7 @@ static void sample_record(struct gla_thread *t, gla_sample *s, uint64_t now)
     s->gil_tail_ns = waits[GLA_GIL_TAIL];
     s->lock_cpu_ns = waits[GLA_LOCK_CPU];
     s->lock_runq_ns = waits[GLA_LOCK_RUNQ];
+    s->gil_held_ns = waits[GLA_GIL_HELD];
     gla_sample_finish(s);
 }
 

@@ -68,7 +68,8 @@ typedef enum {
     GLA_GIL_TAIL = 3,  /* part of gil_wait from the hand-off's wake-up to the return */
     GLA_LOCK_CPU = 4,  /* kernel cpu time inside lock waits (exact, read around them) */
     GLA_LOCK_RUNQ = 5, /* kernel run-queue time inside lock waits (exact) */
-    GLA_NWAIT = 6
+    GLA_GIL_HELD = 6,  /* time holding the GIL (not a state: it overlaps cpu and runq) */
+    GLA_NWAIT = 7
 } gla_wait_kind;
 
 typedef struct gla_thread gla_thread; /* opaque */
@@ -98,6 +99,7 @@ typedef struct {
     uint64_t gil_tail_ns;  /* wake-up-to-return part of the GIL waits */
     uint64_t lock_cpu_ns;  /* kernel cpu inside lock waits */
     uint64_t lock_runq_ns; /* kernel run-queue time inside lock waits */
+    uint64_t gil_held_ns;  /* time holding the GIL (overlaps cpu/runq; not a state) */
 } gla_sample;
 
 /* Process-wide monotonic clock in ns. */

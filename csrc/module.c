@@ -217,12 +217,12 @@ static PyObject *py_capabilities(PyObject *self, PyObject *args)
 #define U(x) ((unsigned long long)(x))
 static PyObject *sample_tuple(const gla_sample *s)
 {
-    return Py_BuildValue("(iiisKKKKKKKKKKKKKKKKKKi)", (int)s->tid, s->alive, s->registered, s->name,
+    return Py_BuildValue("(iiisKKKKKKKKKKKKKKKKKKiK)", (int)s->tid, s->alive, s->registered, s->name,
                          U(s->start_ns), U(s->wall_ns), U(s->cpu_ns), U(s->runq_ns),
                          U(s->gil_wait_ns), U(s->lock_wait_ns), U(s->idle_ns), U(s->io_wait_ns),
                          U(s->overlap_ns), U(s->raw_cpu_ns), U(s->raw_runq_ns),
                          U(s->raw_gil_wait_ns), U(s->raw_lock_wait_ns), U(s->raw_idle_ns),
-                         U(s->gil_tail_ns), U(s->lock_cpu_ns), U(s->lock_runq_ns), U(s->serial), s->waiting);
+                         U(s->gil_tail_ns), U(s->lock_cpu_ns), U(s->lock_runq_ns), U(s->serial), s->waiting, U(s->gil_held_ns));
 }
 
 /* read() -> (now_ns, [sample tuples]) ; tuple fields as in SAMPLE_FIELDS (Python side). */

@@ -94,6 +94,12 @@ def test_cpu_threads_on_one_core_wait_for_the_gil(one_core, cpu_ms):
         assert 0.65 <= share <= 0.85, (share, d)
         assert d["io_wait_ns"] <= 0.05 * d["wall_ns"], d
         assert d["beta"] > 0.9
+    # One thread or another held the GIL nearly all the time; each held it for about its
+    # CPU time (pure Python: all of it under the GIL).
+    assert result["total"]["gil_utilisation"] > 0.85, result["total"]
+    for tid in ids:
+        d = result["threads"][tid]
+        assert 0.8 * d["cpu_ns"] <= d["gil_held_ns"] <= d["cpu_ns"] + d["runq_wait_ns"] + 0.05e9, d
 
 
 def test_sleeping_threads_are_io_bound():
@@ -108,6 +114,7 @@ def test_sleeping_threads_are_io_bound():
         assert d["gil_wait_ns"] <= 0.02 * d["wall_ns"], d
         assert d["io_wait_ns"] >= 0.95 * d["wall_ns"], d
         assert d["beta"] is None or d["beta"] < 0.05
+    assert result["total"]["gil_utilisation"] < 0.1, result["total"]
 
 
 @pytest.mark.slow

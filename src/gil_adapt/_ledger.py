@@ -23,7 +23,7 @@ STATES = ("cpu_ns", "runq_wait_ns", "gil_wait_ns", "lock_wait_ns", "idle_ns", "i
 _FIELDS = ("tid", "alive", "registered", "os_name", "start_ns", "wall_ns", "cpu_ns",
            "runq_wait_ns", "gil_wait_ns", "lock_wait_ns", "idle_ns", "io_wait_ns", "overlap_ns",
            "raw_cpu_ns", "raw_runq_ns", "raw_gil_wait_ns", "raw_lock_wait_ns", "raw_idle_ns",
-           "gil_tail_ns", "lock_cpu_ns", "lock_runq_ns", "serial", "waiting")
+           "gil_tail_ns", "lock_cpu_ns", "lock_runq_ns", "serial", "waiting", "gil_held_ns")
 # What a thread is waiting for at the instant of a snapshot (the "waiting" field).
 WAITING = {-1: None, 0: "gil", 1: "lock", 2: "idle"}
 # Inputs of the partition, in the order _core.finish takes them (after wall_ns).
@@ -101,7 +101,7 @@ def snapshot() -> Dict[str, Any]:
     threads: Dict[int, Dict[str, Any]] = {}
     for r in rows:
         tid = r["tid"]
-        entry = {k: r[k] for k in ("wall_ns", "overlap_ns") + STATES + _RAW}
+        entry = {k: r[k] for k in ("wall_ns", "overlap_ns", "gil_held_ns") + STATES + _RAW}
         entry["name"] = names.get(tid, r["os_name"])
         entry["alive"] = bool(r["alive"])
         entry["start_ns"] = r["start_ns"]
@@ -114,7 +114,7 @@ def snapshot() -> Dict[str, Any]:
     return {
         "time_ns": now,
         "threads": threads,
-        "exited": {k: exited[k] for k in ("wall_ns", "overlap_ns") + STATES + _RAW},
+        "exited": {k: exited[k] for k in ("wall_ns", "overlap_ns", "gil_held_ns") + STATES + _RAW},
         "gil_switches": _core.gil_switches(),
     }
 
@@ -144,12 +144,16 @@ def diff(before: Dict[str, Any], after: Dict[str, Any]) -> Dict[str, Any]:
         delta = [max(0, a[k] - (b[k] if b else 0)) for k in ("wall_ns",) + _RAW]
         row = dict(zip(_FIELDS, _core.finish(*delta)))
         entry = {k: row[k] for k in ("wall_ns", "overlap_ns") + STATES}
+        entry["gil_held_ns"] = max(0, a["gil_held_ns"] - (b["gil_held_ns"] if b else 0))
         entry["name"] = a["name"]
         entry["alive"] = a["alive"]
         _derive(entry)
         threads[tid] = entry
-    total = {k: sum(t[k] for t in threads.values()) for k in ("wall_ns",) + STATES}
+    total = {k: sum(t[k] for t in threads.values()) for k in ("wall_ns", "gil_held_ns") + STATES}
     _derive(total)
+    elapsed = after["time_ns"] - before["time_ns"]
+    # Share of the interval during which some thread held the GIL (exact: take/drop hooks).
+    total["gil_utilisation"] = min(1.0, total["gil_held_ns"] / elapsed) if elapsed > 0 else None
     return {"threads": threads, "total": total,
             "gil_switches": max(0, after["gil_switches"] - before["gil_switches"])
             if after["gil_switches"] >= 0 and before["gil_switches"] >= 0 else None,
@@ -161,7 +165,9 @@ class measure:
 
     ``result["threads"][native_id]`` holds each thread's ``*_ns`` states over the block
     and its ``beta``; ``result["total"]`` their sums with ``beta``, ``beta_legacy``
-    (1 - cpu/wall) and ``contention`` ((gil + runq) / (gil + runq + io)).
+    (1 - cpu/wall), ``contention`` ((gil + runq) / (gil + runq + io)) and
+    ``gil_utilisation`` (time some thread held the GIL / the block's length).
+    ``gil_held_ns`` (time holding the GIL) overlaps cpu and runq: it is not a state.
     Measurements may nest and may run in several threads at once: each reads the
     process-wide ledger, which is never reset.
     """

@@ -6,6 +6,7 @@
 int waiter_cond_timedwait_ms(pthread_cond_t *cond, pthread_mutex_t *mutex, int ms);
 int waiter_cond_signal(pthread_cond_t *cond);
 int waiter_sem_wait(sem_t *sem);
+int waiter_mutex_lock(pthread_mutex_t *mutex);
 int waiter_thread_create(pthread_t *thread, void *(*start)(void *), void *arg);
 int waiter_anchor(void);
 #endif

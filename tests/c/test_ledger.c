@@ -219,8 +219,20 @@ static void test_wait_in_progress(void)
 
 /* ---- the hook --------------------------------------------------------------------- */
 
+/* CPython's struct _gil_runtime_state (3.9-3.13, pycore_gil.h), to stand in for the GIL. */
+static struct {
+    unsigned long interval;
+    void *last_holder;
+    int locked;
+    unsigned long switch_number;
+    pthread_cond_t cond;
+    pthread_mutex_t mutex;
+    pthread_cond_t switch_cond;
+    pthread_mutex_t switch_mutex;
+} g_fake_gil = {5000, NULL, 0, 0, PTHREAD_COND_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+                PTHREAD_COND_INITIALIZER, PTHREAD_MUTEX_INITIALIZER};
+#define g_gil (g_fake_gil.cond)
 static pthread_mutex_t g_mutex = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t g_gil = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t g_other = PTHREAD_COND_INITIALIZER;
 
 typedef struct {
@@ -298,6 +310,27 @@ static void test_hook(void)
     CHECK(registered, "thread created through the hooked pthread_create registered");
     uint64_t other = gil_wait_of_waiter(&g_other, 20, 0, NULL);
     CHECK(other == 0, "other condition counted %llu", (unsigned long long)other);
+
+    /* Layout checks and the switch counter read through the calibrated address. */
+    CHECK(gla_gil_layout_ok(&g_gil, 5000, NULL, NULL), "layout accepted");
+    CHECK(!gla_gil_layout_ok(&g_gil, 4000, NULL, NULL), "wrong interval rejected");
+    CHECK(!gla_gil_layout_ok(&g_gil, 5000, &g_other, &g_other + 1), "outside bounds rejected");
+    g_fake_gil.switch_number = 7;
+    CHECK(gla_gil_switches() == 7, "switch counter %lld", gla_gil_switches());
+
+    /* Held time: a take (mutex locked with the GIL free) to a drop (signal). */
+    gla_thread *me_gil = gla_ledger_self();
+    uint64_t held0 = gla_ledger_wait(me_gil, GLA_GIL_HELD);
+    waiter_mutex_lock(&g_fake_gil.mutex); /* free: taken now */
+    g_fake_gil.locked = 1;
+    pthread_mutex_unlock(&g_fake_gil.mutex);
+    sleep_ms(20);
+    waiter_mutex_lock(&g_fake_gil.mutex); /* held: a drop, not a take */
+    g_fake_gil.locked = 0;
+    waiter_cond_signal(&g_gil);
+    pthread_mutex_unlock(&g_fake_gil.mutex);
+    uint64_t held = gla_ledger_wait(me_gil, GLA_GIL_HELD) - held0;
+    CHECK(held >= 19 * MS && held < 500 * MS, "GIL held %llu", (unsigned long long)held);
 
     /* A semaphore wait that blocks counts as a lock wait. */
     sem_init(&g_sem, 0, 0);
