@@ -550,6 +550,19 @@ void gla_hook_set_gil(void *gil_cond)
 
 void *gla_hook_gil(void) { return atomic_load(&g_gil_cond); }
 
+uint64_t gla_hook_self_gil_held_ns(void)
+{
+    gla_thread *t = gla_ledger_self_nosys();
+    uint64_t held = t ? gla_ledger_wait(t, GLA_GIL_HELD) : 0;
+    uint64_t since = tls_held_since;
+    if (since) {
+        uint64_t now = mono_ns();
+        if (now > since)
+            held += now - since;
+    }
+    return held;
+}
+
 long long gla_gil_switches(void)
 {
     const char *cond = atomic_load(&g_gil_cond);

@@ -66,6 +66,10 @@ void gla_hook_get_status(gla_hook_status *out);
 void gla_hook_set_gil(void *gil_cond);
 void *gla_hook_gil(void);
 
+/* The calling thread's cumulative time holding the GIL, including the current holding
+ * (for per-task figures: read it at a task's start and end). No system call. */
+uint64_t gla_hook_self_gil_held_ns(void);
+
 /* Number of GIL hand-offs so far (CPython's gil->switch_number), or -1 if unknown. */
 long long gla_gil_switches(void);
 

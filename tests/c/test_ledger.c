@@ -324,7 +324,10 @@ static void test_hook(void)
     waiter_mutex_lock(&g_fake_gil.mutex); /* free: taken now */
     g_fake_gil.locked = 1;
     pthread_mutex_unlock(&g_fake_gil.mutex);
+    uint64_t live0 = gla_hook_self_gil_held_ns();
     sleep_ms(20);
+    uint64_t live = gla_hook_self_gil_held_ns() - live0;
+    CHECK(live >= 19 * MS, "held so far (in progress) %llu", (unsigned long long)live);
     waiter_mutex_lock(&g_fake_gil.mutex); /* held: a drop, not a take */
     g_fake_gil.locked = 0;
     waiter_cond_signal(&g_gil);
