@@ -9,7 +9,10 @@
  *   effective = live + starting - retiring - retire_pending: what the pool is heading to.
  * A worker is on the idle stack only while it waits in its own condition variable; the
  * one who takes it off (submit, a retire, shutdown) sets woken and signals it, so no
- * wake-up is lost or wasted.
+ * wake-up is lost or wasted. submit signals after unlocking (the woken worker does not
+ * then block on the mutex at once); that is safe because worker structs are never freed
+ * while the pool lives: a worker that leaves puts its struct on the spare list, and a
+ * late signal to a reused struct is a spurious wake-up the wait loop absorbs.
  */
 #include "pool.h"
 
@@ -62,6 +65,7 @@ struct gla_pool {
     long queue_len;
 
     worker *all;
+    worker *spare; /* structs of workers that left, for reuse (freed by destroy) */
     worker *idle_top, *idle_bottom;
     int n_idle;
 
@@ -284,14 +288,14 @@ static int apply_target_locked(gla_pool *p, int target)
 
 /* ---- workers ------------------------------------------------------------------------ */
 
+/* A task edge: the cheap clocks, read at every task start and end. */
 typedef struct {
-    uint64_t mono, cpu, gil, gil_tail, lock;
+    uint64_t mono, gil, gil_tail, lock;
 } edge;
 
 static void read_edge(gla_thread *rec, edge *e)
 {
     e->mono = gla_now_ns();
-    e->cpu = thread_cpu_ns();
     if (rec) {
         e->gil = gla_ledger_wait(rec, GLA_GIL_WAIT);
         e->gil_tail = gla_ledger_wait(rec, GLA_GIL_TAIL);
@@ -310,10 +314,42 @@ static void account_task(worker *w, const edge *a, const edge *b)
 {
     add_owned(&w->completed, 1);
     add_owned(&w->wall_ns, sub0(b->mono, a->mono));
-    add_owned(&w->cpu_ns, sub0(b->cpu, a->cpu));
     add_owned(&w->gil_ns, sub0(b->gil, a->gil));
     add_owned(&w->gil_tail_ns, sub0(b->gil_tail, a->gil_tail));
     add_owned(&w->lock_ns, sub0(b->lock, a->lock));
+}
+
+/* Thread CPU of the tasks, exact in sum: the thread CPU clock (a system call) is read
+ * when a run of tasks starts and ends (around every idle wait), at every task edge at
+ * least CPU_READ_NS after the last read, and at least every CPU_READ_EDGES edges; each
+ * read adds the CPU since the previous one. Short back-to-back tasks so share reads. */
+#define CPU_READ_NS 50000u
+#define CPU_READ_EDGES 16
+typedef struct {
+    uint64_t cpu, mono;
+    int edges;
+} cpu_clock;
+
+static void cpu_start(cpu_clock *c, uint64_t mono)
+{
+    c->cpu = thread_cpu_ns();
+    c->mono = mono;
+    c->edges = 0;
+}
+
+static void cpu_flush(worker *w, cpu_clock *c, uint64_t mono)
+{
+    uint64_t now = thread_cpu_ns();
+    add_owned(&w->cpu_ns, sub0(now, c->cpu));
+    c->cpu = now;
+    c->mono = mono;
+    c->edges = 0;
+}
+
+static void cpu_edge(worker *w, cpu_clock *c, uint64_t mono)
+{
+    if (mono - c->mono >= CPU_READ_NS || ++c->edges >= CPU_READ_EDGES)
+        cpu_flush(w, c, mono);
 }
 
 static void add_worker_totals(totals *t, const worker *w)
@@ -360,6 +396,9 @@ static void unregister_locked(gla_pool *p, worker *w)
         p->retiring--;
     p->live--;
     p->retired++;
+    w->all_prev = NULL;
+    w->all_next = p->spare;
+    p->spare = w;
     pthread_cond_broadcast(&p->done_cond);
 }
 
@@ -381,10 +420,10 @@ static void *worker_main(void *arg)
     pthread_mutex_lock(&p->mu);
     p->starting--;
     if (rc < 0) {
+        w->all_next = p->spare;
+        p->spare = w;
         pthread_cond_broadcast(&p->done_cond);
         pthread_mutex_unlock(&p->mu);
-        pthread_cond_destroy(&w->cond);
-        free(w);
         tls_pool = NULL;
         if (h->leave)
             h->leave(ctx, wdata, rc == GLA_POOL_ENTER_FAIL_HELD);
@@ -399,7 +438,9 @@ static void *worker_main(void *arg)
 
     int holding = 1;
     edge e;
+    cpu_clock cc;
     read_edge(rec, &e);
+    cpu_start(&cc, e.mono);
     for (;;) { /* mu held at the top */
         if (w->retire)
             break;
@@ -415,6 +456,7 @@ static void *worker_main(void *arg)
                 break;
             if (holding) {
                 pthread_mutex_unlock(&p->mu);
+                cpu_flush(w, &cc, gla_now_ns());
                 if (h->pause)
                     h->pause(ctx, wdata);
                 holding = 0;
@@ -459,6 +501,7 @@ static void *worker_main(void *arg)
         pthread_mutex_unlock(&p->mu);
         if (!holding) {
             read_edge(rec, &e);
+            cpu_start(&cc, e.mono);
             if (h->resume && h->resume(ctx, wdata) < 0) {
                 pthread_mutex_lock(&p->mu);
                 queue_push_front(p, t);
@@ -471,11 +514,14 @@ static void *worker_main(void *arg)
         edge e2;
         read_edge(rec, &e2);
         account_task(w, &e, &e2);
+        cpu_edge(w, &cc, e2.mono);
         e = e2;
         pthread_mutex_lock(&p->mu);
     }
     /* Leaving (mu held). Take back what pause released before unregistering, so that a
      * thread waiting for the pool to empty cannot go on before we are done with it. */
+    if (holding)
+        cpu_flush(w, &cc, gla_now_ns());
     if (!holding && h->resume) {
         pthread_mutex_unlock(&p->mu);
         holding = h->resume(ctx, wdata) == 0;
@@ -483,10 +529,8 @@ static void *worker_main(void *arg)
     } else if (!h->resume) {
         holding = 1;
     }
-    unregister_locked(p, w);
+    unregister_locked(p, w); /* w is the pool's again: not touched after this */
     pthread_mutex_unlock(&p->mu);
-    pthread_cond_destroy(&w->cond);
-    free(w);
     tls_pool = NULL;
     if (h->leave)
         h->leave(ctx, wdata, holding);
@@ -498,20 +542,42 @@ static void *worker_main(void *arg)
 static int spawn(gla_pool *p)
 {
     int err = 0;
-    worker *w = calloc(1, sizeof *w);
     pthread_mutex_lock(&p->mu);
     if (p->inject_failures > 0) {
         p->inject_failures--;
         err = EAGAIN;
     }
     unsigned index = p->next_index++;
+    worker *w = NULL;
+    if (!err && p->spare) {
+        w = p->spare;
+        p->spare = w->all_next;
+    }
     pthread_mutex_unlock(&p->mu);
-    if (!w && !err)
-        err = ENOMEM;
-    if (!err) {
+    if (!err && !w) {
+        w = calloc(1, sizeof *w);
+        if (w)
+            cond_init_mono(&w->cond);
+        else
+            err = ENOMEM;
+    }
+    if (w) {
+        /* Fresh figures; the condition variable is kept across reuse. */
+        w->all_prev = w->all_next = w->idle_up = w->idle_down = NULL;
         w->pool = p;
+        w->handoff = NULL;
+        w->woken = w->retire = w->on_idle = 0;
         w->index = index;
-        cond_init_mono(&w->cond);
+        w->tid = 0;
+        atomic_store(&w->completed, 0);
+        atomic_store(&w->cpu_ns, 0);
+        atomic_store(&w->wall_ns, 0);
+        atomic_store(&w->gil_ns, 0);
+        atomic_store(&w->gil_tail_ns, 0);
+        atomic_store(&w->lock_ns, 0);
+        atomic_store(&w->idle_ns, 0);
+    }
+    if (!err) {
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
@@ -520,12 +586,13 @@ static int spawn(gla_pool *p)
         pthread_t th;
         err = pthread_create(&th, &attr, worker_main, w);
         pthread_attr_destroy(&attr);
-        if (err)
-            pthread_cond_destroy(&w->cond);
     }
     if (err) {
-        free(w);
         pthread_mutex_lock(&p->mu);
+        if (w) {
+            w->all_next = p->spare;
+            p->spare = w;
+        }
         p->starting--;
         p->start_failures++;
         p->last_start_errno = err;
@@ -827,8 +894,12 @@ int gla_pool_submit(gla_pool *p, gla_pool_task *t)
         pthread_cond_signal(&p->monitor_cond);
     }
     if (p->idle_top) {
-        wake_worker(p, p->idle_top, t);
+        worker *w = p->idle_top;
+        idle_remove(p, w);
+        w->handoff = t;
+        w->woken = 1;
         pthread_mutex_unlock(&p->mu);
+        pthread_cond_signal(&w->cond);
         return 0;
     }
     queue_append(p, t);
@@ -884,18 +955,35 @@ void gla_pool_shutdown(gla_pool *p, int cancel, gla_pool_task **cancelled)
         spawn(p);
 }
 
-void gla_pool_wait(gla_pool *p, int self_is_worker)
+int gla_pool_wait_for(gla_pool *p, int self_is_worker, double timeout_s)
 {
     int floor = self_is_worker ? 1 : 0;
+    uint64_t deadline = timeout_s >= 0 ? gla_now_ns() + (uint64_t)(timeout_s * 1e9) : 0;
     pthread_mutex_lock(&p->mu);
-    while (p->live + p->starting > floor)
-        pthread_cond_wait(&p->done_cond, &p->mu);
+    while (p->live + p->starting > floor) {
+        if (!deadline) {
+            pthread_cond_wait(&p->done_cond, &p->mu);
+            continue;
+        }
+        struct timespec ts = abs_mono(deadline);
+        if (pthread_cond_timedwait(&p->done_cond, &p->mu, &ts) == ETIMEDOUT &&
+            p->live + p->starting > floor) {
+            pthread_mutex_unlock(&p->mu);
+            return 0;
+        }
+    }
     int join = p->monitor_started && p->monitor_stop && !p->monitor_join_claimed;
     if (join)
         p->monitor_join_claimed = 1;
     pthread_mutex_unlock(&p->mu);
     if (join)
         pthread_join(p->monitor, NULL);
+    return 1;
+}
+
+void gla_pool_wait(gla_pool *p, int self_is_worker)
+{
+    gla_pool_wait_for(p, self_is_worker, -1.0);
 }
 
 gla_pool_task *gla_pool_break(gla_pool *p)
@@ -927,6 +1015,12 @@ void gla_pool_destroy(gla_pool *p)
     pthread_mutex_unlock(&p->mu);
     if (join)
         pthread_join(p->monitor, NULL);
+    while (p->spare) {
+        worker *w = p->spare;
+        p->spare = w->all_next;
+        pthread_cond_destroy(&w->cond);
+        free(w);
+    }
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->done_cond);
     pthread_cond_destroy(&p->monitor_cond);
@@ -964,6 +1058,7 @@ void gla_pool_get_stats(gla_pool *p, gla_pool_stats *o)
         ? p->last_window.completed / p->last_window.window_s : 0.0;
     o->stack_size = p->cfg.stack_size;
     o->windows = p->windows;
+    o->usable_cores = p->usable_cores;
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -1004,11 +1099,16 @@ gla_pool_task *gla_pool_reset_after_fork(gla_pool *p)
     pthread_mutex_init(&p->mu, NULL);
     cond_init_mono(&p->done_cond);
     cond_init_mono(&p->monitor_cond);
-    for (worker *w = p->all; w;) {
-        worker *next = w->all_next;
-        free(w);
-        w = next;
+    /* Free without pthread_cond_destroy: the conditions may list waiters that are gone. */
+    worker *lists[2] = {p->all, p->spare};
+    for (int i = 0; i < 2; i++) {
+        for (worker *w = lists[i]; w;) {
+            worker *next = w->all_next;
+            free(w);
+            w = next;
+        }
     }
+    p->spare = NULL;
     gla_pool_task *list = queue_detach(p);
     p->all = p->idle_top = p->idle_bottom = NULL;
     p->n_idle = p->live = p->starting = p->retiring = p->retire_pending = 0;

@@ -62,7 +62,7 @@ extern "C" {
 #define GLA_POOL_REASON_LEN 160
 #define GLA_POOL_NAME_LEN 48
 #define GLA_POOL_RUNQ_SAMPLE 16
-#define GLA_POOL_DEFAULT_STACK (256u * 1024u)
+#define GLA_POOL_DEFAULT_STACK (2u * 1024u * 1024u) /* holds CPython's default recursion limit */
 
 typedef struct gla_pool gla_pool;
 
@@ -152,6 +152,7 @@ typedef struct {
     double throughput;           /* completed / window_s of the last window */
     size_t stack_size;
     uint64_t windows;
+    double usable_cores;
 } gla_pool_stats;
 
 /* Creates a pool (no thread yet: workers and the monitor start on demand). NULL with
@@ -173,6 +174,9 @@ void gla_pool_shutdown(gla_pool *p, int cancel, gla_pool_task **cancelled);
  * (a task that shuts its own pool down), and joins the monitor. The caller must not
  * hold a lock a worker needs (release the interpreter lock around it). */
 void gla_pool_wait(gla_pool *p, int self_is_worker);
+
+/* The same, giving up after timeout_s (< 0: no limit). 1 when the workers are gone. */
+int gla_pool_wait_for(gla_pool *p, int self_is_worker, double timeout_s);
 
 /* Marks the pool broken (e.g. a worker's initializer failed): no new tasks (-EPIPE),
  * workers leave as after shutdown, queued tasks are detached and returned. */

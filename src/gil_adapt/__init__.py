@@ -7,6 +7,7 @@ Measure -> decide -> act:
 from __future__ import annotations
 
 from ._ledger import capabilities, install, measure, snapshot, uninstall
+from .executor import AdaptiveExecutor
 
-__all__ = ["capabilities", "install", "measure", "snapshot", "uninstall"]
+__all__ = ["AdaptiveExecutor", "capabilities", "install", "measure", "snapshot", "uninstall"]
 __version__ = "0.1.0"

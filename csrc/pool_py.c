@@ -1,0 +1,1036 @@
+/* pool_py.c — see pool_py.h. The Python side of the executor's C pool.
+ *
+ * Worker threads are C threads (pool.c) that hold a Python thread state for their whole
+ * life: enter takes the GIL with PyGILState_Ensure and runs the Python thread_start hook
+ * (thread identity, trace/profile hooks, the user's initializer), pause/resume release
+ * and retake the GIL around the wait for work, leave runs thread_stop and deletes the
+ * thread state. Nothing touches Python once the interpreter is finalizing.
+ *
+ * Lifetime: a Pool holds a reference to itself (keepalive) from creation until it is
+ * shut down and its last worker has left (gla_pool_claim_drained); each worker holds its
+ * own reference from enter to leave. So a pool outlives an executor that was dropped
+ * with work queued, and it is freed (monitor joined) only when no thread uses it.
+ *
+ * Tasks: one node per submit with the future, the callable and its vectorcall arguments.
+ * The worker calls Future.set_running_or_notify_cancel / set_result / set_exception —
+ * the future stays a plain concurrent.futures.Future, so as_completed, wait,
+ * asyncio.wrap_future and callbacks behave as with ThreadPoolExecutor.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "pool_py.h"
+#include "pool.h"
+
+#include "gilhook.h"
+#include "ledger.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__has_include)
+#if __has_include("controller.h")
+#include "controller.h"
+#define GLA_HAVE_CONTROLLER 1
+#endif
+#endif
+#ifndef GLA_HAVE_CONTROLLER
+#define GLA_HAVE_CONTROLLER 0
+#endif
+
+#if PY_VERSION_HEX < 0x030A0000
+static inline PyObject *Py_NewRef(PyObject *o)
+{
+    Py_INCREF(o);
+    return o;
+}
+static int PyModule_AddObjectRef(PyObject *m, const char *name, PyObject *o)
+{
+    Py_INCREF(o);
+    if (PyModule_AddObject(m, name, o) < 0) {
+        Py_DECREF(o);
+        return -1;
+    }
+    return 0;
+}
+#endif
+
+/* ---- module state (all touched with the GIL held) ------------------------------------ */
+
+typedef struct PoolObject PoolObject;
+
+static PyObject *g_future_type;     /* concurrent.futures.Future */
+static PyObject *s_set_running, *s_set_result, *s_set_exception, *s_cancel;
+/* Future's internals for the fast path (see future_fast_init). */
+static int g_future_fast;
+static PyObject *g_PENDING, *g_RUNNING, *g_FINISHED;
+static PyObject *s__condition, *s__lock, *s__state, *s__result, *s__waiters, *s__done_callbacks,
+    *s__invoke_callbacks, *s_acquire, *s_release;
+static PoolObject *g_pools;         /* every Pool not yet freed */
+static int g_exiting;               /* _shutdown_all ran: the interpreter is exiting */
+
+static int is_finalizing(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return Py_IsFinalizing();
+#else
+    return _Py_IsFinalizing();
+#endif
+}
+
+static PyObject *fetch_exception(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value && tb)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+#endif
+}
+
+/* ---- tasks ---------------------------------------------------------------------------- */
+
+typedef struct {
+    gla_pool_task link;
+    PyObject *future;
+    PyObject *fn;
+    PyObject *kwnames; /* NULL or a tuple of keyword names */
+    Py_ssize_t nargs;  /* positional arguments; keyword values follow them in args */
+    PyObject *args[];
+} pytask;
+
+static Py_ssize_t task_nall(const pytask *t)
+{
+    return t->nargs + (t->kwnames ? PyTuple_GET_SIZE(t->kwnames) : 0);
+}
+
+static void task_free(pytask *t)
+{
+    Py_ssize_t n = task_nall(t);
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_DECREF(t->args[i]);
+    Py_XDECREF(t->kwnames);
+    Py_DECREF(t->fn);
+    Py_DECREF(t->future);
+    PyMem_Free(t);
+}
+
+/* Calls future.<name>(arg) and drops the result; errors go to sys.unraisablehook. */
+static void future_call(PyObject *future, PyObject *name, PyObject *arg)
+{
+    PyObject *r = arg ? PyObject_CallMethodOneArg(future, name, arg)
+                      : PyObject_CallMethodNoArgs(future, name);
+    if (r)
+        Py_DECREF(r);
+    else
+        PyErr_WriteUnraisable(future);
+}
+
+/* ---- Future fast path -------------------------------------------------------------------
+ *
+ * A worker moves each future PENDING -> RUNNING -> FINISHED. Future's own methods do it
+ * in Python under `with self._condition`; here the same transitions are made under the
+ * same lock (the Condition's RLock) for the common case only — state as expected, nobody
+ * waiting (future._waiters empty: no as_completed/wait; condition._waiters empty: no
+ * result() blocked) — and the done-callbacks are run through Future._invoke_callbacks as
+ * set_result does. Anything else (cancelled, waiters, an unexpected layout) goes through
+ * the Future's methods. future_fast_init checks the layout once against a real Future. */
+
+static int future_fast_init(void)
+{
+    PyObject *base = PyImport_ImportModule("concurrent.futures._base");
+    if (!base)
+        return -1;
+    g_PENDING = PyObject_GetAttrString(base, "PENDING");
+    g_RUNNING = PyObject_GetAttrString(base, "RUNNING");
+    g_FINISHED = PyObject_GetAttrString(base, "FINISHED");
+    Py_DECREF(base);
+    if (!g_PENDING || !g_RUNNING || !g_FINISHED) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *f = PyObject_CallNoArgs(g_future_type);
+    if (!f)
+        return -1;
+    PyObject *cond = PyObject_GetAttr(f, s__condition);
+    PyObject *lock = cond ? PyObject_GetAttr(cond, s__lock) : NULL;
+    PyObject *cw = cond ? PyObject_GetAttr(cond, s__waiters) : NULL;
+    PyObject *state = PyObject_GetAttr(f, s__state);
+    PyObject *fw = PyObject_GetAttr(f, s__waiters);
+    PyObject *cbs = PyObject_GetAttr(f, s__done_callbacks);
+    PyObject *res = PyObject_GetAttr(f, s__result);
+    int ok = lock && cw && state == g_PENDING && fw && PyList_CheckExact(fw) &&
+             PyList_GET_SIZE(fw) == 0 && cbs && PyList_CheckExact(cbs) && res &&
+             PyObject_HasAttr(lock, s_acquire) && PyObject_HasAttr(lock, s_release) &&
+             PyObject_HasAttr(f, s__invoke_callbacks);
+    if (ok) {
+        Py_ssize_t n = PyObject_Size(cw);
+        ok = n == 0;
+    }
+    PyErr_Clear();
+    Py_XDECREF(cond);
+    Py_XDECREF(lock);
+    Py_XDECREF(cw);
+    Py_XDECREF(state);
+    Py_XDECREF(fw);
+    Py_XDECREF(cbs);
+    Py_XDECREF(res);
+    g_future_fast = ok && !getenv("GIL_ADAPT_NO_FAST_FUTURE");
+    Py_DECREF(f);
+    return 0;
+}
+
+/* Takes the future's condition lock: returns the lock (new reference) and the
+ * condition (*cond, new reference), or NULL with an exception set. */
+static PyObject *future_lock(PyObject *f, PyObject **cond)
+{
+    *cond = PyObject_GetAttr(f, s__condition);
+    if (!*cond)
+        return NULL;
+    PyObject *lock = PyObject_GetAttr(*cond, s__lock);
+    if (!lock) {
+        Py_CLEAR(*cond);
+        return NULL;
+    }
+    PyObject *r = PyObject_CallMethodNoArgs(lock, s_acquire);
+    if (!r) {
+        Py_DECREF(lock);
+        Py_CLEAR(*cond);
+        return NULL;
+    }
+    Py_DECREF(r);
+    return lock;
+}
+
+static int future_unlock(PyObject *lock, PyObject *cond)
+{
+    PyObject *r = PyObject_CallMethodNoArgs(lock, s_release);
+    Py_DECREF(lock);
+    Py_DECREF(cond);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* set_running_or_notify_cancel(): 1 run it, 0 cancelled, -1 error (exception set). */
+static int future_set_running(PyObject *f)
+{
+    if (g_future_fast) {
+        PyObject *cond, *lock = future_lock(f, &cond);
+        if (!lock)
+            return -1;
+        PyObject *state = PyObject_GetAttr(f, s__state);
+        int done = state == g_PENDING && PyObject_SetAttr(f, s__state, g_RUNNING) == 0;
+        Py_XDECREF(state);
+        int err = PyErr_Occurred() != NULL;
+        if (future_unlock(lock, cond) < 0 || err)
+            return -1;
+        if (done)
+            return 1;
+    }
+    PyObject *go = PyObject_CallMethodNoArgs(f, s_set_running);
+    if (!go)
+        return -1;
+    int run = go == Py_True;
+    Py_DECREF(go);
+    return run;
+}
+
+/* 1 when nobody waits on the future (its lock held). */
+static int future_unwatched(PyObject *f, PyObject *cond)
+{
+    PyObject *fw = PyObject_GetAttr(f, s__waiters);
+    int ok = fw && PyList_CheckExact(fw) && PyList_GET_SIZE(fw) == 0;
+    Py_XDECREF(fw);
+    if (ok) {
+        PyObject *cw = PyObject_GetAttr(cond, s__waiters);
+        ok = cw && PyObject_Size(cw) == 0;
+        Py_XDECREF(cw);
+    }
+    PyErr_Clear();
+    return ok;
+}
+
+/* set_result(res); errors go to sys.unraisablehook. */
+static void future_set_result(PyObject *f, PyObject *res)
+{
+    if (g_future_fast) {
+        PyObject *cond, *lock = future_lock(f, &cond);
+        if (!lock) {
+            PyErr_WriteUnraisable(f);
+            return;
+        }
+        PyObject *state = PyObject_GetAttr(f, s__state);
+        int done = state == g_RUNNING && future_unwatched(f, cond) &&
+                   PyObject_SetAttr(f, s__result, res) == 0 &&
+                   PyObject_SetAttr(f, s__state, g_FINISHED) == 0;
+        Py_XDECREF(state);
+        if (PyErr_Occurred())
+            PyErr_WriteUnraisable(f);
+        if (future_unlock(lock, cond) < 0)
+            PyErr_WriteUnraisable(f);
+        if (done) {
+            PyObject *cbs = PyObject_GetAttr(f, s__done_callbacks);
+            int any = cbs && PyList_CheckExact(cbs) ? PyList_GET_SIZE(cbs) > 0 : 1;
+            Py_XDECREF(cbs);
+            PyErr_Clear();
+            if (any)
+                future_call(f, s__invoke_callbacks, NULL);
+            return;
+        }
+    }
+    future_call(f, s_set_result, res);
+}
+
+/* ---- Pool object ------------------------------------------------------------------------ */
+
+struct PoolObject {
+    PyObject_HEAD
+    gla_pool *pool;
+    PyObject *thread_start; /* callable(index) -> (ok, token) */
+    PyObject *thread_stop;  /* callable(token) */
+    PyObject *broken_type;  /* exception class for a broken pool */
+    PyObject *broken_msg;   /* NULL until broken */
+    PyObject *keepalive;    /* self, until drained */
+    int has_controller;
+#if GLA_HAVE_CONTROLLER
+    gla_ctl ctl;
+#endif
+    PoolObject *prev, *next; /* g_pools */
+};
+
+static PyTypeObject Pool_Type;
+
+static void drop_keepalive(PoolObject *po)
+{
+    /* Drained: no worker will call the hooks again. */
+    Py_CLEAR(po->thread_start);
+    Py_CLEAR(po->thread_stop);
+    Py_CLEAR(po->keepalive); /* may free po */
+}
+
+static void maybe_drained(PoolObject *po)
+{
+    if (po->pool && gla_pool_claim_drained(po->pool))
+        drop_keepalive(po);
+}
+
+/* Fails the futures of tasks that a broken pool gave back. */
+static void fail_broken(PoolObject *po, gla_pool_task *list)
+{
+    while (list) {
+        pytask *t = (pytask *)list;
+        list = list->next;
+        PyObject *exc = PyObject_CallOneArg(po->broken_type, po->broken_msg);
+        if (exc) {
+            PyObject *r = PyObject_CallMethodOneArg(t->future, s_set_exception, exc);
+            Py_DECREF(exc);
+            if (r)
+                Py_DECREF(r);
+            else
+                PyErr_Clear(); /* cancelled meanwhile: nothing to tell */
+        } else {
+            PyErr_WriteUnraisable(t->future);
+        }
+        task_free(t);
+    }
+}
+
+static void cancel_list(gla_pool_task *list)
+{
+    while (list) {
+        pytask *t = (pytask *)list;
+        list = list->next;
+        future_call(t->future, s_cancel, NULL);
+        task_free(t);
+    }
+}
+
+/* ---- worker hooks (worker threads) ----------------------------------------------------- */
+
+typedef struct {
+    PyGILState_STATE gstate;
+    PyThreadState *saved;
+    PyObject *token;
+    PoolObject *po; /* the worker's own reference */
+} wstate;
+
+static int py_enter(void *ctx, void **wdata, unsigned index)
+{
+    PoolObject *po = ctx;
+    if (is_finalizing())
+        return GLA_POOL_ENTER_FAIL;
+    PyGILState_STATE g = PyGILState_Ensure();
+    wstate *ws = PyMem_RawCalloc(1, sizeof *ws);
+    if (!ws) {
+        PyGILState_Release(g);
+        return GLA_POOL_ENTER_FAIL;
+    }
+    ws->gstate = g;
+    Py_INCREF(po);
+    ws->po = po;
+    *wdata = ws;
+    int ok = 0;
+    PyObject *r = po->thread_start ? PyObject_CallFunction(po->thread_start, "I", index) : NULL;
+    if (r && PyTuple_Check(r) && PyTuple_GET_SIZE(r) == 2) {
+        ok = PyObject_IsTrue(PyTuple_GET_ITEM(r, 0)) == 1;
+        ws->token = Py_NewRef(PyTuple_GET_ITEM(r, 1));
+    } else if (!r && po->thread_start) {
+        PyErr_WriteUnraisable(po->thread_start);
+    }
+    Py_XDECREF(r);
+    if (ok)
+        return 0;
+    /* The initializer failed (thread_start logged it): the pool is broken. */
+    if (!po->broken_msg)
+        po->broken_msg = PyUnicode_FromString(
+            "A thread initializer failed, the thread pool is not usable anymore");
+    if (!po->broken_msg) {
+        PyErr_Clear();
+        po->broken_msg = Py_NewRef(Py_None);
+    }
+    fail_broken(po, gla_pool_break(po->pool));
+    return GLA_POOL_ENTER_FAIL_HELD;
+}
+
+static void py_pause(void *ctx, void *wdata)
+{
+    (void)ctx;
+    wstate *ws = wdata;
+    ws->saved = PyEval_SaveThread();
+}
+
+static int py_resume(void *ctx, void *wdata)
+{
+    (void)ctx;
+    wstate *ws = wdata;
+    if (is_finalizing())
+        return -1; /* never take the GIL of an interpreter that is going away */
+    PyEval_RestoreThread(ws->saved);
+    ws->saved = NULL;
+    return 0;
+}
+
+static void py_run(void *ctx, void *wdata, gla_pool_task *task)
+{
+    (void)ctx;
+    (void)wdata;
+    pytask *t = (pytask *)task;
+    int go = future_set_running(t->future);
+    if (go < 0) {
+        PyErr_WriteUnraisable(t->future);
+    } else if (go) {
+        PyObject *res = PyObject_Vectorcall(t->fn, t->args, (size_t)t->nargs, t->kwnames);
+        if (res) {
+            future_set_result(t->future, res);
+            Py_DECREF(res);
+        } else {
+            PyObject *exc = fetch_exception();
+            if (exc) {
+                future_call(t->future, s_set_exception, exc);
+                Py_DECREF(exc);
+            }
+        }
+    }
+    task_free(t);
+}
+
+static void py_leave(void *ctx, void *wdata, int holding)
+{
+    (void)ctx;
+    wstate *ws = wdata;
+    if (!ws)
+        return;
+    if (!holding)
+        return; /* finalizing: leave the thread state alone (as CPython does) */
+    PoolObject *po = ws->po;
+    if (ws->token) {
+        if (po->thread_stop) {
+            PyObject *r = PyObject_CallOneArg(po->thread_stop, ws->token);
+            if (r)
+                Py_DECREF(r);
+            else
+                PyErr_WriteUnraisable(po->thread_stop);
+        }
+        Py_CLEAR(ws->token);
+    }
+    maybe_drained(po);
+    Py_DECREF(po); /* may free the pool: nothing of it is touched after this */
+    PyGILState_STATE g = ws->gstate;
+    PyMem_RawFree(ws);
+    PyGILState_Release(g);
+}
+
+/* ---- policy: the controller (monitor thread, no GIL) ------------------------------------- */
+
+#if GLA_HAVE_CONTROLLER
+static double py_policy(void *pctx, const gla_pool_window *w, gla_pool_decision *d)
+{
+    PoolObject *po = pctx;
+    gla_ctl_window cw;
+    memset(&cw, 0, sizeof cw);
+    cw.window_s = w->window_s;
+    cw.completed = w->completed;
+    cw.task_cpu_s = w->task_cpu_s;
+    cw.task_gil_wait_s = w->task_gil_wait_s;
+    cw.task_wall_s = w->task_wall_s;
+    cw.beta = w->beta;
+    cw.runq_share = w->runq_share;
+    cw.workers = w->workers;
+    cw.busy = w->busy;
+    cw.queue_length = w->queue_length;
+    cw.usable_cores = w->usable_cores;
+    gla_ctl_decision cd = gla_ctl_step(&po->ctl, &cw);
+    d->target = cd.target;
+    switch (cd.action) {
+    case GLA_CTL_GROW:
+        d->action = GLA_POOL_GROW;
+        break;
+    case GLA_CTL_SHRINK:
+        d->action = GLA_POOL_SHRINK;
+        break;
+    case GLA_CTL_VETO:
+        d->action = GLA_POOL_VETO;
+        break;
+    default:
+        d->action = GLA_POOL_HOLD;
+        break;
+    }
+    snprintf(d->reason, sizeof d->reason, "%s", cd.reason);
+    return gla_ctl_window_s(&po->ctl);
+}
+#endif
+
+/* ---- Pool methods -------------------------------------------------------------------------- */
+
+static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"min_workers", "max_workers", "initial_target", "stack_size",
+                             "name", "thread_start", "thread_stop", "broken_type",
+                             "idle_timeout", "controller", NULL};
+    int min_w, max_w, initial = 0, use_controller = 1;
+    Py_ssize_t stack = 0;
+    const char *name = "gla";
+    PyObject *start = Py_None, *stop = Py_None, *broken = NULL;
+    double idle_timeout = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ii|insOOOdp", kwlist, &min_w, &max_w,
+                                     &initial, &stack, &name, &start, &stop, &broken,
+                                     &idle_timeout, &use_controller))
+        return NULL;
+    if (min_w < 1 || max_w < min_w)
+        return PyErr_Format(PyExc_ValueError,
+                            "need 1 <= min_workers <= max_workers (got %d, %d)", min_w, max_w);
+    if (stack < 0)
+        return PyErr_Format(PyExc_ValueError, "stack_size must be >= 0");
+    if (!g_future_type) {
+        PyObject *mod = PyImport_ImportModule("concurrent.futures");
+        if (!mod)
+            return NULL;
+        g_future_type = PyObject_GetAttrString(mod, "Future");
+        Py_DECREF(mod);
+        if (!g_future_type || future_fast_init() < 0)
+            return NULL;
+    }
+    PoolObject *po = (PoolObject *)type->tp_alloc(type, 0);
+    if (!po)
+        return NULL;
+    po->thread_start = start == Py_None ? NULL : Py_NewRef(start);
+    po->thread_stop = stop == Py_None ? NULL : Py_NewRef(stop);
+    po->broken_type = Py_NewRef(broken ? broken : PyExc_RuntimeError);
+
+    gla_pool_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.min_workers = min_w;
+    cfg.max_workers = max_w;
+    cfg.initial_target = initial > 0 ? initial : min_w;
+    cfg.stack_size = (size_t)stack;
+    cfg.idle_timeout_s = idle_timeout;
+    snprintf(cfg.name, sizeof cfg.name, "%s", name);
+    gla_hook_status hs;
+    gla_hook_get_status(&hs);
+    cfg.gil_wait_known = hs.installed && hs.gil_known;
+    cfg.hooks.enter = py_enter;
+    cfg.hooks.pause = py_pause;
+    cfg.hooks.resume = py_resume;
+    cfg.hooks.run = py_run;
+    cfg.hooks.leave = py_leave;
+    cfg.ctx = po;
+#if GLA_HAVE_CONTROLLER
+    if (use_controller) {
+        cfg.policy = py_policy;
+        cfg.policy_ctx = po;
+        po->has_controller = 1;
+    }
+#else
+    (void)use_controller;
+#endif
+    po->pool = gla_pool_create(&cfg);
+    if (!po->pool) {
+        Py_DECREF(po);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+#if GLA_HAVE_CONTROLLER
+    if (po->has_controller) {
+        gla_pool_stats st;
+        gla_pool_get_stats(po->pool, &st);
+        gla_ctl_init(&po->ctl, min_w, max_w, st.usable_cores);
+    }
+#endif
+    po->keepalive = Py_NewRef((PyObject *)po);
+    po->next = g_pools;
+    if (g_pools)
+        g_pools->prev = po;
+    g_pools = po;
+    return (PyObject *)po;
+}
+
+static void Pool_dealloc(PoolObject *po)
+{
+    if (po->pool) {
+        /* keepalive is gone: shut down and no worker left (or never started). */
+        gla_pool_shutdown(po->pool, 0, NULL);
+        gla_pool_destroy(po->pool);
+        po->pool = NULL;
+    }
+    if (po->prev)
+        po->prev->next = po->next;
+    else if (g_pools == po)
+        g_pools = po->next;
+    if (po->next)
+        po->next->prev = po->prev;
+    Py_CLEAR(po->thread_start);
+    Py_CLEAR(po->thread_stop);
+    Py_CLEAR(po->broken_type);
+    Py_CLEAR(po->broken_msg);
+    Py_TYPE(po)->tp_free((PyObject *)po);
+}
+
+static PyObject *Pool_shutdown(PoolObject *po, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"cancel_futures", NULL};
+    int cancel = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|p", kwlist, &cancel))
+        return NULL;
+    gla_pool_task *list = NULL;
+    gla_pool_shutdown(po->pool, cancel, &list);
+    cancel_list(list);
+    maybe_drained(po);
+    Py_RETURN_NONE;
+}
+
+/* Waits until all workers (but the calling one) have left, timeout < 0: no limit. The
+ * GIL is released while waiting, in slices, so that signals (Ctrl-C) are handled.
+ * 1 done, 0 timed out, -1 exception. */
+static int pool_wait_impl(PoolObject *po, double timeout)
+{
+    Py_INCREF(po); /* a worker's leave may drop the last other reference meanwhile */
+    int self_worker = gla_pool_is_worker(po->pool);
+    uint64_t end = timeout >= 0 ? gla_now_ns() + (uint64_t)(timeout * 1e9) : 0;
+    int done = 0;
+    for (;;) {
+        double slice = 0.05;
+        if (end) {
+            uint64_t now = gla_now_ns();
+            double left = now < end ? (double)(end - now) / 1e9 : 0;
+            if (left < slice)
+                slice = left;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        done = gla_pool_wait_for(po->pool, self_worker, slice);
+        Py_END_ALLOW_THREADS
+        if (done || (end && gla_now_ns() >= end))
+            break;
+        if (PyErr_CheckSignals() < 0) {
+            Py_DECREF(po);
+            return -1;
+        }
+    }
+    if (done)
+        maybe_drained(po);
+    Py_DECREF(po);
+    return done;
+}
+
+static PyObject *Pool_wait(PoolObject *po, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"timeout", NULL};
+    PyObject *timeout_obj = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O", kwlist, &timeout_obj))
+        return NULL;
+    double timeout = -1;
+    if (timeout_obj != Py_None) {
+        timeout = PyFloat_AsDouble(timeout_obj);
+        if (timeout == -1 && PyErr_Occurred())
+            return NULL;
+        if (timeout < 0)
+            timeout = 0;
+    }
+    int done = pool_wait_impl(po, timeout);
+    if (done < 0)
+        return NULL;
+    return PyBool_FromLong(done);
+}
+
+static const char *action_name(gla_pool_action a)
+{
+    switch (a) {
+    case GLA_POOL_GROW:
+        return "grow";
+    case GLA_POOL_SHRINK:
+        return "shrink";
+    case GLA_POOL_VETO:
+        return "veto";
+    default:
+        return "hold";
+    }
+}
+
+static PyObject *opt_float(double v)
+{
+    if (v < 0)
+        Py_RETURN_NONE;
+    return PyFloat_FromDouble(v);
+}
+
+static PyObject *Pool_stats(PoolObject *po, PyObject *unused)
+{
+    (void)unused;
+    gla_pool_stats s;
+    gla_pool_get_stats(po->pool, &s);
+    const gla_pool_window *w = &s.last_window;
+    PyObject *decisions = Py_BuildValue(
+        "{s:K,s:K,s:K,s:K}", "grow", (unsigned long long)s.decisions[GLA_POOL_GROW], "shrink",
+        (unsigned long long)s.decisions[GLA_POOL_SHRINK], "veto",
+        (unsigned long long)s.decisions[GLA_POOL_VETO], "hold",
+        (unsigned long long)s.decisions[GLA_POOL_HOLD]);
+    if (!decisions)
+        return NULL;
+    PyObject *window;
+    if (s.windows == 0) {
+        window = Py_NewRef(Py_None);
+    } else {
+        window = Py_BuildValue(
+            "{s:d,s:d,s:N,s:N,s:N,s:N,s:N,s:d,s:i}", "window_s", w->window_s, "completed",
+            w->completed, "task_cpu_s", opt_float(w->task_cpu_s), "task_gil_wait_s",
+            opt_float(w->task_gil_wait_s), "task_wall_s", opt_float(w->task_wall_s), "beta",
+            opt_float(w->beta), "runq_share", opt_float(w->runq_share), "usable_cores",
+            w->usable_cores, "workers", w->workers);
+    }
+    if (!window) {
+        Py_DECREF(decisions);
+        return NULL;
+    }
+    const char *ctl = po->has_controller ? "gla_ctl" : "none (fixed target)";
+    PyObject *last_error = s.last_start_errno ? PyUnicode_FromString(strerror(s.last_start_errno))
+                                               : Py_NewRef(Py_None);
+    return Py_BuildValue(
+        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:l,s:N,s:d,s:N,s:s,s:s,s:K,s:K,s:K,s:K,s:K,s:N,"
+        "s:n,s:K,s:N,s:s,s:O,s:O,s:d}",
+        "workers", s.workers, "target_workers", s.target, "min_workers", s.min_workers,
+        "max_workers", s.max_workers, "idle", s.idle, "busy", s.busy, "starting", s.starting,
+        "retire_pending", s.retire_pending, "queue_length", s.queue_length, "beta",
+        opt_float(s.windows ? w->beta : -1), "throughput", s.throughput, "decisions",
+        decisions, "last_decision", action_name(s.last_action), "last_reason", s.last_reason,
+        "submitted", (unsigned long long)s.submitted, "completed",
+        (unsigned long long)s.completed, "workers_started", (unsigned long long)s.started,
+        "workers_retired", (unsigned long long)s.retired, "start_failures",
+        (unsigned long long)s.start_failures, "last_start_error", last_error, "stack_size",
+        (Py_ssize_t)s.stack_size, "windows", (unsigned long long)s.windows, "window", window,
+        "controller", ctl, "shutdown", s.shutdown ? Py_True : Py_False, "broken",
+        s.broken ? Py_True : Py_False, "usable_cores", s.usable_cores);
+}
+
+static PyObject *Pool_set_target(PoolObject *po, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 1 || n > 1000000)
+        return PyErr_Format(PyExc_ValueError, "target must be >= 1");
+    gla_pool_set_target(po->pool, (int)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Pool_inject_start_failures(PoolObject *po, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    gla_pool_inject_start_failures(po->pool, (int)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Pool_is_worker(PoolObject *po, PyObject *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(gla_pool_is_worker(po->pool));
+}
+
+static PyMethodDef Pool_methods[] = {
+    {"shutdown", (PyCFunction)(void (*)(void))Pool_shutdown, METH_VARARGS | METH_KEYWORDS,
+     "shutdown(cancel_futures=False): stop accepting tasks; cancel the queued ones if asked."},
+    {"wait", (PyCFunction)(void (*)(void))Pool_wait, METH_VARARGS | METH_KEYWORDS,
+     "wait(timeout=None) -> bool: wait (without the GIL) until the workers have left."},
+    {"stats", (PyCFunction)Pool_stats, METH_NOARGS, "Counts, last window, decisions."},
+    {"set_target", (PyCFunction)Pool_set_target, METH_O,
+     "Apply a worker target now (tests / manual override)."},
+    {"inject_start_failures", (PyCFunction)Pool_inject_start_failures, METH_O,
+     "Test hook: the next n worker starts fail with EAGAIN."},
+    {"is_worker", (PyCFunction)Pool_is_worker, METH_NOARGS,
+     "True in one of this pool's worker threads."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject Pool_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gil_adapt._core.Pool",
+    .tp_basicsize = sizeof(PoolObject),
+    .tp_dealloc = (destructor)Pool_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The executor's C pool: work queue, worker threads, controller.",
+    .tp_methods = Pool_methods,
+    .tp_new = Pool_new,
+};
+
+/* ---- ExecutorBase -------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PoolObject *core;
+} ExecObject;
+
+static PyObject *raise_refused(PoolObject *po, int rc)
+{
+    if (rc == -EPIPE) {
+        PyObject *msg = po->broken_msg ? po->broken_msg : Py_None;
+        PyErr_SetObject(po->broken_type, msg);
+        return NULL;
+    }
+    if (rc == -ESHUTDOWN) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        g_exiting ? "cannot schedule new futures after interpreter shutdown"
+                                  : "cannot schedule new futures after shutdown");
+        return NULL;
+    }
+    return PyErr_Format(PyExc_RuntimeError, "can't start new thread: %s", strerror(-rc));
+}
+
+/* submit(fn, /, *args, **kwargs) -> concurrent.futures.Future */
+static PyObject *Exec_submit(ExecObject *self, PyObject *const *args, Py_ssize_t nargsf,
+                             PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PoolObject *po = self->core;
+    if (!po)
+        return PyErr_Format(PyExc_RuntimeError, "executor is not initialised");
+    if (nargs < 1)
+        return PyErr_Format(PyExc_TypeError,
+                            "submit() missing 1 required positional argument: 'fn'");
+    PyObject *fn = args[0];
+    if (!PyCallable_Check(fn))
+        return PyErr_Format(PyExc_TypeError, "submit() fn must be callable, not %.100s",
+                            Py_TYPE(fn)->tp_name);
+    Py_ssize_t npos = nargs - 1;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    pytask *t = PyMem_Malloc(sizeof *t + (size_t)(npos + nkw) * sizeof(PyObject *));
+    if (!t)
+        return PyErr_NoMemory();
+    PyObject *future = PyObject_CallNoArgs(g_future_type);
+    if (!future) {
+        PyMem_Free(t);
+        return NULL;
+    }
+    t->link.next = NULL;
+    t->future = Py_NewRef(future);
+    t->fn = Py_NewRef(fn);
+    t->nargs = npos;
+    t->kwnames = nkw ? Py_NewRef(kwnames) : NULL;
+    for (Py_ssize_t i = 0; i < npos + nkw; i++)
+        t->args[i] = Py_NewRef(args[1 + i]);
+    int rc = gla_pool_submit(po->pool, &t->link);
+    if (rc < 0) {
+        task_free(t);
+        Py_DECREF(future);
+        return raise_refused(po, rc);
+    }
+    return future;
+}
+
+static void Exec_dealloc(ExecObject *self)
+{
+    PoolObject *po = self->core;
+    self->core = NULL;
+    if (po) {
+        /* Dropped without shutdown: queued tasks still run, then the workers leave. */
+        gla_pool_shutdown(po->pool, 0, NULL);
+        maybe_drained(po);
+        Py_DECREF(po);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Exec_get_pool(ExecObject *self, void *closure)
+{
+    (void)closure;
+    if (!self->core)
+        Py_RETURN_NONE;
+    return Py_NewRef((PyObject *)self->core);
+}
+
+static int Exec_set_pool(ExecObject *self, PyObject *value, void *closure)
+{
+    (void)closure;
+    if (!value || !PyObject_TypeCheck(value, &Pool_Type)) {
+        PyErr_SetString(PyExc_TypeError, "_pool must be a gil_adapt._core.Pool");
+        return -1;
+    }
+    if (self->core) {
+        PyErr_SetString(PyExc_AttributeError, "_pool is set once");
+        return -1;
+    }
+    self->core = (PoolObject *)Py_NewRef(value);
+    return 0;
+}
+
+static PyMethodDef Exec_methods[] = {
+    {"submit", (PyCFunction)(void (*)(void))Exec_submit, METH_FASTCALL | METH_KEYWORDS,
+     "submit(fn, /, *args, **kwargs) -> Future\n\nSchedules fn(*args, **kwargs) and returns a "
+     "concurrent.futures.Future for its result."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Exec_getset[] = {
+    {"_pool", (getter)Exec_get_pool, (setter)Exec_set_pool, "The C pool (set once).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject Exec_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gil_adapt._core.ExecutorBase",
+    .tp_basicsize = sizeof(ExecObject),
+    .tp_dealloc = (destructor)Exec_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "C base of gil_adapt.AdaptiveExecutor (submit without a Python frame).",
+    .tp_methods = Exec_methods,
+    .tp_getset = Exec_getset,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ---- process-wide ------------------------------------------------------------------------- */
+
+/* A new list of every live Pool (strong references). */
+static PyObject *all_pools(void)
+{
+    PyObject *list = PyList_New(0);
+    if (!list)
+        return NULL;
+    for (PoolObject *po = g_pools; po; po = po->next) {
+        if (PyList_Append(list, (PyObject *)po) < 0) {
+            Py_DECREF(list);
+            return NULL;
+        }
+    }
+    return list;
+}
+
+static PyObject *py_shutdown_all(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    g_exiting = 1;
+    PyObject *list = all_pools();
+    if (!list)
+        return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++)
+        gla_pool_shutdown(((PoolObject *)PyList_GET_ITEM(list, i))->pool, 0, NULL);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
+        if (pool_wait_impl((PoolObject *)PyList_GET_ITEM(list, i), -1.0) < 0) {
+            Py_DECREF(list);
+            return NULL;
+        }
+    }
+    Py_DECREF(list);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_after_fork_child(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    PyObject *list = all_pools();
+    if (!list)
+        return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
+        PoolObject *po = (PoolObject *)PyList_GET_ITEM(list, i);
+        /* The parent's tasks run in the parent: drop them here, futures untouched. */
+        gla_pool_task *tasks = gla_pool_reset_after_fork(po->pool);
+        while (tasks) {
+            pytask *t = (pytask *)tasks;
+            tasks = tasks->next;
+            task_free(t);
+        }
+#if GLA_HAVE_CONTROLLER
+        if (po->has_controller) {
+            gla_pool_stats st;
+            gla_pool_get_stats(po->pool, &st);
+            gla_ctl_init(&po->ctl, st.min_workers, st.max_workers, st.usable_cores);
+        }
+#endif
+        maybe_drained(po);
+    }
+    Py_DECREF(list);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef pool_functions[] = {
+    {"_shutdown_all", py_shutdown_all, METH_NOARGS,
+     "Interpreter exit: shut every executor pool down and wait for its workers."},
+    {"_after_fork_child", py_after_fork_child, METH_NOARGS,
+     "In a forked child: reset every executor pool to empty and usable."},
+    {NULL, NULL, 0, NULL},
+};
+
+int gla_pool_py_init(PyObject *m)
+{
+    static const struct {
+        PyObject **slot;
+        const char *text;
+    } names[] = {
+        {&s_set_running, "set_running_or_notify_cancel"},
+        {&s_set_result, "set_result"},
+        {&s_set_exception, "set_exception"},
+        {&s_cancel, "cancel"},
+        {&s__condition, "_condition"},
+        {&s__lock, "_lock"},
+        {&s__state, "_state"},
+        {&s__result, "_result"},
+        {&s__waiters, "_waiters"},
+        {&s__done_callbacks, "_done_callbacks"},
+        {&s__invoke_callbacks, "_invoke_callbacks"},
+        {&s_acquire, "acquire"},
+        {&s_release, "release"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (!*names[i].slot && !(*names[i].slot = PyUnicode_InternFromString(names[i].text)))
+            return -1;
+    }
+    if (PyType_Ready(&Pool_Type) < 0 || PyType_Ready(&Exec_Type) < 0)
+        return -1;
+    if (PyModule_AddObjectRef(m, "Pool", (PyObject *)&Pool_Type) < 0 ||
+        PyModule_AddObjectRef(m, "ExecutorBase", (PyObject *)&Exec_Type) < 0)
+        return -1;
+    if (PyModule_AddFunctions(m, pool_functions) < 0)
+        return -1;
+    if (PyModule_AddIntConstant(m, "POOL_DEFAULT_STACK", GLA_POOL_DEFAULT_STACK) < 0 ||
+        PyModule_AddIntConstant(m, "HAVE_CONTROLLER", GLA_HAVE_CONTROLLER) < 0)
+        return -1;
+    return 0;
+}

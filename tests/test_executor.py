@@ -1,0 +1,373 @@
+"""AdaptiveExecutor beyond the shared concurrent.futures semantics: bad input, stats(),
+workers added and retired while tasks run, workers that fail to start, the worker stack,
+fork(), and how workers appear to threading and to the ledger.
+
+Invariants only: timeouts guard against hangs and never bound a speed.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from typing import Any, Callable, Dict
+
+import pytest
+
+import gil_adapt
+from gil_adapt import AdaptiveExecutor
+from gil_adapt import executor as executor_mod
+
+HANG = 30.0
+
+
+def poll(pred: Callable[[], bool], timeout: float = HANG) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.005)
+    return pred()
+
+
+@pytest.fixture
+def fixed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controller off: the size changes only when a test says so."""
+    monkeypatch.setenv("GIL_ADAPT_CONTROLLER", "0")
+
+
+# ---- bad input: raised at the call, state unchanged -----------------------------------
+
+@pytest.mark.parametrize("kwargs, exc", [
+    (dict(max_workers=0), ValueError),
+    (dict(max_workers=-3), ValueError),
+    (dict(min_workers=0), ValueError),
+    (dict(min_workers=-1), ValueError),
+    (dict(max_workers=2, min_workers=3), ValueError),
+    (dict(max_workers="4"), TypeError),
+    (dict(max_workers=2.0), TypeError),
+    (dict(min_workers=True), TypeError),
+    (dict(initializer=42), TypeError),
+    (dict(thread_name_prefix=7), TypeError),
+    (dict(mode="processes"), ValueError),
+    (dict(mode="auto"), ValueError),
+    (dict(mode="asyncio"), ValueError),
+    (dict(mode="fibers"), ValueError),
+])
+def test_bad_arguments(kwargs: Dict[str, Any], exc: type) -> None:
+    before = threading.active_count()
+    with pytest.raises(exc):
+        AdaptiveExecutor(**kwargs)
+    assert threading.active_count() == before
+
+
+def test_mode_error_names_the_working_mode() -> None:
+    with pytest.raises(ValueError, match="threads"):
+        AdaptiveExecutor(mode="processes")
+
+
+def test_submit_bad_input_leaves_state_unchanged() -> None:
+    with AdaptiveExecutor(2) as ex:
+        with pytest.raises(TypeError):
+            ex.submit(42)
+        with pytest.raises(TypeError):
+            ex.submit()
+        with pytest.raises(TypeError):
+            AdaptiveExecutor.submit(ex)
+        assert ex.stats()["submitted"] == 0
+        assert ex.submit(pow, 2, 5).result(timeout=HANG) == 32
+        assert ex.stats()["submitted"] == 1
+
+
+def test_explicit_bounds_respected(fixed: None) -> None:
+    with AdaptiveExecutor(3, min_workers=2) as ex:
+        gate = threading.Event()
+        for _ in range(20):
+            ex.submit(gate.wait, HANG)
+        assert poll(lambda: ex.stats()["workers"] == 3)
+        s = ex.stats()
+        assert (s["min_workers"], s["max_workers"]) == (2, 3)
+        ex._pool.set_target(50)  # clamped to max_workers
+        assert ex.stats()["target_workers"] == 3
+        gate.set()
+
+
+def test_default_max_workers_is_bounded() -> None:
+    n = executor_mod.default_max_workers()
+    assert 1 <= n <= executor_mod.MAX_DEFAULT_WORKERS
+    with AdaptiveExecutor() as ex:
+        assert ex.stats()["max_workers"] == n
+    with AdaptiveExecutor(min_workers=n + 1) as ex:  # the floor wins over the default
+        assert ex.stats()["max_workers"] == n + 1
+
+
+# ---- stats ------------------------------------------------------------------------------
+
+def test_stats_contents() -> None:
+    with AdaptiveExecutor(4) as ex:
+        list(ex.map(abs, range(100)))
+        s = ex.stats()
+    for key in ("workers", "target_workers", "beta", "throughput", "queue_length",
+                "decisions", "last_reason", "last_decision", "mode", "stack_size"):
+        assert key in s, key
+    assert set(s["decisions"]) >= {"grow", "shrink", "veto"}
+    assert s["submitted"] == s["completed"] == 100
+    assert s["queue_length"] == 0 and s["mode"] == "threads"
+    assert s["beta"] is None or 0.0 <= s["beta"] <= 1.0
+    assert s["throughput"] >= 0.0
+    assert isinstance(s["last_reason"], str)
+
+
+def test_stats_after_shutdown() -> None:
+    ex = AdaptiveExecutor(2)
+    ex.submit(abs, -1).result(timeout=HANG)
+    ex.shutdown(wait=True)
+    s = ex.stats()
+    assert s["shutdown"] is True and s["workers"] == 0
+
+
+# ---- workers added and retired while tasks run ----------------------------------------
+
+def test_workers_grow_and_retire_while_tasks_run(fixed: None) -> None:
+    with AdaptiveExecutor(16) as ex:
+        ex._pool.set_target(1)
+        done = [0] * 400
+        lock = threading.Lock()
+
+        def task(i: int) -> int:
+            time.sleep(0.002)
+            with lock:
+                done[i] += 1
+            return i
+
+        futures = [ex.submit(task, i) for i in range(400)]
+        assert poll(lambda: ex.stats()["workers"] == 1)
+        ex._pool.set_target(8)
+        assert poll(lambda: ex.stats()["workers"] == 8)
+        assert ex.stats()["queue_length"] > 0  # grew while tasks were waiting
+        ex._pool.set_target(2)
+        assert poll(lambda: ex.stats()["workers"] == 2 and ex.stats()["starting"] == 0)
+        assert [f.result(timeout=HANG) for f in futures] == list(range(400))
+        assert done == [1] * 400
+        s = ex.stats()
+        assert s["workers_retired"] >= 6
+
+
+def test_no_task_lost_or_duplicated_while_resizing(fixed: None) -> None:
+    n = 12_000
+    counts = [0] * n
+    lock = threading.Lock()
+
+    def task(i: int) -> int:
+        with lock:
+            counts[i] += 1
+        return i
+
+    with AdaptiveExecutor(12) as ex:
+        stop = threading.Event()
+
+        def resize() -> None:
+            k = 0
+            while not stop.is_set():
+                ex._pool.set_target(1 + (k * 5) % 12)
+                k += 1
+                time.sleep(0.001)
+
+        resizer = threading.Thread(target=resize)
+        resizer.start()
+        try:
+            futures = [ex.submit(task, i) for i in range(n)]
+            results = [f.result(timeout=HANG) for f in futures]
+        finally:
+            stop.set()
+            resizer.join()
+        s = ex.stats()
+    assert results == list(range(n))
+    assert counts == [1] * n
+    assert s["submitted"] == s["completed"] == n
+    assert s["workers_started"] > 1 and s["workers_retired"] >= 1
+
+
+def test_idle_workers_wait_without_cpu_or_gil() -> None:
+    with AdaptiveExecutor(4) as ex:
+        list(ex.map(abs, range(20)))
+        assert poll(lambda: ex.stats()["idle"] == ex.stats()["workers"])
+        # The main thread runs Python freely: idle workers do not take the GIL.
+        t0 = time.thread_time()
+        x = sum(i for i in range(200_000))
+        assert x > 0 and time.thread_time() > t0
+
+
+# ---- workers that cannot start ----------------------------------------------------------
+
+def test_worker_start_failure_loses_no_task(fixed: None) -> None:
+    with AdaptiveExecutor(8) as ex:
+        gate = threading.Event()
+        first = ex.submit(gate.wait, HANG)
+        assert poll(lambda: ex.stats()["workers"] == 1)
+        ex._pool.inject_start_failures(3)
+        futures = [ex.submit(pow, i, 2) for i in range(100)]
+        gate.set()
+        assert [f.result(timeout=HANG) for f in futures] == [i * i for i in range(100)]
+        assert first.result(timeout=HANG) is True
+        s = ex.stats()
+        assert s["start_failures"] == 3
+        assert s["last_start_error"]
+
+
+def test_no_worker_startable_raises_at_submit(fixed: None) -> None:
+    with AdaptiveExecutor(4) as ex:
+        ex._pool.inject_start_failures(1)
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            ex.submit(pow, 2, 2)
+        s = ex.stats()
+        assert s["submitted"] == 0 and s["queue_length"] == 0
+        assert ex.submit(pow, 2, 3).result(timeout=HANG) == 8
+
+
+# ---- broken pool ------------------------------------------------------------------------
+
+def test_initializer_failure_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    def init() -> None:
+        raise ValueError("bad init")
+
+    with caplog.at_level("CRITICAL", logger="gil_adapt"):
+        ex = AdaptiveExecutor(2, initializer=init)
+        f = ex.submit(abs, 1)
+        with pytest.raises(executor_mod.BrokenThreadPool):
+            f.result(timeout=HANG)
+        ex.shutdown()
+    assert any("initializer" in r.getMessage() for r in caplog.records)
+    assert ex.stats()["broken"] is True
+
+
+# ---- worker threads as threading and the ledger see them ------------------------------
+
+def test_worker_identity_in_threading() -> None:
+    with AdaptiveExecutor(2, thread_name_prefix="idtest") as ex:
+        info = ex.submit(lambda: (threading.current_thread().name,
+                                  threading.current_thread().is_alive(),
+                                  threading.current_thread() in threading.enumerate(),
+                                  threading.get_native_id())).result(timeout=HANG)
+    name, alive, listed, native = info
+    assert name.startswith("idtest_") and alive and listed
+    # after shutdown the worker is gone from threading's table
+    assert all(t.name != name for t in threading.enumerate())
+
+
+def test_idle_wait_is_booked_as_idle_not_io() -> None:
+    gil_adapt.install()
+    with AdaptiveExecutor(1) as ex:
+        tid = ex.submit(threading.get_native_id).result(timeout=HANG)
+        time.sleep(0.2)  # the worker waits for work
+        snap = gil_adapt.snapshot()["threads"][tid]
+        assert snap["idle_ns"] > 0.1e9
+        assert snap["io_wait_ns"] < snap["idle_ns"]
+
+
+def test_threading_settrace_reaches_workers() -> None:
+    seen = []
+
+    def tracer(frame, event, arg):  # type: ignore[no-untyped-def]
+        if event == "call" and frame.f_code.co_name == "traced_task":
+            seen.append(threading.current_thread().name)
+        return None
+
+    def traced_task() -> int:
+        return 1
+
+    threading.settrace(tracer)
+    try:
+        with AdaptiveExecutor(1, thread_name_prefix="tr") as ex:
+            assert ex.submit(traced_task).result(timeout=HANG) == 1
+    finally:
+        threading.settrace(None)  # type: ignore[arg-type]
+    assert seen and seen[0].startswith("tr_")
+
+
+# ---- stack size -----------------------------------------------------------------------
+
+def test_worker_stack_size_defaults() -> None:
+    assert executor_mod.worker_stack_size() >= 1 << 20
+    with AdaptiveExecutor(1) as ex:
+        assert ex.stats()["stack_size"] == executor_mod.worker_stack_size()
+
+
+@pytest.mark.parametrize("probe", ["map", "sorted", "repr", "json", "python"])
+def test_deep_recursion_in_worker_raises_not_crashes(probe: str) -> None:
+    script = textwrap.dedent(f"""
+        import json, sys
+        from gil_adapt import AdaptiveExecutor
+        def nested(n):
+            x = []
+            for _ in range(n):
+                x = [x]
+            return x
+        def probe():
+            kind = {probe!r}
+            if kind == "map":
+                def f(n): return list(map(f, [n + 1]))
+                f(0)
+            elif kind == "sorted":
+                def k(x): return sorted([x + 1], key=k)
+                k(0)
+            elif kind == "repr":
+                repr(nested(100000))
+            elif kind == "json":
+                json.dumps(nested(100000))
+            else:
+                def g(n): return g(n + 1)
+                g(0)
+        with AdaptiveExecutor(1) as ex:
+            exc = ex.submit(probe).exception()
+        print(type(exc).__name__)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, f"worker crashed (rc {out.returncode}): {out.stderr}"
+    assert out.stdout.strip() == "RecursionError"
+
+
+def test_user_stack_size_is_used() -> None:
+    old = threading.stack_size(4 << 20)
+    try:
+        with AdaptiveExecutor(1) as ex:
+            assert ex.stats()["stack_size"] == 4 << 20
+    finally:
+        threading.stack_size(old)
+
+
+# ---- fork -----------------------------------------------------------------------------
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork()")
+def test_fork_child_gets_usable_empty_executor() -> None:
+    script = textwrap.dedent("""
+        import os, threading, warnings
+        from gil_adapt import AdaptiveExecutor
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+        ex = AdaptiveExecutor(2)
+        gate = threading.Event()
+        running = ex.submit(gate.wait, 30)
+        queued = [ex.submit(pow, i, 2) for i in range(10)]
+        pid = os.fork()
+        if pid == 0:
+            s = ex.stats()
+            ok = s["workers"] == 0 and s["queue_length"] == 0
+            ok = ok and ex.submit(pow, 3, 3).result(timeout=30) == 27
+            ok = ok and ex.stats()["workers"] >= 1
+            with AdaptiveExecutor(2) as other:
+                ok = ok and list(other.map(abs, [-1, -2])) == [1, 2]
+            ex.shutdown()
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        gate.set()
+        assert [f.result(timeout=30) for f in queued] == [i * i for i in range(10)]
+        ex.shutdown()
+        print("child", os.waitstatus_to_exitcode(status))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "child 0"
