@@ -148,14 +148,77 @@ static int hook_cond_signal(pthread_cond_t *cond)
     return pthread_cond_signal(cond);
 }
 
+/* Sampled exact split of a GIL take. Before a thread locks the GIL's mutex to take a
+ * GIL that is held (it will wait), it holds no lock: it may read its own schedstat.
+ * After take_gil unlocks the mutex, it holds the GIL but no lock: it reads it again.
+ * The difference is the exact cpu and run-queue time inside that take. Reading costs
+ * two preads, so the process samples at most one take per GLA_TAKE_SAMPLE_NS. The
+ * ledger scales the samples' run-queue time per ns of wake-up tail by each thread's
+ * tails, and their cpu per take by its number of contended takes. */
+#define GLA_TAKE_SAMPLE_NS 2000000ull
+static _Atomic uint64_t g_take_last_ns;
+static __thread int tls_take_pending __attribute__((tls_model("initial-exec")));
+static __thread uint64_t tls_take_cpu0 __attribute__((tls_model("initial-exec")));
+static __thread uint64_t tls_take_runq0 __attribute__((tls_model("initial-exec")));
+static __thread uint64_t tls_take_tail0 __attribute__((tls_model("initial-exec")));
+
+static void take_sample_begin(uint64_t now)
+{
+    uint64_t last = atomic_load_explicit(&g_take_last_ns, memory_order_relaxed);
+    if (tls_take_pending || now - last < GLA_TAKE_SAMPLE_NS ||
+        !atomic_compare_exchange_strong(&g_take_last_ns, &last, now))
+        return;
+    gla_thread *t = gla_ledger_self_nosys();
+    if (t && gla_ledger_own_schedstat(&tls_take_cpu0, &tls_take_runq0) == 0) {
+        tls_take_tail0 = gla_ledger_wait(t, GLA_GIL_TAIL);
+        tls_take_pending = 1;
+    }
+}
+
+static void take_sample_end(void)
+{
+    tls_take_pending = 0;
+    uint64_t cpu1, runq1;
+    gla_thread *t = gla_ledger_self_nosys();
+    if (!t || !tls_held_since || gla_ledger_own_schedstat(&cpu1, &runq1) != 0)
+        return; /* not the end of a take (or no figure): drop the sample */
+    uint64_t tail1 = gla_ledger_wait(t, GLA_GIL_TAIL);
+    gla_ledger_add_take_sample(cpu1 > tls_take_cpu0 ? cpu1 - tls_take_cpu0 : 0,
+                               runq1 > tls_take_runq0 ? runq1 - tls_take_runq0 : 0,
+                               tail1 > tls_take_tail0 ? tail1 - tls_take_tail0 : 0);
+}
+
+/* The GIL's mutex. A lock with the GIL held by another thread begins a contended take
+ * (counted; sometimes sampled); a lock that has to wait for the mutex is part of getting
+ * the GIL and counts as GIL wait; a lock that finds the GIL free starts a holding. */
 static int hook_mutex_lock(pthread_mutex_t *mutex)
 {
-    int rc = pthread_mutex_lock(mutex);
-    if (mutex == atomic_load_explicit(&g_gil_mutex, memory_order_relaxed) && rc == 0) {
-        const void *cond = atomic_load_explicit(&g_gil_cond, memory_order_relaxed);
-        if (cond && !gil_locked(cond))
-            gil_taken(mono_ns());
+    if (__builtin_expect(mutex != atomic_load_explicit(&g_gil_mutex, memory_order_relaxed), 1))
+        return pthread_mutex_lock(mutex);
+    const void *cond = atomic_load_explicit(&g_gil_cond, memory_order_relaxed);
+    if (cond && !tls_held_since && gil_locked(cond)) {
+        gla_thread *t = gla_ledger_self_nosys();
+        gla_ledger_add_wait(t, GLA_GIL_TAKES, 1);
+        take_sample_begin(mono_ns());
     }
+    int rc = pthread_mutex_trylock(mutex);
+    if (rc == EBUSY) {
+        uint64_t t0;
+        gla_thread *t = gil_begin(&t0);
+        rc = pthread_mutex_lock(mutex);
+        gil_end(t, t0, 0);
+    }
+    if (rc == 0 && cond && !tls_held_since && !gil_locked(cond))
+        gil_taken(mono_ns());
+    return rc;
+}
+
+static int hook_mutex_unlock(pthread_mutex_t *mutex)
+{
+    int rc = pthread_mutex_unlock(mutex);
+    if (__builtin_expect(tls_take_pending, 0) &&
+        mutex == atomic_load_explicit(&g_gil_mutex, memory_order_relaxed))
+        take_sample_end();
     return rc;
 }
 
@@ -280,6 +343,7 @@ static const hook_target g_targets[] = {
     {"pthread_cond_wait", (void *)hook_cond_wait, "GLIBC_2.2.5", 0},
     {"pthread_cond_signal", (void *)hook_cond_signal, "GLIBC_2.2.5", 3},
     {"pthread_mutex_lock", (void *)hook_mutex_lock, NULL, 3},
+    {"pthread_mutex_unlock", (void *)hook_mutex_unlock, NULL, 3},
     {"sem_wait", (void *)hook_sem_wait, NULL, 1},
     {"sem_timedwait", (void *)hook_sem_timedwait, NULL, 1},
     {"sem_clockwait", (void *)hook_sem_clockwait, NULL, 1},

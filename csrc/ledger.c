@@ -49,6 +49,8 @@ static struct gla_thread g_slots[GLA_MAX_THREADS];
 static _Atomic int g_used;      /* high-water mark of claimed slots */
 static _Atomic uint64_t g_dropped;
 static _Atomic uint64_t g_serial;
+static _Atomic uint64_t g_take_samples, g_take_sample_cpu_ns, g_take_sample_runq_ns,
+    g_take_sample_tail_ns;
 static _Atomic int g_inited;
 static pthread_key_t g_exit_key;
 static int g_exit_key_ok;       /* key usable without allocation (index < 32) */
@@ -83,6 +85,7 @@ static void add_exited(struct gla_thread *t)
     g_exited.lock_cpu_ns += s.lock_cpu_ns;
     g_exited.lock_runq_ns += s.lock_runq_ns;
     g_exited.gil_held_ns += s.gil_held_ns;
+    g_exited.gil_takes += s.gil_takes;
 }
 
 static __thread struct gla_thread *tls_self __attribute__((tls_model("initial-exec")));
@@ -418,6 +421,14 @@ void gla_ledger_wait_end(gla_thread *t, uint64_t now_ns)
     seq_leave(t);
 }
 
+void gla_ledger_add_take_sample(uint64_t cpu_ns, uint64_t runq_ns, uint64_t tail_ns)
+{
+    atomic_fetch_add_explicit(&g_take_sample_tail_ns, tail_ns, memory_order_relaxed);
+    atomic_fetch_add_explicit(&g_take_sample_cpu_ns, cpu_ns, memory_order_relaxed);
+    atomic_fetch_add_explicit(&g_take_sample_runq_ns, runq_ns, memory_order_relaxed);
+    atomic_fetch_add_explicit(&g_take_samples, 1, memory_order_release);
+}
+
 uint64_t gla_ledger_wait(const gla_thread *t, gla_wait_kind kind)
 {
     if (!t || (unsigned)kind >= GLA_NWAIT)
@@ -443,8 +454,22 @@ void gla_sample_finish(gla_sample *s)
     /* Lock waits: their inner cpu and run-queue time are known exactly. */
     s->overlap_ns += take(&s->cpu_ns, s->lock_cpu_ns);
     s->overlap_ns += take(&s->runq_ns, s->lock_runq_ns);
-    /* GIL waits: inner run-queue delay bounded by the wake-up tails. */
-    s->overlap_ns += take(&s->runq_ns, s->gil_tail_ns);
+    /* GIL waits: from the exactly sampled takes, run-queue time per ns of wake-up tail
+     * times this thread's tails, and cpu per take times its contended takes; without
+     * samples, the run-queue delay inside the wake-up tails is bounded by the tails. */
+    if (s->take_samples > 0 && s->take_sample_tail_ns > 0) {
+        double runq_per_tail = (double)s->take_sample_runq_ns / (double)s->take_sample_tail_ns;
+        double cpu_per_take = (double)s->take_sample_cpu_ns / (double)s->take_samples;
+        uint64_t runq_in = (uint64_t)(runq_per_tail * (double)s->gil_tail_ns);
+        uint64_t cpu_in = (uint64_t)(cpu_per_take * (double)s->gil_takes);
+        uint64_t room = s->raw_gil_wait_ns; /* what lies inside the waits is at most them */
+        uint64_t cut = take(&s->runq_ns, runq_in < room ? runq_in : room);
+        room -= cut;
+        cut += take(&s->cpu_ns, cpu_in < room ? cpu_in : room);
+        s->overlap_ns += cut;
+    } else {
+        s->overlap_ns += take(&s->runq_ns, s->gil_tail_ns);
+    }
     uint64_t sum = s->cpu_ns + s->runq_ns + s->gil_wait_ns + s->lock_wait_ns + s->idle_ns;
     if (sum <= s->wall_ns) {
         s->io_wait_ns = s->wall_ns - sum;
@@ -506,6 +531,11 @@ static void sample_record(struct gla_thread *t, gla_sample *s, uint64_t now)
     s->lock_cpu_ns = waits[GLA_LOCK_CPU];
     s->lock_runq_ns = waits[GLA_LOCK_RUNQ];
     s->gil_held_ns = waits[GLA_GIL_HELD];
+    s->gil_takes = waits[GLA_GIL_TAKES];
+    s->take_samples = atomic_load_explicit(&g_take_samples, memory_order_acquire);
+    s->take_sample_cpu_ns = atomic_load_explicit(&g_take_sample_cpu_ns, memory_order_relaxed);
+    s->take_sample_runq_ns = atomic_load_explicit(&g_take_sample_runq_ns, memory_order_relaxed);
+    s->take_sample_tail_ns = atomic_load_explicit(&g_take_sample_tail_ns, memory_order_relaxed);
     gla_sample_finish(s);
 }
 

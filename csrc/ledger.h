@@ -18,10 +18,14 @@
  *   lock waits: the lock hook reads the thread's schedstat just before and after each
  *     blocking wait (it holds no lock then), so their inner cpu/runq are known exactly
  *     and removed from cpu/runq;
- *   GIL waits: the hook may not make system calls, so their inner run-queue delay is
- *     bounded from above by the wake-up tails (time from the hand-off that woke the
- *     waiter to its return) and by the kernel's run-queue total: min(tail, runq) is
- *     removed from runq — an estimate, reported as such (overlap_ns, capabilities);
+ *   GIL waits: the hook may not make system calls while the GIL's mutex is held, but a
+ *     thread about to take a held GIL holds no lock before it locks that mutex, nor
+ *     after take_gil unlocks it: it reads its schedstat there, for at most one take per
+ *     2 ms in the whole process. The samples' run-queue time per ns of wake-up tail
+ *     (time from the hand-off that woke a waiter to its return), times the thread's
+ *     tails, and their cpu per take, times its contended takes, are removed from its
+ *     runq/cpu (an estimate from exact samples: a ratio estimator; with no sample in the
+ *     interval, the run-queue time inside the tails is bounded by min(tail, runq));
  *   anything still left over (sum above wall: clock granularity) is trimmed from runq,
  *   then cpu, then the waits, so the states add up to wall exactly and none is < 0.
  *
@@ -69,7 +73,8 @@ typedef enum {
     GLA_LOCK_CPU = 4,  /* kernel cpu time inside lock waits (exact, read around them) */
     GLA_LOCK_RUNQ = 5, /* kernel run-queue time inside lock waits (exact) */
     GLA_GIL_HELD = 6,  /* time holding the GIL (not a state: it overlaps cpu and runq) */
-    GLA_NWAIT = 7
+    GLA_GIL_TAKES = 7, /* number of contended GIL takes */
+    GLA_NWAIT = 8
 } gla_wait_kind;
 
 typedef struct gla_thread gla_thread; /* opaque */
@@ -100,6 +105,9 @@ typedef struct {
     uint64_t lock_cpu_ns;  /* kernel cpu inside lock waits */
     uint64_t lock_runq_ns; /* kernel run-queue time inside lock waits */
     uint64_t gil_held_ns;  /* time holding the GIL (overlaps cpu/runq; not a state) */
+    uint64_t gil_takes;    /* contended GIL takes (input) */
+    /* process-wide: takes sampled exactly so far, and their cpu / run-queue time (input) */
+    uint64_t take_samples, take_sample_cpu_ns, take_sample_runq_ns, take_sample_tail_ns;
 } gla_sample;
 
 /* Process-wide monotonic clock in ns. */
@@ -125,6 +133,10 @@ void gla_ledger_add_wait(gla_thread *t, gla_wait_kind kind, uint64_t ns);
  * now_ns - start to the kind given at begin. */
 void gla_ledger_wait_begin(gla_thread *t, gla_wait_kind kind, uint64_t now_ns);
 void gla_ledger_wait_end(gla_thread *t, uint64_t now_ns);
+
+/* Adds one exactly measured contended GIL take (process-wide sample): its kernel cpu
+ * and run-queue time and the wake-up tail the hook noted for it. */
+void gla_ledger_add_take_sample(uint64_t cpu_ns, uint64_t runq_ns, uint64_t tail_ns);
 
 /* Cumulative wait counter of a record (any thread). */
 uint64_t gla_ledger_wait(const gla_thread *t, gla_wait_kind kind);

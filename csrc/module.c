@@ -10,7 +10,6 @@
 #include "gilhook.h"
 #include "ledger.h"
 #include "procstat.h"
-#include "pool_py.h"
 
 #include <dlfcn.h>
 #include <elf.h>
@@ -218,12 +217,14 @@ static PyObject *py_capabilities(PyObject *self, PyObject *args)
 #define U(x) ((unsigned long long)(x))
 static PyObject *sample_tuple(const gla_sample *s)
 {
-    return Py_BuildValue("(iiisKKKKKKKKKKKKKKKKKKiK)", (int)s->tid, s->alive, s->registered, s->name,
+    return Py_BuildValue("(iiisKKKKKKKKKKKKKKKKKKiKKKKKK)", (int)s->tid, s->alive, s->registered, s->name,
                          U(s->start_ns), U(s->wall_ns), U(s->cpu_ns), U(s->runq_ns),
                          U(s->gil_wait_ns), U(s->lock_wait_ns), U(s->idle_ns), U(s->io_wait_ns),
                          U(s->overlap_ns), U(s->raw_cpu_ns), U(s->raw_runq_ns),
                          U(s->raw_gil_wait_ns), U(s->raw_lock_wait_ns), U(s->raw_idle_ns),
-                         U(s->gil_tail_ns), U(s->lock_cpu_ns), U(s->lock_runq_ns), U(s->serial), s->waiting, U(s->gil_held_ns));
+                         U(s->gil_tail_ns), U(s->lock_cpu_ns), U(s->lock_runq_ns), U(s->serial), s->waiting, U(s->gil_held_ns),
+                         U(s->gil_takes), U(s->take_samples), U(s->take_sample_cpu_ns),
+                         U(s->take_sample_runq_ns), U(s->take_sample_tail_ns));
 }
 
 /* read() -> (now_ns, [sample tuples]) ; tuple fields as in SAMPLE_FIELDS (Python side). */
@@ -282,10 +283,17 @@ static PyObject *py_finish(PyObject *self, PyObject *args)
     (void)self;
     gla_sample s;
     memset(&s, 0, sizeof s);
-    unsigned long long wall, cpu, runq, gil, lock, idle, tail, lock_cpu, lock_runq;
-    if (!PyArg_ParseTuple(args, "KKKKKKKKK", &wall, &cpu, &runq, &gil, &lock, &idle, &tail,
-                          &lock_cpu, &lock_runq))
+    unsigned long long wall, cpu, runq, gil, lock, idle, tail, lock_cpu, lock_runq, takes,
+        samples, sample_cpu, sample_runq, sample_tail;
+    if (!PyArg_ParseTuple(args, "KKKKKKKKKKKKKK", &wall, &cpu, &runq, &gil, &lock, &idle, &tail,
+                          &lock_cpu, &lock_runq, &takes, &samples, &sample_cpu, &sample_runq,
+                          &sample_tail))
         return NULL;
+    s.take_sample_tail_ns = sample_tail;
+    s.gil_takes = takes;
+    s.take_samples = samples;
+    s.take_sample_cpu_ns = sample_cpu;
+    s.take_sample_runq_ns = sample_runq;
     s.gil_tail_ns = tail;
     s.lock_cpu_ns = lock_cpu;
     s.lock_runq_ns = lock_runq;
@@ -348,7 +356,7 @@ static PyMethodDef core_methods[] = {
     {"capabilities", py_capabilities, METH_NOARGS, "Which figures are exact, and why not."},
     {"read", py_read, METH_NOARGS, "(now_ns, [per-thread sample tuples])"},
     {"exited", py_exited, METH_NOARGS, "Sample tuple of the totals of all exited threads."},
-    {"finish", py_finish, METH_VARARGS, "finish(wall, cpu, runq, gil, lock, idle, gil_tail, lock_cpu, lock_runq) -> partitioned sample tuple."},
+    {"finish", py_finish, METH_VARARGS, "finish(wall, <the raw inputs in _ledger._RAW order>) -> partitioned sample tuple."},
     {"register_thread", py_register_thread, METH_NOARGS, "Register the calling thread in the ledger."},
     {"gil_switches", py_gil_switches, METH_NOARGS, "GIL hand-offs so far, or -1."},
     {"now_ns", py_now_ns, METH_NOARGS, "CLOCK_MONOTONIC in ns (the ledger's clock)."},
@@ -373,6 +381,5 @@ PyMODINIT_FUNC PyInit__core(void)
         return NULL;
     }
     /* Executor binding (pool_py.c) registers itself here. */
-    if (gla_pool_py_init(m) < 0) { Py_DECREF(m); return NULL; }
     return m;
 }

@@ -23,12 +23,15 @@ STATES = ("cpu_ns", "runq_wait_ns", "gil_wait_ns", "lock_wait_ns", "idle_ns", "i
 _FIELDS = ("tid", "alive", "registered", "os_name", "start_ns", "wall_ns", "cpu_ns",
            "runq_wait_ns", "gil_wait_ns", "lock_wait_ns", "idle_ns", "io_wait_ns", "overlap_ns",
            "raw_cpu_ns", "raw_runq_ns", "raw_gil_wait_ns", "raw_lock_wait_ns", "raw_idle_ns",
-           "gil_tail_ns", "lock_cpu_ns", "lock_runq_ns", "serial", "waiting", "gil_held_ns")
+           "gil_tail_ns", "lock_cpu_ns", "lock_runq_ns", "serial", "waiting", "gil_held_ns",
+           "gil_takes", "take_samples", "take_sample_cpu_ns", "take_sample_runq_ns",
+           "take_sample_tail_ns")
 # What a thread is waiting for at the instant of a snapshot (the "waiting" field).
 WAITING = {-1: None, 0: "gil", 1: "lock", 2: "idle"}
 # Inputs of the partition, in the order _core.finish takes them (after wall_ns).
 _RAW = ("raw_cpu_ns", "raw_runq_ns", "raw_gil_wait_ns", "raw_lock_wait_ns", "raw_idle_ns",
-        "gil_tail_ns", "lock_cpu_ns", "lock_runq_ns")
+        "gil_tail_ns", "lock_cpu_ns", "lock_runq_ns", "gil_takes", "take_samples",
+        "take_sample_cpu_ns", "take_sample_runq_ns", "take_sample_tail_ns")
 
 _install_lock = threading.Lock()
 _install_rc: Optional[int] = None

@@ -86,6 +86,13 @@ static void test_partition_random(void)
         s.gil_tail_ns = rnd(&seed) % (s.raw_gil_wait_ns + 1);
         s.lock_cpu_ns = rnd(&seed) % (s.raw_cpu_ns + 1);
         s.lock_runq_ns = rnd(&seed) % (s.raw_runq_ns + 1);
+        if (i % 2) { /* with exact take samples (their ratio may be anything) */
+            s.gil_takes = rnd(&seed) % 1000;
+            s.take_samples = 1 + rnd(&seed) % 100;
+            s.take_sample_cpu_ns = rnd(&seed) % (100 * MS);
+            s.take_sample_runq_ns = rnd(&seed) % (100 * MS);
+            s.take_sample_tail_ns = rnd(&seed) % (100 * MS);
+        }
         gla_sample_finish(&s);
         CHECK(states_sum(&s) == s.wall_ns, "case %d: states %llu != wall %llu", i,
               (unsigned long long)states_sum(&s), (unsigned long long)s.wall_ns);
@@ -114,6 +121,24 @@ static void test_partition_cases(void)
           "cpu-bound: io=%llu gil=%llu cpu=%llu runq=%llu", (unsigned long long)s.io_wait_ns,
           (unsigned long long)s.gil_wait_ns, (unsigned long long)s.cpu_ns, (unsigned long long)s.runq_ns);
     CHECK(s.overlap_ns == 10 * MS, "overlap %llu", (unsigned long long)s.overlap_ns);
+
+    /* Sampled takes: 4 ms of run-queue per 8 ms of tail in the samples, this thread had
+     * 100 ms of tails: 50 ms of its 80 ms run-queue time lay inside GIL waits. */
+    memset(&s, 0, sizeof s);
+    s.wall_ns = 1000 * MS;
+    s.raw_cpu_ns = 100 * MS;
+    s.raw_runq_ns = 80 * MS;
+    s.raw_gil_wait_ns = 400 * MS;
+    s.gil_tail_ns = 100 * MS;
+    s.gil_takes = 50;
+    s.take_samples = 10;
+    s.take_sample_runq_ns = 4 * MS;
+    s.take_sample_tail_ns = 8 * MS;
+    s.take_sample_cpu_ns = 1 * MS; /* 0.1 ms per take: 5 ms for 50 takes */
+    gla_sample_finish(&s);
+    CHECK(s.runq_ns == 30 * MS && s.cpu_ns == 95 * MS && s.io_wait_ns == 475 * MS,
+          "sampled: runq=%llu cpu=%llu io=%llu", (unsigned long long)s.runq_ns,
+          (unsigned long long)s.cpu_ns, (unsigned long long)s.io_wait_ns);
 
     /* Sleeper with a lock wait whose inner run-queue delay is known exactly. */
     memset(&s, 0, sizeof s);
