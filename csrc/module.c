@@ -10,6 +10,7 @@
 #include "gilhook.h"
 #include "ledger.h"
 #include "procstat.h"
+#include "pool_py.h"
 
 #include <dlfcn.h>
 #include <elf.h>
@@ -381,5 +382,6 @@ PyMODINIT_FUNC PyInit__core(void)
         return NULL;
     }
     /* Executor binding (pool_py.c) registers itself here. */
+    if (gla_pool_py_init(m) < 0) { Py_DECREF(m); return NULL; }
     return m;
 }
