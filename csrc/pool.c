@@ -16,6 +16,7 @@
  */
 #include "pool.h"
 
+#include "gilhook.h"
 #include "ledger.h"
 #include "procstat.h"
 
@@ -30,7 +31,7 @@
 #include <sys/syscall.h>
 
 typedef struct {
-    uint64_t completed, cpu_ns, wall_ns, gil_ns, gil_tail_ns, lock_ns, idle_ns;
+    uint64_t completed, cpu_ns, wall_ns, gil_ns, gil_tail_ns, lock_ns, idle_ns, held_ns;
 } totals;
 
 typedef struct worker {
@@ -45,7 +46,7 @@ typedef struct worker {
     unsigned index;
     pid_t tid;              /* set before registering */
     /* written by the worker only, read by the monitor */
-    _Atomic uint64_t completed, cpu_ns, wall_ns, gil_ns, gil_tail_ns, lock_ns, idle_ns;
+    _Atomic uint64_t completed, cpu_ns, wall_ns, gil_ns, gil_tail_ns, lock_ns, idle_ns, held_ns;
 } worker;
 
 typedef struct {
@@ -290,12 +291,13 @@ static int apply_target_locked(gla_pool *p, int target)
 
 /* A task edge: the cheap clocks, read at every task start and end. */
 typedef struct {
-    uint64_t mono, gil, gil_tail, lock;
+    uint64_t mono, gil, gil_tail, lock, held;
 } edge;
 
 static void read_edge(gla_thread *rec, edge *e)
 {
     e->mono = gla_now_ns();
+    e->held = gla_hook_self_gil_held_ns();
     if (rec) {
         e->gil = gla_ledger_wait(rec, GLA_GIL_WAIT);
         e->gil_tail = gla_ledger_wait(rec, GLA_GIL_TAIL);
@@ -317,6 +319,7 @@ static void account_task(worker *w, const edge *a, const edge *b)
     add_owned(&w->gil_ns, sub0(b->gil, a->gil));
     add_owned(&w->gil_tail_ns, sub0(b->gil_tail, a->gil_tail));
     add_owned(&w->lock_ns, sub0(b->lock, a->lock));
+    add_owned(&w->held_ns, sub0(b->held, a->held));
 }
 
 /* Thread CPU of the tasks, exact in sum: the thread CPU clock (a system call) is read
@@ -361,6 +364,7 @@ static void add_worker_totals(totals *t, const worker *w)
     t->gil_tail_ns += ld(&w->gil_tail_ns);
     t->lock_ns += ld(&w->lock_ns);
     t->idle_ns += ld(&w->idle_ns);
+    t->held_ns += ld(&w->held_ns);
 }
 
 static void set_os_name(const gla_pool *p, const char *suffix, unsigned index)
@@ -576,6 +580,7 @@ static int spawn(gla_pool *p)
         atomic_store(&w->gil_tail_ns, 0);
         atomic_store(&w->lock_ns, 0);
         atomic_store(&w->idle_ns, 0);
+        atomic_store(&w->held_ns, 0);
     }
     if (!err) {
         pthread_attr_t attr;
@@ -682,7 +687,7 @@ static void fill_window(const gla_pool *p, const totals *a, const totals *b, dou
     win->window_s = span_s;
     uint64_t n = sub0(b->completed, a->completed);
     win->completed = (double)n;
-    win->task_cpu_s = win->task_gil_wait_s = win->task_wall_s = -1.0;
+    win->task_cpu_s = win->task_gil_wait_s = win->task_wall_s = win->task_gil_held_s = -1.0;
     win->beta = -1.0;
     win->runq_share = rq_share;
     if (n > 0) {
@@ -693,6 +698,7 @@ static void fill_window(const gla_pool *p, const totals *a, const totals *b, dou
         win->task_wall_s = (double)wall / 1e9 / (double)n;
         if (p->cfg.gil_wait_known) {
             win->task_gil_wait_s = (double)gil / 1e9 / (double)n;
+            win->task_gil_held_s = (double)sub0(b->held_ns, a->held_ns) / 1e9 / (double)n;
             gla_sample s;
             memset(&s, 0, sizeof s);
             s.wall_ns = wall;

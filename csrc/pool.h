@@ -29,8 +29,9 @@
  * (-errno) and return the task to the caller, so the caller can raise at the call.
  *
  * Sizing. A monitor thread (no interpreter lock) closes a window every policy-chosen
- * interval, aggregates per-task figures measured by the workers (one CLOCK_MONOTONIC +
- * one CLOCK_THREAD_CPUTIME_ID read and two ledger loads per task edge), samples the
+ * interval, aggregates per-task figures measured by the workers (a CLOCK_MONOTONIC read
+ * and ledger/hook loads per task edge: GIL wait, GIL held, lock wait; the thread CPU
+ * clock, a system call, at most every 50 us or 16 edges and around idle waits), samples the
  * run-queue delay of up to GLA_POOL_RUNQ_SAMPLE workers from /proc, calls the policy, and
  * applies its target: new workers start only while tasks wait (lazily, as
  * ThreadPoolExecutor does), excess workers retire — idle ones at once (longest idle
@@ -94,6 +95,7 @@ typedef struct {
     double task_cpu_s;      /* mean thread CPU per task */
     double task_gil_wait_s; /* mean GIL wait per task (< 0: no exact GIL figure) */
     double task_wall_s;     /* mean wall per task, from the worker taking it to its end */
+    double task_gil_held_s; /* mean time holding the GIL per task (< 0: unknown) */
     double beta;            /* gil_wait / (gil_wait + io_wait) of the workers' busy time */
     double runq_share;      /* run-queue delay / busy time of the sampled workers */
     int workers;            /* live workers at the window's end */

@@ -1,0 +1,214 @@
+"""AdaptiveExecutor(max_workers=2048) against a sweep of fixed thread pools, pinned to 1 and 2 cores.
+
+Workloads (pure-Python CPU by a calibrated loop, I/O by time.sleep, as in BENCH.md):
+  mixed : 10 ms CPU + 50 ms I/O      micro : 0.1 ms CPU + 1 ms I/O      io : 50 ms I/O
+
+Strategies, each in a fresh process pinned to the first C CPUs it may use:
+  threads-N  ThreadPoolExecutor(N) with all N threads started before the clock (N blocking
+             starters first), N = 1, 2, 4, ... 2048: the sweep; the best is the oracle
+  tpe-512    ThreadPoolExecutor(512) as users write it (threads start lazily)
+  adaptive   gil_adapt.AdaptiveExecutor(max_workers=2048), nothing else set
+
+A closed-loop driver keeps --inflight tasks submitted (identical for every strategy);
+throughput is counted after --warmup seconds, over --measure seconds. For adaptive the
+time until its 0.5 s throughput stays within 5 % of its final figure is reported too.
+Acceptance: adaptive >= 97 % of the oracle in every cell, and ahead of threads-512 where
+threads-512 falls off the cliff (more than 5 % under the oracle).
+
+  python benchmarks/executor_vs_sweep.py [--cores 1,2] [--workloads mixed,micro,io]
+      [--sizes 1,2,4,...,2048] [--warmup 3] [--measure 3] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Dict, List
+
+WORKLOADS = {"mixed": (10.0, 50.0), "micro": (0.1, 1.0), "io": (0.0, 50.0)}
+DEFAULT_SIZES = [1 << i for i in range(12)]  # 1 .. 2048
+
+CHILD = textwrap.dedent(r"""
+    import json, os, sys, threading, time
+    import concurrent.futures as cf
+
+    cpus, workload_cpu_ms, workload_io_ms, strategy, warmup, measure, inflight = sys.argv[1:8]
+    allowed = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, set(allowed[:int(cpus)]))   # before any thread exists
+    cpu_ms, io_ms = float(workload_cpu_ms), float(workload_io_ms)
+    warmup, measure, inflight = float(warmup), float(measure), int(inflight)
+
+    def loop(n):
+        x = 0
+        for _ in range(n):
+            x += 1
+        return x
+
+    def calibrate():
+        n = 20000
+        while True:
+            t0 = time.thread_time(); loop(n); dt = time.thread_time() - t0
+            if dt > 0.05:
+                return n / (dt * 1000.0)
+            n *= 2
+    per_ms = calibrate()
+    spin_n = int(per_ms * cpu_ms)
+    io_s = io_ms / 1000.0
+
+    def task():
+        if spin_n:
+            loop(spin_n)
+        if io_s:
+            time.sleep(io_s)
+
+    live = None
+    if strategy == "adaptive":
+        from gil_adapt import AdaptiveExecutor
+        ex = AdaptiveExecutor(max_workers=2048)
+    elif strategy.startswith("tpe-"):
+        ex = cf.ThreadPoolExecutor(int(strategy[4:]))
+    else:
+        n = int(strategy.split("-")[1])
+        ex = cf.ThreadPoolExecutor(n)
+        gate = threading.Event()
+        starters = [ex.submit(gate.wait) for _ in range(n)]
+        while len(ex._threads) < n:
+            ex.submit(gate.wait)  # TPE starts a thread per submit while none is idle
+        gate.set()
+        for f in starters:
+            f.result()
+        live = len(ex._threads)
+
+    sem = threading.Semaphore(inflight)
+    stamps = []
+    def done(_f):
+        stamps.append(time.monotonic())
+        sem.release()
+
+    t0 = time.monotonic()
+    end = t0 + warmup + measure
+    while True:
+        if not sem.acquire(timeout=0.05):
+            if time.monotonic() >= end:
+                break
+            continue
+        if time.monotonic() >= end:
+            sem.release()
+            break
+        ex.submit(task).add_done_callback(done)
+    counted = [s for s in stamps if t0 + warmup <= s < end]
+    result = {"throughput": len(counted) / measure, "per_ms": per_ms}
+    # 0.5 s buckets, for the adaptive executor's convergence
+    buckets = [0] * int((warmup + measure) / 0.5 + 1)
+    for s in stamps:
+        i = int((s - t0) / 0.5)
+        if 0 <= i < len(buckets):
+            buckets[i] += 1
+    result["buckets"] = [b / 0.5 for b in buckets[: int((warmup + measure) / 0.5)]]
+    if strategy == "adaptive":
+        st = ex.stats()
+        result.update(workers=st["workers"], target=st["target_workers"], beta=st["beta"],
+                      decisions=st["decisions"], reason=st["last_reason"])
+    elif live is not None:
+        result["live"] = live
+    else:
+        result["live"] = len(ex._threads)
+    ex.shutdown(wait=False, cancel_futures=True)
+    print(json.dumps(result), flush=True)
+    os._exit(0)   # do not wait for 2048 sleeping threads
+""")
+
+
+def run(cpus: int, workload: str, strategy: str, args: argparse.Namespace) -> Dict:
+    cpu_ms, io_ms = WORKLOADS[workload]
+    cmd = [sys.executable, "-c", CHILD, str(cpus), str(cpu_ms), str(io_ms), strategy,
+           str(args.warmup), str(args.measure), str(args.inflight)]
+    out = subprocess.run(cmd, capture_output=True, text=True,
+                         timeout=120 + 2 * (args.warmup + args.measure))
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1:] or ["failed"]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def convergence_s(buckets: List[float], final: float) -> float:
+    """Seconds until every later 0.5 s bucket stays within 5 % of final (inf: never)."""
+    for i in range(len(buckets)):
+        if all(abs(b - final) <= 0.05 * final for b in buckets[i:]):
+            return i * 0.5
+    return float("inf")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cores", default="1,2")
+    ap.add_argument("--workloads", default="mixed,micro,io")
+    ap.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)))
+    ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument("--measure", type=float, default=3.0)
+    ap.add_argument("--inflight", type=int, default=4096)
+    ap.add_argument("--json", help="write every figure here")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    allowed = len(os.sched_getaffinity(0))
+    print(f"Python {sys.version.split()[0]}, {allowed} CPUs allowed; warmup {args.warmup} s, "
+          f"measured {args.measure} s, {args.inflight} tasks in flight; tasks/s")
+    report: Dict = {}
+    failures = []
+    for cpus in [int(c) for c in args.cores.split(",")]:
+        if cpus > allowed:
+            print(f"-- {cpus} cores: skipped ({allowed} allowed here)")
+            continue
+        for workload in args.workloads.split(","):
+            t_start = time.monotonic()
+            cell: Dict[str, Dict] = {}
+            for n in sizes:
+                cell[f"threads-{n}"] = run(cpus, workload, f"threads-{n}", args)
+            cell["tpe-512"] = run(cpus, workload, "tpe-512", args)
+            cell["adaptive"] = run(cpus, workload, "adaptive", args)
+            report[f"{cpus}c/{workload}"] = cell
+            sweep = {k: v["throughput"] for k, v in cell.items()
+                     if k.startswith("threads-") and "throughput" in v}
+            best_key = max(sweep, key=sweep.get)
+            oracle = sweep[best_key]
+            ada = cell["adaptive"]
+            print(f"\n== {cpus} core(s), {workload} ({time.monotonic() - t_start:.0f} s)")
+            print("   " + "  ".join(f"{k[8:]}:{v:.0f}" for k, v in sweep.items()))
+            for k in ("tpe-512", "adaptive"):
+                v = cell[k]
+                if "throughput" not in v:
+                    print(f"   {k:10s} error: {v.get('error')}")
+                    continue
+                extra = ""
+                if k == "adaptive":
+                    conv = convergence_s(v["buckets"], v["throughput"])
+                    extra = (f"  workers {v['workers']} (target {v['target']}), beta "
+                             f"{v['beta'] if v['beta'] is None else round(v['beta'], 2)}, "
+                             f"converged in {conv:.1f} s, decisions {v['decisions']}, "
+                             f"last: {v['reason']}")
+                print(f"   {k:10s} {v['throughput']:9.1f} = {v['throughput'] / oracle * 100:5.1f} % "
+                      f"of oracle {best_key} ({oracle:.1f}){extra}")
+            if "throughput" not in ada:
+                failures.append(f"{cpus}c/{workload}: adaptive failed")
+                continue
+            ratio = ada["throughput"] / oracle
+            t512 = sweep.get("threads-512")
+            cliff = t512 is not None and t512 < 0.95 * oracle
+            ok = ratio >= 0.97 and (not cliff or ada["throughput"] > t512)
+            print(f"   acceptance: {'PASS' if ok else 'FAIL'} (adaptive {ratio * 100:.1f} % of oracle"
+                  + (f"; threads-512 at {t512 / oracle * 100:.1f} %: cliff" if cliff else "") + ")")
+            if not ok:
+                failures.append(f"{cpus}c/{workload}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    print("\nall cells pass" if not failures else f"\nfailing cells: {', '.join(failures)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
