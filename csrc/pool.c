@@ -53,7 +53,7 @@ typedef struct {
     worker *w;          /* under mu; the worker clears it when it leaves */
     pid_t tid;          /* monitor-only from here */
     int valid;
-    uint64_t at_ns, idle_ns, runq_ns;
+    uint64_t at_ns, idle_ns, runq_ns, cpu_ns;
 } runq_slot;
 
 struct gla_pool {
@@ -646,10 +646,12 @@ static int runq_pick_locked(gla_pool *p, pid_t tids[], uint64_t idle[])
     return n;
 }
 
-/* Run-queue share of the sampled workers' busy time since the last window, or -1. */
-static double runq_share(gla_pool *p, const pid_t tids[], const uint64_t idle[], uint64_t now)
+/* Of the sampled workers' busy (not idle) time since the last window: the share spent
+ * runnable but without a core (*runq) and the share on a core (*cpu); -1 when unknown. */
+static void sample_workers(gla_pool *p, const pid_t tids[], const uint64_t idle[], uint64_t now,
+                           double *runq_share_out, double *cpu_share_out)
 {
-    uint64_t runq_sum = 0, busy_sum = 0;
+    uint64_t runq_sum = 0, cpu_sum = 0, busy_sum = 0;
     for (int i = 0; i < GLA_POOL_RUNQ_SAMPLE; i++) {
         runq_slot *s = &p->rq[i];
         if (!tids[i]) {
@@ -664,20 +666,40 @@ static double runq_share(gla_pool *p, const pid_t tids[], const uint64_t idle[],
         if (s->valid && s->tid == tids[i] && now > s->at_ns) {
             uint64_t span = now - s->at_ns;
             uint64_t idl = sub0(idle[i], s->idle_ns);
-            uint64_t busy = sub0(span, idl);
+            busy_sum += sub0(span, idl);
             runq_sum += sub0(runq, s->runq_ns);
-            busy_sum += busy;
+            cpu_sum += sub0(cpu, s->cpu_ns);
         }
         s->tid = tids[i];
         s->valid = 1;
         s->at_ns = now;
         s->idle_ns = idle[i];
         s->runq_ns = runq;
+        s->cpu_ns = cpu;
     }
+    *runq_share_out = *cpu_share_out = -1.0;
     if (busy_sum == 0)
-        return -1.0;
-    double share = (double)runq_sum / (double)busy_sum;
-    return share > 1.0 ? 1.0 : share;
+        return;
+    double r = (double)runq_sum / (double)busy_sum, c = (double)cpu_sum / (double)busy_sum;
+    *runq_share_out = r > 1.0 ? 1.0 : r;
+    *cpu_share_out = c > 1.0 ? 1.0 : c;
+}
+
+/* Liveness, whatever the policy says: when a window completed nothing, tasks wait, no
+ * worker is idle and the workers are blocked (not on a core: waiting on each other, on
+ * I/O, on locks), grow as ThreadPoolExecutor would have: double, bounded by the queue.
+ * Returns the raised target, or 0 (mu held). */
+static int stall_target_locked(const gla_pool *p, int stalled_window, double cpu_share)
+{
+    if (!stalled_window || p->shutdown || p->queue_len == 0 || p->n_idle > 0 ||
+        cpu_share < 0 || cpu_share >= 0.2 || p->target >= p->cfg.max_workers ||
+        p->live < p->target)
+        return 0;
+    long grow = p->live > 0 ? p->live : 1;
+    if (grow > p->queue_len)
+        grow = p->queue_len;
+    long t = (long)p->live + grow;
+    return t > p->cfg.max_workers ? p->cfg.max_workers : (int)t;
 }
 
 static void fill_window(const gla_pool *p, const totals *a, const totals *b, double span_s,
@@ -766,7 +788,8 @@ static void *monitor_main(void *arg)
         if (p->cfg.usable_cores <= 0 && gla_read_usable_cores(&aff, &quota, &usable) == 0 &&
             usable > 0)
             cores = usable;
-        double share = runq_share(p, tids, idle, now);
+        double share, cpu_share;
+        sample_workers(p, tids, idle, now, &share, &cpu_share);
 
         pthread_mutex_lock(&p->mu);
         p->usable_cores = cores;
@@ -787,11 +810,19 @@ static void *monitor_main(void *arg)
         pthread_mutex_lock(&p->mu);
         p->last_window = win;
         p->windows++;
-        if ((unsigned)d.action < GLA_POOL_NACTIONS) {
-            p->decisions[d.action]++;
-            p->last_action = d.action;
-        }
+        if ((unsigned)d.action >= GLA_POOL_NACTIONS)
+            d.action = GLA_POOL_HOLD;
         d.reason[GLA_POOL_REASON_LEN - 1] = '\0';
+        int stall = stall_target_locked(p, cur.completed == last.completed, cpu_share);
+        if (stall > d.target) {
+            snprintf(d.reason, sizeof d.reason,
+                     "liveness: %d workers blocked (cpu %.0f %%), none done, %ld queued: %d",
+                     p->live, cpu_share * 100, p->queue_len, stall);
+            d.target = stall;
+            d.action = GLA_POOL_GROW;
+        }
+        p->decisions[d.action]++;
+        p->last_action = d.action;
         memcpy(p->last_reason, d.reason, sizeof p->last_reason);
         int to_start = p->monitor_stop ? 0 : apply_target_locked(p, d.target);
         if (to_start > 0) {

@@ -835,6 +835,8 @@ static PyObject *Exec_submit(ExecObject *self, PyObject *const *args, Py_ssize_t
     if (nargs < 1)
         return PyErr_Format(PyExc_TypeError,
                             "submit() missing 1 required positional argument: 'fn'");
+    if (g_exiting)
+        return raise_refused(po, -ESHUTDOWN); /* as ThreadPoolExecutor: no new threads now */
     PyObject *fn = args[0];
     if (!PyCallable_Check(fn))
         return PyErr_Format(PyExc_TypeError, "submit() fn must be callable, not %.100s",

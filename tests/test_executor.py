@@ -371,3 +371,18 @@ def test_fork_child_gets_usable_empty_executor() -> None:
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "child 0"
+
+
+def test_shutdown_wait_from_own_task_waits_for_the_others(fixed: None) -> None:
+    ex = AdaptiveExecutor(3)
+    gate = threading.Event()
+    others = [ex.submit(lambda: gate.wait(HANG)) for _ in range(2)]
+
+    def closer() -> bool:
+        gate.set()
+        ex.shutdown(wait=True)  # from a worker: waits for the other workers, not itself
+        return all(f.done() for f in others)
+
+    assert ex.submit(closer).result(timeout=HANG) is True
+    ex.shutdown(wait=True)
+    assert ex.stats()["workers"] == 0

@@ -357,3 +357,25 @@ def test_interpreter_exit_with_pending_work(make, how):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "DONE 200" in out.stdout, (out.stdout, out.stderr)
+
+
+def test_submit_during_interpreter_shutdown_raises(make):
+    script = textwrap.dedent(f"""
+        import atexit
+        from concurrent.futures import ThreadPoolExecutor
+        from gil_adapt import AdaptiveExecutor
+        ex = {make.cls.__name__}(2)
+        ex.submit(abs, -1).result()
+        def late():
+            for e in (ex, {make.cls.__name__}(2)):
+                try:
+                    e.submit(abs, -2)
+                    print("accepted")
+                except RuntimeError as err:
+                    print("refused:", err)
+        atexit.register(late)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("refused: cannot schedule new futures after") == 2, out.stdout

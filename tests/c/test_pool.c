@@ -27,6 +27,7 @@ static int g_failed, g_checks;
     } while (0)
 
 #define NTASKS 20000
+#define GATE_OPENER (-2) /* a task with this id opens the gate the gated tasks wait on */
 
 typedef struct {
     gla_pool_task link;
@@ -85,6 +86,8 @@ static void h_run(void *ctx, void *wdata, gla_pool_task *task)
     }
     if (t->id >= 0)
         atomic_fetch_add(&g_runs[t->id], 1);
+    if (t->id == GATE_OPENER)
+        atomic_store(&g_gate_open, 1);
     while (t->gated && !atomic_load(&g_gate_open))
         sleep_us(200);
     if (t->sleep_us)
@@ -417,6 +420,39 @@ static void test_policy(void)
     gla_pool_destroy(p);
 }
 
+/* 6b. Liveness: a policy that holds one worker while that worker waits for a task queued
+ *     behind it; the pool grows by itself (blocked workers, nothing done, work queued). */
+static double hold_one(void *ctx, const gla_pool_window *w, gla_pool_decision *d)
+{
+    (void)ctx;
+    (void)w;
+    d->target = 1;
+    d->action = GLA_POOL_HOLD;
+    snprintf(d->reason, sizeof d->reason, "hold one");
+    return 0.01;
+}
+
+static void test_liveness(void)
+{
+    reset_counts();
+    gla_pool_config c = base_config(1, 8, 1);
+    c.policy = hold_one;
+    c.first_window_s = 0.01;
+    gla_pool *p = gla_pool_create(&c);
+    CHECK(gla_pool_submit(p, &mk(0, 0, 1)->link) == 0, "blocked task");
+    CHECK(gla_pool_submit(p, &mk(GATE_OPENER, 0, 0)->link) == 0, "opener");
+    uint64_t end = gla_now_ns() + 20000000000ull;
+    while (!atomic_load(&g_gate_open) && gla_now_ns() < end)
+        sleep_us(1000);
+    CHECK(atomic_load(&g_gate_open), "the queued opener ran");
+    gla_pool_stats s;
+    gla_pool_get_stats(p, &s);
+    CHECK(s.decisions[GLA_POOL_GROW] >= 1, "grow decisions %llu",
+          (unsigned long long)s.decisions[GLA_POOL_GROW]);
+    drain_and_check(p, 1);
+    gla_pool_destroy(p);
+}
+
 /* 7. Idle workers above min retire after the idle timeout; idle time is accounted. */
 static void test_idle_timeout(void)
 {
@@ -548,6 +584,7 @@ int main(void)
         {"exactly_once", test_exactly_once},   {"grow_retire", test_grow_retire},
         {"start_failures", test_start_failures}, {"cancel_and_break", test_cancel_and_break},
         {"enter_failure", test_enter_failure}, {"policy", test_policy},
+        {"liveness", test_liveness},
         {"idle_timeout", test_idle_timeout},   {"self_shutdown", test_self_shutdown},
         {"fork", test_fork},                   {"bad_config", test_bad_config},
     };
