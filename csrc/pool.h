@@ -31,13 +31,17 @@
  * Sizing. A monitor thread (no interpreter lock) closes a window every policy-chosen
  * interval, aggregates per-task figures measured by the workers (a CLOCK_MONOTONIC read
  * and ledger/hook loads per task edge: GIL wait, GIL held, lock wait; the thread CPU
- * clock, a system call, at most every 50 us or 16 edges and around idle waits), samples the
- * run-queue delay of up to GLA_POOL_RUNQ_SAMPLE workers from /proc, calls the policy, and
- * applies its target: new workers start only while tasks wait (lazily, as
- * ThreadPoolExecutor does), excess workers retire — idle ones at once (longest idle
- * first), busy ones when they finish their current task. A pool with nothing queued or
- * running parks its monitor until the next submit. gla_pool_set_target applies a target
- * directly (tests, manual override).
+ * clock, a system call, at most every 50 us or 16 edges and around idle waits, exact in
+ * sum), samples the run-queue delay and CPU of up to GLA_POOL_RUNQ_SAMPLE workers from
+ * /proc, calls the policy, and applies its target: new workers start only while tasks
+ * wait (lazily, as ThreadPoolExecutor does), excess workers retire — idle ones at once
+ * (longest idle first), busy ones when they finish their current task. Liveness comes
+ * first: a window in which nothing completed while tasks wait, no worker is idle and the
+ * sampled workers are blocked (under 20 % on a core) grows the pool whatever the policy
+ * said (doubling, bounded by the queue and max_workers) — tasks that wait on tasks queued
+ * behind them never deadlock below max_workers. A pool with nothing queued or running
+ * parks its monitor until the next submit. gla_pool_set_target applies a target directly
+ * (tests, manual override).
  *
  * Locking. One mutex per pool guards the queue, the idle stack and the counts. A caller
  * that holds an interpreter lock may call submit/shutdown/stats (lock order: interpreter

@@ -386,3 +386,21 @@ def test_shutdown_wait_from_own_task_waits_for_the_others(fixed: None) -> None:
     assert ex.submit(closer).result(timeout=HANG) is True
     ex.shutdown(wait=True)
     assert ex.stats()["workers"] == 0
+
+
+def test_tasks_waiting_on_queued_tasks_do_not_deadlock() -> None:
+    # Each task waits for the next one, queued behind it: all 8 must run at once. Whatever
+    # the controller's size, the pool's liveness rule grows it (as ThreadPoolExecutor(8)
+    # would simply have started 8 threads).
+    n = 8
+    events = [threading.Event() for _ in range(n)]
+
+    def link(i: int) -> int:
+        if i + 1 < n:
+            assert events[i + 1].wait(HANG), f"task {i + 1} never ran"
+        events[i].set()
+        return i
+
+    with AdaptiveExecutor(n) as ex:
+        futures = [ex.submit(link, i) for i in range(n)]
+        assert [f.result(timeout=HANG) for f in futures] == list(range(n))
