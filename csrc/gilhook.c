@@ -82,15 +82,22 @@ static inline int gil_locked(const void *gil_cond)
                            __ATOMIC_RELAXED);
 }
 
-static inline uint64_t gil_end(gla_thread *t, uint64_t t0, uint64_t wake_ns)
+/* tail_kind: GLA_GIL_TAIL for the GIL's condition, GLA_SWITCH_TAIL for the switch
+ * condition (a dropping thread woken once the next holder took the GIL). */
+static inline uint64_t gil_end(gla_thread *t, uint64_t t0, uint64_t wake_ns, gla_wait_kind tail_kind)
 {
     uint64_t t1 = mono_ns();
     uint64_t woke = (wake_ns > t0 && wake_ns < t1) ? wake_ns : t1;
     if (t) {
         gla_ledger_wait_end(t, t1);
-        gla_ledger_add_wait(t, GLA_GIL_TAIL, t1 - woke);
+        gla_ledger_add_wait(t, tail_kind, t1 - woke);
     }
     return t1;
+}
+
+static inline gla_wait_kind tail_kind_of(const _Atomic uint64_t *signal_ns)
+{
+    return signal_ns == &g_gil_signal_ns ? GLA_GIL_TAIL : GLA_SWITCH_TAIL;
 }
 
 /* GIL held time. CPython takes the GIL in take_gil right after locking the GIL's mutex
@@ -130,7 +137,7 @@ static int hook_cond_timedwait(pthread_cond_t *cond, pthread_mutex_t *mutex,
     int rc = pthread_cond_timedwait(cond, mutex, abstime);
     uint64_t wake = rc == ETIMEDOUT ? ts_ns(abstime)
                                     : atomic_load_explicit(signal_ns, memory_order_relaxed);
-    uint64_t t1 = gil_end(t, t0, wake);
+    uint64_t t1 = gil_end(t, t0, wake, tail_kind_of(signal_ns));
     if (signal_ns == &g_gil_signal_ns && !gil_locked(cond))
         gil_taken(t1);
     return rc;
@@ -148,65 +155,85 @@ static int hook_cond_signal(pthread_cond_t *cond)
     return pthread_cond_signal(cond);
 }
 
-/* Sampled exact split of a GIL take. Before a thread locks the GIL's mutex to take a
- * GIL that is held (it will wait), it holds no lock: it may read its own schedstat.
- * After take_gil unlocks the mutex, it holds the GIL but no lock: it reads it again.
- * The difference is the exact cpu and run-queue time inside that take. Reading costs
- * two preads, so the process samples at most one take per GLA_TAKE_SAMPLE_NS. The
- * ledger scales the samples' run-queue time per ns of wake-up tail by each thread's
- * tails, and their cpu per take by its number of contended takes. */
-#define GLA_TAKE_SAMPLE_NS 2000000ull
-static _Atomic uint64_t g_take_last_ns;
-static __thread int tls_take_pending __attribute__((tls_model("initial-exec")));
-static __thread uint64_t tls_take_cpu0 __attribute__((tls_model("initial-exec")));
-static __thread uint64_t tls_take_runq0 __attribute__((tls_model("initial-exec")));
-static __thread uint64_t tls_take_tail0 __attribute__((tls_model("initial-exec")));
+/* Sampled exact figures of GIL hand-offs. The wrappers may not make a system call while
+ * the GIL's mutex is held, but a thread holds no lock just before it locks that mutex and
+ * just after it unlocks it: there it may read its own schedstat (one pread). Two kinds
+ * of hand-off are sampled that way, for at most one sample per GLA_SAMPLE_NS in the
+ * whole process (so the cost stays far below the noise):
+ *   - a take of a GIL held by another thread (lock ... take_gil's unlock): the cpu and
+ *     run-queue time inside it, against the wake-up tails the hook noted in it;
+ *   - a drop (the holder's lock ... drop_gil's unlock): waking the next holder often
+ *     preempts the dropping thread right there, on a busy core; that run-queue time is
+ *     part of the hand-off.
+ * The ledger scales the samples by each thread's own tails, takes and drops. */
+#define GLA_SAMPLE_NS 2000000ull
+enum { SAMPLE_NONE = 0, SAMPLE_TAKE = 1, SAMPLE_DROP = 2 };
+static _Atomic uint64_t g_sample_last_ns;
+static __thread int tls_sample_kind __attribute__((tls_model("initial-exec")));
+static __thread uint64_t tls_sample_cpu0 __attribute__((tls_model("initial-exec")));
+static __thread uint64_t tls_sample_runq0 __attribute__((tls_model("initial-exec")));
+static __thread uint64_t tls_sample_tail0 __attribute__((tls_model("initial-exec")));
 
-static void take_sample_begin(uint64_t now)
+static void sample_begin(gla_thread *t, int kind)
 {
-    uint64_t last = atomic_load_explicit(&g_take_last_ns, memory_order_relaxed);
-    if (tls_take_pending || now - last < GLA_TAKE_SAMPLE_NS ||
-        !atomic_compare_exchange_strong(&g_take_last_ns, &last, now))
+    uint64_t now = mono_ns();
+    uint64_t last = atomic_load_explicit(&g_sample_last_ns, memory_order_relaxed);
+    if (!t || tls_sample_kind != SAMPLE_NONE || now - last < GLA_SAMPLE_NS ||
+        !atomic_compare_exchange_strong(&g_sample_last_ns, &last, now))
         return;
-    gla_thread *t = gla_ledger_self_nosys();
-    if (t && gla_ledger_own_schedstat(&tls_take_cpu0, &tls_take_runq0) == 0) {
-        tls_take_tail0 = gla_ledger_wait(t, GLA_GIL_TAIL);
-        tls_take_pending = 1;
+    if (gla_ledger_own_schedstat(&tls_sample_cpu0, &tls_sample_runq0) == 0) {
+        tls_sample_tail0 = gla_ledger_wait(t, GLA_GIL_TAIL);
+        tls_sample_kind = kind;
     }
 }
 
-static void take_sample_end(void)
+/* After an unlock of the GIL's mutex: a take ends holding the GIL, a drop without it;
+ * any other unlock drops the sample. */
+static void sample_end(void)
 {
-    tls_take_pending = 0;
+    int kind = tls_sample_kind;
+    tls_sample_kind = SAMPLE_NONE;
+    if ((kind == SAMPLE_TAKE) != (tls_held_since != 0))
+        return;
     uint64_t cpu1, runq1;
     gla_thread *t = gla_ledger_self_nosys();
-    if (!t || !tls_held_since || gla_ledger_own_schedstat(&cpu1, &runq1) != 0)
-        return; /* not the end of a take (or no figure): drop the sample */
-    uint64_t tail1 = gla_ledger_wait(t, GLA_GIL_TAIL);
-    gla_ledger_add_take_sample(cpu1 > tls_take_cpu0 ? cpu1 - tls_take_cpu0 : 0,
-                               runq1 > tls_take_runq0 ? runq1 - tls_take_runq0 : 0,
-                               tail1 > tls_take_tail0 ? tail1 - tls_take_tail0 : 0);
+    if (!t || gla_ledger_own_schedstat(&cpu1, &runq1) != 0)
+        return;
+    uint64_t cpu = cpu1 > tls_sample_cpu0 ? cpu1 - tls_sample_cpu0 : 0;
+    uint64_t runq = runq1 > tls_sample_runq0 ? runq1 - tls_sample_runq0 : 0;
+    if (kind == SAMPLE_TAKE) {
+        uint64_t tail1 = gla_ledger_wait(t, GLA_GIL_TAIL);
+        gla_ledger_add_take_sample(cpu, runq, tail1 > tls_sample_tail0 ? tail1 - tls_sample_tail0 : 0);
+    } else {
+        gla_ledger_add_drop_sample(runq);
+    }
 }
 
-/* The GIL's mutex. A lock with the GIL held by another thread begins a contended take
- * (counted; sometimes sampled); a lock that has to wait for the mutex is part of getting
- * the GIL and counts as GIL wait; a lock that finds the GIL free starts a holding. */
+/* The GIL's mutex. Locked by the holder: a drop begins (counted; sometimes sampled).
+ * Locked with the GIL held by another thread: a contended take begins (counted;
+ * sometimes sampled). A lock that has to wait for the mutex is part of getting the GIL
+ * and counts as GIL wait; a lock that finds the GIL free starts a holding. */
 static int hook_mutex_lock(pthread_mutex_t *mutex)
 {
     if (__builtin_expect(mutex != atomic_load_explicit(&g_gil_mutex, memory_order_relaxed), 1))
         return pthread_mutex_lock(mutex);
     const void *cond = atomic_load_explicit(&g_gil_cond, memory_order_relaxed);
-    if (cond && !tls_held_since && gil_locked(cond)) {
+    if (cond) {
         gla_thread *t = gla_ledger_self_nosys();
-        gla_ledger_add_wait(t, GLA_GIL_TAKES, 1);
-        take_sample_begin(mono_ns());
+        if (tls_held_since) {
+            gla_ledger_add_wait(t, GLA_GIL_DROPS, 1);
+            sample_begin(t, SAMPLE_DROP);
+        } else if (gil_locked(cond)) {
+            gla_ledger_add_wait(t, GLA_GIL_TAKES, 1);
+            sample_begin(t, SAMPLE_TAKE);
+        }
     }
     int rc = pthread_mutex_trylock(mutex);
     if (rc == EBUSY) {
         uint64_t t0;
         gla_thread *t = gil_begin(&t0);
         rc = pthread_mutex_lock(mutex);
-        gil_end(t, t0, 0);
+        gil_end(t, t0, 0, GLA_GIL_TAIL);
     }
     if (rc == 0 && cond && !tls_held_since && !gil_locked(cond))
         gil_taken(mono_ns());
@@ -216,9 +243,9 @@ static int hook_mutex_lock(pthread_mutex_t *mutex)
 static int hook_mutex_unlock(pthread_mutex_t *mutex)
 {
     int rc = pthread_mutex_unlock(mutex);
-    if (__builtin_expect(tls_take_pending, 0) &&
+    if (__builtin_expect(tls_sample_kind != SAMPLE_NONE, 0) &&
         mutex == atomic_load_explicit(&g_gil_mutex, memory_order_relaxed))
-        take_sample_end();
+        sample_end();
     return rc;
 }
 
@@ -234,7 +261,7 @@ static int hook_cond_wait(pthread_cond_t *cond, pthread_mutex_t *mutex)
     uint64_t t0;
     gla_thread *t = gil_begin(&t0);
     int rc = pthread_cond_wait(cond, mutex);
-    gil_end(t, t0, atomic_load_explicit(signal_ns, memory_order_relaxed));
+    gil_end(t, t0, atomic_load_explicit(signal_ns, memory_order_relaxed), tail_kind_of(signal_ns));
     return rc;
 }
 

@@ -51,6 +51,7 @@ static _Atomic uint64_t g_dropped;
 static _Atomic uint64_t g_serial;
 static _Atomic uint64_t g_take_samples, g_take_sample_cpu_ns, g_take_sample_runq_ns,
     g_take_sample_tail_ns;
+static _Atomic uint64_t g_drop_samples, g_drop_sample_runq_ns;
 static _Atomic int g_inited;
 static pthread_key_t g_exit_key;
 static int g_exit_key_ok;       /* key usable without allocation (index < 32) */
@@ -86,6 +87,8 @@ static void add_exited(struct gla_thread *t)
     g_exited.lock_runq_ns += s.lock_runq_ns;
     g_exited.gil_held_ns += s.gil_held_ns;
     g_exited.gil_takes += s.gil_takes;
+    g_exited.switch_tail_ns += s.switch_tail_ns;
+    g_exited.gil_drops += s.gil_drops;
 }
 
 static __thread struct gla_thread *tls_self __attribute__((tls_model("initial-exec")));
@@ -421,6 +424,12 @@ void gla_ledger_wait_end(gla_thread *t, uint64_t now_ns)
     seq_leave(t);
 }
 
+void gla_ledger_add_drop_sample(uint64_t runq_ns)
+{
+    atomic_fetch_add_explicit(&g_drop_sample_runq_ns, runq_ns, memory_order_relaxed);
+    atomic_fetch_add_explicit(&g_drop_samples, 1, memory_order_release);
+}
+
 void gla_ledger_add_take_sample(uint64_t cpu_ns, uint64_t runq_ns, uint64_t tail_ns)
 {
     atomic_fetch_add_explicit(&g_take_sample_tail_ns, tail_ns, memory_order_relaxed);
@@ -457,18 +466,26 @@ void gla_sample_finish(gla_sample *s)
     /* GIL waits: from the exactly sampled takes, run-queue time per ns of wake-up tail
      * times this thread's tails, and cpu per take times its contended takes; without
      * samples, the run-queue delay inside the wake-up tails is bounded by the tails. */
+    uint64_t room = s->raw_gil_wait_ns; /* what lies inside the waits is at most them */
+    uint64_t cut = take(&s->runq_ns, s->switch_tail_ns < room ? s->switch_tail_ns : room);
+    room -= cut;
+    s->overlap_ns += cut;
     if (s->take_samples > 0 && s->take_sample_tail_ns > 0) {
         double runq_per_tail = (double)s->take_sample_runq_ns / (double)s->take_sample_tail_ns;
         double cpu_per_take = (double)s->take_sample_cpu_ns / (double)s->take_samples;
         uint64_t runq_in = (uint64_t)(runq_per_tail * (double)s->gil_tail_ns);
         uint64_t cpu_in = (uint64_t)(cpu_per_take * (double)s->gil_takes);
-        uint64_t room = s->raw_gil_wait_ns; /* what lies inside the waits is at most them */
-        uint64_t cut = take(&s->runq_ns, runq_in < room ? runq_in : room);
+        cut = take(&s->runq_ns, runq_in < room ? runq_in : room);
         room -= cut;
         cut += take(&s->cpu_ns, cpu_in < room ? cpu_in : room);
         s->overlap_ns += cut;
     } else {
-        s->overlap_ns += take(&s->runq_ns, s->gil_tail_ns);
+        s->overlap_ns += take(&s->runq_ns, s->gil_tail_ns < room ? s->gil_tail_ns : room);
+    }
+    /* GIL drops: run-queue time of the hand-off itself moves to gil_wait. */
+    if (s->drop_samples > 0) {
+        double handoff = (double)s->drop_sample_runq_ns / (double)s->drop_samples * (double)s->gil_drops;
+        s->gil_wait_ns += take(&s->runq_ns, (uint64_t)handoff);
     }
     uint64_t sum = s->cpu_ns + s->runq_ns + s->gil_wait_ns + s->lock_wait_ns + s->idle_ns;
     if (sum <= s->wall_ns) {
@@ -477,7 +494,7 @@ void gla_sample_finish(gla_sample *s)
     }
     /* Left over (granularity of the clocks, or CPU inside GIL waits): count it once. */
     uint64_t excess = sum - s->wall_ns;
-    uint64_t cut = take(&s->runq_ns, excess);
+    cut = take(&s->runq_ns, excess);
     cut += take(&s->cpu_ns, excess - cut);
     s->overlap_ns += cut;
     excess -= cut;
@@ -532,6 +549,10 @@ static void sample_record(struct gla_thread *t, gla_sample *s, uint64_t now)
     s->lock_runq_ns = waits[GLA_LOCK_RUNQ];
     s->gil_held_ns = waits[GLA_GIL_HELD];
     s->gil_takes = waits[GLA_GIL_TAKES];
+    s->switch_tail_ns = waits[GLA_SWITCH_TAIL];
+    s->gil_drops = waits[GLA_GIL_DROPS];
+    s->drop_samples = atomic_load_explicit(&g_drop_samples, memory_order_acquire);
+    s->drop_sample_runq_ns = atomic_load_explicit(&g_drop_sample_runq_ns, memory_order_relaxed);
     s->take_samples = atomic_load_explicit(&g_take_samples, memory_order_acquire);
     s->take_sample_cpu_ns = atomic_load_explicit(&g_take_sample_cpu_ns, memory_order_relaxed);
     s->take_sample_runq_ns = atomic_load_explicit(&g_take_sample_runq_ns, memory_order_relaxed);

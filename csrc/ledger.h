@@ -74,7 +74,10 @@ typedef enum {
     GLA_LOCK_RUNQ = 5, /* kernel run-queue time inside lock waits (exact) */
     GLA_GIL_HELD = 6,  /* time holding the GIL (not a state: it overlaps cpu and runq) */
     GLA_GIL_TAKES = 7, /* number of contended GIL takes */
-    GLA_NWAIT = 8
+    GLA_SWITCH_TAIL = 8, /* wake-up tails of switch waits (a dropping thread waiting for
+                            the next holder): the thread is runnable there */
+    GLA_GIL_DROPS = 9,   /* number of GIL drops (hand-offs by this thread) */
+    GLA_NWAIT = 10
 } gla_wait_kind;
 
 typedef struct gla_thread gla_thread; /* opaque */
@@ -106,8 +109,11 @@ typedef struct {
     uint64_t lock_runq_ns; /* kernel run-queue time inside lock waits */
     uint64_t gil_held_ns;  /* time holding the GIL (overlaps cpu/runq; not a state) */
     uint64_t gil_takes;    /* contended GIL takes (input) */
+    uint64_t switch_tail_ns; /* wake-up tails of switch waits (input) */
     /* process-wide: takes sampled exactly so far, and their cpu / run-queue time (input) */
     uint64_t take_samples, take_sample_cpu_ns, take_sample_runq_ns, take_sample_tail_ns;
+    uint64_t gil_drops;    /* this thread's GIL drops (input) */
+    uint64_t drop_samples, drop_sample_runq_ns; /* process-wide sampled drops (input) */
 } gla_sample;
 
 /* Process-wide monotonic clock in ns. */
@@ -133,6 +139,10 @@ void gla_ledger_add_wait(gla_thread *t, gla_wait_kind kind, uint64_t ns);
  * now_ns - start to the kind given at begin. */
 void gla_ledger_wait_begin(gla_thread *t, gla_wait_kind kind, uint64_t now_ns);
 void gla_ledger_wait_end(gla_thread *t, uint64_t now_ns);
+
+/* Adds one exactly measured GIL drop (process-wide sample): the run-queue time of the
+ * dropping thread inside drop_gil (preempted by the waiter it woke). */
+void gla_ledger_add_drop_sample(uint64_t runq_ns);
 
 /* Adds one exactly measured contended GIL take (process-wide sample): its kernel cpu
  * and run-queue time and the wake-up tail the hook noted for it. */

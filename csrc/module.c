@@ -218,14 +218,16 @@ static PyObject *py_capabilities(PyObject *self, PyObject *args)
 #define U(x) ((unsigned long long)(x))
 static PyObject *sample_tuple(const gla_sample *s)
 {
-    return Py_BuildValue("(iiisKKKKKKKKKKKKKKKKKKiKKKKKK)", (int)s->tid, s->alive, s->registered, s->name,
+    return Py_BuildValue("(iiisKKKKKKKKKKKKKKKKKKiKKKKKKKKKK)", (int)s->tid, s->alive, s->registered, s->name,
                          U(s->start_ns), U(s->wall_ns), U(s->cpu_ns), U(s->runq_ns),
                          U(s->gil_wait_ns), U(s->lock_wait_ns), U(s->idle_ns), U(s->io_wait_ns),
                          U(s->overlap_ns), U(s->raw_cpu_ns), U(s->raw_runq_ns),
                          U(s->raw_gil_wait_ns), U(s->raw_lock_wait_ns), U(s->raw_idle_ns),
                          U(s->gil_tail_ns), U(s->lock_cpu_ns), U(s->lock_runq_ns), U(s->serial), s->waiting, U(s->gil_held_ns),
                          U(s->gil_takes), U(s->take_samples), U(s->take_sample_cpu_ns),
-                         U(s->take_sample_runq_ns), U(s->take_sample_tail_ns));
+                         U(s->take_sample_runq_ns), U(s->take_sample_tail_ns),
+                         U(s->switch_tail_ns), U(s->gil_drops), U(s->drop_samples),
+                         U(s->drop_sample_runq_ns));
 }
 
 /* read() -> (now_ns, [sample tuples]) ; tuple fields as in SAMPLE_FIELDS (Python side). */
@@ -285,11 +287,17 @@ static PyObject *py_finish(PyObject *self, PyObject *args)
     gla_sample s;
     memset(&s, 0, sizeof s);
     unsigned long long wall, cpu, runq, gil, lock, idle, tail, lock_cpu, lock_runq, takes,
-        samples, sample_cpu, sample_runq, sample_tail;
-    if (!PyArg_ParseTuple(args, "KKKKKKKKKKKKKK", &wall, &cpu, &runq, &gil, &lock, &idle, &tail,
-                          &lock_cpu, &lock_runq, &takes, &samples, &sample_cpu, &sample_runq,
-                          &sample_tail))
+        samples, sample_cpu, sample_runq, sample_tail, switch_tail, drops, drop_samples,
+        drop_runq;
+    if (!PyArg_ParseTuple(args, "KKKKKKKKKKKKKKKKKK", &wall, &cpu, &runq, &gil, &lock, &idle,
+                          &tail, &lock_cpu, &lock_runq, &takes, &samples, &sample_cpu,
+                          &sample_runq, &sample_tail, &switch_tail, &drops, &drop_samples,
+                          &drop_runq))
         return NULL;
+    s.gil_drops = drops;
+    s.drop_samples = drop_samples;
+    s.drop_sample_runq_ns = drop_runq;
+    s.switch_tail_ns = switch_tail;
     s.take_sample_tail_ns = sample_tail;
     s.gil_takes = takes;
     s.take_samples = samples;

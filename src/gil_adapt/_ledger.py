@@ -25,13 +25,15 @@ _FIELDS = ("tid", "alive", "registered", "os_name", "start_ns", "wall_ns", "cpu_
            "raw_cpu_ns", "raw_runq_ns", "raw_gil_wait_ns", "raw_lock_wait_ns", "raw_idle_ns",
            "gil_tail_ns", "lock_cpu_ns", "lock_runq_ns", "serial", "waiting", "gil_held_ns",
            "gil_takes", "take_samples", "take_sample_cpu_ns", "take_sample_runq_ns",
-           "take_sample_tail_ns")
+           "take_sample_tail_ns", "switch_tail_ns", "gil_drops", "drop_samples",
+           "drop_sample_runq_ns")
 # What a thread is waiting for at the instant of a snapshot (the "waiting" field).
 WAITING = {-1: None, 0: "gil", 1: "lock", 2: "idle"}
 # Inputs of the partition, in the order _core.finish takes them (after wall_ns).
 _RAW = ("raw_cpu_ns", "raw_runq_ns", "raw_gil_wait_ns", "raw_lock_wait_ns", "raw_idle_ns",
         "gil_tail_ns", "lock_cpu_ns", "lock_runq_ns", "gil_takes", "take_samples",
-        "take_sample_cpu_ns", "take_sample_runq_ns", "take_sample_tail_ns")
+        "take_sample_cpu_ns", "take_sample_runq_ns", "take_sample_tail_ns", "switch_tail_ns",
+        "gil_drops", "drop_samples", "drop_sample_runq_ns")
 
 _install_lock = threading.Lock()
 _install_rc: Optional[int] = None

@@ -92,13 +92,18 @@ static void test_partition_random(void)
             s.take_sample_cpu_ns = rnd(&seed) % (100 * MS);
             s.take_sample_runq_ns = rnd(&seed) % (100 * MS);
             s.take_sample_tail_ns = rnd(&seed) % (100 * MS);
+            s.switch_tail_ns = rnd(&seed) % (s.raw_gil_wait_ns + 1);
+            s.gil_drops = rnd(&seed) % 1000;
+            s.drop_samples = 1 + rnd(&seed) % 50;
+            s.drop_sample_runq_ns = rnd(&seed) % (10 * MS);
         }
         gla_sample_finish(&s);
         CHECK(states_sum(&s) == s.wall_ns, "case %d: states %llu != wall %llu", i,
               (unsigned long long)states_sum(&s), (unsigned long long)s.wall_ns);
+        /* Only the hand-off's run-queue time may move into gil_wait. */
         CHECK(s.cpu_ns <= s.raw_cpu_ns && s.runq_ns <= s.raw_runq_ns &&
-                  s.gil_wait_ns <= s.raw_gil_wait_ns && s.lock_wait_ns <= s.raw_lock_wait_ns &&
-                  s.idle_ns <= s.raw_idle_ns,
+                  s.gil_wait_ns + s.runq_ns <= s.raw_gil_wait_ns + s.raw_runq_ns &&
+                  s.lock_wait_ns <= s.raw_lock_wait_ns && s.idle_ns <= s.raw_idle_ns,
               "case %d: a state grew in the partition", i);
         if (g_failures > 10)
             return;
@@ -139,6 +144,16 @@ static void test_partition_cases(void)
     CHECK(s.runq_ns == 30 * MS && s.cpu_ns == 95 * MS && s.io_wait_ns == 475 * MS,
           "sampled: runq=%llu cpu=%llu io=%llu", (unsigned long long)s.runq_ns,
           (unsigned long long)s.cpu_ns, (unsigned long long)s.io_wait_ns);
+
+    /* Sampled drops: 0.2 ms of run-queue per drop (preempted by the woken waiter), 100
+     * drops: 20 ms of the remaining 30 ms run-queue time is the hand-off: GIL wait. */
+    s.gil_drops = 100;
+    s.drop_samples = 5;
+    s.drop_sample_runq_ns = 1 * MS;
+    gla_sample_finish(&s);
+    CHECK(s.runq_ns == 10 * MS && s.gil_wait_ns == 420 * MS && s.io_wait_ns == 475 * MS,
+          "drops: runq=%llu gil=%llu io=%llu", (unsigned long long)s.runq_ns,
+          (unsigned long long)s.gil_wait_ns, (unsigned long long)s.io_wait_ns);
 
     /* Sleeper with a lock wait whose inner run-queue delay is known exactly. */
     memset(&s, 0, sizeof s);
