@@ -10,6 +10,7 @@ load from other processes hits both alike), the garbage collector runs before ea
 and the figure is the ratio of the medians.
 
   python benchmarks/dispatch_overhead.py [--tasks 100000] [--reps 5] [--patterns batch,map]
+      [--max-workers N]   (AdaptiveExecutor(max_workers=N); default: its own default)
 """
 from __future__ import annotations
 
@@ -58,10 +59,7 @@ def pingpong(ex: cf.Executor, n: int) -> float:
 PATTERNS: Dict[str, Callable[[cf.Executor, int], float]] = {
     "batch": batch, "map": mapped, "pingpong": pingpong}
 
-EXECUTORS: Dict[str, Callable[[], cf.Executor]] = {
-    "AdaptiveExecutor()": lambda: AdaptiveExecutor(),
-    "ThreadPoolExecutor(4)": lambda: cf.ThreadPoolExecutor(4),
-}
+TPE = "ThreadPoolExecutor(4)"
 
 
 def measure(make: Callable[[], cf.Executor], pattern: Callable[[cf.Executor, int], float],
@@ -81,23 +79,29 @@ def main() -> int:
     ap.add_argument("--tasks", type=int, default=100_000)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--patterns", default="batch,map,pingpong")
+    ap.add_argument("--max-workers", type=int, default=None)
     args = ap.parse_args()
+    ada = f"AdaptiveExecutor({'' if args.max_workers is None else args.max_workers})"
+    executors: Dict[str, Callable[[], cf.Executor]] = {
+        ada: lambda: AdaptiveExecutor(args.max_workers),
+        TPE: lambda: cf.ThreadPoolExecutor(4),
+    }
     print(f"Python {sys.version.split()[0]}, {args.tasks} no-op tasks, {args.reps} alternating "
           f"repetitions per executor, median seconds")
     worst = None
     for name in args.patterns.split(","):
         pattern = PATTERNS[name]
         n = args.tasks if name != "pingpong" else max(1, args.tasks // 5)
-        times: Dict[str, List[float]] = {k: [] for k in EXECUTORS}
+        times: Dict[str, List[float]] = {k: [] for k in executors}
         for _ in range(args.reps):
-            for label, make in EXECUTORS.items():
+            for label, make in executors.items():
                 times[label].append(measure(make, pattern, n))
         med = {k: statistics.median(v) for k, v in times.items()}
-        ratio = med["ThreadPoolExecutor(4)"] / med["AdaptiveExecutor()"]
+        ratio = med[TPE] / med[ada]
         print(f"{name:9s} n={n:<7d} " + "  ".join(
             f"{k}: {v:.3f} s ({n / v / 1000:.0f} k/s, spread {min(times[k]):.3f}-"
             f"{max(times[k]):.3f})" for k, v in med.items()))
-        print(f"{'':9s} ratio ThreadPoolExecutor(4) / AdaptiveExecutor() = {ratio:.2f}x")
+        print(f"{'':9s} ratio {TPE} / {ada} = {ratio:.2f}x")
         if name == "batch":
             worst = ratio
     if worst is not None:

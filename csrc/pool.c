@@ -8,8 +8,12 @@
  *             when they finish a task)
  *   effective = live + starting - retiring - retire_pending: what the pool is heading to.
  * A worker is on the idle stack only while it waits in its own condition variable; the
- * one who takes it off (submit, a retire, shutdown) sets woken and signals it, so no
- * wake-up is lost or wasted. submit signals after unlocking (the woken worker does not
+ * one who takes it off (wake_next_locked for queued tasks, a retire, shutdown) sets woken
+ * and signals it, so no wake-up is lost. Tasks always go through the queue; wake-ups for
+ * them are serialized (see wake_next_locked). Without a policy the pool grows as ThreadPoolExecutor does:
+ * each finished task leaves a credit, a submit spends one if there is any, and starts a
+ * worker (below the target) only if there is none — growth only while submits outpace
+ * completions. submit signals after unlocking (the woken worker does not
  * then block on the mutex at once); that is safe because worker structs are never freed
  * while the pool lives: a worker that leaves puts its struct on the spare list, and a
  * late signal to a reused struct is a spurious wake-up the wait loop absorbs.
@@ -39,8 +43,8 @@ typedef struct worker {
     struct worker *idle_up, *idle_down; /* towards the top / the bottom of the stack */
     gla_pool *pool;
     pthread_cond_t cond;
-    gla_pool_task *handoff; /* under mu */
     int woken;              /* under mu */
+    int wake_for_work;      /* under mu: woken because tasks wait (counted in wakes_in_flight) */
     int retire;             /* under mu */
     int on_idle;            /* under mu */
     unsigned index;
@@ -69,8 +73,10 @@ struct gla_pool {
     worker *spare; /* structs of workers that left, for reuse (freed by destroy) */
     worker *idle_top, *idle_bottom;
     int n_idle;
+    int wakes_in_flight; /* idle workers woken for queued tasks, not yet running one */
 
     int live, starting, retiring, retire_pending, target;
+    long idle_credit; /* without a policy: completions not yet matched by a submit */
     int shutdown, broken;
     unsigned next_index;
     int inject_failures;
@@ -242,11 +248,10 @@ static void idle_remove(gla_pool *p, worker *w)
     p->n_idle--;
 }
 
-/* Takes an idle worker off the stack and wakes it with a task (or NULL). */
-static void wake_worker(gla_pool *p, worker *w, gla_pool_task *t)
+/* Takes an idle worker off the stack and wakes it (to leave: retire or shutdown). */
+static void wake_worker(gla_pool *p, worker *w)
 {
     idle_remove(p, w);
-    w->handoff = t;
     w->woken = 1;
     pthread_cond_signal(&w->cond);
 }
@@ -254,7 +259,26 @@ static void wake_worker(gla_pool *p, worker *w, gla_pool_task *t)
 static void wake_all_idle(gla_pool *p)
 {
     while (p->idle_top)
-        wake_worker(p, p->idle_top, NULL);
+        wake_worker(p, p->idle_top);
+}
+
+/* Wake-ups for queued tasks go one at a time, as in CPython's SimpleQueue: an idle
+ * worker (the most recently idled) is woken only when tasks wait and no other woken
+ * worker is still on its way to the GIL; it wakes the next one once it holds the GIL.
+ * Waking one worker per task instead makes every queued task one more thread fighting
+ * for the GIL, while workers that already hold it find the queue empty. Returns the
+ * worker to signal (the caller signals, possibly after unlocking: structs are never
+ * freed while the pool lives), or NULL. */
+static worker *wake_next_locked(gla_pool *p)
+{
+    if (p->queue_len == 0 || !p->idle_top || p->wakes_in_flight > 0)
+        return NULL;
+    worker *w = p->idle_top;
+    idle_remove(p, w);
+    w->woken = 1;
+    w->wake_for_work = 1;
+    p->wakes_in_flight++;
+    return w;
 }
 
 /* Applies a target: retires idle workers (longest idle first) and asks busy ones to
@@ -272,7 +296,7 @@ static int apply_target_locked(gla_pool *p, int target)
             worker *w = p->idle_bottom;
             w->retire = 1;
             p->retiring++;
-            wake_worker(p, w, NULL);
+            wake_worker(p, w);
             k--;
         }
         p->retire_pending += k;
@@ -441,6 +465,7 @@ static void *worker_main(void *arg)
     p->all = w;
 
     int holding = 1;
+    int woke_for_work = 0; /* woken for queued tasks: pass the wake on once running */
     edge e;
     cpu_clock cc;
     read_edge(rec, &e);
@@ -456,6 +481,10 @@ static void *worker_main(void *arg)
         }
         gla_pool_task *t = queue_pop(p);
         if (!t) {
+            if (woke_for_work) { /* a running worker took it first */
+                p->wakes_in_flight--;
+                woke_for_work = 0;
+            }
             if (p->shutdown)
                 break;
             if (holding) {
@@ -497,10 +526,9 @@ static void *worker_main(void *arg)
             if (rec)
                 gla_ledger_wait_end(rec, t1);
             add_owned(&w->idle_ns, t1 - t0);
-            t = w->handoff;
-            w->handoff = NULL;
-            if (!t)
-                continue; /* retire or shutdown: decided at the top */
+            woke_for_work = w->wake_for_work;
+            w->wake_for_work = 0;
+            continue; /* take a task, or leave: decided at the top */
         }
         pthread_mutex_unlock(&p->mu);
         if (!holding) {
@@ -513,6 +541,16 @@ static void *worker_main(void *arg)
             }
             holding = 1;
         }
+        if (woke_for_work && pthread_mutex_trylock(&p->mu) == 0) {
+            /* We hold the GIL now: the next idle worker may come if tasks wait. (When
+             * the mutex is busy this is done after the task, under its lock.) */
+            p->wakes_in_flight--;
+            woke_for_work = 0;
+            worker *next = wake_next_locked(p);
+            pthread_mutex_unlock(&p->mu);
+            if (next)
+                pthread_cond_signal(&next->cond);
+        }
         if (h->run)
             h->run(ctx, wdata, t);
         edge e2;
@@ -520,7 +558,30 @@ static void *worker_main(void *arg)
         account_task(w, &e, &e2);
         cpu_edge(w, &cc, e2.mono);
         e = e2;
-        pthread_mutex_lock(&p->mu);
+        if (pthread_mutex_trylock(&p->mu) != 0) {
+            /* Never sleep on the pool's mutex holding what enter took (the GIL): if its
+             * holder is preempted, every thread would queue behind us (a convoy). */
+            cpu_flush(w, &cc, gla_now_ns());
+            if (h->pause)
+                h->pause(ctx, wdata);
+            holding = 0;
+            pthread_mutex_lock(&p->mu);
+        }
+        if (woke_for_work) {
+            p->wakes_in_flight--;
+            woke_for_work = 0;
+            worker *next = wake_next_locked(p);
+            if (next)
+                pthread_cond_signal(&next->cond);
+        }
+        if (!p->cfg.policy)
+            p->idle_credit++;
+    }
+    if (woke_for_work) { /* leaving with a wake we did not use: pass it on */
+        p->wakes_in_flight--;
+        worker *next = wake_next_locked(p);
+        if (next)
+            pthread_cond_signal(&next->cond);
     }
     /* Leaving (mu held). Take back what pause released before unregistering, so that a
      * thread waiting for the pool to empty cannot go on before we are done with it. */
@@ -569,8 +630,7 @@ static int spawn(gla_pool *p)
         /* Fresh figures; the condition variable is kept across reuse. */
         w->all_prev = w->all_next = w->idle_up = w->idle_down = NULL;
         w->pool = p;
-        w->handoff = NULL;
-        w->woken = w->retire = w->on_idle = 0;
+        w->woken = w->retire = w->on_idle = w->wake_for_work = 0;
         w->index = index;
         w->tid = 0;
         atomic_store(&w->completed, 0);
@@ -914,9 +974,14 @@ gla_pool *gla_pool_create(const gla_pool_config *cfg)
     return p;
 }
 
-int gla_pool_submit(gla_pool *p, gla_pool_task *t)
+static int submit_impl(gla_pool *p, gla_pool_task *t, int try_only)
 {
-    pthread_mutex_lock(&p->mu);
+    if (try_only) {
+        if (pthread_mutex_trylock(&p->mu) != 0)
+            return -EBUSY;
+    } else {
+        pthread_mutex_lock(&p->mu);
+    }
     if (p->broken) {
         pthread_mutex_unlock(&p->mu);
         return -EPIPE;
@@ -930,26 +995,27 @@ int gla_pool_submit(gla_pool *p, gla_pool_task *t)
         p->monitor_parked = 0;
         pthread_cond_signal(&p->monitor_cond);
     }
-    if (p->idle_top) {
-        worker *w = p->idle_top;
-        idle_remove(p, w);
-        w->handoff = t;
-        w->woken = 1;
-        pthread_mutex_unlock(&p->mu);
-        pthread_cond_signal(&w->cond);
-        return 0;
+    int credit = 0;
+    if (!p->cfg.policy && p->idle_credit > 0) {
+        p->idle_credit--;
+        credit = 1;
     }
     queue_append(p, t);
+    worker *next = NULL;
     int start = 0;
-    if (p->retire_pending > 0) {
+    if (p->idle_top) {
+        next = wake_next_locked(p);
+    } else if (p->retire_pending > 0) {
         /* A worker about to leave is still needed: keep it. */
         p->retire_pending--;
-    } else if (effective_locked(p) < p->target) {
+    } else if (!credit && effective_locked(p) < p->target) {
         p->starting++;
         start = 1;
     }
     int need_monitor = p->cfg.policy && !p->monitor_started;
     pthread_mutex_unlock(&p->mu);
+    if (next)
+        pthread_cond_signal(&next->cond); /* after unlocking: see the top of this file */
     if (need_monitor)
         ensure_monitor(p);
     if (!start)
@@ -966,6 +1032,16 @@ int gla_pool_submit(gla_pool *p, gla_pool_task *t)
     }
     pthread_mutex_unlock(&p->mu);
     return 0;
+}
+
+int gla_pool_submit(gla_pool *p, gla_pool_task *t)
+{
+    return submit_impl(p, t, 0);
+}
+
+int gla_pool_try_submit(gla_pool *p, gla_pool_task *t)
+{
+    return submit_impl(p, t, 1);
 }
 
 void gla_pool_shutdown(gla_pool *p, int cancel, gla_pool_task **cancelled)
@@ -1149,6 +1225,7 @@ gla_pool_task *gla_pool_reset_after_fork(gla_pool *p)
     gla_pool_task *list = queue_detach(p);
     p->all = p->idle_top = p->idle_bottom = NULL;
     p->n_idle = p->live = p->starting = p->retiring = p->retire_pending = 0;
+    p->wakes_in_flight = 0;
     p->monitor_started = p->monitor_stop = p->monitor_parked = p->monitor_join_claimed = 0;
     p->submitted = p->started = p->retired = p->start_failures = 0;
     memset(&p->gone, 0, sizeof p->gone);

@@ -6,10 +6,13 @@
  * on worker threads it starts and retires itself, between min_workers and max_workers,
  * at the size a policy callback picks once per measurement window.
  *
- * Queue and hand-off. gla_pool_submit appends a task to a FIFO, or hands it straight to
- * the most recently idled worker (a LIFO stack of idle workers, each with its own
- * condition variable: one wake-up per task, never a thundering herd, and the idle
- * workers left at the bottom are the ones retired first). A task is never dropped: it
+ * Queue and wake-ups. gla_pool_submit appends a task to a FIFO. Idle workers wait on a
+ * LIFO stack, each on its own condition variable (no thundering herd; the workers left
+ * at the bottom are retired first). Wake-ups are serialized as in CPython's SimpleQueue:
+ * a submit wakes the most recently idled worker only if no woken worker is still on its
+ * way to the GIL, and a woken worker wakes the next once it holds the GIL and tasks still
+ * wait; running workers take queued tasks themselves. (One wake-up per task made every
+ * queued task one more GIL contender: hundreds of threads on one core collapsed.) A task is never dropped: it
  * is run exactly once by a worker, or given back to the caller by gla_pool_shutdown
  * (cancel) / gla_pool_break / gla_pool_reset_after_fork.
  *
@@ -46,7 +49,11 @@
  * Locking. One mutex per pool guards the queue, the idle stack and the counts. A caller
  * that holds an interpreter lock may call submit/shutdown/stats (lock order: interpreter
  * lock, then pool mutex); hooks are never called with the pool mutex held, and the pool
- * never waits for an interpreter lock while holding it. Per-task counters are written by
+ * never waits for an interpreter lock while holding it. On the hot paths nobody sleeps on
+ * the mutex while holding the interpreter lock: a worker that finds it busy after a task
+ * pauses first, and gla_pool_try_submit lets a binding release its lock before blocking
+ * (with hundreds of threads on one core, a preempted mutex holder would otherwise stall
+ * every Python thread behind the GIL holder). Per-task counters are written by
  * their worker only (relaxed atomics) and summed by the monitor.
  *
  * fork(): in the child only the forking thread exists; gla_pool_reset_after_fork
@@ -140,7 +147,8 @@ typedef struct {
     char name[GLA_POOL_NAME_LEN]; /* OS thread names: "<name>_<index>", cut to 15 chars */
     gla_pool_hooks hooks;
     void *ctx;
-    gla_pool_policy_fn policy; /* NULL: hold the target (no monitor thread) */
+    gla_pool_policy_fn policy; /* NULL: hold the target, grow as ThreadPoolExecutor
+                                  (a worker per submit not matched by a completion) */
     void *policy_ctx;
 } gla_pool_config;
 
@@ -170,6 +178,11 @@ gla_pool *gla_pool_create(const gla_pool_config *cfg);
  * broken, -errno (EAGAIN, ENOMEM, ...) when the pool has no worker and none could be
  * started: in every error case the task was not taken. */
 int gla_pool_submit(gla_pool *p, gla_pool_task *task);
+
+/* The same, but returns -EBUSY at once (task not taken) when the pool's mutex is held:
+ * a caller holding an interpreter lock tries this first and, on -EBUSY, releases that
+ * lock around gla_pool_submit — it never sleeps on the mutex holding the GIL. */
+int gla_pool_try_submit(gla_pool *p, gla_pool_task *task);
 
 /* Stops accepting tasks. With cancel, queued tasks are detached and returned as a list
  * (*cancelled, may be NULL) for the caller to cancel; otherwise the workers run them all

@@ -858,7 +858,12 @@ static PyObject *Exec_submit(ExecObject *self, PyObject *const *args, Py_ssize_t
     t->kwnames = nkw ? Py_NewRef(kwnames) : NULL;
     for (Py_ssize_t i = 0; i < npos + nkw; i++)
         t->args[i] = Py_NewRef(args[1 + i]);
-    int rc = gla_pool_submit(po->pool, &t->link);
+    int rc = gla_pool_try_submit(po->pool, &t->link);
+    if (rc == -EBUSY) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = gla_pool_submit(po->pool, &t->link);
+        Py_END_ALLOW_THREADS
+    }
     if (rc < 0) {
         task_free(t);
         Py_DECREF(future);

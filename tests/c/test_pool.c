@@ -41,6 +41,7 @@ static _Atomic int g_total;
 static _Atomic int g_gate_open;
 static _Atomic int g_running_now, g_running_max;
 static _Atomic int g_enter, g_leave, g_pause, g_resume, g_enter_fail_at = -1;
+static _Atomic int g_alive; /* worker threads between enter and the end of leave */
 static gla_pool *g_self_pool;
 static _Atomic int g_self_checks;
 
@@ -54,6 +55,7 @@ static int h_enter(void *ctx, void **wdata, unsigned index)
 {
     (void)ctx;
     *wdata = (void *)(uintptr_t)(index + 1);
+    atomic_fetch_add(&g_alive, 1);
     atomic_fetch_add(&g_enter, 1);
     if ((int)index == atomic_load(&g_enter_fail_at))
         return GLA_POOL_ENTER_FAIL_HELD;
@@ -105,6 +107,7 @@ static void h_leave(void *ctx, void *wdata, int holding)
     (void)wdata;
     (void)holding;
     atomic_fetch_add(&g_leave, 1);
+    atomic_fetch_sub(&g_alive, 1);
 }
 
 /* leave runs after a worker unregistered (it may free the pool's owner): wait for it. */
@@ -118,6 +121,10 @@ static int leaves_match(void)
 
 static void reset_counts(void)
 {
+    /* Workers of the previous test may still be in leave (after their pool was freed). */
+    uint64_t end = gla_now_ns() + 5000000000ull;
+    while (atomic_load(&g_alive) > 0 && gla_now_ns() < end)
+        sleep_us(500);
     for (int i = 0; i < NTASKS; i++)
         atomic_store(&g_runs[i], 0);
     atomic_store(&g_total, 0);
