@@ -15,14 +15,16 @@ interpreter exit pending tasks complete before the workers are joined.
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
 import itertools
 import logging
 import math
 import os
 import sys
 import threading
+import time
 from concurrent.futures.thread import BrokenThreadPool
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 from . import _core, _ledger
 
@@ -176,6 +178,22 @@ def _thread_hooks(prefix: str, initializer: Optional[Callable[..., Any]],
     return start, _unregister_thread
 
 
+def _result_or_cancel(fut: concurrent.futures.Future, timeout: Optional[float] = None) -> Any:
+    """fut.result(timeout); cancels fut when that raises (as Executor.map's helper does, whose
+    cancel after a successful result is a no-op on a done future, skipped here)."""
+    try:
+        return fut.result(timeout)
+    except BaseException:
+        fut.cancel()
+        raise
+    finally:
+        del fut  # break a reference cycle with the exception
+
+
+# Executor.map's own signature (Python 3.14 adds buffersize: keep the base one there).
+_OWN_MAP = "buffersize" not in inspect.signature(concurrent.futures.Executor.map).parameters
+
+
 def _check_count(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
@@ -245,6 +263,32 @@ class AdaptiveExecutor(_core.ExecutorBase, concurrent.futures.Executor):
                   "on" if adaptive else "off (fixed target = max_workers)")
 
     # submit(fn, /, *args, **kwargs) is _core.ExecutorBase.submit (C).
+
+    if _OWN_MAP:
+
+        def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
+                timeout: Optional[float] = None, chunksize: int = 1) -> Iterator[Any]:
+            # Executor.map, less one condition acquire per result (see _result_or_cancel).
+            if timeout is not None:
+                end_time = timeout + time.monotonic()
+            submit = self.submit
+            fs = [submit(fn, *args) for args in zip(*iterables)]
+
+            def result_iterator() -> Iterator[Any]:
+                try:
+                    fs.reverse()  # keep finishing order
+                    while fs:
+                        if timeout is None:
+                            yield _result_or_cancel(fs.pop())
+                        else:
+                            yield _result_or_cancel(fs.pop(), end_time - time.monotonic())
+                finally:
+                    for future in fs:
+                        future.cancel()
+
+            return result_iterator()
+
+        map.__doc__ = concurrent.futures.Executor.map.__doc__
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stops accepting tasks; with cancel_futures, cancels those not started yet.
