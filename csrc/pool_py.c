@@ -528,6 +528,10 @@ static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (min_w < 1 || max_w < min_w)
         return PyErr_Format(PyExc_ValueError,
                             "need 1 <= min_workers <= max_workers (got %d, %d)", min_w, max_w);
+    if (PyInterpreterState_Get() != PyInterpreterState_Main())
+        /* Workers attach with PyGILState_Ensure, which knows the main interpreter only. */
+        return PyErr_Format(PyExc_RuntimeError,
+                            "gil_adapt executor pools run in the main interpreter only");
     if (stack < 0)
         return PyErr_Format(PyExc_ValueError, "stack_size must be >= 0");
     if (!g_future_type) {
