@@ -482,6 +482,7 @@ static double py_policy(void *pctx, const gla_pool_window *w, gla_pool_decision 
     cw.task_cpu_s = w->task_cpu_s;
     cw.task_gil_wait_s = w->task_gil_wait_s;
     cw.task_wall_s = w->task_wall_s;
+    cw.task_gil_held_s = w->task_gil_held_s;
     cw.beta = w->beta;
     cw.runq_share = w->runq_share;
     cw.workers = w->workers;

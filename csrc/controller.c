@@ -1,0 +1,247 @@
+/* controller.c — see controller.h for the contract and the method. */
+#include "controller.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#define MARGIN 1.15            /* Little's-law size headroom for task-time variance */
+#define GAIN 1.04              /* a probe up must raise throughput by 4 % */
+#define KEEP 0.98              /* a probe down may lose at most 2 % */
+#define PHASE_CHANGE 1.33      /* Little's-law size moving by a third: re-size */
+#define MIN_TASKS 8.0          /* fewer completions than this: the window says nothing */
+#define STEADY_FIRST 4         /* windows between probes, doubling up to STEADY_MAX */
+#define STEADY_MAX 32
+#define VETO_WINDOWS 24        /* a refused step up is not retried for this long */
+#define MIN_TASK_S 20e-6       /* per-task floor: the executor's own cost */
+
+static int clamp(const gla_ctl *c, double n)
+{
+    if (!(n == n)) /* NaN */
+        return c->target;
+    if (n < c->min_workers)
+        return c->min_workers;
+    if (n > c->max_workers)
+        return c->max_workers;
+    return (int)n;
+}
+
+int gla_ctl_init(gla_ctl *c, int min_workers, int max_workers, double usable_cores)
+{
+    if (!c || min_workers < 1 || max_workers < min_workers || !(usable_cores > 0))
+        return -EINVAL;
+    memset(c, 0, sizeof *c);
+    c->min_workers = min_workers;
+    c->max_workers = max_workers;
+    c->usable_cores = usable_cores;
+    c->target = min_workers;
+    c->base = min_workers;
+    c->phase = GLA_CTL_SETTLE;
+    c->steady_backoff = STEADY_FIRST;
+    return 0;
+}
+
+double gla_ctl_little_size(const gla_ctl_window *w, double usable_cores)
+{
+    if (w->completed < 1 || !(w->task_wall_s > 0) || !(w->task_cpu_s >= 0))
+        return 0;
+    double cores = w->usable_cores > 0 ? w->usable_cores : usable_cores;
+    double cpu = w->task_cpu_s;
+    double held = w->task_gil_held_s > 0 ? w->task_gil_held_s : cpu;
+    if (held > cpu && cpu > 0)
+        held = cpu;
+    if (held < MIN_TASK_S)
+        held = MIN_TASK_S;
+    double native = cpu > held ? cpu - held : 0;
+    double gil_wait = w->task_gil_wait_s > 0 ? w->task_gil_wait_s : 0;
+    double runq = w->runq_share > 0 ? w->runq_share * w->task_wall_s : 0;
+    double io = w->task_wall_s - cpu - gil_wait - runq;
+    if (io < 0)
+        io = 0;
+    double bound = 1.0 / held;                    /* one GIL */
+    if (cores / (held + native) < bound)          /* the cores */
+        bound = cores / (held + native);
+    return bound * (held + native + io) * MARGIN;
+}
+
+static void say(gla_ctl_decision *d, gla_ctl_action a, const char *fmt, double x, double y)
+{
+    d->action = a;
+    snprintf(d->reason, sizeof d->reason, fmt, x, y);
+}
+
+/* Moves to a new base size and waits one window before judging it. */
+static void set_base(gla_ctl *c, int n)
+{
+    c->target = n;
+    c->base = n;
+    c->base_rate = 0;
+    c->phase = GLA_CTL_SETTLE;
+}
+
+gla_ctl_decision gla_ctl_step(gla_ctl *c, const gla_ctl_window *w)
+{
+    gla_ctl_decision d;
+    memset(&d, 0, sizeof d);
+    d.action = GLA_CTL_HOLD;
+    if (w->usable_cores > 0)
+        c->usable_cores = w->usable_cores;
+    if (c->veto_windows > 0 && --c->veto_windows == 0)
+        c->veto_above = 0;
+    double rate = w->window_s > 0 ? w->completed / w->window_s : 0;
+    if (w->completed >= 1) {
+        c->rate_ewma = c->rate_ewma > 0 ? 0.7 * c->rate_ewma + 0.3 * rate : rate;
+        if (w->task_wall_s > 0)
+            c->wall_ewma = c->wall_ewma > 0 ? 0.7 * c->wall_ewma + 0.3 * w->task_wall_s : w->task_wall_s;
+    }
+    /* 1. Little's law: size at once on start and on a phase change (one finished task
+     * is enough to know the demands roughly; the estimate sharpens as more finish). */
+    double little = gla_ctl_little_size(w, c->usable_cores);
+    if (little > 0) {
+        double prev = c->little_size;
+        c->little_size = little;
+        int changed = prev <= 0 || little > prev * PHASE_CHANGE || little * PHASE_CHANGE < prev;
+        if (changed) {
+            int n = clamp(c, ceil(little));
+            if (n != c->target) {
+                int grew = n > c->target;
+                set_base(c, n);
+                c->veto_above = 0;
+                say(&d, grew ? GLA_CTL_GROW : GLA_CTL_SHRINK,
+                    prev <= 0 ? "sized from task demands (Little's law): %.1f workers (was %.0f)"
+                              : "task demands changed: re-sized to %.1f workers (was %.0f)",
+                    little, prev > 0 ? prev : 0.0);
+                d.target = c->target;
+                return d;
+            }
+        }
+    }
+    if (w->completed < MIN_TASKS) {
+        /* Too little finished to compare throughputs. With work queued and nothing done
+         * the size may be far too small (long tasks): double it. */
+        if (w->queue_length > 0 && w->completed < 1 && c->target < c->max_workers &&
+            w->busy >= c->target) {
+            int n = clamp(c, c->target * 2.0);
+            set_base(c, n);
+            say(&d, GLA_CTL_GROW, "tasks queued and none finished in %.2f s: doubling to %.0f",
+                w->window_s, (double)n);
+        } else {
+            snprintf(d.reason, sizeof d.reason, "%.0f tasks in the window: too few to judge", w->completed);
+        }
+        d.target = c->target;
+        return d;
+    }
+    int demand_limited = w->queue_length <= 0 && w->busy < w->workers;
+
+    /* 2. Refine on measured throughput (only while tasks wait: otherwise the rate is
+     * the demand's, not the pool's). */
+    if (demand_limited) {
+        c->phase = GLA_CTL_STEADY;
+        c->steady_windows = c->steady_backoff;
+        c->base_rate = 0;
+        if (c->target != c->base)
+            c->target = c->base;
+        snprintf(d.reason, sizeof d.reason, "demand below capacity (%d of %d workers busy, queue empty)",
+                 w->busy, w->workers);
+        d.target = c->target;
+        return d;
+    }
+    switch (c->phase) {
+    case GLA_CTL_SETTLE:
+        c->base_rate = rate;
+        c->phase = GLA_CTL_PROBE_UP;
+        __attribute__((fallthrough)); /* probe at once */
+    case GLA_CTL_PROBE_UP: {
+        if (c->target != c->base) {
+            /* judge the step up */
+            if (rate > c->base_rate * GAIN) {
+                c->base = c->target;
+                c->base_rate = rate;
+                c->steady_backoff = STEADY_FIRST;
+            } else {
+                c->veto_above = c->base;
+                c->veto_windows = VETO_WINDOWS;
+                c->target = c->base;
+                c->phase = GLA_CTL_PROBE_DOWN;
+                say(&d, GLA_CTL_VETO, "growth to more workers raised throughput only %.1f %% (beta %.2f): kept the size",
+                    c->base_rate > 0 ? (rate / c->base_rate - 1) * 100 : 0, w->beta);
+                d.target = c->target;
+                return d;
+            }
+        }
+        int up = clamp(c, ceil(c->base * 1.25));
+        if (up == c->base) {
+            c->phase = GLA_CTL_PROBE_DOWN;
+        } else if (c->veto_above && up > c->veto_above) {
+            c->phase = GLA_CTL_PROBE_DOWN;
+            say(&d, GLA_CTL_VETO, "growth past %.0f workers refused %.0f windows ago",
+                (double)c->veto_above, (double)(VETO_WINDOWS - c->veto_windows));
+            d.target = c->target;
+            return d;
+        } else {
+            c->target = up;
+            say(&d, GLA_CTL_GROW, "probing %.0f workers (throughput %.1f tasks/s)", (double)up, c->base_rate);
+            d.target = c->target;
+            return d;
+        }
+        __attribute__((fallthrough));
+    }
+    case GLA_CTL_PROBE_DOWN: {
+        /* Only back toward the demand-based size: below it throughput must fall. */
+        int floor_size = clamp(c, ceil(c->little_size / MARGIN));
+        if (c->target != c->base) {
+            if (rate >= c->base_rate * KEEP) {
+                c->base = c->target;
+                c->base_rate = rate > c->base_rate ? rate : c->base_rate;
+            } else {
+                c->target = c->base;
+                c->phase = GLA_CTL_STEADY;
+                c->steady_windows = c->steady_backoff;
+                if (c->steady_backoff < STEADY_MAX)
+                    c->steady_backoff *= 2;
+                say(&d, GLA_CTL_GROW, "fewer workers lost throughput (%.1f %%): back to %.0f",
+                    c->base_rate > 0 ? (1 - rate / c->base_rate) * 100 : 0, (double)c->base);
+                d.target = c->target;
+                return d;
+            }
+        }
+        int down = clamp(c, floor(c->base * 0.8));
+        if (down < floor_size)
+            down = floor_size;
+        if (down >= c->base) {
+            c->phase = GLA_CTL_STEADY;
+            c->steady_windows = c->steady_backoff;
+            if (c->steady_backoff < STEADY_MAX)
+                c->steady_backoff *= 2;
+            break;
+        }
+        c->target = down;
+        say(&d, GLA_CTL_SHRINK, "probing %.0f workers (throughput %.1f tasks/s)", (double)down, c->base_rate);
+        d.target = c->target;
+        return d;
+    }
+    case GLA_CTL_STEADY:
+        c->base_rate = c->base_rate > 0 ? 0.8 * c->base_rate + 0.2 * rate : rate;
+        if (--c->steady_windows <= 0)
+            c->phase = GLA_CTL_PROBE_UP;
+        break;
+    }
+    snprintf(d.reason, sizeof d.reason, "holding %d workers (%.1f tasks/s)", c->target, rate);
+    d.target = c->target;
+    return d;
+}
+
+double gla_ctl_window_s(const gla_ctl *c)
+{
+    double s = 0.1;
+    if (c->rate_ewma > 0)
+        s = 30.0 / c->rate_ewma;
+    if (c->wall_ewma > 0 && s < 2 * c->wall_ewma)
+        s = 2 * c->wall_ewma;
+    if (s < 0.05)
+        s = 0.05;
+    if (s > 2.0)
+        s = 2.0;
+    return s;
+}
