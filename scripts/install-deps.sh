@@ -6,6 +6,7 @@ set -euo pipefail
 need=()
 command -v gcc >/dev/null || need+=(gcc)
 command -v make >/dev/null || need+=(make)
+command -v readelf >/dev/null || need+=(binutils)
 dpkg -s libc6-dev >/dev/null 2>&1 || need+=(libc6-dev)
 # Debian's own python3 (statically linked: the tests cover it) needs venv and headers.
 if [ -x /usr/bin/python3 ]; then

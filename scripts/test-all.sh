@@ -2,7 +2,8 @@
 # The whole test suite (README's test command runs this through `make test`):
 #  1. the C unit tests, -Wall -Wextra -Werror, plain + ASan/UBSan + TSan;
 #  2. the full pytest suite on the default python3;
-#  3. the build and the ledger tests on every other CPython >= 3.9 that pyenv has.
+#  3. the build, the ledger and the executor tests on every other CPython >= 3.9 that
+#     pyenv has, and the ledger tests on Debian's statically linked python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -30,13 +31,13 @@ if command -v pyenv >/dev/null 2>&1; then
     [ -x "$py" ] || continue
     short=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
     [ "$short" = "$default_ver" ] && continue
-    echo "== build + ledger tests on Python $ver"
+    echo "== build + ledger and executor tests on Python $ver"
     venv_for "$py" ".venv-$ver"
-    ".venv-$ver/bin/python" -m pytest -q tests/test_ledger.py
+    ".venv-$ver/bin/python" -m pytest -q tests/test_ledger.py tests/test_executor.py tests/test_executor_semantics.py
   done
 fi
 # Debian's python3 links the interpreter statically: the hook patches the executable.
-if [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import sysconfig,sys; sys.exit(sysconfig.get_config_var("Py_ENABLE_SHARED") != 0)' 2>/dev/null; then
+if [ -x /usr/bin/python3 ] && ! readelf -d "$(readlink -f /usr/bin/python3)" 2>/dev/null | grep -q 'NEEDED.*libpython'; then
   echo "== build + ledger tests on the statically linked $(/usr/bin/python3 --version)"
   venv_for /usr/bin/python3 .venv-system
   .venv-system/bin/python -m pytest -q tests/test_ledger.py
