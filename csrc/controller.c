@@ -54,9 +54,13 @@ double gla_ctl_little_size(const gla_ctl_window *w, double usable_cores)
     if (held < MIN_TASK_S)
         held = MIN_TASK_S;
     double native = cpu > held ? cpu - held : 0;
+    /* I/O: what is left of the task's wall time after its CPU and its GIL wait. The
+     * run-queue share is not subtracted: the kernel's figure overlaps the GIL waits
+     * (a woken waiter queues for a core inside them), and counting it twice would
+     * shrink a busy I/O pool to nothing. Run-queue time outside the waits (native CPU
+     * queuing for a core) then counts as I/O: the size errs high, and probes trim it. */
     double gil_wait = w->task_gil_wait_s > 0 ? w->task_gil_wait_s : 0;
-    double runq = w->runq_share > 0 ? w->runq_share * w->task_wall_s : 0;
-    double io = w->task_wall_s - cpu - gil_wait - runq;
+    double io = w->task_wall_s - cpu - gil_wait;
     if (io < 0)
         io = 0;
     double bound = 1.0 / held;                    /* one GIL */
