@@ -680,21 +680,28 @@ static void gather_locked(gla_pool *p, totals *t)
         add_worker_totals(t, w);
 }
 
-/* Fills the sample slots from the live workers and copies (tid, idle) for reading. */
+/* Fills the sample slots from the live workers and copies (tid, idle) for reading: one
+ * pass over the workers at most, and none while every slot holds a live worker (this
+ * runs under the pool's mutex, which every worker needs between tasks). */
 static int runq_pick_locked(gla_pool *p, pid_t tids[], uint64_t idle[])
 {
+    int empty = 0;
     for (int i = 0; i < GLA_POOL_RUNQ_SAMPLE; i++) {
-        if (p->rq[i].w)
-            continue;
-        p->rq[i].valid = 0;
-        for (worker *w = p->all; w; w = w->all_next) {
-            int taken = 0;
-            for (int j = 0; j < GLA_POOL_RUNQ_SAMPLE && !taken; j++)
-                taken = p->rq[j].w == w;
-            if (!taken) {
-                p->rq[i].w = w;
-                break;
-            }
+        if (!p->rq[i].w) {
+            p->rq[i].valid = 0;
+            empty++;
+        }
+    }
+    for (worker *w = p->all; w && empty > 0; w = w->all_next) {
+        int taken = 0, slot = -1;
+        for (int j = 0; j < GLA_POOL_RUNQ_SAMPLE; j++) {
+            taken |= p->rq[j].w == w;
+            if (slot < 0 && !p->rq[j].w)
+                slot = j;
+        }
+        if (!taken && slot >= 0) {
+            p->rq[slot].w = w;
+            empty--;
         }
     }
     int n = 0;
@@ -745,13 +752,17 @@ static void sample_workers(gla_pool *p, const pid_t tids[], const uint64_t idle[
     *cpu_share_out = c > 1.0 ? 1.0 : c;
 }
 
-/* Liveness, whatever the policy says: when a window completed nothing, tasks wait, no
- * worker is idle and the workers are blocked (not on a core: waiting on each other, on
- * I/O, on locks), grow as ThreadPoolExecutor would have: double, bounded by the queue.
+/* Liveness, whatever the policy says: when nothing has completed for STALL_WINDOWS
+ * windows and at least STALL_MIN_S while tasks wait, no worker is idle and the workers
+ * are blocked (not on a core: waiting on each other, on I/O, on locks), grow as
+ * ThreadPoolExecutor would have: double, bounded by the queue. (A short window without
+ * completions is often the whole process descheduled on a busy machine, not a stall.)
  * Returns the raised target, or 0 (mu held). */
-static int stall_target_locked(const gla_pool *p, int stalled_window, double cpu_share)
+#define STALL_WINDOWS 2
+#define STALL_MIN_S 0.5
+static int stall_target_locked(const gla_pool *p, int stalled, double cpu_share)
 {
-    if (!stalled_window || p->shutdown || p->queue_len == 0 || p->n_idle > 0 ||
+    if (!stalled || p->shutdown || p->queue_len == 0 || p->n_idle > 0 ||
         cpu_share < 0 || cpu_share >= 0.2 || p->target >= p->cfg.max_workers ||
         p->live < p->target)
         return 0;
@@ -826,6 +837,8 @@ static void *monitor_main(void *arg)
     uint64_t win_start = gla_now_ns();
     uint64_t deadline = win_start + (uint64_t)(next_s * 1e9);
     int quiet = 0;
+    int stall_windows = 0;
+    uint64_t stall_since = 0;
     pid_t tids[GLA_POOL_RUNQ_SAMPLE];
     uint64_t idle[GLA_POOL_RUNQ_SAMPLE];
     while (!p->monitor_stop) {
@@ -873,11 +886,21 @@ static void *monitor_main(void *arg)
         if ((unsigned)d.action >= GLA_POOL_NACTIONS)
             d.action = GLA_POOL_HOLD;
         d.reason[GLA_POOL_REASON_LEN - 1] = '\0';
-        int stall = stall_target_locked(p, cur.completed == last.completed, cpu_share);
+        if (cur.completed == last.completed && p->queue_len > 0) {
+            if (stall_windows++ == 0)
+                stall_since = win_start;
+        } else {
+            stall_windows = 0;
+        }
+        int stalled = stall_windows >= STALL_WINDOWS &&
+                      (double)(now - stall_since) / 1e9 >= STALL_MIN_S;
+        int stall = stall_target_locked(p, stalled, cpu_share);
         if (stall > d.target) {
             snprintf(d.reason, sizeof d.reason,
-                     "liveness: %d workers blocked (cpu %.0f %%), none done, %ld queued: %d",
-                     p->live, cpu_share * 100, p->queue_len, stall);
+                     "liveness: %d workers blocked (cpu %.0f %%), none done for %.1f s, "
+                     "%ld queued: %d",
+                     p->live, cpu_share * 100, (double)(now - stall_since) / 1e9, p->queue_len,
+                     stall);
             d.target = stall;
             d.action = GLA_POOL_GROW;
         }
