@@ -1,0 +1,486 @@
+"""One benchmark cell in a fresh process: ``python -m gil_adapt.bench.child SPEC RESULT``.
+
+The harness starts this process already inside the configuration's cgroup and pinned to
+its CPUs (see :mod:`gil_adapt.bench.runner`). ``SPEC`` is a JSON file naming the mode,
+workload, strategy and timings; the figures are written as JSON to ``RESULT``. Nothing is
+written when the process dies (OOM kill, crash): the harness reports that.
+
+Modes:
+
+* ``cell`` — a closed loop keeps ``inflight`` tasks submitted to the strategy;
+  throughput and latency (submit -> result) are counted over ``measure_s`` seconds after
+  a warm-up of ``warmup_s`` (longer when no task has completed by then: see ``_Window``). With ``workload2`` and ``switch_at_s`` the task changes at that time
+  (a workload phase change). The executor's state is sampled every ``sample_interval_s``.
+* ``probe`` — the sync task run serially: its wall and CPU time per task.
+* ``overhead-dispatch`` — no-op tasks per second through submit/result.
+* ``overhead-ledger`` — a GIL-heavy loop in 4 threads, with the ledger's hooks on or off.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import functools
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Callable, Dict, List, Optional
+
+from . import loopback, workloads
+from .strategies import Strategy, parse_strategy
+
+log = logging.getLogger("gil_adapt.bench")
+
+BUCKET_S = 0.5
+
+
+def _percentile(sorted_values: List[float], q: float) -> Optional[float]:
+    if not sorted_values:
+        return None
+    i = min(len(sorted_values) - 1, max(0, int(round(q * (len(sorted_values) - 1)))))
+    return sorted_values[i]
+
+
+class _Pool:
+    """An executor strategy: the executor plus how to read its worker count."""
+
+    def __init__(self, strategy: Strategy, cores: int, settings: Dict[str, Any]) -> None:
+        self.strategy = strategy
+        self.backend = "threads"
+        self.live_at_start: Optional[int] = None
+        kind, n = strategy.kind, strategy.size
+        if kind == "threads":
+            assert n is not None
+            ex = cf.ThreadPoolExecutor(n)
+            gate = threading.Event()
+            starters = [ex.submit(gate.wait) for _ in range(n)]
+            tries = 0
+            while len(ex._threads) < n and tries < n:  # type: ignore[attr-defined]
+                ex.submit(gate.wait)  # TPE starts a thread per submit while none is idle
+                tries += 1
+            gate.set()
+            for f in starters:
+                f.result()
+            self.live_at_start = len(ex._threads)  # type: ignore[attr-defined]
+        elif kind == "tpe":
+            ex = cf.ThreadPoolExecutor(n)
+        elif kind == "default":
+            ex = cf.ThreadPoolExecutor()
+        elif kind == "processes":
+            ex = cf.ProcessPoolExecutor(cores, initializer=workloads.configure,
+                                        initargs=(settings,))
+            self.backend = "processes"
+        elif kind == "betapool":
+            from betapool import AdaptiveThreadPoolExecutor
+
+            ex = AdaptiveThreadPoolExecutor()
+        elif kind == "gil-adapt":
+            from gil_adapt import AdaptiveExecutor
+
+            ex = AdaptiveExecutor()
+        else:
+            raise ValueError(f"not an executor strategy: {strategy.name}")
+        self.ex: Any = ex
+
+    def sample(self) -> Dict[str, Any]:
+        """Worker count (and the controller's figures where there is one) now."""
+        ex, kind = self.ex, self.strategy.kind
+        if kind == "gil-adapt":
+            st = ex.stats()
+            out = {k: st.get(k) for k in ("workers", "target_workers", "beta", "throughput",
+                                          "queue_length")}
+            out["decisions"] = dict(st.get("decisions") or {})
+            out["backend"] = st.get("mode", "threads")
+            return out
+        if kind == "betapool":
+            m = ex.get_metrics()
+            return {"workers": m.get("current_threads"), "target_workers": None,
+                    "beta": m.get("avg_blocking_ratio"), "throughput": m.get("throughput"),
+                    "queue_length": None,
+                    "decisions": {"grow": m.get("scale_up_count"),
+                                  "shrink": m.get("scale_down_count")}}
+        if kind == "processes":
+            return {"workers": len(getattr(ex, "_processes", None) or {})}
+        return {"workers": len(ex._threads)}
+
+    def max_workers(self) -> Optional[int]:
+        return getattr(self.ex, "_max_workers", None) or getattr(self.ex, "max_workers", None)
+
+    def kill(self) -> None:
+        """Leaves at once: worker processes are killed, threads abandoned (os._exit next)."""
+        if self.strategy.kind == "processes":
+            for p in list((getattr(self.ex, "_processes", None) or {}).values()):
+                try:
+                    p.kill()
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+
+
+class _Recorder:
+    """Completion times and latencies of tasks, counted by worker threads or the loop."""
+
+    def __init__(self) -> None:
+        self.done: List[float] = []
+        self.latency: List[float] = []
+        self.errors = 0
+        self.first_error: Optional[str] = None
+
+    def record(self, t_submit: float, error: Optional[BaseException]) -> None:
+        now = time.monotonic()
+        if error is not None:
+            self.errors += 1
+            if self.first_error is None:
+                self.first_error = f"{type(error).__name__}: {error}"
+            return
+        self.done.append(now)
+        self.latency.append(now - t_submit)
+
+
+class _Sampler(threading.Thread):
+    def __init__(self, interval: float, t0: float, rec: _Recorder,
+                 sample: Callable[[], Dict[str, Any]]) -> None:
+        super().__init__(name="bench-sampler", daemon=True)
+        self.interval, self.t0, self.rec, self.fn = interval, t0, rec, sample
+        self.series: List[Dict[str, Any]] = []
+        self.stop = threading.Event()
+        self.error: Optional[str] = None
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                s = self.fn()
+            except Exception as e:  # noqa: BLE001 - keep the run going, say why
+                self.error = f"{type(e).__name__}: {e}"
+                s = {}
+            s["t"] = round(time.monotonic() - self.t0, 3)
+            s["completed"] = len(self.rec.done)
+            s["threads"] = threading.active_count()
+            self.series.append(s)
+
+
+class _Window:
+    """The measured window: ``measure`` seconds from the end of the warm-up, which is
+    ``warmup`` seconds after the start or the first completed task, whichever is later
+    (a strategy whose first task takes longer than the warm-up — asyncio with a large
+    semaphore runs the CPU phases of all its admitted tasks first — is measured in its
+    steady state, not its start-up), but at most ``max_warmup`` seconds after the start."""
+
+    def __init__(self, t0: float, warmup: float, measure: float, rec: _Recorder) -> None:
+        self.t0, self.warmup, self.measure, self.rec = t0, warmup, measure, rec
+        self.max_warmup = max(warmup, 4.0 * warmup + 5.0)
+
+    def start(self) -> Optional[float]:
+        """When counting starts (None: not known yet — no task completed)."""
+        if self.rec.done:
+            return max(self.t0 + self.warmup, min(self.rec.done[0],
+                                                  self.t0 + self.max_warmup))
+        now = time.monotonic()
+        if now >= self.t0 + self.max_warmup:
+            return self.t0 + self.max_warmup
+        return None
+
+    def end(self) -> float:
+        start = self.start()
+        if start is None:
+            return self.t0 + self.max_warmup + self.measure
+        return start + self.measure
+
+
+def _summarise(rec: _Recorder, win: _Window, switch_at: Optional[float]) -> Dict[str, Any]:
+    t0, warmup, measure = win.t0, win.warmup, win.measure
+    start = win.start()
+    if start is None:
+        start = t0 + win.max_warmup
+    end = start + measure
+    pairs = list(zip(rec.done, rec.latency))
+    window = sorted(lat for t, lat in pairs if start <= t < end)
+    buckets = [0] * max(1, int(round((end - t0) / BUCKET_S)))
+    for t, _ in pairs:
+        i = int((t - t0) / BUCKET_S)
+        if 0 <= i < len(buckets):
+            buckets[i] += 1
+    out: Dict[str, Any] = {
+        "throughput": len(window) / measure,
+        "completed": len(window),
+        "completed_total": len(pairs),
+        "latency_p50_s": _percentile(window, 0.50),
+        "latency_p99_s": _percentile(window, 0.99),
+        "window_start_s": start - t0,
+        "bucket_s": BUCKET_S,
+        "buckets": [b / BUCKET_S for b in buckets],
+        "errors": rec.errors,
+        "first_error": rec.first_error,
+    }
+    if switch_at is not None:
+        out["switch_at_s"] = switch_at
+    return out
+
+
+def run_executor(spec: Dict[str, Any], strategy: Strategy, task: Callable[[], Any],
+                 task2: Optional[Callable[[], Any]]) -> Dict[str, Any]:
+    cores = len(os.sched_getaffinity(0))
+    t_setup = time.monotonic()
+    pool = _Pool(strategy, cores, spec["settings"])
+    setup_s = time.monotonic() - t_setup
+    warmup, measure = float(spec["warmup_s"]), float(spec["measure_s"])
+    inflight = int(spec["inflight"])
+    switch_at = spec.get("switch_at_s") if task2 is not None else None
+    rec = _Recorder()
+    sem = threading.Semaphore(inflight)
+
+    # A phase change: tasks of the first phase still queued are cancelled at the switch
+    # (the queue holds up to `inflight` of them), so the executor meets the new workload.
+    outstanding: Optional[set] = set() if switch_at is not None else None
+    cancelled = 0
+
+    def on_done(t_submit: float, fut: cf.Future) -> None:
+        try:
+            if outstanding is not None:
+                outstanding.discard(fut)
+            if not fut.cancelled():
+                rec.record(t_submit, fut.exception())
+        finally:
+            sem.release()
+
+    t0 = time.monotonic()
+    win = _Window(t0, warmup, measure, rec)
+    sampler = _Sampler(float(spec.get("sample_interval_s", 0.25)), t0, rec, pool.sample)
+    sampler.start()
+    t_switch = t0 + switch_at if switch_at is not None else None
+    submit_error: Optional[str] = None
+    submit = pool.ex.submit
+    while True:
+        if not sem.acquire(timeout=0.05):
+            if time.monotonic() >= win.end():
+                break
+            continue
+        now = time.monotonic()
+        if now >= win.end():
+            sem.release()
+            break
+        fn = task
+        if t_switch is not None and now >= t_switch:
+            fn = task2
+            if outstanding is not None and not cancelled:
+                cancelled = sum(1 for f in list(outstanding) if f.cancel()) or -1
+        try:
+            fut = submit(fn)
+        except Exception as e:  # noqa: BLE001 - e.g. BrokenProcessPool: the cell failed
+            submit_error = f"submit failed: {type(e).__name__}: {e}"
+            break
+        if outstanding is not None:
+            outstanding.add(fut)
+        fut.add_done_callback(functools.partial(on_done, now))
+    sampler.stop.set()
+    try:
+        final = pool.sample()
+    except Exception as e:  # noqa: BLE001
+        final = {"error": f"{type(e).__name__}: {e}"}
+    out = _summarise(rec, win, switch_at)
+    out.update(backend=final.get("backend", pool.backend), workers_final=final.get("workers"),
+               target_workers_final=final.get("target_workers"), beta_final=final.get("beta"),
+               decisions=final.get("decisions"), live_threads_at_start=pool.live_at_start,
+               max_workers=pool.max_workers(), threads_final=threading.active_count(),
+               series=sampler.series, sampler_error=sampler.error, setup_s=setup_s)
+    if outstanding is not None:
+        out["cancelled_at_switch"] = max(0, cancelled)
+    if submit_error:
+        out["error"] = submit_error
+    pool.kill()
+    return out
+
+
+def run_asyncio(spec: Dict[str, Any], strategy: Strategy, task: Callable[[], Any],
+                task2: Optional[Callable[[], Any]]) -> Dict[str, Any]:
+    limit = int(strategy.size or 32)
+    warmup, measure = float(spec["warmup_s"]), float(spec["measure_s"])
+    inflight = int(spec["inflight"])
+    switch_at = spec.get("switch_at_s") if task2 is not None else None
+    rec = _Recorder()
+    state = {"running": 0}
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        sem = asyncio.Semaphore(limit)
+        t0 = time.monotonic()   # the loop's clock is time.monotonic too
+        win = _Window(t0, warmup, measure, rec)
+        t_switch = t0 + switch_at if switch_at is not None else None
+        tasks: set = set()
+        sampler = _Sampler(float(spec.get("sample_interval_s", 0.25)), t0, rec,
+                           lambda: {"workers": state["running"]})
+        sampler.start()
+        holder["win"], holder["sampler"] = win, sampler
+
+        async def one(t_submit: float, fn: Callable[[], Any]) -> None:
+            err: Optional[BaseException] = None
+            try:
+                async with sem:
+                    state["running"] += 1
+                    try:
+                        await fn()
+                    finally:
+                        state["running"] -= 1
+            except Exception as e:  # noqa: BLE001 - counted as a failed task
+                err = e
+            rec.record(t_submit, err)
+            if time.monotonic() < win.end():
+                spawn()
+
+        def spawn() -> None:
+            now = time.monotonic()
+            fn = task2 if (t_switch is not None and now >= t_switch) else task
+            t = loop.create_task(one(now, fn))
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+
+        for _ in range(inflight):
+            spawn()
+        while time.monotonic() < win.end():
+            await asyncio.sleep(min(0.05, max(0.0, win.end() - time.monotonic())))
+        sampler.stop.set()
+
+    holder: Dict[str, Any] = {}
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        pass  # tasks still in flight are abandoned (os._exit next)
+    out = _summarise(rec, holder["win"], switch_at)
+    out.update(backend="asyncio", workers_final=limit, series=holder["sampler"].series,
+               max_workers=limit, threads_final=threading.active_count())
+    return out
+
+
+def run_probe(spec: Dict[str, Any], task: Callable[[], Any]) -> Dict[str, Any]:
+    """The task alone, serially: median wall and CPU time per task."""
+    duration = float(spec.get("duration_s", 1.0))
+    task()  # first call builds per-process state
+    walls, cpus = [], []
+    t_end = time.monotonic() + duration
+    while time.monotonic() < t_end or len(walls) < 3:
+        w0, c0 = time.perf_counter(), time.thread_time()
+        task()
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.thread_time() - c0)
+        if len(walls) >= 2000:
+            break
+    walls.sort()
+    cpus.sort()
+    return {"tasks": len(walls), "wall_ms": walls[len(walls) // 2] * 1e3,
+            "cpu_ms": cpus[len(cpus) // 2] * 1e3,
+            "io_ms": (walls[len(walls) // 2] - cpus[len(cpus) // 2]) * 1e3}
+
+
+def _noop() -> None:
+    return None
+
+
+def run_overhead_dispatch(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """No-op tasks per second through submit + result, batches of 256, for ``duration_s``."""
+    which = spec["strategy"]
+    if which == "gil-adapt":
+        from gil_adapt import AdaptiveExecutor
+
+        ex: Any = AdaptiveExecutor()
+    else:
+        ex = cf.ThreadPoolExecutor()
+    duration = float(spec.get("duration_s", 1.0))
+    for f in [ex.submit(_noop) for _ in range(256)]:  # warm: threads started
+        f.result()
+    n = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < duration:
+        for f in [ex.submit(_noop) for _ in range(256)]:
+            f.result()
+        n += 256
+    elapsed = time.perf_counter() - t0
+    return {"tasks_per_s": n / elapsed, "tasks": n, "executor": which}
+
+
+def run_overhead_ledger(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """A GIL-heavy loop (4 threads of pure-Python work) with the hooks on or off."""
+    hooks = bool(spec.get("hooks"))
+    exact = None
+    if hooks:
+        import gil_adapt
+
+        exact = gil_adapt.install()
+    duration = float(spec.get("duration_s", 1.0))
+    chunk = int(workloads._settings.loop_per_ms * 5)   # ~5 ms slices of work
+    counts = [0] * 4
+    stop = threading.Event()
+
+    def worker(i: int) -> None:
+        while not stop.is_set():
+            workloads.spin(chunk)
+            counts[i] += chunk
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(duration)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    return {"iterations_per_s": sum(counts) / elapsed, "hooks": hooks, "gil_wait_exact": exact}
+
+
+def run(spec: Dict[str, Any]) -> Dict[str, Any]:
+    workloads.configure(spec.get("settings") or {})
+    mode = spec.get("mode", "cell")
+    base: Dict[str, Any] = {"pid": os.getpid(), "cpus": sorted(os.sched_getaffinity(0)),
+                            "python": sys.version.split()[0]}
+    if mode == "overhead-dispatch":
+        return {**base, **run_overhead_dispatch(spec)}
+    if mode == "overhead-ledger":
+        return {**base, **run_overhead_ledger(spec)}
+    wl = workloads.WORKLOADS[spec["workload"]]
+    task, task2 = wl.sync, None
+    if mode == "probe":
+        return {**base, **run_probe(spec, task)}
+    strategy = parse_strategy(spec["strategy"])
+    is_async = strategy.kind == "asyncio"
+    if spec.get("workload2"):
+        wl2 = workloads.WORKLOADS[spec["workload2"]]
+        task2 = wl2.async_ if is_async else wl2.sync
+    # Libraries and per-process state are ready before the clock, for every strategy.
+    wl.sync()
+    if task2 is not None:
+        workloads.WORKLOADS[spec["workload2"]].sync()
+    if is_async:
+        return {**base, **run_asyncio(spec, strategy, wl.async_, task2)}
+    return {**base, **run_executor(spec, strategy, task, task2)}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        sys.stderr.write("usage: python -m gil_adapt.bench.child SPEC.json RESULT.json\n")
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    loopback.set_parent_death_signal()
+    loopback.raise_nofile_limit()
+    with open(args[0]) as f:
+        spec = json.load(f)
+    try:
+        result = run(spec)
+        result.setdefault("ok", "error" not in result)
+    except BaseException as e:  # noqa: BLE001 - the cell failed: say why, in the result
+        result = {"ok": False, "error": f"{type(e).__name__}: {e}",
+                  "traceback": traceback.format_exc(limit=8)}
+    tmp = args[1] + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f)
+    os.replace(tmp, args[1])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # do not wait for thousands of threads, or tasks still in flight
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""gil-adapt bench: medians, oracle and best-any selection, scores, cliff, convergence.
+
+Pure functions of run records: no processes, no timing.
+"""
+from __future__ import annotations
+
+import pytest
+
+from gil_adapt.bench import scoring
+from gil_adapt.bench.runner import _median_known
+
+
+def ok(thr, **kw):
+    return {"status": "ok", "throughput": thr, "completed": 10, **kw}
+
+
+def test_summarise_median_and_spread():
+    cell = scoring.summarise_cell([ok(90.0), ok(100.0), ok(120.0)])
+    assert cell["status"] == "ok"
+    assert cell["throughput"] == 100.0
+    assert (cell["throughput_min"], cell["throughput_max"]) == (90.0, 120.0)
+    assert cell["spread"] == pytest.approx(0.3)
+    assert cell["reps"] == cell["reps_ok"] == 3
+
+
+def test_failed_repetitions_count_as_zero():
+    oom = {"status": "oom", "reason": "OOM: killed under the 512 MiB cap"}
+    partial = scoring.summarise_cell([ok(100.0), oom, ok(80.0)])
+    assert partial["status"] == "partial"
+    assert partial["throughput"] == 80.0          # median of 100, 0, 80
+    assert partial["failure"] == "oom"
+    assert "1/3 repetitions failed" in partial["reason"]
+    assert "512 MiB" in partial["reason"]
+    failed = scoring.summarise_cell([oom, oom, ok(50.0)])
+    assert failed["status"] == "partial" and failed["throughput"] == 0.0
+    all_failed = scoring.summarise_cell([oom, {"status": "failed", "reason": "timeout"}])
+    assert all_failed["status"] == "failed"
+    assert all_failed["failure"] == "oom"          # OOM wins over other failures
+    assert "timeout" in all_failed["reason"]
+
+
+def test_skipped_cell_keeps_reason():
+    cell = scoring.summarise_cell([{"status": "skipped", "reason": "betapool not installed"}])
+    assert cell == {"status": "skipped", "reason": "betapool not installed", "reps": 0}
+
+
+def test_note_when_no_task_completed_in_window():
+    cell = scoring.summarise_cell([ok(0.0, completed=0), ok(10.0)])
+    assert "no task" in cell["note"]
+
+
+def cells(**thr):
+    return {name.replace("_", "-"): {"status": "ok", "throughput": t}
+            for name, t in thr.items()}
+
+
+def test_oracle_is_best_sweep_point_only():
+    c = cells(threads_1=10.0, threads_64=100.0, threads_512=80.0, naive_512=120.0,
+              processes=130.0)
+    c["gil-adapt"] = {"status": "ok", "throughput": 150.0}
+    oracle = scoring.pick_oracle(c)
+    assert oracle == {"strategy": "threads-64", "n": 64, "throughput": 100.0}
+
+
+def test_oracle_ties_go_to_fewer_threads_and_failures_are_ignored():
+    c = cells(threads_4=100.0, threads_16=100.0)
+    c["threads-1024"] = {"status": "failed", "throughput": 0.0}
+    c["threads-2048"] = {"status": "skipped"}
+    assert scoring.pick_oracle(c)["n"] == 4
+    assert scoring.pick_oracle({"threads-8": {"status": "failed", "throughput": 0.0}}) is None
+
+
+def test_best_any_is_fixed_strategies_of_any_kind_not_adaptive():
+    c = cells(threads_64=100.0, asyncio_32=135.0, processes=110.0, tpe_64=90.0)
+    c["gil-adapt"] = {"status": "ok", "throughput": 200.0}
+    c["betapool"] = {"status": "ok", "throughput": 300.0}
+    assert scoring.pick_best_any(c) == {"strategy": "asyncio-32", "throughput": 135.0}
+
+
+def test_score_cells_shares_and_cliff():
+    c = cells(threads_1=20.0, threads_64=100.0, threads_512=78.0, threads_2048=60.0,
+              asyncio_256=125.0)
+    c["gil-adapt"] = {"status": "ok", "throughput": 97.0}
+    c["betapool"] = {"status": "skipped", "reason": "absent"}
+    summary = scoring.score_cells(c)
+    assert summary["oracle"]["n"] == 64
+    assert summary["best_any"]["strategy"] == "asyncio-256"
+    assert c["gil-adapt"]["pct_oracle"] == pytest.approx(0.97)
+    assert c["gil-adapt"]["pct_best_any"] == pytest.approx(97.0 / 125.0)
+    assert c["betapool"]["pct_oracle"] is None
+    assert summary["cliff"] == {"threads-512": pytest.approx(0.22),
+                                "threads-2048": pytest.approx(0.40)}
+
+
+def test_scores_without_an_oracle_are_unknown_not_zero():
+    c = {"threads-1": {"status": "failed", "throughput": 0.0},
+         "gil-adapt": {"status": "ok", "throughput": 5.0}}
+    summary = scoring.score_cells(c)
+    assert summary["oracle"] is None and summary["cliff"] == {}
+    assert c["gil-adapt"]["pct_oracle"] is None
+
+
+def test_share():
+    assert scoring.share(50.0, 100.0) == 0.5
+    assert scoring.share(None, 100.0) is None
+    assert scoring.share(5.0, 0.0) is None
+
+
+def test_convergence_running_mean():
+    b = [10.0, 50.0, 96.0, 100.0, 99.0, 101.0]
+    assert scoring.convergence_s(b, 0.5, 100.0) == pytest.approx(1.0)
+    # a dip that drags the running mean under 95 % later means it had not converged
+    assert scoring.convergence_s([100.0, 100.0, 50.0, 100.0], 0.5, 100.0) == 1.5
+    assert scoring.convergence_s([10.0, 20.0], 0.5, 100.0) is None
+    # from a phase change: counted from the switch bucket
+    assert scoring.convergence_s([100.0, 100.0, 5.0, 99.0, 100.0], 0.5, 100.0,
+                                 start=2) == 0.5
+    assert scoring.convergence_s([], 0.5, 100.0) is None
+
+
+def test_median_with_never_converged_as_infinity():
+    assert _median_known([1.0, 2.0, None]) == 2.0
+    assert _median_known([1.0, None, None]) is None
+    assert _median_known([3.0, 1.0, 2.0]) == 2.0
+    assert _median_known([], 0) is None

@@ -1,0 +1,153 @@
+"""gil-adapt bench: the loopback server and clients, the ten workloads (sync and async),
+the MobileNetV2 graph, and a tiny end-to-end run of the command. No timing assertions.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import threading
+from typing import Iterator, Tuple
+
+import pytest
+
+from gil_adapt import bench
+from gil_adapt.bench import loopback, workloads
+
+BENCH_MD_WORKLOADS = ["mixed", "micro", "io", "vision", "audio", "sensor-fusion", "rag",
+                      "slm", "analytics", "onnx-mobilenetv2"]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Tuple[str, int]]:
+    """The loopback server on a thread of its own (its own event loop)."""
+    ready = threading.Event()
+    port: list = []
+    loop = asyncio.new_event_loop()
+    done = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        task = loop.create_task(loopback.serve("127.0.0.1", 0, ready=ready, out=port))
+        try:
+            loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            done.set()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    assert ready.wait(10)
+    yield ("127.0.0.1", port[0])
+    for task in asyncio.all_tasks(loop):
+        loop.call_soon_threadsafe(task.cancel)
+    done.wait(5)
+
+
+def test_registry_is_bench_md():
+    assert list(workloads.WORKLOADS) == BENCH_MD_WORKLOADS
+    for w in workloads.WORKLOADS.values():
+        assert asyncio.iscoroutinefunction(w.async_)
+        assert w.sync.__module__ == workloads.__name__   # picklable by reference
+
+
+def test_sync_and_async_clients(server):
+    frames = loopback.request(server, loopback.RAW, 0.0, 100_000)
+    assert len(frames) == 1 and len(frames[0]) == 100_000
+    again = loopback.request(server, loopback.RAW, 0.001, 10)   # the kept connection
+    assert again[0] == frames[0][:10]
+    stream = loopback.request(server, loopback.TOKENS, 0.002, 8, chunks=4)
+    assert [len(f) for f in stream] == [8, 8, 8, 8]
+    docs = json.loads(loopback.request(server, loopback.DOCS, 0.0, 3)[0])
+    assert len(docs["matches"]) == 3
+    csv = loopback.request(server, loopback.CSV, 0.0, 5)[0].decode().splitlines()
+    assert csv[0].startswith("ts,device") and len(csv) == 6
+
+    async def go():
+        a = await loopback.arequest(server, loopback.RAW, 0.0, 1000, payload=b"x" * 70_000)
+        b = await asyncio.gather(*(loopback.arequest(server, loopback.ANSWER, 0.001, 0)
+                                   for _ in range(5)))
+        return a, b
+
+    a, b = asyncio.run(go())
+    assert a[0] == frames[0][:1000]
+    assert all(json.loads(x[0])["choices"] for x in b)
+
+
+@pytest.mark.parametrize("name", BENCH_MD_WORKLOADS)
+def test_workload_runs_sync_and_async(name, server, tmp_path_factory):
+    wl = workloads.WORKLOADS[name]
+    missing = workloads.missing_modules(wl)
+    if missing:
+        pytest.skip(f"needs {missing}")
+    settings = {"server": server, "loop_per_ms": 1000.0, "latency_scale": 0.01}
+    if wl.needs_model:
+        from gil_adapt.bench import mobilenet
+
+        settings["model_path"] = mobilenet.ensure_model(
+            str(tmp_path_factory.getbasetemp() / "model-cache"))
+    workloads.configure(settings)
+    try:
+        a = wl.sync()
+        b = asyncio.run(wl.async_())
+    finally:
+        workloads.configure({})
+    assert a == b     # the same computation on the same (seeded) data
+
+
+def test_mobilenetv2_graph_is_the_published_architecture():
+    pytest.importorskip("onnx")
+    pytest.importorskip("numpy")
+    from gil_adapt.bench import mobilenet
+
+    model = mobilenet.build_model()
+    ops = [n.op_type for n in model.graph.node]
+    params = sum(int(__import__("numpy").prod(t.dims)) for t in model.graph.initializer)
+    assert ops.count("Conv") == 52          # stem + 17 blocks (2 or 3 convs) + last 1x1
+    assert ops.count("Add") == 10           # residuals where stride 1 and widths match
+    assert ops.count("Gemm") == 1
+    assert 3.4e6 < params < 3.6e6           # 3.5 M parameters (BN folded)
+    assert 290e6 < mobilenet.count_macs(model) < 310e6   # ~300 M multiply-adds
+    depthwise = [n for n in model.graph.node if n.op_type == "Conv"
+                 and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    assert len(depthwise) == 17
+
+
+def test_model_is_built_once(tmp_path):
+    pytest.importorskip("onnx")
+    from gil_adapt.bench import mobilenet
+
+    p1 = mobilenet.ensure_model(str(tmp_path))
+    stamp = os.stat(p1).st_mtime_ns
+    p2 = mobilenet.ensure_model(str(tmp_path))
+    assert p1 == p2 and os.stat(p2).st_mtime_ns == stamp
+    assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
+
+
+@pytest.mark.slow
+def test_tiny_end_to_end_run(tmp_path, capsys):
+    """The command on one small cell: a report and results come out (no cgroups needed)."""
+    out = tmp_path / "out"
+    rc = bench.main(["--configs", "1c-512m,64c-1g", "--workloads", "micro,io",
+                     "--strategies", "threads-1,threads-4,asyncio-32,gil-adapt",
+                     "--sweep", "1,4", "--reps", "1", "--warmup", "0.2", "--measure", "0.3",
+                     "--no-cgroups", "--no-overhead", "--no-phase", "--no-plots",
+                     "--out", str(out), "-q", "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 0
+    with open(out / "results.json") as f:
+        res = json.load(f)
+    assert {c["name"]: c["status"] for c in res["configs"]} == {"1c-512m": "ran",
+                                                                "64c-1g": "skipped"}
+    assert "ran uncapped" in res["configs"][0]["memory_cap"]
+    cells = {(c["workload"], c["strategy"]): c for c in res["cells"]}
+    assert set(cells) == {(w, s) for w in ("micro", "io")
+                          for s in ("threads-1", "threads-4", "asyncio-32", "gil-adapt")}
+    for c in cells.values():
+        assert c["status"] in ("ok", "failed", "partial", "skipped")
+        if c["status"] == "ok":
+            assert c["throughput"] > 0 and c["reps"] == 1
+    assert res["workloads"]["micro"]["probe"]["cpu_ms"] > 0
+    assert "| 1c-512m | micro |" in capsys.readouterr().out
+    assert os.path.exists(out / "report.md")
