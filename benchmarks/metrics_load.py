@@ -5,7 +5,8 @@ A program with 4 threads of pure-Python CPU work counts the loop iterations it d
 alternate ``--reps`` times:
 
 * serving: the program runs ``gil_adapt.serve_metrics()`` and a scraper process (on the
-  other cores) fetches its ``/metrics``, paced to ``--scrapes`` requests over the run;
+  other cores) fetches its ``/metrics``, paced to ``--scrapes`` (+5 %) requests over the
+  run;
 * baseline: no exporter in the program; the same scraper, paced the same, fetches a
   canned response of the same size from a separate server process.
 
@@ -150,7 +151,7 @@ def one_run(files: Dict[str, str], args: argparse.Namespace, serve: bool, core: 
     assert proc.stdout.readline().strip() == "ready"
     # The scraper stops a little before the program closes its server.
     scrape = subprocess.Popen([sys.executable, files["scraper"],
-                               f"http://127.0.0.1:{port}/metrics", str(args.scrapes),
+                               f"http://127.0.0.1:{port}/metrics", str(args.scrapes * 21 // 20),
                                str(args.seconds - 0.3)],
                               stdout=subprocess.PIPE, text=True, preexec_fn=on(others))
     rate, held, cpu = (float(x) for x in proc.stdout.read().split()[-3:])
