@@ -280,6 +280,8 @@ class Sampler:
         self.out = out
         self.own_tids: set = set()
         self.names: Dict[Key, str] = {}
+        self.born: Dict[int, str] = {}  # native id -> threading name, told by the thread
+        self._prev_profile: Any = None
         self.rows: Dict[Key, Tuple[Any, ...]] = {}  # the latest row of every record followed
         self.base: Dict[str, Any] = {}              # snapshot-like, at the start
         self.last_code: Dict[Key, Any] = {}
@@ -316,11 +318,26 @@ class Sampler:
         self._switches = _core.gil_switches()
         self.base = self.snapshot()
         self._live_snap = self.base
+        # Each thread started through threading tells its name as it starts (a thread
+        # that lives between two samples would otherwise be known by its id only).
+        self._prev_profile = getattr(threading, "_profile_hook", None)
+        threading.setprofile(self._on_thread_start)
         self._thread = threading.Thread(target=self._run, name=OWN_THREAD_PREFIX + "sampler",
                                         daemon=True)
         self._thread.start()
 
+    def _on_thread_start(self, frame: Any, event: str, arg: Any) -> None:
+        t = threading.current_thread()
+        native = getattr(t, "native_id", None)
+        if native is not None:
+            self.born[native] = t.name
+        sys.setprofile(self._prev_profile)  # once per thread: hand over to the program's
+        if self._prev_profile is not None:
+            self._prev_profile(frame, event, arg)
+
     def stop(self) -> None:
+        if getattr(threading, "_profile_hook", None) == self._on_thread_start:
+            threading.setprofile(self._prev_profile)
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5.0)
@@ -411,6 +428,9 @@ class Sampler:
                 delta = tuple(map(operator.sub, vec, prev))
                 if tid in name_of:
                     self.names[key] = name_of[tid]
+                    self.born.pop(tid, None)
+                elif key not in self.names and tid in self.born:
+                    self.names[key] = self.born.pop(tid)
                 if final or tid not in name_of:
                     # exited since (or never known to threading): where it was last seen
                     code = self.last_code.get(key, _NO_FRAME)
