@@ -73,6 +73,8 @@ def test_mixed_threads_named_gil_and_io_bound(mixed_report):
     _, prof, report = mixed_report
     assert report["capabilities"]["gil_wait"] == "exact", report["capabilities"]
     threads = {t["name"]: t for t in report["threads"]}
+    names = {f"cpu-{i}" for i in range(4)} | {f"sleep-{i}" for i in range(4)}
+    assert names <= set(threads), [(t["tid"], t["name"], t["alive"]) for t in report["threads"]]
     for i in range(4):
         cpu = threads[f"cpu-{i}"]
         assert cpu["bound"] == "GIL-bound", cpu
@@ -369,10 +371,18 @@ def test_exited_threads_fold_into_one_row():
     gil_adapt.install()
     s = profiler.Sampler(profiler.Options(live=False), sys.stderr)
     s.start()
+    tids = set()
     for i in range(5):
         t = threading.Thread(target=time.sleep, args=(0.05,), name=f"short-{i}")
         t.start()
         t.join()
+        tids.add(t.native_id)
+    # join() returns before the OS thread has ended: wait until the ledger says so
+    alive, tid_i = profiler._I_ALIVE, profiler._I_TID
+    deadline = time.monotonic() + 10
+    while any(r[alive] and r[tid_i] in tids for r in gil_adapt._core.read()[1]):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     s.stop()
     before = {r["name"]: r for r in profiler.build_report(s, [], 0)["threads"]}
     assert {f"short-{i}" for i in range(5)} <= set(before)

@@ -368,7 +368,8 @@ class Sampler:
                 continue  # the live record of a reused id, or its latest
             entry = dict(zip(_VEC_KEYS, _vec_of(r)))
             entry.update(serial=key[1], alive=bool(r[_I_ALIVE]), gil_held_ns=r[_I_HELD],
-                         name=self.names.get(key) or r[_I_OS_NAME] or str(tid))
+                         name=self.names.get(key) or self.born.get(tid) or r[_I_OS_NAME]
+                         or str(tid))
             threads[tid] = entry
         return {"time_ns": self.now_ns, "threads": threads, "gil_switches": self._switches}
 
@@ -428,9 +429,8 @@ class Sampler:
                 delta = tuple(map(operator.sub, vec, prev))
                 if tid in name_of:
                     self.names[key] = name_of[tid]
-                    self.born.pop(tid, None)
                 elif key not in self.names and tid in self.born:
-                    self.names[key] = self.born.pop(tid)
+                    self.names[key] = self.born[tid]
                 if final or tid not in name_of:
                     # exited since (or never known to threading): where it was last seen
                     code = self.last_code.get(key, _NO_FRAME)
@@ -470,6 +470,8 @@ class Sampler:
             self.names.pop(key, None)
             self.last_code.pop(key, None)
             self.series.pop(key, None)
+        for tid in {key[0] for key in gone} - {key[0] for key in self.rows}:
+            self.born.pop(tid, None)
         for fk in [fk for fk in self.by_func if fk[0] in gone]:
             to = ((0, 0), fk[1])
             self.by_func[to] = _add(self.by_func.get(to, _ZERO), self.by_func.pop(fk))
