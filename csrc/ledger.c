@@ -186,7 +186,7 @@ static struct gla_thread *claim_slot(pid_t tid, uint64_t now)
         int expect = SLOT_FREE;
         if (atomic_compare_exchange_strong(&t->state, &expect, SLOT_CLAIMED)) {
             reset_record(t, tid, now);
-            atomic_store_explicit(&t->state, SLOT_LIVE, memory_order_release);
+            atomic_store(&t->state, SLOT_LIVE); /* seq_cst: see find_twin */
             return t;
         }
     } else {
@@ -205,7 +205,7 @@ static struct gla_thread *claim_slot(pid_t tid, uint64_t now)
         }
         if (atomic_compare_exchange_strong(&t->state, &st, SLOT_CLAIMED)) {
             reset_record(t, tid, now);
-            atomic_store_explicit(&t->state, SLOT_LIVE, memory_order_release);
+            atomic_store(&t->state, SLOT_LIVE); /* seq_cst: see find_twin */
             return t;
         }
     }
@@ -225,6 +225,38 @@ static struct gla_thread *find_live(pid_t tid)
             return t;
     }
     return NULL;
+}
+
+/* A thread registering itself and a reader discovering it in /proc can both miss the
+ * other's record and claim one each. Each side checks again after claiming (sequentially
+ * consistent: at least one sees the other): the thread frees the other live records of
+ * its tid (a discovered twin holds only kernel figures, never waits); the reader frees
+ * its own when another exists. A freed twin is never folded into the exited totals. */
+static void free_twin(struct gla_thread *twin)
+{
+    int expect = SLOT_LIVE;
+    atomic_compare_exchange_strong(&twin->state, &expect, SLOT_FREE);
+}
+
+static struct gla_thread *find_twin(const struct gla_thread *t, pid_t tid)
+{
+    int used = atomic_load(&g_used);
+    if (used > GLA_MAX_THREADS)
+        used = GLA_MAX_THREADS;
+    for (int i = 0; i < used; i++) {
+        struct gla_thread *o = &g_slots[i];
+        if (o != t && atomic_load(&o->state) == SLOT_LIVE &&
+            atomic_load_explicit(&o->tid, memory_order_relaxed) == tid)
+            return o;
+    }
+    return NULL;
+}
+
+static void thread_drops_twins(struct gla_thread *t, pid_t tid)
+{
+    struct gla_thread *o;
+    while ((o = find_twin(t, tid)) != NULL)
+        free_twin(o);
 }
 
 static inline struct gla_thread *tls_record(void)
@@ -349,6 +381,7 @@ gla_thread *gla_ledger_self(void)
         t = claim_slot(tid, gla_now_ns());
         if (!t)
             return NULL;
+        thread_drops_twins(t, tid);
         atomic_store_explicit(&t->cpu_base_ns, cpu, memory_order_relaxed);
         atomic_store_explicit(&t->runq_base_ns, runq, memory_order_relaxed);
         atomic_store_explicit(&t->start_known, 1, memory_order_relaxed);
@@ -375,6 +408,7 @@ gla_thread *gla_ledger_self_nosys(void)
         t = claim_slot(tid, gla_now_ns());
         if (!t)
             return NULL;
+        thread_drops_twins(t, tid);
     }
     bind_tls(t, 1);
     return t;
@@ -589,6 +623,10 @@ static void discover_threads(void)
         struct gla_thread *t = claim_slot(tid, gla_now_ns());
         if (!t)
             continue;
+        if (find_twin(t, tid)) { /* the thread registered itself meanwhile */
+            free_twin(t);
+            continue;
+        }
         /* Unregistered thread: its kernel totals count from its birth. */
         uint64_t start;
         if (gla_read_thread_start_ns(tid, &start) == 0) {

@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -424,6 +425,75 @@ static void test_procstat(void)
     CHECK(gla_read_schedstat(999999999, &cpu, &runq) < 0, "missing thread is an error");
 }
 
+/* A thread registering itself while readers discover it in /proc: one live record per tid
+ * (a twin made by the discovery would hold no waits and show them as I/O). */
+static _Atomic int g_race_stop;
+static void *race_reader(void *p)
+{
+    (void)p;
+    static gla_sample buf[4096];
+    size_t n;
+    while (!atomic_load(&g_race_stop)) {
+        gla_ledger_read(buf, 4096, &n);
+        usleep(100);
+    }
+    return NULL;
+}
+
+static sem_t g_race_go;
+static void *race_thread(void *p)
+{
+    pid_t *tid = p;
+    *tid = my_tid();
+    gla_thread *t = gla_ledger_self();
+    gla_ledger_add_wait(t, GLA_LOCK_WAIT, 1000);
+    sem_wait(&g_race_go);
+    return NULL;
+}
+
+static void test_register_race(void)
+{
+    enum { ROUNDS = 50, N = 32 };
+    pthread_t rd[2];
+    atomic_store(&g_race_stop, 0);
+    for (int i = 0; i < 2; i++)
+        CHECK(pthread_create(&rd[i], NULL, race_reader, NULL) == 0, "reader");
+    static gla_sample buf[4096];
+    int twins = 0, missing = 0;
+    for (int r = 0; r < ROUNDS; r++) {
+        pthread_t th[N];
+        pid_t tids[N];
+        sem_init(&g_race_go, 0, 0);
+        for (int i = 0; i < N; i++) {
+            tids[i] = 0;
+            CHECK(pthread_create(&th[i], NULL, race_thread, &tids[i]) == 0, "create");
+        }
+        sleep_ms(20);
+        size_t n = 0;
+        gla_ledger_read(buf, 4096, &n);
+        for (int i = 0; i < N; i++) {
+            int live = 0, with_wait = 0;
+            for (size_t j = 0; j < n; j++)
+                if (buf[j].tid == tids[i] && buf[j].alive) {
+                    live++;
+                    with_wait += buf[j].raw_lock_wait_ns >= 1000;
+                }
+            twins += live > 1;
+            missing += with_wait != 1;
+        }
+        for (int i = 0; i < N; i++)
+            sem_post(&g_race_go);
+        for (int i = 0; i < N; i++)
+            pthread_join(th[i], NULL);
+        sem_destroy(&g_race_go);
+    }
+    atomic_store(&g_race_stop, 1);
+    for (int i = 0; i < 2; i++)
+        pthread_join(rd[i], NULL);
+    CHECK(twins == 0, "%d thread(s) with two live records", twins);
+    CHECK(missing == 0, "%d thread(s) whose own record was not listed", missing);
+}
+
 int main(void)
 {
     CHECK(gla_ledger_init() == 0, "init");
@@ -434,6 +504,7 @@ int main(void)
     test_wait_in_progress();
     test_hook();
     test_procstat();
+    test_register_race();
     if (g_failures) {
         fprintf(stderr, "test_ledger: %d failure(s)\n", g_failures);
         return 1;
