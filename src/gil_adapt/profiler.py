@@ -284,6 +284,7 @@ class Sampler:
         self._prev_profile: Any = None
         self.rows: Dict[Key, Tuple[Any, ...]] = {}  # the latest row of every record followed
         self.base: Dict[str, Any] = {}              # snapshot-like, at the start
+        self.at_start: Dict[Key, Tuple[Tuple[int, ...], int]] = {}  # every record's, then
         self.last_code: Dict[Key, Any] = {}
         self.by_func: Dict[Tuple[Key, Any], Tuple[int, ...]] = {}
         self.samples_by_func: Dict[Tuple[Key, Any], int] = {}
@@ -314,6 +315,7 @@ class Sampler:
         now, rows = _core.read()
         for r in self._dedupe(rows):  # exited records too: they will not change
             self.rows[(r[_I_TID], r[_I_SERIAL])] = r
+            self.at_start[(r[_I_TID], r[_I_SERIAL])] = (_vec_of(r), r[_I_HELD])
         self.t0_ns = self.now_ns = now
         self._switches = _core.gil_switches()
         self.base = self.snapshot()
@@ -453,17 +455,12 @@ class Sampler:
 
     def _fold(self, listed: set) -> None:
         """Bounds memory: exited threads the ledger no longer lists become one sum."""
-        base = self.base["threads"]
         gone = {key for key, r in self.rows.items() if not r[_I_ALIVE] and key not in listed}
         for key in gone:
             r = self.rows.pop(key)
             if key[0] in self.own_tids:
                 continue
-            b = base.get(key[0])
-            if b is not None and b["serial"] == key[1]:
-                start, held0 = tuple(b[k] for k in _VEC_KEYS), b["gil_held_ns"]
-            else:
-                start, held0 = _ZERO, 0
+            start, held0 = self.at_start.pop(key, (_ZERO, 0))  # only time since start
             self.folded += 1
             self.folded_vec = _add(self.folded_vec, tuple(map(operator.sub, _vec_of(r), start)))
             self.folded_held += r[_I_HELD] - held0
