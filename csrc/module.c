@@ -330,6 +330,25 @@ static PyObject *py_gil_switches(PyObject *self, PyObject *args)
     return PyLong_FromLongLong(gla_gil_switches());
 }
 
+/* The calling thread's own clocks for per-task figures: (monotonic, thread CPU, GIL wait,
+   GIL held) in ns; the GIL figures are -1 where the hook is not installed. */
+static PyObject *py_self_times(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    struct timespec ts;
+    long long cpu = -1, gil_wait = -1, gil_held = -1;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0)
+        cpu = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    if (gla_hook_gil() != NULL) { /* hooked and calibrated */
+        gla_thread *t = gla_ledger_self();
+        if (t)
+            gil_wait = (long long)gla_ledger_wait(t, GLA_GIL_WAIT);
+        gil_held = (long long)gla_hook_self_gil_held_ns();
+    }
+    return Py_BuildValue("(KLLL)", (unsigned long long)gla_now_ns(), cpu, gil_wait, gil_held);
+}
+
 static PyObject *py_now_ns(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -368,6 +387,7 @@ static PyMethodDef core_methods[] = {
     {"finish", py_finish, METH_VARARGS, "finish(wall, <the raw inputs in _ledger._RAW order>) -> partitioned sample tuple."},
     {"register_thread", py_register_thread, METH_NOARGS, "Register the calling thread in the ledger."},
     {"gil_switches", py_gil_switches, METH_NOARGS, "GIL hand-offs so far, or -1."},
+    {"self_times", py_self_times, METH_NOARGS, "(now_ns, thread_cpu_ns, gil_wait_ns, gil_held_ns) of the calling thread; -1 where unknown."},
     {"now_ns", py_now_ns, METH_NOARGS, "CLOCK_MONOTONIC in ns (the ledger's clock)."},
     {"limits", py_limits, METH_NOARGS, "Usable cores and memory budget as read from affinity, cgroups and /proc."},
     {"dropped", py_dropped, METH_NOARGS, "Threads not recorded because the table was full."},

@@ -85,7 +85,7 @@ struct gla_pool {
     int drained_claimed;
     pthread_t monitor;
 
-    uint64_t submitted, started, retired, start_failures;
+    uint64_t submitted, started, retired, start_failures, taken;
     int last_start_errno;
     totals gone; /* figures of workers that have left */
 
@@ -1062,6 +1062,35 @@ int gla_pool_submit(gla_pool *p, gla_pool_task *t)
     return submit_impl(p, t, 0);
 }
 
+gla_pool_task *gla_pool_take(gla_pool *p, int (*match)(void *ctx, const gla_pool_task *t),
+                             void *ctx)
+{
+    gla_pool_task *head = NULL, **end = &head;
+    pthread_mutex_lock(&p->mu);
+    gla_pool_task *prev = NULL, *c = p->head;
+    while (c) {
+        gla_pool_task *next = c->next;
+        if (match(ctx, c)) {
+            if (prev)
+                prev->next = next;
+            else
+                p->head = next;
+            if (p->tail == c)
+                p->tail = prev;
+            c->next = NULL;
+            p->queue_len--;
+            p->taken++;
+            *end = c;
+            end = &c->next;
+        } else {
+            prev = c;
+        }
+        c = next;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return head;
+}
+
 int gla_pool_try_submit(gla_pool *p, gla_pool_task *t)
 {
     return submit_impl(p, t, 1);
@@ -1177,6 +1206,7 @@ void gla_pool_get_stats(gla_pool *p, gla_pool_stats *o)
     o->retire_pending = p->retire_pending;
     o->queue_length = p->queue_len;
     o->submitted = p->submitted;
+    o->taken = p->taken;
     totals t;
     gather_locked(p, &t);
     o->completed = t.completed;
@@ -1250,7 +1280,7 @@ gla_pool_task *gla_pool_reset_after_fork(gla_pool *p)
     p->n_idle = p->live = p->starting = p->retiring = p->retire_pending = 0;
     p->wakes_in_flight = 0;
     p->monitor_started = p->monitor_stop = p->monitor_parked = p->monitor_join_claimed = 0;
-    p->submitted = p->started = p->retired = p->start_failures = 0;
+    p->submitted = p->started = p->retired = p->start_failures = p->taken = 0;
     memset(&p->gone, 0, sizeof p->gone);
     memset(p->rq, 0, sizeof p->rq);
     tls_pool = NULL;

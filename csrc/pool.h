@@ -157,6 +157,7 @@ typedef struct {
     int retire_pending;
     long queue_length;
     uint64_t submitted, completed, started, retired, start_failures;
+    uint64_t taken;              /* removed from the queue by gla_pool_take */
     int last_start_errno;
     int shutdown, broken;
     uint64_t decisions[GLA_POOL_NACTIONS];
@@ -188,6 +189,12 @@ int gla_pool_try_submit(gla_pool *p, gla_pool_task *task);
  * (*cancelled, may be NULL) for the caller to cancel; otherwise the workers run them all
  * and then leave. Idempotent. Wakes every idle worker and stops the monitor. */
 void gla_pool_shutdown(gla_pool *p, int cancel, gla_pool_task **cancelled);
+
+/* Removes the queued tasks (not started) for which match(ctx, task) is nonzero and returns
+ * them as a list in queue order (NULL: none), for the caller to run elsewhere; counted in
+ * stats.taken. match runs under the pool's mutex: it must not block, nor call the pool. */
+gla_pool_task *gla_pool_take(gla_pool *p, int (*match)(void *ctx, const gla_pool_task *t),
+                             void *ctx);
 
 /* Waits until every worker has left except, when self_is_worker, the calling worker
  * (a task that shuts its own pool down), and joins the monitor. The caller must not

@@ -739,7 +739,7 @@ static PyObject *Pool_stats(PoolObject *po, PyObject *unused)
                                                : Py_NewRef(Py_None);
     return Py_BuildValue(
         "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:l,s:N,s:d,s:N,s:s,s:s,s:K,s:K,s:K,s:K,s:K,s:N,"
-        "s:n,s:K,s:N,s:s,s:O,s:O,s:d}",
+        "s:n,s:K,s:N,s:s,s:O,s:O,s:d,s:K}",
         "workers", s.workers, "target_workers", s.target, "min_workers", s.min_workers,
         "max_workers", s.max_workers, "idle", s.idle, "busy", s.busy, "starting", s.starting,
         "retire_pending", s.retire_pending, "queue_length", s.queue_length, "beta",
@@ -751,7 +751,8 @@ static PyObject *Pool_stats(PoolObject *po, PyObject *unused)
         (unsigned long long)s.start_failures, "last_start_error", last_error, "stack_size",
         (Py_ssize_t)s.stack_size, "windows", (unsigned long long)s.windows, "window", window,
         "controller", ctl, "shutdown", s.shutdown ? Py_True : Py_False, "broken",
-        s.broken ? Py_True : Py_False, "usable_cores", s.usable_cores);
+        s.broken ? Py_True : Py_False, "usable_cores", s.usable_cores, "taken",
+        (unsigned long long)s.taken);
 }
 
 static PyObject *Pool_set_target(PoolObject *po, PyObject *arg)
@@ -774,6 +775,64 @@ static PyObject *Pool_inject_start_failures(PoolObject *po, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* The task's callable is fn, or a method bound to fn (no reference taken, no call: the
+ * pool's mutex is held and the GIL is not). */
+static int same_fn(void *fn, const gla_pool_task *t)
+{
+    PyObject *f = ((const pytask *)t)->fn;
+    if (PyMethod_Check(f))
+        f = PyMethod_GET_FUNCTION(f);
+    return f == (PyObject *)fn;
+}
+
+/* take(fn) -> [(future, fn, args, kwargs)]: the queued tasks of fn (that object, or methods
+ * bound to it), removed
+ * from the queue with their futures still pending, for the caller to run elsewhere. */
+static PyObject *Pool_take(PoolObject *po, PyObject *fn)
+{
+    gla_pool_task *list;
+    Py_BEGIN_ALLOW_THREADS /* never wait for the pool's mutex holding the GIL */
+    list = gla_pool_take(po->pool, same_fn, fn);
+    Py_END_ALLOW_THREADS
+    PyObject *out = PyList_New(0);
+    PyObject *err = out ? NULL : fetch_exception();
+    while (list) {
+        pytask *t = (pytask *)list;
+        list = list->next;
+        PyObject *item = NULL;
+        if (out) {
+            PyObject *args = PyTuple_New(t->nargs);
+            PyObject *kwargs = PyDict_New();
+            if (args && kwargs) {
+                for (Py_ssize_t i = 0; i < t->nargs; i++)
+                    PyTuple_SET_ITEM(args, i, Py_NewRef(t->args[i]));
+                Py_ssize_t nkw = t->kwnames ? PyTuple_GET_SIZE(t->kwnames) : 0;
+                int ok = 1;
+                for (Py_ssize_t i = 0; i < nkw && ok; i++)
+                    ok = PyDict_SetItem(kwargs, PyTuple_GET_ITEM(t->kwnames, i),
+                                        t->args[t->nargs + i]) == 0;
+                if (ok)
+                    item = PyTuple_Pack(4, t->future, t->fn, args, kwargs);
+            }
+            Py_XDECREF(args);
+            Py_XDECREF(kwargs);
+            if (!item || PyList_Append(out, item) < 0) {
+                Py_CLEAR(out);
+                err = fetch_exception();
+            }
+            Py_XDECREF(item);
+        }
+        if (!out) /* out of memory: the task cannot move; its future says why */
+            future_call(t->future, s_set_exception, err ? err : PyExc_MemoryError);
+        task_free(t);
+    }
+    if (!out) {
+        Py_XDECREF(err);
+        return PyErr_NoMemory();
+    }
+    return out;
+}
+
 static PyObject *Pool_is_worker(PoolObject *po, PyObject *unused)
 {
     (void)unused;
@@ -790,6 +849,8 @@ static PyMethodDef Pool_methods[] = {
      "Apply a worker target now (tests / manual override)."},
     {"inject_start_failures", (PyCFunction)Pool_inject_start_failures, METH_O,
      "Test hook: the next n worker starts fail with EAGAIN."},
+    {"take", (PyCFunction)Pool_take, METH_O,
+     "take(fn) -> [(future, fn, args, kwargs)]: remove fn's queued tasks (futures pending)."},
     {"is_worker", (PyCFunction)Pool_is_worker, METH_NOARGS,
      "True in one of this pool's worker threads."},
     {NULL, NULL, 0, NULL},

@@ -33,7 +33,7 @@ if command -v pyenv >/dev/null 2>&1; then
     [ "$short" = "$default_ver" ] && continue
     echo "== build + ledger and executor tests on Python $ver"
     venv_for "$py" ".venv-$ver"
-    ".venv-$ver/bin/python" -m pytest -q tests/test_ledger.py tests/test_executor.py tests/test_executor_semantics.py
+    ".venv-$ver/bin/python" -m pytest -q tests/test_ledger.py tests/test_executor.py tests/test_executor_semantics.py tests/test_executor_modes.py
   done
 fi
 # Debian's python3 links the interpreter statically: the hook patches the executable.

@@ -139,3 +139,18 @@ def spans(mib: int, hold_s: float) -> Tuple[float, float]:
     time.sleep(hold_s)
     del block
     return start, time.monotonic()
+
+
+def spin_record(directory: str, i: int, n: int) -> int:
+    """``spin(n)`` then ``record(directory, i)``: GIL-bound Python CPU, each run counted."""
+    spin(n)
+    return record(directory, i)
+
+
+def runs_in(directory: str) -> List[int]:
+    """Every index :func:`record` wrote in ``directory``, over all processes."""
+    out: List[int] = []
+    for name in os.listdir(directory):
+        with open(os.path.join(directory, name)) as f:
+            out.extend(int(line) for line in f if line.strip())
+    return out

@@ -27,6 +27,7 @@ from concurrent.futures.thread import BrokenThreadPool
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 from . import _core, _ledger
+from ._router import MODES, Router
 
 log = logging.getLogger("gil_adapt")
 
@@ -45,8 +46,6 @@ IDLE_TIMEOUT_S = 60.0
 #: of a task, queue node): benchmarks/memory.py measures the real figure.
 RESIDENT_PER_WORKER = 128 * 1024
 
-_MODES = ("threads",)
-_PLANNED_MODES = ("auto", "processes", "asyncio")
 _counter = itertools.count().__next__
 
 
@@ -215,19 +214,22 @@ class AdaptiveExecutor(_core.ExecutorBase, concurrent.futures.Executor):
     ``GIL_ADAPT_CONTROLLER=0`` in the environment turns the controller off: the pool then
     grows to ``max_workers`` on demand, as ThreadPoolExecutor does.
 
-    ``mode="threads"`` is the only backend so far; ``"auto"``, ``"processes"`` and
-    ``"asyncio"`` are planned and rejected with ``ValueError`` until they exist.
+    ``mode``: ``"auto"`` (default) runs coroutine functions on event loops and moves a
+    function whose tasks are GIL-bound Python CPU to worker processes when more than one
+    core is usable, the memory budget fits them and they measurably pay (and back when they
+    stop paying); ``"threads"`` only threads (the lowest dispatch cost); ``"processes"``
+    every picklable task on worker processes; ``"asyncio"`` coroutine functions on the
+    loops, plain functions on threads. See :mod:`gil_adapt._router`. ``stats()["kinds"]``
+    says where each function runs and why; ``stats()["switches"]`` lists the moves.
     """
 
     def __init__(self, max_workers: Optional[int] = None, *, min_workers: int = 1,
                  thread_name_prefix: str = "",
                  initializer: Optional[Callable[..., Any]] = None,
-                 initargs: Iterable[Any] = (), mode: str = "threads") -> None:
-        if not isinstance(mode, str) or mode not in _MODES:
-            if mode in _PLANNED_MODES:
-                raise ValueError(f"mode={mode!r} is not available yet; "
-                                 f"only mode='threads' is implemented")
-            raise ValueError(f"mode must be 'threads', not {mode!r}")
+                 initargs: Iterable[Any] = (), mode: str = "auto") -> None:
+        if not isinstance(mode, str) or mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, "
+                             f"not {mode!r}")
         min_workers = _check_count("min_workers", min_workers)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
@@ -258,6 +260,13 @@ class AdaptiveExecutor(_core.ExecutorBase, concurrent.futures.Executor):
         self._min_workers = min_workers
         self._thread_name_prefix = prefix
         self._mode = mode
+        self._router: Optional[Router] = None
+        if mode != "threads":
+            inner = _core.ExecutorBase()  # the C submit, without a cycle through self
+            inner._pool = self._pool
+            self._router = Router(mode, inner.submit, self._pool, max_workers=max_workers,
+                                  initializer=initializer, initargs=initargs, name=prefix)
+            self.submit = self._router.submit  # type: ignore[method-assign]
         log.debug("AdaptiveExecutor %s: workers %d..%d, stack %d KiB, controller %s",
                   prefix, min_workers, max_workers, stack_size // 1024,
                   "on" if adaptive else "off (fixed target = max_workers)")
@@ -296,6 +305,9 @@ class AdaptiveExecutor(_core.ExecutorBase, concurrent.futures.Executor):
         With wait, returns once every task has finished and every worker has left (a task
         that shuts its own executor down waits for the other workers only).
         """
+        if self._router is not None:
+            self._router.shutdown(wait, cancel_futures)
+            return
         self._pool.shutdown(cancel_futures=cancel_futures)
         if wait:
             self._pool.wait()
@@ -310,10 +322,15 @@ class AdaptiveExecutor(_core.ExecutorBase, concurrent.futures.Executor):
         window), ``queue_length``, ``decisions`` (counts of ``grow``/``shrink``/``veto``/
         ``hold``), ``last_decision`` and ``last_reason``; also idle/busy/starting workers,
         submitted/completed tasks, workers started/retired, start failures, the last
-        window's per-task figures (``window``), ``stack_size`` and ``mode``.
+        window's per-task figures (``window``), ``stack_size`` and ``mode``. Other than
+        ``mode="threads"``: ``kinds`` (per function: ``backend``, ``reason``, ``switches``),
+        ``switches`` (the latest moves: time, function, from, to, reason) and the
+        backends' own ``processes``/``asyncio`` stats once they run.
         """
         stats = self._pool.stats()
         stats["mode"] = self._mode
+        if self._router is not None:
+            stats.update(self._router.stats())
         return stats
 
 

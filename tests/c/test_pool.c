@@ -215,6 +215,7 @@ static int stats_workers(gla_pool *p)
     return s.workers;
 }
 static int at_least_6(gla_pool *p) { return stats_workers(p) >= 6; }
+static int running_one(gla_pool *p) { (void)p; return atomic_load(&g_running_now) == 1; }
 static int at_most_1(gla_pool *p)
 {
     gla_pool_stats s;
@@ -593,6 +594,50 @@ static void test_bad_config(void)
     CHECK(gla_pool_create(&c) == NULL && errno == EINVAL, "min > max");
 }
 
+/* 11. gla_pool_take: matching queued tasks leave the queue (in order), the others run;
+ * nothing runs twice, a running task is never taken. */
+static int take_odd(void *ctx, const gla_pool_task *t)
+{
+    (void)ctx;
+    const ctask *c = (const ctask *)t;
+    return c->id > 0 && (c->id & 1);
+}
+
+static void test_take(void)
+{
+    reset_counts();
+    gla_pool_config c = base_config(1, 1, 1);
+    gla_pool *p = gla_pool_create(&c);
+    CHECK(gla_pool_submit(p, &mk(0, 0, 1)->link) == 0, "gated first task");
+    for (int i = 1; i < 200; i++)
+        CHECK(gla_pool_submit(p, &mk(i, 0, 0)->link) == 0, "submit %d", i);
+    wait_until(running_one, p, 5.0);
+    gla_pool_task *list = gla_pool_take(p, take_odd, NULL);
+    int n = 0, ordered = 1, last = -1;
+    while (list) {
+        ctask *t = (ctask *)list;
+        list = list->next;
+        ordered &= t->id > last && (t->id & 1);
+        last = t->id;
+        n++;
+        free(t);
+    }
+    CHECK(n == 100 && ordered, "took %d (100 odd ids expected), in order %d", n, ordered);
+    gla_pool_stats s;
+    gla_pool_get_stats(p, &s);
+    CHECK(s.taken == 100 && s.queue_length == 99, "taken %llu queue %ld",
+          (unsigned long long)s.taken, s.queue_length);
+    CHECK(gla_pool_take(p, take_odd, NULL) == NULL, "nothing left to take");
+    atomic_store(&g_gate_open, 1);
+    gla_pool_shutdown(p, 0, NULL);
+    gla_pool_wait(p, 0);
+    int bad = 0;
+    for (int i = 0; i < 200; i++)
+        bad += atomic_load(&g_runs[i]) != ((i > 0 && (i & 1)) ? 0 : 1);
+    CHECK(bad == 0, "%d tasks ran a wrong number of times", bad);
+    gla_pool_destroy(p);
+}
+
 int main(void)
 {
     struct {
@@ -605,6 +650,7 @@ int main(void)
         {"liveness", test_liveness},
         {"idle_timeout", test_idle_timeout},   {"self_shutdown", test_self_shutdown},
         {"fork", test_fork},                   {"bad_config", test_bad_config},
+        {"take", test_take},
     };
     int passed = 0, failed = 0;
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {

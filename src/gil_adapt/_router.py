@@ -1,0 +1,468 @@
+"""Per-function routing of an AdaptiveExecutor's tasks: threads, processes or asyncio.
+
+Used for ``mode="auto"``, ``"processes"`` and ``"asyncio"`` (``mode="threads"`` keeps the
+executor's C ``submit`` and none of this). Each task kind (function, see
+:func:`~gil_adapt.backends.function_key`) has a backend:
+
+* ``auto``: coroutine functions run on the event loops; every other function starts on
+  threads and its :class:`~gil_adapt.backends.choose.Chooser` moves it to worker processes
+  and back from measured windows (measure → decide → act);
+* ``processes``: every plain function on worker processes (coroutine functions on the
+  loops), except those that cannot be pickled
+  (logged once per function by the backend), which run on threads;
+* ``asyncio``: coroutine functions on the loops, plain functions on threads.
+
+Measurement on threads: a *measured* task is submitted to the C pool wrapped in
+:meth:`Router._relay`, which reads the worker's own clocks (wall, thread CPU, GIL wait, GIL
+held from the ledger) around the call and completes a future of its own (the C pool's is
+discarded). A function's first ``FIRST_MEASURED`` tasks are measured, then one per
+``SAMPLE_PERIOD_S`` (the others pay a plain C submit), and every one while the function is a
+candidate for processes (GIL-bound Python CPU long enough for a process round trip): the
+windows that decide a move are never sampled.
+
+Moves drop nothing and run nothing twice: a measured task that a worker thread takes after
+its kind moved to processes is forwarded there with its future still pending; on the way
+back the process backend's queued tasks (not started) are taken and queued on threads.
+Running tasks finish where they started.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import time
+from time import monotonic as _monotonic
+from concurrent.futures import Future, InvalidStateError
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from . import _core
+from .backends import Task, cancel_future, function_key
+from .backends.choose import Backend, Chooser, Decision, Policy, Profile, Resources, classify
+
+log = logging.getLogger("gil_adapt")
+
+#: Shortest window between two decisions for one function (s).
+WINDOW_S = 0.5
+#: A window closes with at least Policy.min_tasks tasks, or after this long (s).
+MAX_WINDOW_S = 10.0
+#: A function's tasks are measured (after its first FIRST_MEASURED) one per this period
+#: (s) at most — a measured task costs ~20 us more, so this bounds the cost for tiny
+#: tasks to ~0.2 % — and every one while the function could move to processes.
+SAMPLE_PERIOD_S = 0.01
+FIRST_MEASURED = 32
+#: Switches kept for stats().
+SWITCH_LOG = 64
+#: Functions cached by object before the cache is cleared (bound methods, partials).
+FN_CACHE = 4096
+
+MODES = ("auto", "threads", "processes", "asyncio")
+
+
+def is_coroutine_function(fn: Any) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # an object whose __call__ is async
+    return call is not None and not inspect.isfunction(fn) and inspect.iscoroutinefunction(call)
+
+
+def _pass_on(inner: Future, future: Future) -> None:
+    """The C pool's future of a relayed task ended: when the relay never ran (cancelled by
+    shutdown(cancel_futures=True), or failed by a broken pool) the task's own future ends
+    the same way."""
+    if inner.cancelled():
+        cancel_future(future)
+        return
+    exc = inner.exception()
+    if exc is None or future.done():
+        return
+    try:
+        running = future.set_running_or_notify_cancel()
+    except RuntimeError:  # the relay had started it, and failed before ending it
+        running = True
+    if running:
+        try:
+            future.set_exception(exc)
+        except InvalidStateError:
+            pass
+
+
+class _Kind:
+    """One function's routing state and the figures of its open window."""
+
+    def __init__(self, key: str, backend: Backend, chooser: Optional[Chooser],
+                 fn: Any = None) -> None:
+        self.key = key
+        # what the C queue's tasks of this kind are called with (methods: their function)
+        self.fn = getattr(fn, "__func__", fn) if inspect.ismethod(fn) else fn
+        self.backend = backend
+        self.chooser = chooser
+        self.reason = {Backend.ASYNCIO: "coroutine function: runs on the event loops",
+                       Backend.PROCESSES: "mode='processes'",
+                       Backend.THREADS: "threads"}[backend]
+        self.measure_all = False
+        self.count = 0                 # submits on threads (for the sampling)
+        self.next_sample = 0.0
+        self.lock = threading.Lock()   # the window's figures
+        self.update_lock = threading.Lock()
+        self._reset(time.monotonic(), None)
+        self.warming = False           # on processes, none of its tasks done there yet
+        self.first = True              # no window closed yet (the first closes on a count)
+        self.submitted = 0             # measured tasks queued on threads...
+        self.started = 0               # ...and started there
+
+    def _reset(self, now: float, proc_base: Optional[Dict[str, Any]]) -> None:
+        self.window_start = now
+        self.n = 0
+        self.wall = self.cpu = self.gil_wait = self.gil_held = 0
+        self.held_known = True
+        self.proc_base = proc_base
+
+    def book(self, t0: Tuple[int, int, int, int], t1: Tuple[int, int, int, int]) -> None:
+        with self.lock:
+            self.n += 1
+            self.wall += t1[0] - t0[0]
+            self.cpu += t1[1] - t0[1]
+            if t0[2] >= 0 and t1[2] >= 0:
+                self.gil_wait += t1[2] - t0[2]
+                self.gil_held += t1[3] - t0[3]
+            else:
+                self.held_known = False
+
+
+class Router:
+    """Routes tasks by function (see the module's docstring) for one executor."""
+
+    def __init__(self, mode: str, csubmit: Callable[..., Future], pool: Any, *,
+                 max_workers: int, initializer: Optional[Callable[..., Any]],
+                 initargs: Tuple[Any, ...], name: str, policy: Optional[Policy] = None) -> None:
+        self.mode = mode
+        self._csubmit = csubmit
+        self._pool = pool
+        self._max_workers = max_workers
+        self._initializer = initializer
+        self._initargs = initargs
+        self._name = name
+        self._policy = policy or Policy()
+        self._lock = threading.Lock()
+        self._by_fn: Dict[Any, _Kind] = {}
+        self._by_key: Dict[str, _Kind] = {}
+        self._procs: Any = None
+        self._procs_error: Optional[str] = None
+        self._aio: Any = None
+        self._switches: List[Dict[str, Any]] = []
+        self._watch: Optional[threading.Thread] = None
+        self._shutdown = False
+
+    # ---- submit ----------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        try:
+            k = self._by_fn[fn]
+        except (KeyError, TypeError):  # new, or unhashable
+            k = self._kind_of(fn)
+        b = k.backend
+        if b is Backend.THREADS:
+            if not k.measure_all:
+                k.count += 1
+                if k.count > FIRST_MEASURED:
+                    now = _monotonic()
+                    if now < k.next_sample:
+                        return self._csubmit(fn, *args, **kwargs)
+                    k.next_sample = now + SAMPLE_PERIOD_S
+            return self._submit_measured(k, Future(), fn, args, kwargs)
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        future: Future = Future()
+        if b is Backend.ASYNCIO:
+            self._asyncio().submit_coroutine(future, fn, args, kwargs)
+            return future
+        if self._to_processes(k, future, fn, args, kwargs):
+            return future
+        return self._submit_measured(k, future, fn, args, kwargs)
+
+    def _kind_of(self, fn: Any) -> _Kind:
+        if not callable(fn):
+            raise TypeError(f"submit() fn must be callable, not {type(fn).__name__}")
+        key = function_key(fn)
+        with self._lock:
+            k = self._by_key.get(key)
+            if k is None:
+                coro = is_coroutine_function(fn)  # never "threads" here
+                if coro:
+                    k = _Kind(key, Backend.ASYNCIO, None)
+                elif self.mode == "processes":
+                    k = _Kind(key, Backend.PROCESSES, None)
+                elif self.mode == "auto":
+                    k = _Kind(key, Backend.THREADS, Chooser(key, policy=self._policy), fn)
+                else:
+                    k = _Kind(key, Backend.THREADS, None)
+                    k.reason = "not a coroutine function: threads"
+                self._by_key[key] = k
+            try:
+                if len(self._by_fn) >= FN_CACHE:
+                    self._by_fn.clear()
+                self._by_fn[fn] = k
+            except TypeError:
+                pass
+        return k
+
+    def _submit_measured(self, k: _Kind, future: Future, fn: Callable[..., Any],
+                         args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Future:
+        inner = self._csubmit(self._relay, k, future, fn, args, kwargs)
+        inner.add_done_callback(lambda f: _pass_on(f, future))
+        with k.lock:
+            k.submitted += 1
+        return future
+
+    def _relay(self, k: _Kind, future: Future, fn: Callable[..., Any], args: Tuple[Any, ...],
+               kwargs: Dict[str, Any]) -> None:
+        """Runs one measured task on a worker thread (or forwards it to processes)."""
+        with k.lock:
+            k.started += 1
+        if k.backend is Backend.PROCESSES and k.chooser is not None and \
+                self._to_processes(k, future, fn, args, kwargs):
+            return
+        if not future.set_running_or_notify_cancel():
+            return
+        t0 = _core.self_times()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            k.book(t0, _core.self_times())
+            future.set_exception(exc)
+            del exc
+        else:
+            k.book(t0, _core.self_times())
+            future.set_result(result)
+            del result
+        if k.chooser is not None and (time.monotonic() - k.window_start >= WINDOW_S or (
+                k.first and k.n >= self._policy.min_tasks)):
+            self._update(k)
+
+    def _to_processes(self, k: _Kind, future: Future, fn: Callable[..., Any],
+                      args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bool:
+        """Queues the task on processes; False (future untouched) where they refuse it."""
+        procs = self._processes()
+        if procs is None:
+            self._refused(k, self._procs_error or "no worker processes")
+            return False
+        try:
+            if procs.submit_task(future, fn, args, kwargs):
+                return True
+        except RuntimeError:  # the process backend shut down: threads run it
+            return False
+        refused = procs.stats()["refused_functions"].get(k.key)
+        if refused is not None:
+            self._refused(k, refused)
+        return False
+
+    def _refused(self, k: _Kind, reason: str) -> None:
+        if k.chooser is not None:
+            k.chooser.refuse_processes(reason)
+            self._switch(k, Decision(Backend.THREADS, f"processes refused it: {reason}",
+                                     switched=k.backend is not Backend.THREADS))
+        elif k.backend is Backend.PROCESSES:
+            k.reason = f"mode='processes', but processes refused it: {reason}; threads"
+
+    # ---- decide ------------------------------------------------------------------------
+
+    def _update(self, k: _Kind) -> None:
+        if not k.update_lock.acquire(blocking=False):
+            return
+        try:
+            self._update_locked(k)
+        finally:
+            k.update_lock.release()
+
+    def _update_locked(self, k: _Kind) -> None:
+        now = time.monotonic()
+        elapsed = now - k.window_start
+        pol = self._policy
+        procs_stats = self._procs.stats() if self._procs is not None else None
+        cores = float(_core.limits().get("usable_cores") or 1.0)
+        threads_p = procs_p = None
+        with k.lock:
+            k.first = False
+            if k.backend is Backend.THREADS:
+                if k.n < pol.min_tasks and elapsed < MAX_WINDOW_S:
+                    return
+                if k.n:
+                    threads_p = Profile(
+                        tasks=k.n, elapsed_s=elapsed,
+                        wall_s=k.wall / k.n / 1e9, cpu_s=k.cpu / k.n / 1e9,
+                        gil_wait_s=k.gil_wait / k.n / 1e9,
+                        gil_held_s=k.gil_held / k.n / 1e9 if k.held_known else None,
+                        backlog=k.submitted > k.started)
+            else:
+                fig = (procs_stats or {}).get("functions", {}).get(k.key) or {}
+                if k.warming:  # windows on processes start once a worker is up and done
+                    if fig.get("tasks", 0) > 0:
+                        k.warming = False
+                        k._reset(now, dict(fig))
+                    return
+                base = k.proc_base or {}
+                n = fig.get("tasks", 0) - base.get("tasks", 0)
+                if n < pol.min_tasks and elapsed < MAX_WINDOW_S:
+                    return
+                if n > 0:
+                    procs_p = Profile(
+                        tasks=n, elapsed_s=elapsed,
+                        wall_s=(fig["wall_s"] - base.get("wall_s", 0.0)) / n,
+                        cpu_s=(fig["cpu_s"] - base.get("cpu_s", 0.0)) / n,
+                        backlog=bool(procs_stats and procs_stats["queued"] > 0))
+            sampled = not k.measure_all and k.backend is Backend.THREADS
+            k.measure_all = k.backend is not Backend.THREADS
+            if threads_p is not None and threads_p.tasks >= pol.min_tasks:
+                kind, _ = classify(threads_p, pol)
+                k.measure_all = (kind == "gil_cpu" and threads_p.cpu_s >= pol.min_task_cpu_s
+                                 and cores >= pol.min_cores)
+            fig = (procs_stats or {}).get("functions", {}).get(k.key)
+            k._reset(now, dict(fig) if fig else None)
+            candidate = sampled and k.measure_all
+        if candidate:
+            # a candidate for processes: decide on windows of every task (a sampled
+            # window's throughput is no baseline for a trial), queued ones included
+            k.reason = "GIL-bound Python CPU: measuring every task"
+            for future, fn, args, kwargs in self._take_queued(k):
+                self._submit_measured(k, future, fn, args, kwargs)
+            return
+        d = k.chooser.update(now, self._resources(procs_stats, cores),  # type: ignore[union-attr]
+                             threads=threads_p, processes=procs_p)
+        if d.trial or d.switched:
+            k.measure_all = True
+            k.warming = d.backend is Backend.PROCESSES
+        self._switch(k, d)
+
+    def _resources(self, procs_stats: Optional[Dict[str, Any]], cores: float) -> Resources:
+        fit = overhead = None
+        if procs_stats is not None:
+            fit = procs_stats.get("memory_fit")
+            means = [f["mean_overhead_s"] for f in procs_stats["functions"].values()
+                     if f["tasks"]]
+            overhead = sum(means) / len(means) if means else None
+        return Resources(usable_cores=cores, process_workers_fit=fit,
+                         process_overhead_s=overhead if overhead is not None else 0.0003)
+
+    # ---- act ---------------------------------------------------------------------------
+
+    def _switch(self, k: _Kind, d: Decision) -> None:
+        k.reason = d.reason
+        if d.backend is k.backend:
+            return
+        old, k.backend = k.backend, d.backend
+        with self._lock:
+            self._switches.append({"time_s": time.monotonic(), "kind": k.key,
+                                   "from": old.value, "to": d.backend.value,
+                                   "reason": d.reason, "trial": d.trial})
+            del self._switches[:-SWITCH_LOG]
+        log.info("gil_adapt: %s: %s -> %s: %s", k.key, old.value, d.backend.value, d.reason)
+        if d.backend is Backend.PROCESSES:
+            self._start_watch()
+            for future, fn, args, kwargs in self._take_queued(k):  # queued tasks move
+                if not self._to_processes(k, future, fn, args, kwargs):
+                    self._submit_measured(k, future, fn, args, kwargs)
+        if old is Backend.PROCESSES and self._procs is not None:
+            moved = self._procs.take_queued(lambda t: function_key(t.fn) == k.key)
+            self._to_threads(moved)
+
+    def _take_queued(self, k: _Kind) -> List[Tuple[Future, Any, Tuple[Any, ...], Dict[str, Any]]]:
+        """The kind's plain tasks queued on threads, taken off the C queue (futures pending;
+        measured ones forward themselves when a worker takes them)."""
+        if k.fn is None:
+            return []
+        try:
+            return self._pool.take(k.fn)
+        except MemoryError:  # their futures were failed with it: nothing silently lost
+            log.exception("gil_adapt: could not move the queued tasks of %s", k.key)
+            return []
+
+    def _to_threads(self, tasks: List[Task]) -> None:
+        """Queues tasks moved from processes on threads; runs them here if threads refuse."""
+        for t in tasks:
+            k = self._by_key.get(function_key(t.fn)) or self._kind_of(t.fn)
+            try:
+                self._submit_measured(k, t.future, t.fn, t.args, t.kwargs)
+            except RuntimeError:  # the thread pool shut down meanwhile: nothing is lost
+                self._relay(k, t.future, t.fn, t.args, t.kwargs)
+
+    def _start_watch(self) -> None:
+        """A thread that closes the windows of functions on processes (nothing on threads
+        completes their tasks, and map() may have submitted them all already)."""
+        with self._lock:
+            if self._watch is not None:
+                return
+            self._watch = threading.Thread(target=self._watch_run, daemon=True,
+                                           name=f"{self._name}-router")
+        self._watch.start()
+
+    def _watch_run(self) -> None:
+        while not self._shutdown:
+            time.sleep(WINDOW_S / 2)
+            with self._lock:
+                kinds = [k for k in self._by_key.values()
+                         if k.chooser is not None and k.backend is Backend.PROCESSES]
+            for k in kinds:
+                if time.monotonic() - k.window_start >= WINDOW_S:
+                    try:
+                        self._update(k)
+                    except Exception:  # never lose the thread to one bad window
+                        log.exception("gil_adapt: backend decision failed for %s", k.key)
+
+    def _processes(self) -> Any:
+        if self._procs is not None or self._procs_error is not None:
+            return self._procs
+        with self._lock:
+            if self._procs is None and self._procs_error is None:
+                try:
+                    from .backends.processes import ProcessBackend
+
+                    self._procs = ProcessBackend(
+                        max_workers=self._max_workers, initializer=self._initializer,
+                        initargs=self._initargs, fallback=self._to_threads,
+                        name=f"{self._name}-processes")
+                except Exception as exc:  # e.g. an initializer that cannot be pickled
+                    self._procs_error = f"worker processes unavailable: {exc!r}"
+                    log.warning("gil_adapt: %s", self._procs_error)
+        return self._procs
+
+    def _asyncio(self) -> Any:
+        if self._aio is None:
+            with self._lock:
+                if self._aio is None:
+                    from .backends.aio import AsyncioBackend
+
+                    self._aio = AsyncioBackend(name=f"{self._name}-asyncio")
+        return self._aio
+
+    # ---- shutdown and stats --------------------------------------------------------------
+
+    def shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        """Stops every backend; with cancel_futures, cancels what no backend started."""
+        self._shutdown = True
+        for b in (self._procs, self._aio):
+            if b is not None:
+                b.shutdown(wait=False, cancel_futures=cancel_futures)
+        self._pool.shutdown(cancel_futures=cancel_futures)
+        if wait:
+            for b in (self._procs, self._aio):
+                if b is not None:
+                    b.shutdown(wait=True, cancel_futures=cancel_futures)
+            self._pool.wait()
+
+    def stats(self) -> Dict[str, Any]:
+        with self._lock:
+            kinds = list(self._by_key.values())
+            switches = [dict(s) for s in self._switches]
+        out: Dict[str, Any] = {
+            "kinds": {k.key: {"backend": k.backend.value, "reason": k.reason,
+                              "switches": k.chooser.switches if k.chooser else 0}
+                      for k in kinds},
+            "switches": switches,
+        }
+        if self._procs is not None:
+            out["processes"] = self._procs.stats()
+        elif self._procs_error is not None:
+            out["processes"] = {"error": self._procs_error}
+        if self._aio is not None:
+            out["asyncio"] = self._aio.stats()
+        return out

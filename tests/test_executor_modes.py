@@ -1,0 +1,186 @@
+"""AdaptiveExecutor's modes: auto (per-function backend), processes, asyncio.
+
+No timing assertions: decisions are checked for direction and reason, tasks for exactly-once.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+import gil_adapt
+from gil_adapt import AdaptiveExecutor
+from gil_adapt.backends import WorkerDied
+
+sys.path.insert(0, os.path.dirname(__file__))
+import backend_tasks as bt  # noqa: E402  (importable in worker processes too)
+
+HANG = 60.0
+
+
+def _spin_per_ms() -> int:
+    n = 200_000
+    t0 = time.thread_time()
+    bt.spin(n)
+    return max(1, int(n / ((time.thread_time() - t0) * 1000.0)))
+
+
+PER_MS = _spin_per_ms()
+
+
+async def double(x):
+    await asyncio.sleep(0.001)
+    return 2 * x
+
+
+async def raise_value_error(x):
+    await asyncio.sleep(0)
+    raise ValueError(f"bad {x}")
+
+
+def test_mode_validated_and_auto_default():
+    for bad in ("thread", "", None, 3):
+        with pytest.raises(ValueError, match="mode must be one of"):
+            AdaptiveExecutor(mode=bad)
+    with AdaptiveExecutor() as ex:
+        assert ex.stats()["mode"] == "auto"
+        with pytest.raises(TypeError):
+            ex.submit(42)
+        assert ex.stats()["kinds"] == {}  # the refused call left no trace
+
+
+@pytest.mark.parametrize("mode", ["auto", "asyncio"])
+def test_coroutines_as_asyncio_run(mode):
+    with AdaptiveExecutor(mode=mode) as ex:
+        fs = [ex.submit(double, i) for i in range(50)]
+        bad = ex.submit(raise_value_error, 7)
+        plain = ex.submit(abs, -3)
+        assert [f.result(HANG) for f in fs] == [asyncio.run(double(i)) for i in range(50)]
+        with pytest.raises(ValueError) as got:
+            bad.result(HANG)
+        with pytest.raises(ValueError) as want:
+            asyncio.run(raise_value_error(7))
+        assert str(got.value) == str(want.value)
+        assert plain.result(HANG) == 3
+        kinds = ex.stats()["kinds"]
+    assert kinds[f"{__name__}:double"]["backend"] == "asyncio"
+    assert kinds["builtins:abs"]["backend"] == "threads"
+
+
+def test_threads_mode_returns_coroutine_objects_like_threadpool():
+    with AdaptiveExecutor(mode="threads") as ex:
+        coro = ex.submit(double, 1).result(HANG)
+    assert asyncio.iscoroutine(coro)
+    assert asyncio.run(coro) == 2
+
+
+def test_auto_moves_gil_bound_cpu_to_processes_and_back_or_stays(tmp_path):
+    if (gil_adapt._core.limits().get("usable_cores") or 1) < 2 or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 usable cores (processes cannot help on one)")
+    n = 6 * PER_MS  # ~6 ms of pure-Python CPU a task
+    with AdaptiveExecutor() as ex:
+        fs = [ex.submit(bt.spin_record, str(tmp_path), i, n) for i in range(1500)]
+        deadline = time.monotonic() + HANG
+        while not ex.stats()["switches"]:
+            assert time.monotonic() < deadline, ex.stats()["kinds"]
+            time.sleep(0.05)
+        results = [f.result(HANG) for f in fs]
+        st = ex.stats()
+    assert results == list(range(1500))
+    assert sorted(bt.runs_in(str(tmp_path))) == list(range(1500))  # each ran exactly once
+    first = st["switches"][0]
+    assert (first["from"], first["to"], first["trial"]) == ("threads", "processes", True)
+    assert "GIL" in first["reason"]
+    assert st["processes"]["completed"] > 0
+    kind = st["kinds"]["backend_tasks:spin_record"]
+    assert kind["switches"] == len(st["switches"])
+
+
+def test_auto_stays_on_threads_on_one_core(one_core, tmp_path):
+    n = 4 * PER_MS
+    with AdaptiveExecutor() as ex:
+        results = list(ex.map(bt.spin_record, [str(tmp_path)] * 400, range(400), [n] * 400))
+        st = ex.stats()
+    assert results == list(range(400))
+    assert st["switches"] == [] and "processes" not in st
+    reason = st["kinds"]["backend_tasks:spin_record"]["reason"]
+    assert "usable core" in reason, reason
+
+
+def test_processes_mode_runs_there_and_keeps_unpicklable_on_threads():
+    with AdaptiveExecutor(mode="processes") as ex:
+        pids = {f.result(HANG) for f in [ex.submit(os.getpid) for _ in range(20)]}
+        local = ex.submit(lambda: os.getpid()).result(HANG)
+        st = ex.stats()
+    assert os.getpid() not in pids
+    assert local == os.getpid()
+    assert st["kinds"]["posix:getpid"]["backend"] == "processes"
+    lam = [k for k in st["kinds"] if "<lambda>" in k][0]
+    assert "refused" in st["kinds"][lam]["reason"]
+
+
+def test_processes_mode_worker_killed_fails_only_its_task():
+    with AdaptiveExecutor(mode="processes") as ex:
+        killed = ex.submit(bt.kill_self, signal.SIGKILL)
+        others = [ex.submit(bt.echo, i) for i in range(200)]
+        with pytest.raises(WorkerDied):
+            killed.result(HANG)
+        assert [f.result(HANG) for f in others] == list(range(200))
+        assert ex.submit(bt.echo, "healed").result(HANG) == "healed"
+
+
+@pytest.mark.parametrize("mode", ["auto", "processes"])
+def test_cancel_futures_across_backends_counts_every_task(mode, tmp_path):
+    """10,000 tasks on threads, processes and loops; shutdown(cancel_futures=True) while
+    they run (and, in auto, while CPU tasks may be moving): every future ends, each task
+    that was not cancelled ran exactly once, none that was cancelled ran."""
+    n = 2 * PER_MS
+    ex = AdaptiveExecutor(mode=mode)
+    fs = []
+    for i in range(10_000):
+        if i % 10 == 0:
+            fs.append(ex.submit(double, i))
+        elif i % 10 < 4:
+            fs.append(ex.submit(bt.spin_record, str(tmp_path), i, n))
+        else:
+            fs.append(ex.submit(bt.record, str(tmp_path), i))
+    time.sleep(1.0)
+    ex.shutdown(wait=True, cancel_futures=True)
+    ran = bt.runs_in(str(tmp_path))
+    assert len(ran) == len(set(ran)), "a task ran twice"
+    done = cancelled = 0
+    for i, f in enumerate(fs):
+        assert f.done(), i
+        if f.cancelled():
+            cancelled += 1
+            assert i not in ran or i % 10 == 0
+        else:
+            assert f.result() == (2 * i if i % 10 == 0 else i)
+            done += 1
+            if i % 10:
+                assert i in ran
+    assert done + cancelled == 10_000 and done > 0
+    with pytest.raises(RuntimeError):
+        ex.submit(bt.echo, 1)
+
+
+def test_auto_semantics_on_measured_tasks():
+    """Tasks wrapped for measurement keep the Future semantics: exceptions, cancellation
+    of queued tasks, results in order."""
+    with AdaptiveExecutor(max_workers=1) as ex:
+        gate = ex.submit(time.sleep, 0.3)
+        queued = [ex.submit(bt.echo, i) for i in range(5)]
+        assert queued[4].cancel()
+        boom = ex.submit(bt.fail, "boom")
+        gate.result(HANG)
+        assert [f.result(HANG) for f in queued[:4]] == list(range(4))
+        assert queued[4].cancelled()
+        with pytest.raises(ValueError, match="boom"):
+            boom.result(HANG)
+    assert isinstance(boom.exception(), Exception)
+    assert cf.wait(queued).not_done == set()
