@@ -609,6 +609,26 @@ int gla_ledger_sample_self(gla_sample *out)
     return 0;
 }
 
+/* A thread whose record died less than EXITING_NS ago and is still listed in /proc is
+ * ending (its TLS destructor ran; readers mark a record dead only once the kernel no
+ * longer lists it): it must not be discovered again, as a new record would hold its whole
+ * life with no waits. (A new thread that reuses the tid that soon is found afterwards.) */
+#define EXITING_NS 2000000000ull
+static int exiting(pid_t tid, uint64_t now)
+{
+    int used = atomic_load_explicit(&g_used, memory_order_acquire);
+    if (used > GLA_MAX_THREADS)
+        used = GLA_MAX_THREADS;
+    for (int i = 0; i < used; i++) {
+        struct gla_thread *t = &g_slots[i];
+        if (atomic_load_explicit(&t->state, memory_order_acquire) == SLOT_DEAD &&
+            atomic_load_explicit(&t->tid, memory_order_relaxed) == tid &&
+            now - atomic_load_explicit(&t->end_ns, memory_order_relaxed) < EXITING_NS)
+            return 1;
+    }
+    return 0;
+}
+
 /* Adds records for threads of this process not yet in the table (reader lock held). */
 static void discover_threads(void)
 {
@@ -618,7 +638,7 @@ static void discover_threads(void)
     struct dirent *ent;
     while ((ent = readdir(dir)) != NULL) {
         int tid = atoi(ent->d_name);
-        if (tid <= 0 || find_live(tid))
+        if (tid <= 0 || find_live(tid) || exiting(tid, gla_now_ns()))
             continue;
         struct gla_thread *t = claim_slot(tid, gla_now_ns());
         if (!t)

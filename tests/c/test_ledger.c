@@ -494,6 +494,51 @@ static void test_register_race(void)
     CHECK(missing == 0, "%d thread(s) whose own record was not listed", missing);
 }
 
+/* A registered thread whose record is dead (its ledger destructor ran) but which the kernel
+ * still lists while it ends: readers must not discover it again as a new thread. A later
+ * key's destructor (run after the ledger's) keeps it listed for 100 ms. */
+static pthread_key_t g_linger_key;
+static void linger(void *p)
+{
+    (void)p;
+    sleep_ms(100);
+}
+
+static void *lingering_thread(void *p)
+{
+    pid_t *tid = p;
+    *tid = my_tid();
+    gla_ledger_self();
+    gla_ledger_add_wait(gla_ledger_self(), GLA_LOCK_WAIT, 5 * MS);
+    pthread_setspecific(g_linger_key, (void *)1);
+    return NULL;
+}
+
+static void test_exiting_not_rediscovered(void)
+{
+    CHECK(pthread_key_create(&g_linger_key, linger) == 0, "key");
+    pthread_t th;
+    pid_t tid = 0;
+    CHECK(pthread_create(&th, NULL, lingering_thread, &tid) == 0, "create");
+    static gla_sample buf[4096];
+    size_t n = 0;
+    for (int i = 0; i < 40; i++) { /* reads while the thread lingers */
+        gla_ledger_read(buf, 4096, &n);
+        sleep_ms(5);
+    }
+    pthread_join(th, NULL);
+    gla_ledger_read(buf, 4096, &n);
+    int records = 0, with_wait = 0;
+    for (size_t j = 0; j < n; j++)
+        if (buf[j].tid == tid) {
+            records++;
+            with_wait += buf[j].raw_lock_wait_ns >= 5 * MS;
+        }
+    CHECK(records == 1 && with_wait == 1, "%d record(s) of the exiting thread, %d with its wait",
+          records, with_wait);
+    pthread_key_delete(g_linger_key);
+}
+
 int main(void)
 {
     CHECK(gla_ledger_init() == 0, "init");
@@ -505,6 +550,7 @@ int main(void)
     test_hook();
     test_procstat();
     test_register_race();
+    test_exiting_not_rediscovered();
     if (g_failures) {
         fprintf(stderr, "test_ledger: %d failure(s)\n", g_failures);
         return 1;
