@@ -1,11 +1,15 @@
-"""Processes against threads for pure-Python CPU tasks, on 2 cores and pinned to 1 core.
+"""Auto mode, processes and threads for pure-Python CPU tasks, on 2 cores and pinned to 1.
 
 Each point runs in a fresh process pinned to the first C allowed CPUs (before any thread
 or worker exists; workers inherit the mask):
 
   threads    gil_adapt.AdaptiveExecutor(mode="threads") with its defaults (its controller
-             sizes it); ThreadPoolExecutor(C) where AdaptiveExecutor is unavailable
+             sizes it)
   processes  gil_adapt.backends.ProcessBackend(C): one worker per usable core
+  auto       gil_adapt.AdaptiveExecutor() (mode="auto"): starts on threads, measures, and
+             moves the function to worker processes if they pay; its figure includes the
+             time it spent deciding (and the worker start-up), and the report says when
+             it switched and where it ended
 
 Tasks: a calibrated pure-Python loop of --task-ms milliseconds of CPU (default 5), --tasks
 of them submitted at once after a warm-up; throughput = tasks / time to the last result.
@@ -14,7 +18,7 @@ the auto-mode chooser (gil_adapt.backends.choose) says what it would pick from t
 figures, the cores and the memory budget. Repetitions alternate strategies; the ratio
 reported is of the medians.
 
-  python benchmarks/backends.py [--cores 2,1] [--task-ms 5] [--tasks 300] [--reps 3]
+  python benchmarks/backends.py [--cores 2,1] [--task-ms 5] [--tasks 2000] [--reps 3]
 """
 from __future__ import annotations
 
@@ -67,7 +71,21 @@ def child(cpus: int, strategy: str, n_tasks: int, per_task: int) -> Dict:
     from gil_adapt.backends.processes import ProcessBackend
 
     out: Dict = {"cpus": cpus, "strategy": strategy, "usable_cores": usable_cores()}
-    if strategy == "processes":
+    if strategy == "auto":
+        ex = gil_adapt.AdaptiveExecutor()
+        [f.result() for f in [ex.submit(bench.spin, per_task) for _ in range(4 * cpus)]]
+        t0m = time.monotonic()
+        t0 = time.perf_counter()
+        [f.result() for f in [ex.submit(bench.spin, per_task) for _ in range(n_tasks)]]
+        elapsed = time.perf_counter() - t0
+        st = ex.stats()
+        kind = st["kinds"]["backends:spin"]
+        out.update(auto=kind["backend"], auto_reason=kind["reason"],
+                   switches=[(round(sw["time_s"] - t0m, 2), sw["to"], sw["reason"])
+                             for sw in st["switches"]],
+                   on_processes=st.get("processes", {}).get("completed", 0))
+        ex.shutdown()
+    elif strategy == "processes":
         backend = ProcessBackend(cpus)
 
         def submit_all(n: int) -> List[Future]:
@@ -87,14 +105,7 @@ def child(cpus: int, strategy: str, n_tasks: int, per_task: int) -> Dict:
                    overhead_s=stats["functions"]["backends:spin"]["mean_overhead_s"])
         backend.shutdown()
     else:
-        try:
-            ex = gil_adapt.AdaptiveExecutor(mode="threads")
-            out["executor"] = "AdaptiveExecutor"
-        except (TypeError, ValueError):
-            from concurrent.futures import ThreadPoolExecutor
-
-            ex = ThreadPoolExecutor(cpus)
-            out["executor"] = "ThreadPoolExecutor"
+        ex = gil_adapt.AdaptiveExecutor(mode="threads")
         [f.result() for f in [ex.submit(bench.spin, per_task) for _ in range(4 * cpus)]]
         with gil_adapt.measure() as m:
             t0 = time.perf_counter()
@@ -124,8 +135,8 @@ def child(cpus: int, strategy: str, n_tasks: int, per_task: int) -> Dict:
         for k in range(chooser.policy.confirm):
             decision = chooser.update(float(k), resources, threads=profile)
         out.update(beta=total["beta"], gil_utilisation=total.get("gil_utilisation"),
-                   profile=profile.__dict__, auto=decision.backend.value,
-                   auto_reason=decision.reason)
+                   profile=profile.__dict__, chooser=decision.backend.value,
+                   chooser_reason=decision.reason)
         ex.shutdown()
     out["throughput"] = n_tasks / elapsed
     return out
@@ -145,7 +156,7 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cores", default="2,1")
     ap.add_argument("--task-ms", type=float, default=5.0)
-    ap.add_argument("--tasks", type=int, default=300)
+    ap.add_argument("--tasks", type=int, default=2000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--json", help="write every figure here")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
@@ -166,9 +177,9 @@ def main() -> int:
         if cpus > allowed:
             print(f"-- {cpus} cores: skipped ({allowed} allowed here)")
             continue
-        runs: Dict[str, List[Dict]] = {"threads": [], "processes": []}
+        runs: Dict[str, List[Dict]] = {"threads": [], "processes": [], "auto": []}
         for _ in range(args.reps):
-            for strategy in ("threads", "processes"):
+            for strategy in runs:
                 runs[strategy].append(run_once(cpus, strategy, args))
         med = {}
         for strategy, rs in runs.items():
@@ -181,17 +192,24 @@ def main() -> int:
             each = ", ".join("%.1f" % r["throughput"] for r in ok)
             print(f"{cpus} core(s) {strategy:>9}: {med[strategy]:7.1f} tasks/s  "
                   f"(runs: {each}; workers {ok[-1].get('workers')})")
-        if len(med) == 2:
+        if len(med) == 3:
             ratio = med["processes"] / med["threads"]
-            print(f"{cpus} core(s) processes / threads = {ratio:.2f}")
-            last = [r for r in runs["threads"] if "auto" in r][-1:]
+            auto = med["auto"] / med["threads"]
+            print(f"{cpus} core(s) processes / threads = {ratio:.2f}; "
+                  f"auto / threads = {auto:.2f}")
+            last = [r for r in runs["threads"] if "chooser" in r][-1:]
             if last:
                 p = last[0]["profile"]
                 print(f"    threads, per task: cpu {1e3 * p['cpu_s']:.2f} ms, GIL held "
                       f"{1e3 * (p['gil_held_s'] or 0):.2f} ms, GIL wait "
-                      f"{1e3 * p['gil_wait_s']:.2f} ms, I/O {1e3 * p['io_wait_s']:.2f} ms; "
-                      f"auto would pick {last[0]['auto']}: {last[0]['auto_reason']}")
-            report[f"{cpus}c"] = {"ratio": ratio, "median": med, "runs": runs}
+                      f"{1e3 * p['gil_wait_s']:.2f} ms, I/O {1e3 * p['io_wait_s']:.2f} ms")
+            for r in runs["auto"]:
+                if "auto" in r:
+                    print(f"    auto run: ended on {r['auto']} ({r['on_processes']} tasks ran "
+                          f"on processes); switches (s after start, to, reason): "
+                          f"{r['switches'] or 'none'}; last reason: {r['auto_reason']}")
+            report[f"{cpus}c"] = {"ratio": ratio, "auto_ratio": auto, "median": med,
+                                  "runs": runs}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1, default=str)
