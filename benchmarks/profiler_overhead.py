@@ -71,7 +71,7 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--work", type=int, default=10_000_000, help="loop iterations per thread")
     p.add_argument("--cores", type=int, default=1)
-    p.add_argument("--sample-hz", default="20")
+    p.add_argument("--sample-hz", default="10")
     args = p.parse_args()
     cores = set(sorted(os.sched_getaffinity(0))[-args.cores:])
     with tempfile.TemporaryDirectory() as tmp:

@@ -81,7 +81,7 @@ options:
   --no-live        never show the live table
   --json FILE      also write the final report as JSON to FILE
   --plot FILE.png  draw each thread's states over time (needs matplotlib)
-  --sample-hz HZ   function samples per second at most (default 20)
+  --sample-hz HZ   function samples per second at most (default 10)
   --port PORT      serve Prometheus metrics on PORT while the program runs (0: any)
   --addr ADDR      address for --port (default 127.0.0.1)
   -h, --help       this text
@@ -135,7 +135,7 @@ class Options:
     live: Optional[bool] = None  # None: when stderr is a terminal
     json_path: Optional[str] = None
     plot_path: Optional[str] = None
-    sample_hz: float = 20.0
+    sample_hz: float = 10.0
     port: Optional[int] = None
     addr: str = "127.0.0.1"
     module: Optional[str] = None
