@@ -2,9 +2,8 @@
 
 Run as a script (``python -I -S _metrics_helper.py CTL_FD ADDR PORT MAX_AGE_S``) it is the
 process that :func:`gil_adapt.serve_metrics` starts by default: it listens on ADDR:PORT,
-answers scrapes itself from its copy of the metrics, and asks the program for fresh ones
-over the control socket CTL_FD when its copy is older than MAX_AGE_S (the scrape that
-notices gets the copy at once; a scrape waits only when there is no copy yet). A GIL-bound program then pays for one
+answers scrapes itself, and asks the program for fresh metrics over the control socket
+CTL_FD only when its copy is older than MAX_AGE_S. A GIL-bound program then pays for one
 read of the ledger per MAX_AGE_S however often it is scraped, instead of a few GIL
 hand-offs per scrape (measured: about 10 % of the throughput of 4 GIL-bound threads
 scraped 30 times a second, with the server as a thread of theirs).
@@ -18,12 +17,10 @@ Control protocol (a stream socket pair):
   0xFFFFFFFF: reading the metrics failed).
 
 The helper exits when the control socket closes (the program closed the server, exited
-or died). It never imports gil_adapt, ignores SIGINT (a Ctrl-C is the program's), and
-runs on any core (not only those the program's thread that started it was pinned to).
+or died). It never imports gil_adapt, and ignores SIGINT (a Ctrl-C is the program's).
 """
 from __future__ import annotations
 
-import os
 import select
 import signal
 import socket
@@ -130,69 +127,46 @@ def _read_reply(ctl: socket.socket) -> Optional[Tuple[bytes, Optional[bytes]]]:
 
 
 class _Refresher:
-    """The helper's copy of the metrics, refreshed from the program.
-
-    Stale-while-revalidate: a scrape that finds the copy older than max_age_s gets the
-    copy at once and a refresh is asked for (the reply lands in the main loop); only a
-    scrape with no copy at all waits for the program (at most 5 s).
-    """
+    """The helper's copy of the metrics, refreshed from the program when too old."""
 
     def __init__(self, ctl: socket.socket, max_age_s: float) -> None:
         self.ctl = ctl
         self.max_age_s = max_age_s
         self.seq = 0
         self.cache: Dict[bool, Tuple[float, bytes]] = {}
-        self.pending: Dict[bytes, Tuple[bool, float]] = {}  # seq -> (openmetrics, asked at)
         self.program_gone = False
-
-    def _ask(self, om: bool) -> bytes:
-        self.seq = (self.seq + 1) & 0xFFFFFFFF
-        seq = struct.pack("!I", self.seq)
-        self.ctl.sendall((b"O" if om else b"T") + seq)
-        self.pending[seq] = (om, time.monotonic())
-        return seq
-
-    def take_reply(self) -> Optional[bytes]:
-        """Reads one reply into the cache; returns its sequence number (None at EOF)."""
-        reply = _read_reply(self.ctl)
-        if reply is None:
-            self.program_gone = True
-            return None
-        asked = self.pending.pop(reply[0], None)
-        if asked is not None and reply[1] is not None:
-            self.cache[asked[0]] = (asked[1], reply[1])
-        return reply[0]
 
     def body(self, om: bool) -> Optional[bytes]:
         hit = self.cache.get(om)
         now = time.monotonic()
+        if hit is not None and now - hit[0] < self.max_age_s:
+            return hit[1]
+        self.seq = (self.seq + 1) & 0xFFFFFFFF
+        want = struct.pack("!I", self.seq)
+        deadline = now + 5.0
         try:
-            if hit is not None:
-                if now - hit[0] >= self.max_age_s and not any(
-                        o == om and now - t < 5.0 for o, t in self.pending.values()):
-                    self._ask(om)
-                return hit[1]
-            want = self._ask(om)
-            deadline = now + 5.0
-            while want in self.pending:
+            self.ctl.sendall((b"O" if om else b"T") + want)
+            while True:  # replies to requests that timed out before are skipped
                 left = deadline - time.monotonic()
                 if left <= 0 or not select.select([self.ctl], [], [], left)[0]:
-                    return None  # the program does not answer (busy): 500
-                if self.take_reply() is None:
+                    return hit[1] if hit is not None else None  # busy: serve what we have
+                reply = _read_reply(self.ctl)
+                if reply is None:
+                    self.program_gone = True
                     return None
+                if reply[0] == want:
+                    break
         except OSError:
             self.program_gone = True
             return None
-        hit = self.cache.get(om)
-        return hit[1] if hit is not None else None
+        if reply[1] is None:
+            return None
+        self.cache[om] = (time.monotonic(), reply[1])
+        return reply[1]
 
 
 def main(argv: List[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:  # not on the cores the program pinned itself to: any core it may use
-        os.sched_setaffinity(0, range(os.cpu_count() or 1))
-    except (AttributeError, OSError):
-        pass
     ctl = socket.socket(fileno=int(argv[0]))
     addr, port, max_age_s = argv[1], int(argv[2]), float(argv[3])
     try:
@@ -204,9 +178,9 @@ def main(argv: List[str]) -> int:
     refresher = _Refresher(ctl, max_age_s)
     while not refresher.program_gone:
         readable, _, _ = select.select([lsock, ctl], [], [])
-        if ctl in readable:  # a refresh's reply, or EOF
+        if ctl in readable:  # EOF, or a late reply to a refresh that timed out
             try:
-                if refresher.take_reply() is None:
+                if _read_reply(ctl) is None:
                     return 0
             except OSError:
                 return 0
