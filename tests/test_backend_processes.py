@@ -259,24 +259,24 @@ def test_idempotent_task_retried_once(backend, tmp_path) -> None:
 
 
 def test_no_task_lost_or_duplicated_under_kills(backend, tmp_path) -> None:
-    """6,000 tasks, a worker killed (SIGKILL, os._exit, segfault) every 300 of them."""
+    """10,000 tasks, a worker killed (SIGKILL, os._exit, segfault) every 500 of them."""
     b = backend(2)
     d = str(tmp_path)
     killers = [(bt.kill_self, ()), (bt.die, (9,)), (bt.segfault, ())]
     normal: Dict[int, Future] = {}
     deadly: List[Future] = []
-    for i in range(6000):
+    for i in range(10_000):
         normal[i] = submit(b, bt.record, d, i)
-        if i % 300 == 299:
-            fn, args = killers[(i // 300) % 3]
+        if i % 500 == 499:
+            fn, args = killers[(i // 500) % 3]
             deadly.append(submit(b, fn, *args))
     done, not_done = wait(list(normal.values()) + deadly, timeout=HANG * 2)
     assert not not_done
     assert all(isinstance(f.exception(), WorkerDied) for f in deadly)
-    assert sorted(f.result() for f in normal.values()) == list(range(6000))
-    assert sorted(recorded(d)) == list(range(6000))  # each ran exactly once
+    assert sorted(f.result() for f in normal.values()) == list(range(10_000))
+    assert sorted(recorded(d)) == list(range(10_000))  # each ran exactly once
     s = b.stats()
-    assert s["died"] == len(deadly) and s["completed"] == 6000
+    assert s["died"] == len(deadly) and s["completed"] == 10_000
 
 
 # ---- cancellation, shutdown, moving queued tasks ---------------------------------------

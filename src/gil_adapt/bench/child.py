@@ -93,7 +93,11 @@ class _Pool:
             out = {k: st.get(k) for k in ("workers", "target_workers", "beta", "throughput",
                                           "queue_length")}
             out["decisions"] = dict(st.get("decisions") or {})
-            out["backend"] = st.get("mode", "threads")
+            # where auto mode runs the workload's function(s) now, e.g. "auto: processes"
+            chosen = sorted({k["backend"] for k in (st.get("kinds") or {}).values()})
+            mode = st.get("mode", "threads")
+            out["backend"] = f"{mode}: {'+'.join(chosen)}" if chosen else mode
+            out["switches"] = len(st.get("switches") or ())
             return out
         if kind == "betapool":
             m = ex.get_metrics()
