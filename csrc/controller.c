@@ -10,6 +10,7 @@
 #define GAIN 1.04              /* a probe up must raise throughput by 4 % */
 #define KEEP 0.98              /* a probe down may lose at most 2 % */
 #define PHASE_CHANGE 1.33      /* Little's-law size moving by a third: re-size */
+#define PHASE_WINDOWS 2        /* ...in this many consecutive windows */
 #define MIN_TASKS 8.0          /* fewer completions than this: the window says nothing */
 #define STEADY_FIRST 4         /* windows between probes, doubling up to STEADY_MAX */
 #define STEADY_MAX 32
@@ -103,10 +104,21 @@ gla_ctl_decision gla_ctl_step(gla_ctl *c, const gla_ctl_window *w)
      * is enough to know the demands roughly; the estimate sharpens as more finish). */
     double little = gla_ctl_little_size(w, c->usable_cores);
     if (little > 0) {
-        double prev = c->little_size;
+        double prev = c->little_ref;
         c->little_size = little;
-        int changed = prev <= 0 || little > prev * PHASE_CHANGE || little * PHASE_CHANGE < prev;
+        /* A phase change must hold for PHASE_WINDOWS windows in one direction: the window
+         * after a resize (threads starting, a burst of GIL hand-offs) moves the demands
+         * for a moment, and re-sizing on it alone oscillates between two sizes. */
+        int dir = little > prev * PHASE_CHANGE ? 1 : little * PHASE_CHANGE < prev ? -1 : 0;
+        if (dir == 0 || (c->little_moved != 0 && (c->little_moved > 0) != (dir > 0)))
+            c->little_moved = dir;
+        else
+            c->little_moved += dir;
+        int changed = prev <= 0 || c->little_moved >= PHASE_WINDOWS ||
+                      c->little_moved <= -PHASE_WINDOWS;
         if (changed) {
+            c->little_ref = little;
+            c->little_moved = 0;
             int n = clamp(c, ceil(little));
             if (n != c->target) {
                 int grew = n > c->target;
@@ -239,8 +251,13 @@ gla_ctl_decision gla_ctl_step(gla_ctl *c, const gla_ctl_window *w)
 double gla_ctl_window_s(const gla_ctl *c)
 {
     double s = 0.1;
-    if (c->rate_ewma > 0)
-        s = 30.0 / c->rate_ewma;
+    double rate = c->rate_ewma;
+    /* Just re-sized: the rate to expect at the new size (Little's law), not the old one's
+     * (a pool grown from 2 to 300 workers would otherwise wait seconds to be judged). */
+    if (c->wall_ewma > 0 && c->target / c->wall_ewma > rate)
+        rate = c->target / c->wall_ewma;
+    if (rate > 0)
+        s = 30.0 / rate;
     if (c->wall_ewma > 0 && s < 2 * c->wall_ewma)
         s = 2 * c->wall_ewma;
     if (s < 0.05)

@@ -76,6 +76,8 @@ typedef struct gla_ctl {
     int veto_above;          /* growth past this was refused recently (0 = none) */
     int veto_windows;        /* windows the veto still holds */
     double little_size;      /* last Little's-law size (0 = none) */
+    double little_ref;       /* the Little's-law size last sized to (0 = none) */
+    int little_moved;        /* consecutive windows whose size moved away from little_ref */
     double rate_ewma;        /* smoothed task rate, for window sizing */
     double wall_ewma;        /* smoothed task wall time */
 } gla_ctl;

@@ -235,7 +235,11 @@ class Harness:
         try:
             import gil_adapt
 
+            # as the runs see it: they install the hook (AdaptiveExecutor does)
+            installed = gil_adapt.install()
             env["gil_adapt_capabilities"] = gil_adapt.capabilities()
+            if installed:
+                gil_adapt.uninstall()
         except Exception as e:  # noqa: BLE001 - reported, not fatal
             env["gil_adapt_capabilities"] = {"error": f"{type(e).__name__}: {e}"}
         return env
