@@ -11,6 +11,7 @@
 #define KEEP 0.98              /* a probe down may lose at most 2 % */
 #define PHASE_CHANGE 1.33      /* Little's-law size moving by a third: re-size */
 #define PHASE_WINDOWS 2        /* ...in this many consecutive windows */
+#define RAMP 4                 /* growth toward Little's size: at most x4 a window */
 #define MIN_TASKS 8.0          /* fewer completions than this: the window says nothing */
 #define STEADY_FIRST 4         /* windows between probes, doubling up to STEADY_MAX */
 #define STEADY_MAX 32
@@ -119,7 +120,14 @@ gla_ctl_decision gla_ctl_step(gla_ctl *c, const gla_ctl_window *w)
         if (changed) {
             c->little_ref = little;
             c->little_moved = 0;
-            int n = clamp(c, ceil(little));
+            c->little_goal = clamp(c, ceil(little));
+            int n = c->little_goal;
+            /* Ramp: a window at each size on the way shows whether the interpreter
+             * still completes tasks there (thousands of threads on one core may not). */
+            if (n > c->target * RAMP)
+                n = clamp(c, c->target * RAMP);
+            if (n >= c->little_goal)
+                c->little_goal = 0; /* reached: no ramp pending */
             if (n != c->target) {
                 int grew = n > c->target;
                 set_base(c, n);
@@ -133,10 +141,39 @@ gla_ctl_decision gla_ctl_step(gla_ctl *c, const gla_ctl_window *w)
             }
         }
     }
+    if (w->completed >= MIN_TASKS && w->workers > c->good_size)
+        c->good_size = w->workers;
+    if (c->target < c->little_goal && w->completed >= MIN_TASKS &&
+        !(c->veto_above && c->target >= c->veto_above)) {
+        int n = c->little_goal < c->target * RAMP ? c->little_goal : clamp(c, c->target * RAMP);
+        if (c->veto_above && n > c->veto_above)
+            n = c->veto_above;
+        if (n > c->target) {
+            set_base(c, n);
+            say(&d, GLA_CTL_GROW, "ramping toward the demand-based size %.0f: %.0f workers",
+                (double)c->little_goal, (double)n);
+            if (n >= c->little_goal)
+                c->little_goal = 0;
+            d.target = c->target;
+            return d;
+        }
+    }
     if (w->completed < MIN_TASKS) {
-        /* Too little finished to compare throughputs. With work queued and nothing done
-         * the size may be far too small (long tasks): double it. */
-        if (w->queue_length > 0 && w->completed < 1 && c->target < c->max_workers &&
+        /* Too little finished to compare throughputs. Nothing finished at a size larger
+         * than one that did, while busy: too many threads for this interpreter (they
+         * starve each other): back to that size, and no growth past it for a while.
+         * With work queued and nothing done otherwise, the size may be far too small
+         * (long tasks): double it. */
+        if (w->queue_length > 0 && w->completed < 1 && w->busy >= c->target &&
+            c->good_size > 0 && c->good_size < c->target) {
+            int from = c->target;
+            set_base(c, c->good_size);
+            c->little_goal = 0;
+            c->veto_above = c->good_size;
+            c->veto_windows = VETO_WINDOWS;
+            say(&d, GLA_CTL_VETO, "no task finished at %.0f workers: back to %.0f",
+                (double)from, (double)c->good_size);
+        } else if (w->queue_length > 0 && w->completed < 1 && c->target < c->max_workers &&
             w->busy >= c->target) {
             int n = clamp(c, c->target * 2.0);
             set_base(c, n);

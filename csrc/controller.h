@@ -78,6 +78,8 @@ typedef struct gla_ctl {
     double little_size;      /* last Little's-law size (0 = none) */
     double little_ref;       /* the Little's-law size last sized to (0 = none) */
     int little_moved;        /* consecutive windows whose size moved away from little_ref */
+    int little_goal;         /* the size Little's law asked for while ramping to it (0 = none) */
+    int good_size;           /* the most workers a window completed MIN_TASKS tasks with */
     double rate_ewma;        /* smoothed task rate, for window sizing */
     double wall_ewma;        /* smoothed task wall time */
 } gla_ctl;
