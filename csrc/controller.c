@@ -6,7 +6,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#define MARGIN 1.15            /* Little's-law size headroom for task-time variance */
+#define FILL 0.995             /* demand-based size: the bottleneck this busy (queueing model) */
+#define FLOOR 1.0              /* probes down go freely to this share of the demand-based size */
+#define LOW 1.0                /* ...and on evidence of a gain to this share, never further */
 #define GAIN 1.04              /* a probe up must raise throughput by 4 % */
 #define KEEP 0.98              /* a probe down may lose at most 2 % */
 #define PHASE_CHANGE 1.33      /* Little's-law size moving by a third: re-size */
@@ -44,6 +46,30 @@ int gla_ctl_init(gla_ctl *c, int min_workers, int max_workers, double usable_cor
     return 0;
 }
 
+/* The smallest pool that keeps the bottleneck (demand d per task, seconds) `fill` busy,
+ * the rest of a task's cycle (z) being time away from it: mean-value analysis of the
+ * closed network of one processor-shared station (the GIL hands over round-robin; the
+ * cores share time) and a delay station. Little's law alone, x*(d + z) with x = 1/d,
+ * ignores that tasks arrive at the bottleneck unevenly: at that size it is idle 15-20 %
+ * of the time (a 10 ms CPU + 50 ms I/O task: 81 % busy at 6 workers, 98 % at 12). */
+static double queue_size(double d, double z, double fill)
+{
+    if (!(d > 0))
+        return 0;
+    if (z < 0)
+        z = 0;
+    double q = 0, goal = fill / d;
+    int n;
+    for (n = 1; n < (1 << 20); n++) {
+        double r = d * (1 + q);
+        double x = n / (z + r);
+        if (x >= goal)
+            break;
+        q = x * r;
+    }
+    return n;
+}
+
 double gla_ctl_little_size(const gla_ctl_window *w, double usable_cores)
 {
     if (w->completed < 1 || !(w->task_wall_s > 0) || !(w->task_cpu_s >= 0))
@@ -65,10 +91,26 @@ double gla_ctl_little_size(const gla_ctl_window *w, double usable_cores)
     double io = w->task_wall_s - cpu - gil_wait;
     if (io < 0)
         io = 0;
-    double bound = 1.0 / held;                    /* one GIL */
-    if (cores / (held + native) < bound)          /* the cores */
-        bound = cores / (held + native);
-    return bound * (held + native + io) * MARGIN;
+    double bottleneck = held;                     /* one GIL */
+    if ((held + native) / cores > bottleneck)     /* the cores */
+        bottleneck = (held + native) / cores;
+    return queue_size(bottleneck, held + native + io - bottleneck, FILL);
+}
+
+/* The change a step must show to count: the minimum, or two standard deviations of the
+ * difference of two windows' throughputs, whichever is larger. The windows' spread is the
+ * one measured while the size held (STEADY), else that of Poisson counts of a and b
+ * tasks (relative sd sqrt(1/a + 1/b)): steady work varies far less than that. */
+static double noise(const gla_ctl *c, double a, double b, double least)
+{
+    double sd;
+    if (c->rate_var_n >= 3)
+        sd = sqrt(2 * c->rate_var);
+    else if (a >= 1 && b >= 1)
+        sd = sqrt(1.0 / a + 1.0 / b);
+    else
+        return least;
+    return 2 * sd > least ? 2 * sd : least;
 }
 
 static void say(gla_ctl_decision *d, gla_ctl_action a, const char *fmt, double x, double y)
@@ -83,10 +125,21 @@ static void set_base(gla_ctl *c, int n)
     c->target = n;
     c->base = n;
     c->base_rate = 0;
+    c->base_done = 0;
     c->phase = GLA_CTL_SETTLE;
 }
 
+static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w);
+
 gla_ctl_decision gla_ctl_step(gla_ctl *c, const gla_ctl_window *w)
+{
+    int before = c->target;
+    gla_ctl_decision d = step(c, w);
+    c->fresh = d.target != before;
+    return d;
+}
+
+static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
 {
     gla_ctl_decision d;
     memset(&d, 0, sizeof d);
@@ -107,6 +160,7 @@ gla_ctl_decision gla_ctl_step(gla_ctl *c, const gla_ctl_window *w)
     if (little > 0) {
         double prev = c->little_ref;
         c->little_size = little;
+        c->little_smooth = c->little_smooth > 0 ? 0.7 * c->little_smooth + 0.3 * little : little;
         /* A phase change must hold for PHASE_WINDOWS windows in one direction: the window
          * after a resize (threads starting, a burst of GIL hand-offs) moves the demands
          * for a moment, and re-sizing on it alone oscillates between two sizes. */
@@ -119,6 +173,9 @@ gla_ctl_decision gla_ctl_step(gla_ctl *c, const gla_ctl_window *w)
                       c->little_moved <= -PHASE_WINDOWS;
         if (changed) {
             c->little_ref = little;
+            c->little_smooth = little;
+            c->model_cap = 0;
+            c->rate_var_n = 0;
             c->little_moved = 0;
             c->little_goal = clamp(c, ceil(little));
             int n = c->little_goal;
@@ -143,6 +200,20 @@ gla_ctl_decision gla_ctl_step(gla_ctl *c, const gla_ctl_window *w)
     }
     if (w->completed >= MIN_TASKS && w->workers > c->good_size)
         c->good_size = w->workers;
+    /* The demand-based size, averaged, rose past the size in force: follow it (no probe
+     * needed; a probe's window could not see the few per cent it is worth). */
+    int model = clamp(c, ceil(c->little_smooth * FLOOR));
+    if (c->little_goal == 0 && c->target == c->base && w->completed >= MIN_TASKS &&
+        model > c->target * 1.1 &&
+        !(c->model_cap > 0 && c->little_smooth < c->model_cap * PHASE_CHANGE) &&
+        !(c->collapse_veto && c->veto_above && model > c->veto_above)) {
+        int from = c->target;
+        set_base(c, model);
+        say(&d, GLA_CTL_GROW, "demand-based size %.0f above the %.0f workers in force: grown",
+            (double)model, (double)from);
+        d.target = c->target;
+        return d;
+    }
     if (c->target < c->little_goal && w->completed >= MIN_TASKS &&
         !(c->veto_above && c->target >= c->veto_above)) {
         int n = c->little_goal < c->target * RAMP ? c->little_goal : clamp(c, c->target * RAMP);
@@ -170,6 +241,7 @@ gla_ctl_decision gla_ctl_step(gla_ctl *c, const gla_ctl_window *w)
             set_base(c, c->good_size);
             c->little_goal = 0;
             c->veto_above = c->good_size;
+            c->collapse_veto = 1;
             c->veto_windows = VETO_WINDOWS;
             say(&d, GLA_CTL_VETO, "no task finished at %.0f workers: back to %.0f",
                 (double)from, (double)c->good_size);
@@ -200,20 +272,31 @@ gla_ctl_decision gla_ctl_step(gla_ctl *c, const gla_ctl_window *w)
         d.target = c->target;
         return d;
     }
+    if (c->fresh) {
+        /* The first window at a new size is not judged: threads retiring finish their
+         * tasks in it (a shrink looks faster than it is), new ones have not finished
+         * their first (a growth looks slower). */
+        snprintf(d.reason, sizeof d.reason, "first window at %d workers: not judged", c->target);
+        d.target = c->target;
+        return d;
+    }
     switch (c->phase) {
     case GLA_CTL_SETTLE:
         c->base_rate = rate;
+        c->base_done = w->completed;
         c->phase = GLA_CTL_PROBE_UP;
         __attribute__((fallthrough)); /* probe at once */
     case GLA_CTL_PROBE_UP: {
         if (c->target != c->base) {
             /* judge the step up */
-            if (rate > c->base_rate * GAIN) {
+            if (rate > c->base_rate * (1 + noise(c, c->base_done, w->completed, GAIN - 1))) {
                 c->base = c->target;
                 c->base_rate = rate;
+                c->base_done = w->completed;
                 c->steady_backoff = STEADY_FIRST;
             } else {
                 c->veto_above = c->base;
+                c->collapse_veto = 0;
                 c->veto_windows = VETO_WINDOWS;
                 c->target = c->base;
                 c->phase = GLA_CTL_PROBE_DOWN;
@@ -241,27 +324,43 @@ gla_ctl_decision gla_ctl_step(gla_ctl *c, const gla_ctl_window *w)
         __attribute__((fallthrough));
     }
     case GLA_CTL_PROBE_DOWN: {
-        /* Only back toward the demand-based size: below it throughput must fall. */
-        int floor_size = clamp(c, ceil(c->little_size / MARGIN));
+        /* Down to the demand-based size freely (fewer threads for the same throughput);
+         * below it only on evidence (the model says the bottleneck would idle, but cores
+         * shared with native code can make the surplus threads cost more than they give),
+         * and never below LOW of it. */
+        int soft = clamp(c, ceil(c->little_smooth * FLOOR));
+        int hard = clamp(c, ceil(c->little_smooth * LOW));
+        if (c->model_cap > 0 && soft > c->base)
+            soft = c->base; /* an earlier step below the model paid */
         if (c->target != c->base) {
-            if (rate >= c->base_rate * KEEP) {
+            int below = c->target < soft;
+            double need = below ? 1 + noise(c, c->base_done, w->completed, GAIN - 1) : KEEP;
+            if (rate >= c->base_rate * need) {
+                if (below)
+                    c->model_cap = c->little_smooth;
                 c->base = c->target;
-                c->base_rate = rate > c->base_rate ? rate : c->base_rate;
+                if (rate > c->base_rate) {
+                    c->base_rate = rate;
+                    c->base_done = w->completed;
+                }
             } else {
                 c->target = c->base;
                 c->phase = GLA_CTL_STEADY;
                 c->steady_windows = c->steady_backoff;
                 if (c->steady_backoff < STEADY_MAX)
                     c->steady_backoff *= 2;
-                say(&d, GLA_CTL_GROW, "fewer workers lost throughput (%.1f %%): back to %.0f",
+                say(&d, GLA_CTL_GROW, below ? "fewer workers did not raise throughput (%.1f %%): back to %.0f"
+                                            : "fewer workers lost throughput (%.1f %%): back to %.0f",
                     c->base_rate > 0 ? (1 - rate / c->base_rate) * 100 : 0, (double)c->base);
                 d.target = c->target;
                 return d;
             }
         }
         int down = clamp(c, floor(c->base * 0.8));
-        if (down < floor_size)
-            down = floor_size;
+        if (c->base > soft && down < soft)
+            down = soft;
+        if (down < hard)
+            down = hard;
         if (down >= c->base) {
             c->phase = GLA_CTL_STEADY;
             c->steady_windows = c->steady_backoff;
@@ -275,7 +374,13 @@ gla_ctl_decision gla_ctl_step(gla_ctl *c, const gla_ctl_window *w)
         return d;
     }
     case GLA_CTL_STEADY:
+        if (c->base_rate > 0) {
+            double dev = rate / c->base_rate - 1;
+            c->rate_var = c->rate_var_n > 0 ? 0.8 * c->rate_var + 0.2 * dev * dev : dev * dev;
+            c->rate_var_n++;
+        }
         c->base_rate = c->base_rate > 0 ? 0.8 * c->base_rate + 0.2 * rate : rate;
+        c->base_done = 0.8 * c->base_done + w->completed; /* ~ the tasks the average spans */
         if (--c->steady_windows <= 0)
             c->phase = GLA_CTL_PROBE_UP;
         break;

@@ -16,18 +16,28 @@
  *       HOLD   nothing changed.
  *
  * Method (DESIGN.md §2):
- *   1. Size at once from task demands (Little's law). Per task: h = time holding the GIL
- *      (Python CPU; the thread CPU when unknown), n = CPU with the GIL released, w = the
- *      rest of the task's wall time outside GIL waits and the run queue (I/O). With C
- *      usable cores, throughput is bounded by X* = min(1/h, C/(h+n)); the concurrency
- *      that reaches it is X*·(h+n+w), plus a margin for variance.
- *   2. Refine on measured throughput: probe one step up (and then down) while tasks are
- *      queued; keep a step only if throughput rose (or, down, did not fall) by more than
- *      the noise margin. A refused step up is a VETO and is not retried for a while.
- *   3. Damp: changes need a full window at the new size before they are judged; the
- *      probe cadence backs off while the size holds.
- *   4. Re-converge: when the Little's-law size moves by more than a third between
- *      windows (a phase change), re-size from it at once.
+ *   1. Size at once from task demands. Per task: h = time holding the GIL (Python CPU; the
+ *      thread CPU when unknown), n = CPU with the GIL released, w = the rest of the task's
+ *      wall time outside GIL waits (I/O). With C usable cores the bottleneck's demand per
+ *      task is d = max(h, (h+n)/C). Little's law, (1/d)·(h+n+w) workers, leaves the
+ *      bottleneck idle 10-20 % of the time because tasks reach it unevenly; the size used
+ *      is the smallest that keeps it 99.5 % busy by mean-value analysis of the closed
+ *      queueing network (one processor-shared station, one delay station). Large sizes
+ *      are reached in steps of x4 per window; when no task finishes at a size larger than
+ *      one that completed tasks (an interpreter starved by thousands of threads), the pool
+ *      goes back to that size and growth past it is vetoed for a while.
+ *   2. Refine on measured throughput while tasks are queued: probe one step up (x1.25) and
+ *      then down; a step up is kept only if throughput rose by more than the noise
+ *      (two standard deviations of the difference of two windows: from the spread of
+ *      windows while the size held, else from Poisson counts; at least 4 %), else it is a
+ *      VETO not retried for a while; steps down go no lower than the demand-based size
+ *      (windows of a few dozen tasks cannot show the few per cent below it).
+ *   3. Damp: the first window at a new size is not judged (retiring threads finish their
+ *      tasks in it, new ones have not finished their first); the probe cadence backs off
+ *      while the size holds.
+ *   4. Re-converge: when the demand-based size moves by more than a third for two windows
+ *      in one direction (a phase change), re-size from it; when its moving average rises
+ *      past the size in force by 10 %, follow it.
  * Windows are sized to the task rate (gla_ctl_window_s): long enough for ~30 tasks, at
  * least twice a task's wall time, between 0.05 s and 2 s.
  */
@@ -70,12 +80,19 @@ typedef struct gla_ctl {
     int target;              /* the size in force */
     int base;                /* the size a probe is judged against */
     double base_rate;        /* throughput measured at base (tasks/s), 0 = none yet */
+    double base_done;        /* tasks the base_rate was measured on */
     gla_ctl_phase phase;
     int steady_windows;      /* windows left before the next probe */
     int steady_backoff;      /* current pause between probes, in windows */
     int veto_above;          /* growth past this was refused recently (0 = none) */
     int veto_windows;        /* windows the veto still holds */
-    double little_size;      /* last Little's-law size (0 = none) */
+    int fresh;               /* the last decision changed the size: its first window is transient */
+    int collapse_veto;       /* the veto is a collapse's (no task finished above it) */
+    double little_size;      /* last demand-based size (0 = none) */
+    double little_smooth;    /* its moving average: probes down stop there (0 = none) */
+    double model_cap;        /* little_smooth when a step below it paid (0 = none) */
+    double rate_var;         /* relative variance of window throughputs at a held size */
+    int rate_var_n;          /* windows rate_var is made of */
     double little_ref;       /* the Little's-law size last sized to (0 = none) */
     int little_moved;        /* consecutive windows whose size moved away from little_ref */
     int little_goal;         /* the size Little's law asked for while ramping to it (0 = none) */

@@ -1,0 +1,470 @@
+/* sim.c — see sim.h for the contract and the model. */
+#include "sim.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { T_DEAD = 0, T_GIL_WAIT, T_PY, T_NATIVE, T_IO };
+#define EPILOGUE_MAX 20e-6 /* Python after the I/O: taking the result, setting the future */
+
+typedef struct {
+    int state;
+    int epilogue;      /* the Python phase running or awaited is the task's last */
+    double rem;        /* Python work left while waiting for the GIL */
+    double switches;   /* CPU spent on GIL hand-offs by this task (held, on its core) */
+    double held_wall;  /* time this task held the GIL (the ledger's figure) */
+    double runq;       /* time it needed a core and had none */
+    double run_since, run_work; /* the CPU phase under way: its start and its work */
+    double t_start, wait_start, gil_wait;
+    double held, native, io, epi;
+    double key;        /* finish: virtual CPU time (cpu heap) or time (I/O heap) */
+    int pos;           /* position in its heap, -1 none */
+} thr;
+
+typedef struct {
+    int *a;
+    int len;
+} heap;
+
+struct sim {
+    sim_params p;
+    thr *t;
+    int cap, used;     /* slots allocated, slots ever used */
+    int *free_slots, nfree;
+    int live, target;
+    heap cpu, io;
+    int *q;            /* GIL waiters, FIFO ring of cap */
+    int qhead, qlen;
+    int holder;        /* -1: GIL free */
+    double hold_start;
+    double now, vtime;
+    long long next_task, done;
+    /* window sums */
+    double w_done, w_wall, w_cpu, w_held, w_gwait, w_io, w_runq;
+};
+
+/* ---- heaps keyed by thr.key ------------------------------------------------------ */
+
+static void heap_swap(sim *s, heap *h, int i, int j)
+{
+    int a = h->a[i], b = h->a[j];
+    h->a[i] = b;
+    h->a[j] = a;
+    s->t[b].pos = i;
+    s->t[a].pos = j;
+}
+
+static void heap_up(sim *s, heap *h, int i)
+{
+    while (i > 0) {
+        int p = (i - 1) / 2;
+        if (s->t[h->a[p]].key <= s->t[h->a[i]].key)
+            break;
+        heap_swap(s, h, i, p);
+        i = p;
+    }
+}
+
+static void heap_down(sim *s, heap *h, int i)
+{
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, m = i;
+        if (l < h->len && s->t[h->a[l]].key < s->t[h->a[m]].key)
+            m = l;
+        if (r < h->len && s->t[h->a[r]].key < s->t[h->a[m]].key)
+            m = r;
+        if (m == i)
+            return;
+        heap_swap(s, h, i, m);
+        i = m;
+    }
+}
+
+static void heap_push(sim *s, heap *h, int id, double key)
+{
+    s->t[id].key = key;
+    s->t[id].pos = h->len;
+    h->a[h->len++] = id;
+    heap_up(s, h, h->len - 1);
+}
+
+static void heap_remove(sim *s, heap *h, int id)
+{
+    int i = s->t[id].pos;
+    s->t[id].pos = -1;
+    h->len--;
+    if (i == h->len)
+        return;
+    h->a[i] = h->a[h->len];
+    s->t[h->a[i]].pos = i;
+    heap_up(s, h, i);
+    heap_down(s, h, s->t[h->a[i]].pos);
+}
+
+/* ---- demands ------------------------------------------------------------------------ */
+
+static unsigned long long mix(unsigned long long x)
+{
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+static double draw(unsigned long long *state, double mean, sim_dist d)
+{
+    *state = mix(*state);
+    double u = ((double)(*state >> 11) + 0.5) / 9007199254740992.0; /* (0, 1) */
+    switch (d) {
+    case SIM_UNIFORM:
+        return 2 * mean * u;
+    case SIM_EXP:
+        return -mean * log(u);
+    default: /* fixed, with +-10 % jitter: exact repeats lock threads into convoys */
+        return mean * (0.9 + 0.2 * u);
+    }
+}
+
+/* ---- the model ---------------------------------------------------------------------- */
+
+static double core_rate(const sim *s)
+{
+    int running = s->cpu.len;
+    if (running == 0)
+        return 1;
+    double burn = s->qlen * s->p.wake_cost / s->p.switch_interval;
+    double cores = s->p.cores - burn;
+    if (cores < 0.05 * s->p.cores)
+        cores = 0.05 * s->p.cores;
+    return running <= cores ? 1 : cores / running;
+}
+
+static void run_cpu(sim *s, int id, double work)
+{
+    s->t[id].run_since = s->now;
+    s->t[id].run_work = work;
+    heap_push(s, &s->cpu, id, s->vtime + work);
+}
+
+/* The CPU phase under way ends (its work done but `left`): book its run-queue wait. */
+static void end_cpu(sim *s, int id, double left)
+{
+    thr *t = &s->t[id];
+    double q = (s->now - t->run_since) - (t->run_work - left);
+    if (q > 0)
+        t->runq += q;
+}
+
+static void grant(sim *s)
+{
+    if (s->holder >= 0 || s->qlen == 0)
+        return;
+    int id = s->q[s->qhead];
+    s->qhead = (s->qhead + 1) % s->cap;
+    s->qlen--;
+    thr *t = &s->t[id];
+    t->gil_wait += s->now - t->wait_start;
+    t->switches += s->p.switch_cost;
+    t->state = T_PY;
+    s->holder = id;
+    s->hold_start = s->now;
+    run_cpu(s, id, t->rem + s->p.switch_cost);
+}
+
+static void want_gil(sim *s, int id, double work)
+{
+    thr *t = &s->t[id];
+    t->state = T_GIL_WAIT;
+    t->rem = work;
+    t->wait_start = s->now;
+    s->q[(s->qhead + s->qlen) % s->cap] = id;
+    s->qlen++;
+    grant(s);
+}
+
+static void start_task(sim *s, int id)
+{
+    thr *t = &s->t[id];
+    unsigned long long st = s->p.seed ^ mix((unsigned long long)s->next_task++);
+    double h = draw(&st, s->p.h, s->p.cpu_dist);
+    t->native = draw(&st, s->p.n, s->p.cpu_dist);
+    t->io = draw(&st, s->p.w, s->p.io_dist);
+    t->epi = h / 2 < EPILOGUE_MAX ? h / 2 : EPILOGUE_MAX;
+    t->held = h;
+    t->epilogue = 0;
+    t->gil_wait = 0;
+    t->switches = 0;
+    t->held_wall = 0;
+    t->runq = 0;
+    t->t_start = s->now;
+    want_gil(s, id, h - t->epi);
+}
+
+static void after_io(sim *s, int id)
+{
+    thr *t = &s->t[id];
+    t->epilogue = 1;
+    want_gil(s, id, t->epi);
+}
+
+static void finish_task(sim *s, int id)
+{
+    thr *t = &s->t[id];
+    double wall = s->now - t->t_start;
+    s->done++;
+    s->w_done += 1;
+    s->w_wall += wall;
+    double cpu = t->held + t->switches + t->native;
+    s->w_cpu += cpu;
+    s->w_held += t->held_wall;
+    s->w_gwait += t->gil_wait;
+    s->w_io += wall - t->held_wall - t->native - t->gil_wait;
+    s->w_runq += t->runq;
+    if (s->live > s->target) {
+        t->state = T_DEAD;
+        s->live--;
+        s->free_slots[s->nfree++] = id;
+        return;
+    }
+    start_task(s, id);
+}
+
+/* The thread `id` finished the CPU work it was running. */
+static void cpu_done(sim *s, int id)
+{
+    thr *t = &s->t[id];
+    if (t->state == T_PY) {
+        s->holder = -1;
+        t->held_wall += s->now - s->hold_start;
+        if (t->epilogue) {
+            finish_task(s, id);
+        } else if (t->native > 0) {
+            t->state = T_NATIVE;
+            run_cpu(s, id, t->native);
+        } else {
+            t->state = T_IO;
+            heap_push(s, &s->io, id, s->now + t->io);
+        }
+        grant(s);
+    } else { /* T_NATIVE */
+        t->state = T_IO;
+        heap_push(s, &s->io, id, s->now + t->io);
+    }
+}
+
+static int add_thread(sim *s)
+{
+    int id;
+    if (s->nfree > 0) {
+        id = s->free_slots[--s->nfree];
+    } else {
+        if (s->used == s->cap) {
+            int cap = s->cap * 2;
+            thr *t = realloc(s->t, (size_t)cap * sizeof *t);
+            if (!t)
+                return -1;
+            s->t = t;
+            int *arrays[4] = {s->free_slots, s->cpu.a, s->io.a, NULL};
+            int *grown[4];
+            for (int i = 0; i < 3; i++) {
+                grown[i] = realloc(arrays[i], (size_t)cap * sizeof(int));
+                if (!grown[i])
+                    return -1;
+                if (i == 0)
+                    s->free_slots = grown[i];
+                else if (i == 1)
+                    s->cpu.a = grown[i];
+                else
+                    s->io.a = grown[i];
+            }
+            int *q = malloc((size_t)cap * sizeof *q);
+            if (!q)
+                return -1;
+            for (int i = 0; i < s->qlen; i++)
+                q[i] = s->q[(s->qhead + i) % s->cap];
+            free(s->q);
+            s->q = q;
+            s->qhead = 0;
+            s->cap = cap;
+        }
+        id = s->used++;
+    }
+    memset(&s->t[id], 0, sizeof s->t[id]);
+    s->t[id].pos = -1;
+    s->live++;
+    start_task(s, id);
+    return 0;
+}
+
+void sim_defaults(sim_params *p, double h, double n, double w, double cores)
+{
+    memset(p, 0, sizeof *p);
+    p->h = h;
+    p->n = n;
+    p->w = w;
+    p->cores = cores;
+    p->switch_interval = 0.005;
+    p->switch_cost = 5e-6;
+    p->wake_cost = 2e-6;
+    p->seed = 1;
+}
+
+sim *sim_new(const sim_params *p, int workers)
+{
+    if (!p || !(p->h >= 0) || !(p->n >= 0) || !(p->w >= 0) || !(p->cores > 0) ||
+        !(p->switch_interval > 0) || workers < 1)
+        return NULL;
+    sim *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->p = *p;
+    s->cap = 64;
+    s->t = calloc((size_t)s->cap, sizeof *s->t);
+    s->free_slots = calloc((size_t)s->cap, sizeof(int));
+    s->cpu.a = calloc((size_t)s->cap, sizeof(int));
+    s->io.a = calloc((size_t)s->cap, sizeof(int));
+    s->q = calloc((size_t)s->cap, sizeof(int));
+    s->holder = -1;
+    if (!s->t || !s->free_slots || !s->cpu.a || !s->io.a || !s->q) {
+        sim_free(s);
+        return NULL;
+    }
+    sim_set_workers(s, workers);
+    return s;
+}
+
+void sim_set_workers(sim *s, int workers)
+{
+    s->target = workers;
+    while (s->live < s->target)
+        if (add_thread(s) != 0)
+            break; /* out of memory: the pool stays smaller */
+}
+
+void sim_set_demands(sim *s, const sim_params *p)
+{
+    unsigned long long seed = s->p.seed;
+    s->p = *p;
+    s->p.seed = seed;
+}
+
+void sim_run(sim *s, double seconds, gla_ctl_window *out)
+{
+    double end = s->now + seconds;
+    s->w_done = s->w_wall = s->w_cpu = s->w_held = s->w_gwait = s->w_io = s->w_runq = 0;
+    for (;;) {
+        double r = core_rate(s);
+        double t_cpu = s->cpu.len ? s->now + (s->t[s->cpu.a[0]].key - s->vtime) / r : INFINITY;
+        double t_io = s->io.len ? s->t[s->io.a[0]].key : INFINITY;
+        double t_force = INFINITY;
+        if (s->holder >= 0 && s->qlen > 0) {
+            double since = s->t[s->q[s->qhead]].wait_start;
+            if (since < s->hold_start)
+                since = s->hold_start;
+            t_force = since + s->p.switch_interval;
+        }
+        double next = t_cpu;
+        int ev = 0;
+        if (t_io < next) {
+            next = t_io;
+            ev = 1;
+        }
+        if (t_force < next) {
+            next = t_force;
+            ev = 2;
+        }
+        if (end <= next) {
+            s->vtime += (end - s->now) * r;
+            s->now = end;
+            break;
+        }
+        if (next < s->now)
+            next = s->now;
+        s->vtime += (next - s->now) * r;
+        s->now = next;
+        if (ev == 0) {
+            int id = s->cpu.a[0];
+            s->vtime = s->t[id].key;
+            heap_remove(s, &s->cpu, id);
+            end_cpu(s, id, 0);
+            cpu_done(s, id);
+        } else if (ev == 1) {
+            int id = s->io.a[0];
+            heap_remove(s, &s->io, id);
+            after_io(s, id);
+        } else {
+            /* forced switch: the holder queues again with the work it has left */
+            int id = s->holder;
+            double left = s->t[id].key - s->vtime;
+            heap_remove(s, &s->cpu, id);
+            end_cpu(s, id, left > 0 ? left : 0);
+            s->holder = -1;
+            s->t[id].held_wall += s->now - s->hold_start;
+            grant(s);
+            want_gil(s, id, left > 0 ? left : 0);
+        }
+    }
+    memset(out, 0, sizeof *out);
+    out->window_s = seconds;
+    out->completed = s->w_done;
+    if (s->w_done > 0) {
+        out->task_wall_s = s->w_wall / s->w_done;
+        out->task_cpu_s = s->w_cpu / s->w_done;
+        out->task_gil_held_s = s->w_held / s->w_done;
+        out->task_gil_wait_s = s->w_gwait / s->w_done;
+    } else {
+        out->task_wall_s = out->task_cpu_s = out->task_gil_held_s = out->task_gil_wait_s = -1;
+    }
+    out->beta = s->w_gwait + s->w_io > 0 ? s->w_gwait / (s->w_gwait + s->w_io) : -1;
+    out->runq_share = s->w_wall > 0 ? s->w_runq / s->w_wall : -1;
+    out->workers = s->live;
+    out->busy = s->live;
+    out->queue_length = 100000;
+    out->usable_cores = s->p.cores;
+}
+
+double sim_now(const sim *s)
+{
+    return s->now;
+}
+
+long long sim_completed(const sim *s)
+{
+    return s->done;
+}
+
+void sim_free(sim *s)
+{
+    if (!s)
+        return;
+    free(s->t);
+    free(s->free_slots);
+    free(s->cpu.a);
+    free(s->io.a);
+    free(s->q);
+    free(s);
+}
+
+double sim_fixed_rate(const sim_params *p, int workers, double warm, double seconds)
+{
+    sim *s = sim_new(p, workers);
+    if (!s)
+        return 0;
+    gla_ctl_window w;
+    sim_run(s, warm, &w);
+    /* A large pool takes several of its cycles (workers / rate) to leave its start-up
+     * pattern (all threads began with their CPU phase at once): warm up and measure over
+     * at least 5 cycles each, or the figure swings with that pattern. */
+    double rate = w.completed / warm;
+    double cycle = rate > 0 ? workers / rate : 10;
+    if (5 * cycle > warm) {
+        double more = 5 * cycle - warm;
+        sim_run(s, more > 200 ? 200 : more, &w);
+    }
+    if (5 * cycle > seconds)
+        seconds = 5 * cycle > 400 ? 400 : 5 * cycle;
+    sim_run(s, seconds, &w);
+    sim_free(s);
+    return w.completed / seconds;
+}
