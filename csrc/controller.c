@@ -14,6 +14,9 @@
 #define PHASE_CHANGE 1.33      /* Little's-law size moving by a third: re-size */
 #define PHASE_WINDOWS 2        /* ...in this many consecutive windows */
 #define RAMP 4                 /* growth toward Little's size: at most x4 a window */
+#define COLLAPSE 0.75          /* a step up that costs a quarter of the throughput (beyond 3
+                                  standard deviations of the counts) is a collapse */
+#define RAMP_SLOW 256          /* per usable core: past this, growth steps are x1.5 */
 #define MIN_TASKS 8.0          /* fewer completions than this: the window says nothing */
 #define STEADY_FIRST 4         /* windows between probes, doubling up to STEADY_MAX */
 #define STEADY_MAX 32
@@ -131,6 +134,24 @@ static void set_base(gla_ctl *c, int n)
 
 static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w);
 
+/* Growth per step: x4, but x1.5 past RAMP_SLOW threads per core, where CPython starts to
+ * starve (seen: 1024 sleeping threads on one core finished nothing in 3 s in one run, 68 %
+ * of 512's rate in another): each step is checked for a collapse before the next. */
+static double ramp(const gla_ctl *c)
+{
+    double cores = c->usable_cores > 1 ? c->usable_cores : 1;
+    return c->target >= RAMP_SLOW * cores ? 1.5 : RAMP;
+}
+
+/* A step up from the size in force to n: remember the rate it had, to catch a collapse. */
+static void note_step(gla_ctl *c, const gla_ctl_window *w, double rate, int n)
+{
+    c->ramp_rate = n > c->target && w->completed >= MIN_TASKS && w->workers >= c->target ? rate : 0;
+    c->ramp_size = c->target;
+    c->ramp_cpu = w->task_cpu_s;
+    c->ramp_done = w->completed;
+}
+
 gla_ctl_decision gla_ctl_step(gla_ctl *c, const gla_ctl_window *w)
 {
     int before = c->target;
@@ -146,13 +167,45 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
     d.action = GLA_CTL_HOLD;
     if (w->usable_cores > 0)
         c->usable_cores = w->usable_cores;
-    if (c->veto_windows > 0 && --c->veto_windows == 0)
-        c->veto_above = 0;
+    if (c->veto_windows > 0 && --c->veto_windows == 0 && !c->collapse_veto)
+        c->veto_above = 0; /* a collapse's veto holds until the demands change */
     double rate = w->window_s > 0 ? w->completed / w->window_s : 0;
     if (w->completed >= 1) {
         c->rate_ewma = c->rate_ewma > 0 ? 0.7 * c->rate_ewma + 0.3 * rate : rate;
         if (w->task_wall_s > 0)
             c->wall_ewma = c->wall_ewma > 0 ? 0.7 * c->wall_ewma + 0.3 * w->task_wall_s : w->task_wall_s;
+    }
+    /* 0. A step up that made throughput collapse (thousands of threads starving the
+     * interpreter finish a trickle, not nothing): back, and no growth past there. */
+    if (c->ramp_rate > 0) {
+        double before = c->ramp_rate;
+        int from = c->ramp_size;
+        c->ramp_rate = 0;
+        /* Not a phase change: the tasks' CPU is what it was (in a collapse their wall
+         * time explodes, waiting for the GIL and for the core, but not their CPU). */
+        double cpu = w->task_cpu_s;
+        int same_work = w->completed < 1 ||
+                        (cpu > 0 && c->ramp_cpu > 0 && cpu < c->ramp_cpu * PHASE_CHANGE &&
+                         cpu * PHASE_CHANGE > c->ramp_cpu);
+        double sd = c->ramp_done >= 1 && w->completed >= 1
+                        ? sqrt(1.0 / c->ramp_done + 1.0 / w->completed) : 1;
+        double fell = 3 * sd > 1 - COLLAPSE ? 3 * sd : 1 - COLLAPSE;
+        if (same_work && w->workers > from && w->queue_length > 0 && rate < (1 - fell) * before) {
+            int was = w->workers;
+            if (from > was / 2)
+                from = clamp(c, was / 2); /* the edge is not sharp: keep clear of it */
+            set_base(c, from);
+            c->little_goal = 0;
+            c->veto_above = from;
+            c->collapse_veto = 1;
+            c->veto_windows = VETO_WINDOWS;
+            d.action = GLA_CTL_VETO;
+            snprintf(d.reason, sizeof d.reason,
+                     "throughput fell from %.0f to %.0f tasks/s at %d workers: back to %d",
+                     before, rate, was, from);
+            d.target = c->target;
+            return d;
+        }
     }
     /* 1. Little's law: size at once on start and on a phase change (one finished task
      * is enough to know the demands roughly; the estimate sharpens as more finish). */
@@ -178,17 +231,23 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
             c->rate_var_n = 0;
             c->little_moved = 0;
             c->little_goal = clamp(c, ceil(little));
+            /* A collapse's limit is the interpreter's on this machine, not the workload's:
+             * it outlives phase changes. */
+            if (c->collapse_veto && c->veto_above && c->little_goal > c->veto_above)
+                c->little_goal = c->veto_above;
             int n = c->little_goal;
             /* Ramp: a window at each size on the way shows whether the interpreter
              * still completes tasks there (thousands of threads on one core may not). */
-            if (n > c->target * RAMP)
-                n = clamp(c, c->target * RAMP);
+            if (n > c->target * ramp(c))
+                n = clamp(c, c->target * ramp(c));
             if (n >= c->little_goal)
                 c->little_goal = 0; /* reached: no ramp pending */
             if (n != c->target) {
                 int grew = n > c->target;
+                note_step(c, w, rate, n);
                 set_base(c, n);
-                c->veto_above = 0;
+                if (!c->collapse_veto)
+                    c->veto_above = 0;
                 say(&d, grew ? GLA_CTL_GROW : GLA_CTL_SHRINK,
                     prev <= 0 ? "sized from task demands (Little's law): %.1f workers (was %.0f)"
                               : "task demands changed: re-sized to %.1f workers (was %.0f)",
@@ -208,6 +267,7 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
         !(c->model_cap > 0 && c->little_smooth < c->model_cap * PHASE_CHANGE) &&
         !(c->collapse_veto && c->veto_above && model > c->veto_above)) {
         int from = c->target;
+        note_step(c, w, rate, model);
         set_base(c, model);
         say(&d, GLA_CTL_GROW, "demand-based size %.0f above the %.0f workers in force: grown",
             (double)model, (double)from);
@@ -216,10 +276,11 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
     }
     if (c->target < c->little_goal && w->completed >= MIN_TASKS &&
         !(c->veto_above && c->target >= c->veto_above)) {
-        int n = c->little_goal < c->target * RAMP ? c->little_goal : clamp(c, c->target * RAMP);
+        int n = c->little_goal < c->target * ramp(c) ? c->little_goal : clamp(c, c->target * ramp(c));
         if (c->veto_above && n > c->veto_above)
             n = c->veto_above;
         if (n > c->target) {
+            note_step(c, w, rate, n);
             set_base(c, n);
             say(&d, GLA_CTL_GROW, "ramping toward the demand-based size %.0f: %.0f workers",
                 (double)c->little_goal, (double)n);
@@ -229,24 +290,32 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
             return d;
         }
     }
+    if (w->completed >= 1)
+        c->stalls = 0;
     if (w->completed < MIN_TASKS) {
         /* Too little finished to compare throughputs. Nothing finished at a size larger
          * than one that did, while busy: too many threads for this interpreter (they
          * starve each other): back to that size, and no growth past it for a while.
          * With work queued and nothing done otherwise, the size may be far too small
          * (long tasks): double it. */
-        if (w->queue_length > 0 && w->completed < 1 && w->busy >= c->target &&
-            c->good_size > 0 && c->good_size < c->target) {
-            int from = c->target;
-            set_base(c, c->good_size);
+        int stalled = w->queue_length > 0 && w->completed < 1 && c->good_size > 0 &&
+                      c->good_size < w->workers;
+        c->stalls = stalled ? c->stalls + 1 : 0;
+        if (stalled && c->stalls >= 2) { /* one empty window can be a slow start */
+            c->stalls = 0;
+            int from = w->workers;
+            /* the edge is not sharp (a size that completed tasks once may not again) */
+            int back = c->good_size < from / 2 ? c->good_size : clamp(c, from / 2);
+            c->good_size = back;
+            set_base(c, back);
             c->little_goal = 0;
-            c->veto_above = c->good_size;
+            c->veto_above = back;
             c->collapse_veto = 1;
             c->veto_windows = VETO_WINDOWS;
             say(&d, GLA_CTL_VETO, "no task finished at %.0f workers: back to %.0f",
-                (double)from, (double)c->good_size);
-        } else if (w->queue_length > 0 && w->completed < 1 && c->target < c->max_workers &&
-            w->busy >= c->target) {
+                (double)from, (double)back);
+        } else if (!stalled && w->queue_length > 0 && w->completed < 1 &&
+                   c->target < c->max_workers && w->busy >= c->target) {
             int n = clamp(c, c->target * 2.0);
             set_base(c, n);
             say(&d, GLA_CTL_GROW, "tasks queued and none finished in %.2f s: doubling to %.0f",

@@ -87,7 +87,12 @@ typedef struct gla_ctl {
     int veto_above;          /* growth past this was refused recently (0 = none) */
     int veto_windows;        /* windows the veto still holds */
     int fresh;               /* the last decision changed the size: its first window is transient */
-    int collapse_veto;       /* the veto is a collapse's (no task finished above it) */
+    int collapse_veto;
+    double ramp_rate;        /* throughput before the last step up (0 = nothing to check) */
+    int ramp_size;           /* the size before it */
+    double ramp_done;        /* tasks that rate was measured on */
+    double ramp_cpu;         /* the tasks' CPU then (a phase change is no collapse) */
+    int stalls;              /* consecutive windows with nothing finished above good_size */       /* the veto is a collapse's (no task finished above it) */
     double little_size;      /* last demand-based size (0 = none) */
     double little_smooth;    /* its moving average: probes down stop there (0 = none) */
     double model_cap;        /* little_smooth when a step below it paid (0 = none) */

@@ -754,7 +754,8 @@ static void sample_workers(gla_pool *p, const pid_t tids[], const uint64_t idle[
 
 /* Liveness, whatever the policy says: when nothing has completed for STALL_WINDOWS
  * windows and at least STALL_MIN_S while tasks wait, no worker is idle and the workers
- * are blocked (not on a core: waiting on each other, on I/O, on locks), grow as
+ * are blocked (not on a core: waiting on each other, on I/O, on locks; the cores mostly
+ * idle), grow as
  * ThreadPoolExecutor would have: double, bounded by the queue. (A short window without
  * completions is often the whole process descheduled on a busy machine, not a stall.)
  * Returns the raised target, or 0 (mu held). */
@@ -765,6 +766,11 @@ static int stall_target_locked(const gla_pool *p, int stalled, double cpu_share)
     if (!stalled || p->shutdown || p->queue_len == 0 || p->n_idle > 0 ||
         cpu_share < 0 || cpu_share >= 0.2 || p->target >= p->cfg.max_workers ||
         p->live < p->target)
+        return 0;
+    /* Blocked means the cores are idle too. Hundreds of workers starving one core each
+     * get a sliver of it: that is an interpreter collapsing, and more threads deepen it. */
+    double cores = p->usable_cores > 0 ? p->usable_cores : 1;
+    if (cpu_share * p->live / cores >= 0.5)
         return 0;
     long grow = p->live > 0 ? p->live : 1;
     if (grow > p->queue_len)
