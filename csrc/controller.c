@@ -148,7 +148,7 @@ static void note_step(gla_ctl *c, const gla_ctl_window *w, double rate, int n)
 {
     c->ramp_rate = n > c->target && w->completed >= MIN_TASKS && w->workers >= c->target ? rate : 0;
     c->ramp_size = c->target;
-    c->ramp_cpu = w->task_cpu_s;
+    c->ramp_held = w->task_gil_held_s > 0 ? w->task_gil_held_s : w->task_cpu_s;
     c->ramp_done = w->completed;
 }
 
@@ -181,12 +181,13 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
         double before = c->ramp_rate;
         int from = c->ramp_size;
         c->ramp_rate = 0;
-        /* Not a phase change: the tasks' CPU is what it was (in a collapse their wall
-         * time explodes, waiting for the GIL and for the core, but not their CPU). */
-        double cpu = w->task_cpu_s;
+        /* Not a phase change: the tasks hold the GIL about as long as they did (in a
+         * collapse their wall time explodes, and their CPU too: waiters burn it waking
+         * up, but not the time they hold the GIL). */
+        double held = w->task_gil_held_s > 0 ? w->task_gil_held_s : w->task_cpu_s;
         int same_work = w->completed < 1 ||
-                        (cpu > 0 && c->ramp_cpu > 0 && cpu < c->ramp_cpu * PHASE_CHANGE &&
-                         cpu * PHASE_CHANGE > c->ramp_cpu);
+                        (held > 0 && c->ramp_held > 0 && held < c->ramp_held * 2 &&
+                         held * 2 > c->ramp_held);
         double sd = c->ramp_done >= 1 && w->completed >= 1
                         ? sqrt(1.0 / c->ramp_done + 1.0 / w->completed) : 1;
         double fell = 3 * sd > 1 - COLLAPSE ? 3 * sd : 1 - COLLAPSE;

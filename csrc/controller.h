@@ -91,7 +91,7 @@ typedef struct gla_ctl {
     double ramp_rate;        /* throughput before the last step up (0 = nothing to check) */
     int ramp_size;           /* the size before it */
     double ramp_done;        /* tasks that rate was measured on */
-    double ramp_cpu;         /* the tasks' CPU then (a phase change is no collapse) */
+    double ramp_held;        /* the tasks' GIL-held time then (a phase change is no collapse) */
     int stalls;              /* consecutive windows with nothing finished above good_size */       /* the veto is a collapse's (no task finished above it) */
     double little_size;      /* last demand-based size (0 = none) */
     double little_smooth;    /* its moving average: probes down stop there (0 = none) */
