@@ -123,3 +123,25 @@ def test_median_with_never_converged_as_infinity():
     assert _median_known([1.0, None, None]) is None
     assert _median_known([3.0, 1.0, 2.0]) == 2.0
     assert _median_known([], 0) is None
+
+
+def test_efficiency_means_and_worst_cell_per_strategy():
+    cells = [
+        {"config": "1c", "workload": "a", "strategy": "gil-adapt", "status": "ok",
+         "pct_oracle": 1.0, "pct_best_any": 0.9},
+        {"config": "1c", "workload": "b", "strategy": "gil-adapt", "status": "failed",
+         "pct_oracle": 0.0, "pct_best_any": 0.0},
+        {"config": "1c", "workload": "c", "strategy": "gil-adapt", "status": "ok",
+         "pct_oracle": None, "pct_best_any": None},          # no oracle: not scored
+        {"config": "1c", "workload": "a", "strategy": "naive-512", "status": "skipped",
+         "pct_oracle": None, "pct_best_any": None},
+        {"config": "1c", "workload": "a", "strategy": "processes", "status": "ok",
+         "pct_oracle": 0.5, "pct_best_any": 0.4},
+    ]
+    eff = scoring.efficiency(cells, ["gil-adapt", "naive-512", "processes"])
+    assert [e["strategy"] for e in eff] == ["gil-adapt", "processes"]
+    ga = eff[0]
+    assert ga["cells"] == 2 and ga["unscored"] == 1
+    assert ga["mean_pct_oracle"] == 0.5 and ga["mean_pct_best_any"] == 0.45
+    assert ga["worst_pct_best_any"] == 0.0 and ga["worst_cell"] == "1c/b"
+    assert eff[1]["mean_pct_best_any"] == 0.4

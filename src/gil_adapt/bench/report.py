@@ -7,6 +7,7 @@ import math
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
+from . import scoring
 from .progress import format_duration
 from .strategies import parse_strategy
 
@@ -339,6 +340,17 @@ def markdown(results: Dict[str, Any], plots: Dict[str, Dict[str, str]],
     L.append("")
     L.append(summary_text(results))
     L.append("")
+    eff = scoring.efficiency(results["cells"], SUMMARY_COLUMNS)
+    if eff:
+        L.append("## Efficiency per strategy (over all cells; a failed cell counts as 0)")
+        L.append("")
+        L.extend(table(["strategy", "cells", "mean % oracle", "mean % best-any",
+                        "worst cell (% best-any)"],
+                       [[e["strategy"], str(e["cells"]), pct(e["mean_pct_oracle"]),
+                         pct(e["mean_pct_best_any"]),
+                         f"{e['worst_cell']} ({pct(e['worst_pct_best_any'])})"]
+                        for e in eff]))
+        L.append("")
     # configurations
     L.append("## Configurations")
     L.append("")

@@ -153,6 +153,32 @@ def score_cells(cells: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     return {"oracle": oracle, "best_any": best, "cliff": cliff(cells, oracle)}
 
 
+def efficiency(cells: Iterable[Dict[str, Any]],
+               strategies: Sequence[str]) -> List[Dict[str, Any]]:
+    """Per strategy, over the cells it ran in (a failed cell counts, as 0 tasks/s): the
+    mean share of the oracle and of best-any, and its worst cell against best-any.
+    Cells without a score (no oracle) are left out, and counted."""
+    by: Dict[str, List[Dict[str, Any]]] = {name: [] for name in strategies}
+    for cell in cells:
+        if cell.get("strategy") in by and cell.get("status") != "skipped":
+            by[cell["strategy"]].append(cell)
+    out = []
+    for name in strategies:
+        scored = [c for c in by[name] if c.get("pct_best_any") is not None]
+        if not scored:
+            continue
+        worst = min(scored, key=lambda c: c["pct_best_any"])
+        oracle = [c["pct_oracle"] for c in scored if c.get("pct_oracle") is not None]
+        out.append({
+            "strategy": name, "cells": len(scored), "unscored": len(by[name]) - len(scored),
+            "mean_pct_oracle": sum(oracle) / len(oracle) if oracle else None,
+            "mean_pct_best_any": sum(c["pct_best_any"] for c in scored) / len(scored),
+            "worst_pct_best_any": worst["pct_best_any"],
+            "worst_cell": f"{worst.get('config')}/{worst.get('workload')}",
+        })
+    return out
+
+
 def convergence_s(buckets: Sequence[float], bucket_s: float, reference: float,
                   start: int = 0, stop: Optional[int] = None,
                   share_needed: float = CONVERGED_SHARE) -> Optional[float]:
