@@ -16,6 +16,7 @@
 #define RAMP 4                 /* growth toward Little's size: at most x4 a window */
 #define COLLAPSE 0.75          /* a step up that costs a quarter of the throughput (beyond 3
                                   standard deviations of the counts) is a collapse */
+#define MODEL_MAX 512          /* demand-based sizes stop at this many threads per core */
 #define RAMP_SLOW 256          /* per usable core: past this, growth steps are x1.5 */
 #define MIN_TASKS 8.0          /* fewer completions than this: the window says nothing */
 #define STEADY_FIRST 4         /* windows between probes, doubling up to STEADY_MAX */
@@ -143,6 +144,15 @@ static double ramp(const gla_ctl *c)
     return c->target >= RAMP_SLOW * cores ? 1.5 : RAMP;
 }
 
+/* The demand-based size, but no more than MODEL_MAX threads per core: past that CPython's
+ * GIL waiters' wake-ups can starve the interpreter (a cliff the model does not see);
+ * larger pools are reached only by probes that show a gain. */
+static double model_cap_size(const gla_ctl *c, double n)
+{
+    double cores = c->usable_cores > 1 ? c->usable_cores : 1;
+    return n > MODEL_MAX * cores ? MODEL_MAX * cores : n;
+}
+
 /* A step up from the size in force to n: remember the rate it had, to catch a collapse. */
 static void note_step(gla_ctl *c, const gla_ctl_window *w, double rate, int n)
 {
@@ -231,7 +241,7 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
             c->model_cap = 0;
             c->rate_var_n = 0;
             c->little_moved = 0;
-            c->little_goal = clamp(c, ceil(little));
+            c->little_goal = clamp(c, ceil(model_cap_size(c, little)));
             /* A collapse's limit is the interpreter's on this machine, not the workload's:
              * it outlives phase changes. */
             if (c->collapse_veto && c->veto_above && c->little_goal > c->veto_above)
@@ -262,7 +272,7 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
         c->good_size = w->workers;
     /* The demand-based size, averaged, rose past the size in force: follow it (no probe
      * needed; a probe's window could not see the few per cent it is worth). */
-    int model = clamp(c, ceil(c->little_smooth * FLOOR));
+    int model = clamp(c, ceil(model_cap_size(c, c->little_smooth * FLOOR)));
     if (c->little_goal == 0 && c->target == c->base && w->completed >= MIN_TASKS &&
         model > c->target * 1.1 &&
         !(c->model_cap > 0 && c->little_smooth < c->model_cap * PHASE_CHANGE) &&
@@ -365,9 +375,18 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
                 c->base_done = w->completed;
                 c->steady_backoff = STEADY_FIRST;
             } else {
-                c->veto_above = c->base;
-                c->collapse_veto = 0;
-                c->veto_windows = VETO_WINDOWS;
+                double sd = c->base_done >= 1 && w->completed >= 1
+                                ? sqrt(1.0 / c->base_done + 1.0 / w->completed) : 1;
+                double fell = 3 * sd > 1 - COLLAPSE ? 3 * sd : 1 - COLLAPSE;
+                if (rate < (1 - fell) * c->base_rate) {
+                    /* the step up collapsed the interpreter: a lasting limit */
+                    c->veto_above = c->base;
+                    c->collapse_veto = 1;
+                    c->veto_windows = VETO_WINDOWS;
+                } else if (!c->collapse_veto) { /* a collapse's limit stays */
+                    c->veto_above = c->base;
+                    c->veto_windows = VETO_WINDOWS;
+                }
                 c->target = c->base;
                 c->phase = GLA_CTL_PROBE_DOWN;
                 say(&d, GLA_CTL_VETO, "growth to more workers raised throughput only %.1f %% (beta %.2f): kept the size",
