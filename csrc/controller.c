@@ -153,6 +153,15 @@ static double model_cap_size(const gla_ctl *c, double n)
     return n > MODEL_MAX * cores ? MODEL_MAX * cores : n;
 }
 
+/* Throughput fell from `before` (measured on a tasks) to `rate` (on b) by more than a
+ * collapse's share and more than 3 standard deviations of the counts. */
+static int collapsed(double before, double a, double rate, double b)
+{
+    double sd = a >= 1 && b >= 1 ? sqrt(1.0 / a + 1.0 / b) : 1;
+    double fell = 3 * sd > 1 - COLLAPSE ? 3 * sd : 1 - COLLAPSE;
+    return rate < (1 - fell) * before;
+}
+
 /* A step up from the size in force to n: remember the rate it had, to catch a collapse. */
 static void note_step(gla_ctl *c, const gla_ctl_window *w, double rate, int n)
 {
@@ -198,10 +207,8 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
         int same_work = w->completed < 1 ||
                         (held > 0 && c->ramp_held > 0 && held < c->ramp_held * 2 &&
                          held * 2 > c->ramp_held);
-        double sd = c->ramp_done >= 1 && w->completed >= 1
-                        ? sqrt(1.0 / c->ramp_done + 1.0 / w->completed) : 1;
-        double fell = 3 * sd > 1 - COLLAPSE ? 3 * sd : 1 - COLLAPSE;
-        if (same_work && w->workers > from && w->queue_length > 0 && rate < (1 - fell) * before) {
+        if (same_work && w->workers > from && w->queue_length > 0 &&
+            collapsed(before, c->ramp_done, rate, w->completed)) {
             int was = w->workers;
             if (from > was / 2)
                 from = clamp(c, was / 2); /* the edge is not sharp: keep clear of it */
@@ -375,10 +382,7 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
                 c->base_done = w->completed;
                 c->steady_backoff = STEADY_FIRST;
             } else {
-                double sd = c->base_done >= 1 && w->completed >= 1
-                                ? sqrt(1.0 / c->base_done + 1.0 / w->completed) : 1;
-                double fell = 3 * sd > 1 - COLLAPSE ? 3 * sd : 1 - COLLAPSE;
-                if (rate < (1 - fell) * c->base_rate) {
+                if (collapsed(c->base_rate, c->base_done, rate, w->completed)) {
                     /* the step up collapsed the interpreter: a lasting limit */
                     c->veto_above = c->base;
                     c->collapse_veto = 1;
