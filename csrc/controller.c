@@ -311,13 +311,15 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
     if (w->completed >= 1)
         c->stalls = 0;
     if (w->completed < MIN_TASKS) {
-        /* Too little finished to compare throughputs. Nothing finished at a size larger
-         * than one that did, while busy: too many threads for this interpreter (they
-         * starve each other): back to that size, and no growth past it for a while.
-         * With work queued and nothing done otherwise, the size may be far too small
-         * (long tasks): double it. */
+        /* Too little finished to compare throughputs. Nothing finished in two windows
+         * (each at least twice a task's wall time) while tasks wait, after windows that
+         * did finish tasks: too many threads for this interpreter (they starve each
+         * other; the state is sticky: more threads deepen it): back to half, and no
+         * growth past that. Before any task finished, the size may be far too small
+         * for long tasks: double it. (Blocked workers with idle cores are the pool's
+         * liveness rule's to grow.) */
         int stalled = w->queue_length > 0 && w->completed < 1 && c->good_size > 0 &&
-                      c->good_size < w->workers;
+                      w->workers > c->min_workers;
         c->stalls = stalled ? c->stalls + 1 : 0;
         if (stalled && c->stalls >= 2) { /* one empty window can be a slow start */
             c->stalls = 0;
@@ -332,7 +334,7 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
             c->veto_windows = VETO_WINDOWS;
             say(&d, GLA_CTL_VETO, "no task finished at %.0f workers: back to %.0f",
                 (double)from, (double)back);
-        } else if (!stalled && w->queue_length > 0 && w->completed < 1 &&
+        } else if (c->good_size == 0 && w->queue_length > 0 && w->completed < 1 &&
                    c->target < c->max_workers && w->busy >= c->target) {
             int n = clamp(c, c->target * 2.0);
             set_base(c, n);

@@ -104,7 +104,13 @@ static inline gla_wait_kind tail_kind_of(const _Atomic uint64_t *signal_ns)
  * and finding it free, or after a condition wait that finds it free; every drop_gil
  * signals the GIL's condition from the dropping thread. Both points are hooked, so each
  * thread's holding time is [take, drop) with no system call. */
-static inline void gil_taken(uint64_t now) { tls_held_since = now; }
+static __thread uint64_t tls_gil_wanted_since __attribute__((tls_model("initial-exec")));
+
+static inline void gil_taken(uint64_t now)
+{
+    tls_held_since = now;
+    tls_gil_wanted_since = 0; /* waiter thinning: this take ends the thread's wait */
+}
 
 static inline void gil_dropped(uint64_t now)
 {
@@ -122,6 +128,14 @@ static inline uint64_t ts_ns(const struct timespec *ts)
     return (uint64_t)ts->tv_sec * 1000000000ull + (uint64_t)ts->tv_nsec;
 }
 
+/* Waiter thinning (see gilhook.h): how many GIL waiters keep CPython's timed wait; the
+ * others wait CALM_STRETCH times as long. g_short_waiters is guarded by the GIL's mutex
+ * (the wrapper runs with it held before and after the wait). */
+#define CALM_STRETCH 20
+static _Atomic int g_calm_keep;
+static int g_short_waiters;
+static _Atomic uint64_t g_calm_stretched;
+
 static int hook_cond_timedwait(pthread_cond_t *cond, pthread_mutex_t *mutex,
                                const struct timespec *abstime)
 {
@@ -134,7 +148,33 @@ static int hook_cond_timedwait(pthread_cond_t *cond, pthread_mutex_t *mutex,
                                       ? &g_gil_signal_ns : &g_switch_signal_ns;
     uint64_t t0;
     gla_thread *t = gil_begin(&t0);
+    int keep = atomic_load_explicit(&g_calm_keep, memory_order_relaxed);
+    int counted = 0;
+    struct timespec later;
+    if (keep > 0 && signal_ns == &g_gil_signal_ns) {
+        uint64_t due = ts_ns(abstime);
+        if (!tls_gil_wanted_since)
+            tls_gil_wanted_since = t0;
+        /* The hand-off's signal reaches the longest-waiting waiters first (glibc's
+         * condition groups), so a waiter that re-waits every interval is always among
+         * the youngest and can starve: a waiter that has waited a stretched wait's
+         * length already waits stretched from then on (new arrivals keep the count). */
+        int starving = t0 - tls_gil_wanted_since >= (due - t0) * CALM_STRETCH;
+        if (due <= t0 || due - t0 > 1000000000ull ||
+            (g_short_waiters < keep && !starving)) {
+            g_short_waiters++;
+            counted = 1;
+        } else {
+            uint64_t at = t0 + (due - t0) * CALM_STRETCH;
+            later.tv_sec = (time_t)(at / 1000000000ull);
+            later.tv_nsec = (long)(at % 1000000000ull);
+            abstime = &later;
+            atomic_fetch_add_explicit(&g_calm_stretched, 1, memory_order_relaxed);
+        }
+    }
     int rc = pthread_cond_timedwait(cond, mutex, abstime);
+    if (counted)
+        g_short_waiters--;
     uint64_t wake = rc == ETIMEDOUT ? ts_ns(abstime)
                                     : atomic_load_explicit(signal_ns, memory_order_relaxed);
     uint64_t t1 = gil_end(t, t0, wake, tail_kind_of(signal_ns));
@@ -688,4 +728,18 @@ int gla_gil_layout_ok(const void *cond, unsigned long switch_interval_us, const 
     unsigned long interval = __atomic_load_n((const unsigned long *)(const void *)(c + GIL_COND_TO_INTERVAL), __ATOMIC_RELAXED);
     int locked = __atomic_load_n((const int *)(const void *)(c + GIL_COND_TO_LOCKED), __ATOMIC_RELAXED);
     return interval == switch_interval_us && (locked == 0 || locked == 1);
+}
+
+int gla_hook_set_calm(int keep)
+{
+    if (keep < 0)
+        keep = 0;
+    return atomic_exchange(&g_calm_keep, keep);
+}
+
+int gla_hook_calm(uint64_t *stretched)
+{
+    if (stretched)
+        *stretched = atomic_load_explicit(&g_calm_stretched, memory_order_relaxed);
+    return atomic_load_explicit(&g_calm_keep, memory_order_relaxed);
 }

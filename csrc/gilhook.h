@@ -73,6 +73,25 @@ uint64_t gla_hook_self_gil_held_ns(void);
 /* Number of GIL hand-offs so far (CPython's gil->switch_number), or -1 if unknown. */
 long long gla_gil_switches(void);
 
+/* Waiter thinning (act): CPython's GIL waiters each wake every switch interval (5 ms)
+ * to ask the holder to drop the GIL; with hundreds of waiters on a few cores those
+ * wake-ups take the cores from the holder, and past a point the interpreter finishes
+ * almost nothing (the saturation cliff: 2,048 threads sleeping 50 ms on one core went
+ * from 20,000 tasks/s to 0-8,000). With keep > 0, only `keep` waiters at a time wait the
+ * interpreter's interval; any further waiter waits CALM_STRETCH (20) times as long. The
+ * hand-off order is unchanged (drop_gil's signal still wakes a waiter at once) and the
+ * holder is still asked to drop within an interval while a short waiter exists (a
+ * dropped holder waiting again is one); a stretched waiter that times out does what a
+ * short one does. glibc's condition variable signals its longest waiters first, so a
+ * waiter re-waiting every interval is always among the youngest: a waiter that has
+ * waited CALM_STRETCH intervals in one take waits stretched from then on, however few
+ * short waiters there are (else it could starve: seen with one short waiter and four
+ * GIL-bound threads). Applies to every thread of the process while the hook is installed.
+ * Returns the previous setting (0 = off, the default; keep < 0 counts as 0). */
+int gla_hook_set_calm(int keep);
+/* The setting, and (if stretched != NULL) how many waits were stretched so far. */
+int gla_hook_calm(uint64_t *stretched);
+
 void gla_hook_calibrate_begin(void);
 int gla_hook_calibrate_end(void **conds, int cap);
 

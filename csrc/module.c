@@ -378,7 +378,29 @@ static PyObject *py_dropped(PyObject *self, PyObject *args)
     return PyLong_FromUnsignedLongLong(gla_ledger_dropped());
 }
 
+static PyObject *py_set_calm(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    long keep = PyLong_AsLong(arg);
+    if (keep == -1 && PyErr_Occurred())
+        return NULL;
+    if (keep < 0 || keep > 1000000)
+        return PyErr_Format(PyExc_ValueError, "keep must be 0 (off) or a positive count, not %ld", keep);
+    return PyLong_FromLong(gla_hook_set_calm((int)keep));
+}
+
+static PyObject *py_calm(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    uint64_t stretched = 0;
+    int keep = gla_hook_calm(&stretched);
+    return Py_BuildValue("(iK)", keep, (unsigned long long)stretched);
+}
+
 static PyMethodDef core_methods[] = {
+    {"set_calm", py_set_calm, METH_O, "set_calm(keep) -> previous: GIL waiter thinning (0 = off)."},
+    {"calm", py_calm, METH_NOARGS, "(keep, waits stretched so far)."},
     {"install", py_install, METH_NOARGS, "Install the GOT hooks and calibrate; returns 0 or -errno."},
     {"uninstall", py_uninstall, METH_NOARGS, "Restore every patched GOT slot; returns 0 or -errno."},
     {"capabilities", py_capabilities, METH_NOARGS, "Which figures are exact, and why not."},

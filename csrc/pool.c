@@ -96,6 +96,8 @@ struct gla_pool {
     gla_pool_window last_window;
     uint64_t windows;
     double usable_cores;
+    uint64_t created_ns;
+    gla_pool_history_entry history[GLA_POOL_HISTORY]; /* ring: entry windows % HISTORY next */
 
     runq_slot rq[GLA_POOL_RUNQ_SAMPLE];
 };
@@ -913,6 +915,15 @@ static void *monitor_main(void *arg)
         p->decisions[d.action]++;
         p->last_action = d.action;
         memcpy(p->last_reason, d.reason, sizeof p->last_reason);
+        gla_pool_history_entry *h = &p->history[(p->windows - 1) % GLA_POOL_HISTORY];
+        h->at_s = (double)(now - p->created_ns) / 1e9;
+        h->window_s = win.window_s;
+        h->completed = win.completed;
+        h->workers = win.workers;
+        h->queue_nonempty = win.queue_length > 0;
+        h->target = d.target;
+        h->action = d.action;
+        memcpy(h->reason, d.reason, sizeof h->reason);
         int to_start = p->monitor_stop ? 0 : apply_target_locked(p, d.target);
         if (to_start > 0) {
             pthread_mutex_unlock(&p->mu);
@@ -982,6 +993,7 @@ gla_pool *gla_pool_create(const gla_pool_config *cfg)
         return NULL;
     }
     gla_ledger_init();
+    p->created_ns = gla_now_ns();
     p->cfg = *cfg;
     p->cfg.name[GLA_POOL_NAME_LEN - 1] = '\0';
     if (!p->cfg.name[0])
@@ -1231,6 +1243,9 @@ void gla_pool_get_stats(gla_pool *p, gla_pool_stats *o)
     o->stack_size = p->cfg.stack_size;
     o->windows = p->windows;
     o->usable_cores = p->usable_cores;
+    o->history_n = p->windows < GLA_POOL_HISTORY ? (int)p->windows : GLA_POOL_HISTORY;
+    for (int i = 0; i < o->history_n; i++)
+        o->history[i] = p->history[(p->windows - (uint64_t)o->history_n + (uint64_t)i) % GLA_POOL_HISTORY];
     pthread_mutex_unlock(&p->mu);
 }
 

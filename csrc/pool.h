@@ -152,6 +152,17 @@ typedef struct {
     void *policy_ctx;
 } gla_pool_config;
 
+/* One window's decision, for the history in gla_pool_stats. */
+#define GLA_POOL_HISTORY 32
+typedef struct {
+    double at_s;                 /* end of the window, seconds since the pool was created */
+    double window_s, completed;  /* the window's length and the tasks it finished */
+    int workers, queue_nonempty; /* live workers then; tasks were waiting */
+    int target;                  /* the target decided */
+    gla_pool_action action;
+    char reason[GLA_POOL_REASON_LEN];
+} gla_pool_history_entry;
+
 typedef struct {
     int workers, idle, busy, starting, target, min_workers, max_workers;
     int retire_pending;
@@ -168,6 +179,8 @@ typedef struct {
     size_t stack_size;
     uint64_t windows;
     double usable_cores;
+    int history_n;               /* the last history_n decisions, oldest first */
+    gla_pool_history_entry history[GLA_POOL_HISTORY];
 } gla_pool_stats;
 
 /* Creates a pool (no thread yet: workers and the monitor start on demand). NULL with

@@ -734,12 +734,30 @@ static PyObject *Pool_stats(PoolObject *po, PyObject *unused)
         Py_DECREF(decisions);
         return NULL;
     }
+    PyObject *history = PyList_New(s.history_n);
+    for (int i = 0; history && i < s.history_n; i++) {
+        const gla_pool_history_entry *h = &s.history[i];
+        PyObject *e = Py_BuildValue("{s:d,s:d,s:d,s:i,s:O,s:i,s:s,s:s}", "at_s", h->at_s,
+                                    "window_s", h->window_s, "completed", h->completed,
+                                    "workers", h->workers, "queued",
+                                    h->queue_nonempty ? Py_True : Py_False, "target", h->target,
+                                    "decision", action_name(h->action), "reason", h->reason);
+        if (!e)
+            Py_CLEAR(history);
+        else
+            PyList_SET_ITEM(history, i, e);
+    }
+    if (!history) {
+        Py_DECREF(decisions);
+        Py_DECREF(window);
+        return NULL;
+    }
     const char *ctl = po->has_controller ? "gla_ctl" : "none (fixed target)";
     PyObject *last_error = s.last_start_errno ? PyUnicode_FromString(strerror(s.last_start_errno))
                                                : Py_NewRef(Py_None);
     return Py_BuildValue(
         "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:l,s:N,s:d,s:N,s:s,s:s,s:K,s:K,s:K,s:K,s:K,s:N,"
-        "s:n,s:K,s:N,s:s,s:O,s:O,s:d,s:K}",
+        "s:n,s:K,s:N,s:s,s:O,s:O,s:d,s:K,s:N}",
         "workers", s.workers, "target_workers", s.target, "min_workers", s.min_workers,
         "max_workers", s.max_workers, "idle", s.idle, "busy", s.busy, "starting", s.starting,
         "retire_pending", s.retire_pending, "queue_length", s.queue_length, "beta",
@@ -752,7 +770,7 @@ static PyObject *Pool_stats(PoolObject *po, PyObject *unused)
         (Py_ssize_t)s.stack_size, "windows", (unsigned long long)s.windows, "window", window,
         "controller", ctl, "shutdown", s.shutdown ? Py_True : Py_False, "broken",
         s.broken ? Py_True : Py_False, "usable_cores", s.usable_cores, "taken",
-        (unsigned long long)s.taken);
+        (unsigned long long)s.taken, "history", history);
 }
 
 static PyObject *Pool_set_target(PoolObject *po, PyObject *arg)

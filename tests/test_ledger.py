@@ -12,6 +12,7 @@ import time
 import pytest
 
 import gil_adapt
+from gil_adapt import _core
 from gil_adapt import _ledger
 
 STATES = _ledger.STATES
@@ -398,3 +399,47 @@ def test_thread_created_by_c_code_is_measured():
     assert_partition(d)
     assert d["gil_wait_ns"] > 0, d
     assert d["cpu_ns"] > 0, d
+
+
+@pytest.mark.parametrize("keep", [1, 2, 4])
+def test_gil_calm_keeps_every_thread_moving(one_core, cpu_ms, keep):
+    # Waiter thinning changes how GIL waiters wait, never who may take the GIL: with 8
+    # GIL-bound threads on one core, a thread that sleeps and wakes 20 times still gets
+    # the GIL back each time (a version that let the often-re-waiting waiters starve hung
+    # here for minutes), every spinner progresses, and the thinning stretched waits.
+    if not gil_adapt.install():
+        pytest.skip("GIL waits not exact here: " + gil_adapt.capabilities()["gil_wait_reason"])
+    before = _core.set_calm(keep)
+    stretched0 = _core.calm()[1]
+    stop = threading.Event()
+    counts = [0] * 8
+
+    def spin(i):
+        while not stop.is_set():
+            cpu_ms(0.2)
+            counts[i] += 1
+
+    ts = [threading.Thread(target=spin, args=(i,), daemon=True) for i in range(8)]
+    try:
+        for t in ts:
+            t.start()
+        for _ in range(20):
+            time.sleep(0.001)
+    finally:
+        stop.set()
+        for t in ts:
+            t.join(60)
+        _core.set_calm(before)
+    assert not any(t.is_alive() for t in ts)
+    assert all(c > 0 for c in counts), counts
+    assert _core.calm()[1] > stretched0
+
+
+def test_gil_calm_argument_checks():
+    with pytest.raises(ValueError):
+        gil_adapt.calm_gil(-1)
+    with pytest.raises(TypeError):
+        gil_adapt.calm_gil("2")
+    keep = _core.calm()[0]
+    assert gil_adapt.calm_gil(keep) == keep  # returns the previous setting
+    assert gil_adapt.capabilities()["gil_calm_keep"] == keep

@@ -6,10 +6,10 @@ Measure -> decide -> act:
 """
 from __future__ import annotations
 
-from ._ledger import capabilities, install, measure, snapshot, uninstall
+from ._ledger import calm_gil, capabilities, install, measure, snapshot, uninstall
 from .executor import AdaptiveExecutor
 from .metrics import metrics_text, serve_metrics
 
-__all__ = ["AdaptiveExecutor", "capabilities", "install", "measure", "metrics_text",
+__all__ = ["AdaptiveExecutor", "calm_gil", "capabilities", "install", "measure", "metrics_text",
            "serve_metrics", "snapshot", "uninstall"]
 __version__ = "0.1.0"

@@ -246,6 +246,7 @@ class AdaptiveExecutor(_core.ExecutorBase, concurrent.futures.Executor):
                              f"max_workers ({max_workers})")
 
         _ledger.install()  # exact GIL waits feed the controller (idempotent)
+        _ledger.calm_default()  # no wake-up storm of GIL waiters (see calm_gil)
         prefix = thread_name_prefix or f"AdaptiveExecutor-{_counter()}"
         start, stop = _thread_hooks(prefix, initializer, initargs)
         cores = _core.limits().get("usable_cores") or 1.0
@@ -322,13 +323,17 @@ class AdaptiveExecutor(_core.ExecutorBase, concurrent.futures.Executor):
         window), ``queue_length``, ``decisions`` (counts of ``grow``/``shrink``/``veto``/
         ``hold``), ``last_decision`` and ``last_reason``; also idle/busy/starting workers,
         submitted/completed tasks, workers started/retired, start failures, the last
-        window's per-task figures (``window``), ``stack_size`` and ``mode``. Other than
+        window's per-task figures (``window``), ``history`` (the last 32 windows, oldest
+        first: ``at_s`` since the pool was created, ``window_s``, ``completed``,
+        ``workers``, ``queued``, the ``target`` and ``decision`` taken and its ``reason``),
+        ``stack_size`` and ``mode``. Other than
         ``mode="threads"``: ``kinds`` (per function: ``backend``, ``reason``, ``switches``),
         ``switches`` (the latest moves: time, function, from, to, reason) and the
         backends' own ``processes``/``asyncio`` stats once they run.
         """
         stats = self._pool.stats()
         stats["mode"] = self._mode
+        stats["gil_calm_keep"] = _core.calm()[0]
         if self._router is not None:
             stats.update(self._router.stats())
         return stats

@@ -17,6 +17,16 @@ int waiter_cond_timedwait_ms(pthread_cond_t *cond, pthread_mutex_t *mutex, int m
     return pthread_cond_timedwait(cond, mutex, &ts);
 }
 
+int waiter_cond_timedwait_mono_ms(pthread_cond_t *cond, pthread_mutex_t *mutex, int ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    ts.tv_sec += ms / 1000 + ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    return pthread_cond_timedwait(cond, mutex, &ts);
+}
+
 int waiter_cond_signal(pthread_cond_t *cond) { return pthread_cond_signal(cond); }
 
 int waiter_sem_wait(sem_t *sem) { return sem_wait(sem); }

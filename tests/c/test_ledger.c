@@ -411,6 +411,98 @@ static void test_hook(void)
     gla_hook_set_gil(NULL);
 }
 
+/* Waiter thinning: with keep = 2, of 8 waiters arriving together on the GIL's condition
+ * two wait the interpreter's interval and six are stretched x20 (each stretched wait
+ * counted); a signal still wakes a stretched waiter at once; the count of short waiters
+ * returns to zero (a second round stretches six again); keep = 0 stretches none. */
+static struct {
+    unsigned long interval;
+    void *last_holder;
+    int locked;
+    unsigned long switch_number;
+    pthread_cond_t cond;
+    pthread_mutex_t mutex;
+    pthread_cond_t switch_cond;
+    pthread_mutex_t switch_mutex;
+} g_mono_gil = {5000, NULL, 1, 0, PTHREAD_COND_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+                PTHREAD_COND_INITIALIZER, PTHREAD_MUTEX_INITIALIZER};
+#define CALM_WAITERS 8
+static pthread_barrier_t g_calm_barrier;
+typedef struct {
+    int rc;
+    uint64_t waited_ns;
+} calm_arg;
+
+static void *calm_waiter(void *p)
+{
+    calm_arg *a = p;
+    pthread_barrier_wait(&g_calm_barrier);
+    pthread_mutex_lock(&g_mono_gil.mutex);
+    uint64_t t0 = gla_now_ns();
+    a->rc = waiter_cond_timedwait_mono_ms(&g_mono_gil.cond, &g_mono_gil.mutex, 50);
+    a->waited_ns = gla_now_ns() - t0;
+    pthread_mutex_unlock(&g_mono_gil.mutex);
+    return NULL;
+}
+
+/* Runs a round; returns how many waits were stretched; *short_n = waits that timed out
+ * after the interval (the signal comes at 300 ms, before any stretched deadline). */
+static int calm_round(int keep, int *short_n, int *woken_n)
+{
+    uint64_t stretched0 = 0, stretched1 = 0;
+    gla_hook_set_calm(keep);
+    gla_hook_calm(&stretched0);
+    pthread_t th[CALM_WAITERS];
+    calm_arg args[CALM_WAITERS];
+    memset(args, 0, sizeof args);
+    pthread_barrier_init(&g_calm_barrier, NULL, CALM_WAITERS + 1);
+    for (int i = 0; i < CALM_WAITERS; i++)
+        pthread_create(&th[i], NULL, calm_waiter, &args[i]);
+    pthread_barrier_wait(&g_calm_barrier);
+    sleep_ms(300);
+    pthread_mutex_lock(&g_mono_gil.mutex);
+    pthread_cond_broadcast(&g_mono_gil.cond);
+    pthread_mutex_unlock(&g_mono_gil.mutex);
+    *short_n = *woken_n = 0;
+    for (int i = 0; i < CALM_WAITERS; i++) {
+        pthread_join(th[i], NULL);
+        if (args[i].rc == ETIMEDOUT && args[i].waited_ns >= 49 * MS && args[i].waited_ns < 300 * MS)
+            (*short_n)++;
+        else if (args[i].rc == 0 && args[i].waited_ns >= 290 * MS && args[i].waited_ns < 900 * MS)
+            (*woken_n)++;
+    }
+    pthread_barrier_destroy(&g_calm_barrier);
+    gla_hook_calm(&stretched1);
+    return (int)(stretched1 - stretched0);
+}
+
+static void test_calm(void)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&g_mono_gil.cond, &attr);
+    pthread_condattr_destroy(&attr);
+    CHECK(gla_hook_install((const void *)waiter_anchor) == 0, "install");
+    gla_hook_set_gil(&g_mono_gil.cond);
+    CHECK(gla_hook_calm(NULL) == 0, "off by default");
+    for (int round = 0; round < 2; round++) {
+        int short_n, woken_n;
+        int stretched = calm_round(2, &short_n, &woken_n);
+        CHECK(stretched == CALM_WAITERS - 2, "round %d: %d stretched", round, stretched);
+        CHECK(short_n == 2 && woken_n == CALM_WAITERS - 2,
+              "round %d: %d timed out after the interval, %d woken by the signal", round,
+              short_n, woken_n);
+    }
+    int short_n, woken_n;
+    CHECK(calm_round(0, &short_n, &woken_n) == 0, "keep 0 stretches nothing");
+    CHECK(short_n == CALM_WAITERS, "keep 0: %d of %d timed out after the interval", short_n,
+          CALM_WAITERS);
+    CHECK(gla_hook_set_calm(-3) == 0 && gla_hook_calm(NULL) == 0, "negative keep is off");
+    gla_hook_set_gil(NULL);
+    gla_hook_uninstall();
+}
+
 static void test_procstat(void)
 {
     uint64_t cpu = 0, runq = 0;
@@ -548,6 +640,7 @@ int main(void)
     test_exit_keeps_totals();
     test_wait_in_progress();
     test_hook();
+    test_calm();
     test_procstat();
     test_register_race();
     test_exiting_not_rediscovered();
