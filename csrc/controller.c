@@ -169,6 +169,7 @@ static void note_step(gla_ctl *c, const gla_ctl_window *w, double rate, int n)
     c->ramp_size = c->target;
     c->ramp_held = w->task_gil_held_s > 0 ? w->task_gil_held_s : w->task_cpu_s;
     c->ramp_done = w->completed;
+    c->ramp_strikes = 0;
 }
 
 gla_ctl_decision gla_ctl_step(gla_ctl *c, const gla_ctl_window *w)
@@ -207,8 +208,22 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
         int same_work = w->completed < 1 ||
                         (held > 0 && c->ramp_held > 0 && held < c->ramp_held * 2 &&
                          held * 2 > c->ramp_held);
-        if (same_work && w->workers > from && w->queue_length > 0 &&
-            collapsed(before, c->ramp_done, rate, w->completed)) {
+        int fell = same_work && w->workers > from && w->queue_length > 0 &&
+                   collapsed(before, c->ramp_done, rate, w->completed);
+        if (fell && w->completed >= 1 && c->ramp_strikes == 0) {
+            /* One window can be the machine's (a slow spell of the CPU, a burst of thread
+             * starts): look again before a limit that lasts. */
+            c->ramp_strikes = 1;
+            c->ramp_rate = before;
+            d.action = GLA_CTL_HOLD;
+            snprintf(d.reason, sizeof d.reason,
+                     "throughput fell from %.0f to %.0f tasks/s at %d workers: checking again",
+                     before, rate, w->workers);
+            d.target = c->target;
+            return d;
+        }
+        c->ramp_strikes = 0;
+        if (fell) {
             int was = w->workers;
             if (from > was / 2)
                 from = clamp(c, was / 2); /* the edge is not sharp: keep clear of it */

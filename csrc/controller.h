@@ -25,7 +25,9 @@
  *      queueing network (one processor-shared station, one delay station). Large sizes
  *      are reached in steps of x4 per window; when no task finishes at a size larger than
  *      one that completed tasks (an interpreter starved by thousands of threads), the pool
- *      goes back to that size and growth past it is vetoed for a while.
+ *      goes back to that size and growth past it is vetoed for a while. A step up after
+ *      which throughput collapses for two windows in a row (one can be the machine's
+ *      noise) goes back too, with a limit that lasts.
  *   2. Refine on measured throughput while tasks are queued: probe one step up (x1.25) and
  *      then down; a step up is kept only if throughput rose by more than the noise
  *      (two standard deviations of the difference of two windows: from the spread of
@@ -92,6 +94,7 @@ typedef struct gla_ctl {
     int ramp_size;           /* the size before it */
     double ramp_done;        /* tasks that rate was measured on */
     double ramp_held;        /* the tasks' GIL-held time then (a phase change is no collapse) */
+    int ramp_strikes;        /* windows in a row that looked collapsed after that step */
     int stalls;              /* consecutive windows with nothing finished above good_size */       /* the veto is a collapse's (no task finished above it) */
     double little_size;      /* last demand-based size (0 = none) */
     double little_smooth;    /* its moving average: probes down stop there (0 = none) */

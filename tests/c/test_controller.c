@@ -393,8 +393,51 @@ static void test_collapse_case(double trickle)
     CHECK(c.target >= 100, "stayed at %d, far below the last size that worked", c.target);
 }
 
+/* One slow window after a step up (the machine's noise: a slow spell of the CPU) is not a
+ * collapse: the step is looked at again, and growth goes on when the next window is fine.
+ * Two slow windows in a row are one. */
+static void test_dip_is_not_collapse(int slow_windows)
+{
+    gla_ctl c;
+    gla_ctl_init(&c, 1, 2048, 1);
+    gla_ctl_window w;
+    memset(&w, 0, sizeof w);
+    w.window_s = 0.5;
+    w.task_cpu_s = 0.0001;
+    w.task_gil_held_s = 0.0001;
+    w.task_gil_wait_s = 0;
+    w.task_wall_s = 0.2;
+    w.beta = 0.1;
+    w.runq_share = -1;
+    w.queue_length = 5000;
+    w.usable_cores = 1;
+    int last = 0, dips = 0, went_back = 0, peak = 0;
+    for (int i = 0; i < 60; i++) {
+        int n = c.target;
+        w.workers = w.busy = n;
+        dips = n != last ? 0 : dips + 1;
+        last = n;
+        /* the first window(s) at each size above 256 (steps of x1.5 there) run at 40 % */
+        double slow = n > 256 && dips < slow_windows ? 0.4 : 1;
+        w.completed = n * w.window_s / w.task_wall_s * slow;
+        gla_ctl_decision d = gla_ctl_step(&c, &w);
+        if (d.action == GLA_CTL_VETO && d.target < n)
+            went_back = 1;
+        if (d.target > peak)
+            peak = d.target;
+    }
+    if (slow_windows == 1) {
+        CHECK(!went_back, "one slow window after a step read as a collapse");
+        CHECK(peak > 512, "growth stopped at %d after one slow window", peak);
+    } else {
+        CHECK(went_back, "two slow windows after a step up not read as a collapse (peak %d)", peak);
+    }
+}
+
 static void test_collapse(void)
 {
+    test_dip_is_not_collapse(1);
+    test_dip_is_not_collapse(2);
     test_collapse_case(0);    /* nothing finishes */
     test_collapse_case(0.03); /* a trickle: 3 % of the rate Little's law expects */
 }
