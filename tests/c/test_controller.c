@@ -358,6 +358,23 @@ static void test_phase_change(void)
     sim_free(s);
 }
 
+/* A controller on one core and the windows of an I/O task (0.1 ms CPU, 0.2 s wall: Little's
+ * law asks for ~2000 workers) with a deep queue; the caller sets workers and completions. */
+static void io_task_setup(gla_ctl *c, gla_ctl_window *w)
+{
+    gla_ctl_init(c, 1, 2048, 1);
+    memset(w, 0, sizeof *w);
+    w->window_s = 0.5;
+    w->task_cpu_s = 0.0001;
+    w->task_gil_held_s = 0.0001;
+    w->task_gil_wait_s = 0;
+    w->task_wall_s = 0.2;
+    w->beta = 0.1;
+    w->runq_share = -1;
+    w->queue_length = 5000;
+    w->usable_cores = 1;
+}
+
 /* Thousands of threads on one core can starve CPython completely (seen: an I/O task at
  * 1024-2048 threads finished nothing in 3 s). Nothing finishing at a size larger than one
  * that finished tasks sends the pool back there, for good (until a phase change would
@@ -365,18 +382,8 @@ static void test_phase_change(void)
 static void test_collapse_case(double trickle)
 {
     gla_ctl c;
-    gla_ctl_init(&c, 1, 2048, 1);
     gla_ctl_window w;
-    memset(&w, 0, sizeof w);
-    w.window_s = 0.5;
-    w.task_cpu_s = 0.0001;
-    w.task_gil_held_s = 0.0001;
-    w.task_gil_wait_s = 0;
-    w.task_wall_s = 0.2; /* Little's law: ~2000 workers */
-    w.beta = 0.1;
-    w.runq_share = -1;
-    w.queue_length = 5000;
-    w.usable_cores = 1;
+    io_task_setup(&c, &w);
     int collapsed = 0, max_after = 0;
     for (int i = 0; i < 120; i++) {
         int n = c.target;
@@ -399,18 +406,8 @@ static void test_collapse_case(double trickle)
 static void test_dip_is_not_collapse(int slow_windows)
 {
     gla_ctl c;
-    gla_ctl_init(&c, 1, 2048, 1);
     gla_ctl_window w;
-    memset(&w, 0, sizeof w);
-    w.window_s = 0.5;
-    w.task_cpu_s = 0.0001;
-    w.task_gil_held_s = 0.0001;
-    w.task_gil_wait_s = 0;
-    w.task_wall_s = 0.2;
-    w.beta = 0.1;
-    w.runq_share = -1;
-    w.queue_length = 5000;
-    w.usable_cores = 1;
+    io_task_setup(&c, &w);
     int last = 0, dips = 0, went_back = 0, peak = 0;
     for (int i = 0; i < 60; i++) {
         int n = c.target;
