@@ -86,13 +86,16 @@ double gla_ctl_little_size(const gla_ctl_window *w, double usable_cores)
     if (held < MIN_TASK_S)
         held = MIN_TASK_S;
     double native = cpu > held ? cpu - held : 0;
-    /* I/O: what is left of the task's wall time after its CPU and its GIL wait. The
-     * run-queue share is not subtracted: the kernel's figure overlaps the GIL waits
-     * (a woken waiter queues for a core inside them), and counting it twice would
-     * shrink a busy I/O pool to nothing. Run-queue time outside the waits (native CPU
-     * queuing for a core) then counts as I/O: the size errs high, and probes trim it. */
+    /* I/O: the ledger's partition of the task's wall time (task_io_s) where known:
+     * run-queue time outside the GIL waits (a thread woken from I/O waiting for a core
+     * before it can ask for the GIL; native CPU queuing for a core) is not I/O. Counted
+     * as I/O it grows with the pool (one core, 0.1 ms CPU + 1 ms sleep: 1.4 ms "I/O" at
+     * 14 workers, 4-5 ms at 47) and the size chases it upward. Otherwise what is left
+     * after CPU and GIL wait (the kernel's run-queue figure alone overlaps the waits). */
     double gil_wait = w->task_gil_wait_s > 0 ? w->task_gil_wait_s : 0;
     double io = w->task_wall_s - cpu - gil_wait;
+    if (w->task_io_s >= 0 && w->task_io_s < io)
+        io = w->task_io_s;
     if (io < 0)
         io = 0;
     double bottleneck = held;                     /* one GIL */

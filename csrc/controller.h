@@ -57,6 +57,9 @@ typedef struct {
     double task_gil_wait_s; /* mean GIL wait per finished task (s); <0 unknown */
     double task_wall_s;     /* mean wall time per finished task on its worker (s) */
     double task_gil_held_s; /* mean time holding the GIL per task (s); <0 unknown */
+    double task_io_s;       /* mean I/O per task (s), run-queue time outside GIL waits
+                               excluded (the ledger's partition); <0 unknown: then
+                               wall - cpu - GIL wait */
     double beta;            /* workers' gil_wait/(gil_wait+io_wait) over the window; <0 unknown */
     double runq_share;      /* workers' run-queue wait / wall over the window; <0 unknown */
     int workers;            /* live workers now */

@@ -789,6 +789,7 @@ static void fill_window(const gla_pool *p, const totals *a, const totals *b, dou
     uint64_t n = sub0(b->completed, a->completed);
     win->completed = (double)n;
     win->task_cpu_s = win->task_gil_wait_s = win->task_wall_s = win->task_gil_held_s = -1.0;
+    win->task_io_s = -1.0;
     win->beta = -1.0;
     win->runq_share = rq_share;
     if (n > 0) {
@@ -811,6 +812,8 @@ static void fill_window(const gla_pool *p, const totals *a, const totals *b, dou
             gla_sample_finish(&s);
             uint64_t denom = s.gil_wait_ns + s.io_wait_ns;
             win->beta = denom ? (double)s.gil_wait_ns / (double)denom : -1.0;
+            if (rq_share >= 0)
+                win->task_io_s = (double)s.io_wait_ns / 1e9 / (double)n;
         }
     }
     win->workers = p->live;

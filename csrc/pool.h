@@ -107,6 +107,9 @@ typedef struct {
     double task_gil_wait_s; /* mean GIL wait per task (< 0: no exact GIL figure) */
     double task_wall_s;     /* mean wall per task, from the worker taking it to its end */
     double task_gil_held_s; /* mean time holding the GIL per task (< 0: unknown) */
+    double task_io_s;       /* mean I/O per task by the ledger's partition: wall less CPU,
+                               GIL and lock waits and run-queue time outside the GIL waits
+                               (< 0: unknown) */
     double beta;            /* gil_wait / (gil_wait + io_wait) of the workers' busy time */
     double runq_share;      /* run-queue delay / busy time of the sampled workers */
     int workers;            /* live workers at the window's end */

@@ -42,6 +42,7 @@ struct sim {
     long long next_task, done;
     /* window sums */
     double w_done, w_wall, w_cpu, w_held, w_gwait, w_io, w_runq;
+    double w_iop; /* I/O as the ledger's partition books it: run-queue time is not I/O */
 };
 
 /* ---- heaps keyed by thr.key ------------------------------------------------------ */
@@ -221,6 +222,8 @@ static void finish_task(sim *s, int id)
     s->w_gwait += t->gil_wait;
     s->w_io += wall - t->held_wall - t->native - t->gil_wait;
     s->w_runq += t->runq;
+    double iop = wall - cpu - t->gil_wait - t->runq;
+    s->w_iop += iop > 0 ? iop : 0;
     if (s->live > s->target) {
         t->state = T_DEAD;
         s->live--;
@@ -352,7 +355,7 @@ void sim_set_demands(sim *s, const sim_params *p)
 void sim_run(sim *s, double seconds, gla_ctl_window *out)
 {
     double end = s->now + seconds;
-    s->w_done = s->w_wall = s->w_cpu = s->w_held = s->w_gwait = s->w_io = s->w_runq = 0;
+    s->w_done = s->w_wall = s->w_cpu = s->w_held = s->w_gwait = s->w_io = s->w_runq = s->w_iop = 0;
     for (;;) {
         double r = core_rate(s);
         double t_cpu = s->cpu.len ? s->now + (s->t[s->cpu.a[0]].key - s->vtime) / r : INFINITY;
@@ -413,8 +416,10 @@ void sim_run(sim *s, double seconds, gla_ctl_window *out)
         out->task_cpu_s = s->w_cpu / s->w_done;
         out->task_gil_held_s = s->w_held / s->w_done;
         out->task_gil_wait_s = s->w_gwait / s->w_done;
+        out->task_io_s = s->w_iop / s->w_done;
     } else {
         out->task_wall_s = out->task_cpu_s = out->task_gil_held_s = out->task_gil_wait_s = -1;
+        out->task_io_s = -1;
     }
     out->beta = s->w_gwait + s->w_io > 0 ? s->w_gwait / (s->w_gwait + s->w_io) : -1;
     out->runq_share = s->w_wall > 0 ? s->w_runq / s->w_wall : -1;

@@ -214,6 +214,7 @@ static void test_directions(void)
     w.task_gil_held_s = 0.01;
     w.task_wall_s = 0.06;
     w.task_gil_wait_s = 0;
+    w.task_io_s = -1;
     w.usable_cores = 1;
     double mixed = gla_ctl_little_size(&w, 1);
     w.task_wall_s = 0.21;
@@ -369,6 +370,7 @@ static void io_task_setup(gla_ctl *c, gla_ctl_window *w)
     w->task_gil_held_s = 0.0001;
     w->task_gil_wait_s = 0;
     w->task_wall_s = 0.2;
+    w->task_io_s = -1;
     w->beta = 0.1;
     w->runq_share = -1;
     w->queue_length = 5000;
