@@ -19,8 +19,8 @@
  *   1. Size at once from task demands. Per task: h = time holding the GIL (Python CPU; the
  *      thread CPU when unknown), n = CPU with the GIL released, w = I/O: the task's wall
  *      time less CPU, GIL waits and run-queue time outside them (task_io_s, the ledger's
- *      partition; without it, wall less CPU and GIL waits). With C usable cores the bottleneck's demand per
- *      task is d = max(h, (h+n)/C). Little's law, (1/d)·(h+n+w) workers, leaves the
+ *      partition; without it, wall less CPU and GIL waits). With C usable cores the
+ *      bottleneck's demand per task is d = max(h, (h+n)/C). Little's law, (1/d)·(h+n+w) workers, leaves the
  *      bottleneck idle 10-20 % of the time because tasks reach it unevenly; the size used
  *      is the smallest that keeps it 99.5 % busy by mean-value analysis of the closed
  *      queueing network (one processor-shared station, one delay station). Large sizes

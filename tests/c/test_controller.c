@@ -222,6 +222,17 @@ static void test_directions(void)
     w.task_wall_s = 0.01;
     double cpu_only = gla_ctl_little_size(&w, 1);
     CHECK(more_io > mixed && mixed > cpu_only, "sizes %f %f %f", cpu_only, mixed, more_io);
+    /* Run-queue time outside the GIL waits is not I/O: where the partition's I/O is known
+     * the size follows it, not wall - CPU - GIL wait; a partition figure above that
+     * remainder is not believed. */
+    w.task_wall_s = 0.06;
+    w.task_io_s = 0.025; /* half the 50 ms remainder was waiting for a core */
+    double part = gla_ctl_little_size(&w, 1);
+    CHECK(part < mixed * 0.8 && part > cpu_only, "partition I/O: %f (remainder: %f)", part, mixed);
+    w.task_io_s = 0.5;
+    double above = gla_ctl_little_size(&w, 1);
+    CHECK(above == mixed, "I/O above the remainder: %f, not %f", above, mixed);
+    w.task_io_s = -1;
     CHECK(cpu_only < 2, "a GIL-bound task needs about one worker: %f", cpu_only);
     /* Native CPU that releases the GIL uses the cores: more cores, more workers. */
     w.task_wall_s = 0.01;
