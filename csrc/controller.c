@@ -90,7 +90,7 @@ double gla_ctl_little_size(const gla_ctl_window *w, double usable_cores)
      * run-queue time outside the GIL waits (a thread woken from I/O waiting for a core
      * before it can ask for the GIL; native CPU queuing for a core) is not I/O. Counted
      * as I/O it grows with the pool (one core, 0.1 ms CPU + 1 ms sleep: 1.4 ms "I/O" at
-     * 14 workers, 4-5 ms at 47) and the size chases it upward. Otherwise what is left
+     * 14 workers, 3.8-4.3 ms at 47) and the size chases it upward. Otherwise what is left
      * after CPU and GIL wait (the kernel's run-queue figure alone overlaps the waits). */
     double gil_wait = w->task_gil_wait_s > 0 ? w->task_gil_wait_s : 0;
     double io = w->task_wall_s - cpu - gil_wait;
@@ -172,7 +172,6 @@ static void note_step(gla_ctl *c, const gla_ctl_window *w, double rate, int n)
     c->ramp_size = c->target;
     c->ramp_held = w->task_gil_held_s > 0 ? w->task_gil_held_s : w->task_cpu_s;
     c->ramp_done = w->completed;
-    c->ramp_strikes = 0;
 }
 
 gla_ctl_decision gla_ctl_step(gla_ctl *c, const gla_ctl_window *w)

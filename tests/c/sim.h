@@ -24,7 +24,9 @@
  * the GIL wakes once per switch interval (CPython's timed condition wait) and burns
  * wake_cost of CPU doing so: with hundreds of waiters that eats the cores — the saturation
  * cliff. Thread start and retirement are free; I/O waits need no CPU. The run-queue share
- * reported is the finished tasks' time needing a core without one, over their wall time.
+ * reported is the finished tasks' time needing a core without one, over their wall time;
+ * their I/O (task_io_s) is booked as the ledger's partition books it: wall less CPU, GIL
+ * wait and that run-queue time.
  */
 #ifndef GIL_ADAPT_TEST_SIM_H
 #define GIL_ADAPT_TEST_SIM_H
