@@ -47,6 +47,7 @@ typedef struct worker {
     int wake_for_work;      /* under mu: woken because tasks wait (counted in wakes_in_flight) */
     int retire;             /* under mu */
     int on_idle;            /* under mu */
+    int entered;            /* under mu: counted out of entering */
     unsigned index;
     pid_t tid;              /* set before registering */
     /* written by the worker only, read by the monitor */
@@ -76,6 +77,9 @@ struct gla_pool {
     int wakes_in_flight; /* idle workers woken for queued tasks, not yet running one */
 
     int live, starting, retiring, retire_pending, target;
+    int owed;     /* starts decided, thread not created yet (counted in starting) */
+    int entering; /* threads created, enter not yet through (counted in starting) */
+    int start_burst;
     long idle_credit; /* without a policy: completions not yet matched by a submit */
     int shutdown, broken;
     unsigned next_index;
@@ -103,8 +107,9 @@ struct gla_pool {
 };
 
 static _Thread_local gla_pool *tls_pool;
+static _Thread_local worker *tls_worker;
 
-static int spawn(gla_pool *p);
+static int start_owed(gla_pool *p);
 
 /* ---- small helpers ---------------------------------------------------------------- */
 
@@ -310,6 +315,7 @@ static int apply_target_locked(gla_pool *p, int target)
     k -= c;
     long want = p->queue_len < (long)k ? p->queue_len : (long)k;
     p->starting += (int)want;
+    p->owed += (int)want;
     return (int)want;
 }
 
@@ -441,15 +447,26 @@ static void *worker_main(void *arg)
     const gla_pool_hooks *h = &hooks;
     void *ctx = p->cfg.ctx;
     tls_pool = p;
+    tls_worker = w;
     set_os_name(p, NULL, w->index);
     w->tid = (pid_t)syscall(SYS_gettid);
     gla_thread *rec = gla_ledger_self();
 
     void *wdata = NULL;
     int rc = h->enter ? h->enter(ctx, &wdata, w->index) : 0;
+    if (rc == 0)
+        gla_pool_worker_entered(); /* if enter did not say so itself */
     pthread_mutex_lock(&p->mu);
     p->starting--;
     if (rc < 0) {
+        if (!w->entered) {
+            w->entered = 1;
+            p->entering--;
+        }
+        /* The workers owed would fail as this one did (interpreter going away). */
+        p->starting -= p->owed;
+        p->owed = 0;
+        tls_worker = NULL;
         w->all_next = p->spare;
         p->spare = w;
         pthread_cond_broadcast(&p->done_cond);
@@ -599,6 +616,7 @@ static void *worker_main(void *arg)
     unregister_locked(p, w); /* w is the pool's again: not touched after this */
     pthread_mutex_unlock(&p->mu);
     tls_pool = NULL;
+    tls_worker = NULL;
     if (h->leave)
         h->leave(ctx, wdata, holding);
     return NULL;
@@ -632,7 +650,7 @@ static int spawn(gla_pool *p)
         /* Fresh figures; the condition variable is kept across reuse. */
         w->all_prev = w->all_next = w->idle_up = w->idle_down = NULL;
         w->pool = p;
-        w->woken = w->retire = w->on_idle = w->wake_for_work = 0;
+        w->woken = w->retire = w->on_idle = w->wake_for_work = w->entered = 0;
         w->index = index;
         w->tid = 0;
         atomic_store(&w->completed, 0);
@@ -823,18 +841,57 @@ static void fill_window(const gla_pool *p, const totals *a, const totals *b, dou
     win->target = p->target;
 }
 
-static void spawn_n(gla_pool *p, int n)
+/* Creates owed workers while fewer than start_burst created ones are still entering
+ * (each entering worker waits for the interpreter lock: a thousand started at once made
+ * a thousand more GIL contenders, and a loaded interpreter finished almost nothing for
+ * seconds). Called after owed grows and whenever a worker is through enter, so owed
+ * starts are never left behind. A pool shut down with nothing queued forgets them. 0, or
+ * the -errno of a failed start (thread limit, memory: the rest owed are not tried now). */
+static int start_owed(gla_pool *p)
 {
-    for (int i = 0; i < n; i++) {
-        if (spawn(p) < 0) {
-            /* Thread limit or memory: the rest are not tried this window. */
-            pthread_mutex_lock(&p->mu);
-            p->starting -= n - i - 1;
+    int rc = 0;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        if (p->owed > 0 && p->shutdown && p->queue_len == 0) {
+            p->starting -= p->owed;
+            p->owed = 0;
             pthread_cond_broadcast(&p->done_cond);
-            pthread_mutex_unlock(&p->mu);
-            return;
+        }
+        if (p->owed == 0 || p->entering >= p->start_burst)
+            break;
+        p->owed--;
+        p->entering++;
+        pthread_mutex_unlock(&p->mu);
+        int r = spawn(p);
+        pthread_mutex_lock(&p->mu);
+        if (r < 0) {
+            p->entering--;
+            p->starting -= p->owed;
+            p->owed = 0;
+            pthread_cond_broadcast(&p->done_cond);
+            rc = r;
+            break;
         }
     }
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}
+
+void gla_pool_worker_entered(void)
+{
+    worker *w = tls_worker;
+    if (!w)
+        return;
+    gla_pool *p = w->pool;
+    pthread_mutex_lock(&p->mu);
+    int first = !w->entered;
+    if (first) {
+        w->entered = 1;
+        p->entering--;
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (first)
+        start_owed(p);
 }
 
 static void *monitor_main(void *arg)
@@ -930,7 +987,7 @@ static void *monitor_main(void *arg)
         int to_start = p->monitor_stop ? 0 : apply_target_locked(p, d.target);
         if (to_start > 0) {
             pthread_mutex_unlock(&p->mu);
-            spawn_n(p, to_start);
+            start_owed(p);
             pthread_mutex_lock(&p->mu);
         }
         last = cur;
@@ -1007,6 +1064,7 @@ gla_pool *gla_pool_create(const gla_pool_config *cfg)
     cond_init_mono(&p->done_cond);
     cond_init_mono(&p->monitor_cond);
     p->target = clamp_target(p, cfg->initial_target);
+    p->start_burst = cfg->start_burst > 0 ? cfg->start_burst : GLA_POOL_START_BURST;
     p->usable_cores = cfg->usable_cores;
     if (p->usable_cores <= 0) {
         int aff;
@@ -1054,6 +1112,7 @@ static int submit_impl(gla_pool *p, gla_pool_task *t, int try_only)
         p->retire_pending--;
     } else if (!credit && effective_locked(p) < p->target) {
         p->starting++;
+        p->owed++;
         start = 1;
     }
     int need_monitor = p->cfg.policy && !p->monitor_started;
@@ -1064,7 +1123,7 @@ static int submit_impl(gla_pool *p, gla_pool_task *t, int try_only)
         ensure_monitor(p);
     if (!start)
         return 0;
-    int rc = spawn(p);
+    int rc = start_owed(p);
     if (rc == 0)
         return 0;
     pthread_mutex_lock(&p->mu);
@@ -1134,11 +1193,12 @@ void gla_pool_shutdown(gla_pool *p, int cancel, gla_pool_task **cancelled)
     p->monitor_parked = 0;
     pthread_cond_broadcast(&p->monitor_cond);
     int start = p->queue_len > 0 && p->live + p->starting - p->retiring == 0;
-    if (start)
+    if (start) {
         p->starting++;
+        p->owed++;
+    }
     pthread_mutex_unlock(&p->mu);
-    if (start)
-        spawn(p);
+    start_owed(p); /* also forgets owed starts when nothing is left to run */
 }
 
 int gla_pool_wait_for(gla_pool *p, int self_is_worker, double timeout_s)
@@ -1178,6 +1238,8 @@ gla_pool_task *gla_pool_break(gla_pool *p)
     p->broken = 1;
     p->shutdown = 1;
     p->retire_pending = 0;
+    p->starting -= p->owed;
+    p->owed = 0;
     gla_pool_task *list = queue_detach(p);
     wake_all_idle(p);
     p->monitor_stop = 1;
@@ -1258,7 +1320,7 @@ void gla_pool_set_target(gla_pool *p, int target)
     int n = apply_target_locked(p, target);
     pthread_mutex_unlock(&p->mu);
     if (n > 0)
-        spawn_n(p, n);
+        start_owed(p);
 }
 
 int gla_pool_claim_drained(gla_pool *p)
@@ -1302,6 +1364,7 @@ gla_pool_task *gla_pool_reset_after_fork(gla_pool *p)
     gla_pool_task *list = queue_detach(p);
     p->all = p->idle_top = p->idle_bottom = NULL;
     p->n_idle = p->live = p->starting = p->retiring = p->retire_pending = 0;
+    p->owed = p->entering = 0;
     p->wakes_in_flight = 0;
     p->monitor_started = p->monitor_stop = p->monitor_parked = p->monitor_join_claimed = 0;
     p->submitted = p->started = p->retired = p->start_failures = p->taken = 0;

@@ -26,6 +26,14 @@
  * Leaving, it unregisters under the pool lock (its last touch of the pool) and then
  * calls hooks->leave(ctx, wdata, holding) — so a binding may free the pool from there.
  *
+ * Workers start a few at a time: at most start_burst created workers are still in enter
+ * (each waits there for the interpreter lock behind every running task; a thousand
+ * started at once on a loaded interpreter made it finish almost nothing for seconds, as
+ * ThreadPoolExecutor, whose submit waits for each new thread, never does); the others
+ * are owed, counted in `starting`, and created as those get through enter. An enter that
+ * waits for other workers (a barrier in an initializer) still works when the hook calls
+ * gla_pool_worker_entered as soon as it holds the lock.
+ *
  * A worker that cannot be started (pthread_create fails: thread limit, memory) leaves
  * the pool smaller: start_failures counts it and the task waits for another worker. Only
  * when the pool has no worker at all and none can be started does gla_pool_submit fail
@@ -75,6 +83,7 @@ extern "C" {
 #define GLA_POOL_NAME_LEN 48
 #define GLA_POOL_RUNQ_SAMPLE 16
 #define GLA_POOL_DEFAULT_STACK (2u * 1024u * 1024u) /* holds CPython's default recursion limit */
+#define GLA_POOL_START_BURST 2 /* default gla_pool_config.start_burst */
 
 typedef struct gla_pool gla_pool;
 
@@ -147,6 +156,8 @@ typedef struct {
     double first_window_s;     /* first window length; <= 0: 0.1 s */
     double idle_timeout_s;     /* idle workers above min retire after this; <= 0: never */
     int gil_wait_known;        /* the ledger's GIL waits are exact (hook installed) */
+    int start_burst;           /* at most this many started workers not yet through enter
+                                  (or gla_pool_worker_entered); <= 0: GLA_POOL_START_BURST */
     char name[GLA_POOL_NAME_LEN]; /* OS thread names: "<name>_<index>", cut to 15 chars */
     gla_pool_hooks hooks;
     void *ctx;
@@ -236,6 +247,11 @@ void gla_pool_set_target(gla_pool *p, int target);
 /* Returns 1 exactly once: the first time it is called after shutdown with no worker
  * left or starting (a binding drops its keep-alive reference then). */
 int gla_pool_claim_drained(gla_pool *p);
+
+/* Called by a worker's enter hook once it holds what it waits for (the interpreter lock),
+ * before slower set-up (an initializer): the pool starts the next owed worker then. A
+ * no-op outside a worker's enter, and when called again; enter's return does the same. */
+void gla_pool_worker_entered(void);
 
 /* 1 when the calling thread is a worker of p. */
 int gla_pool_is_worker(const gla_pool *p);

@@ -369,6 +369,7 @@ static int py_enter(void *ctx, void **wdata, unsigned index)
     if (is_finalizing())
         return GLA_POOL_ENTER_FAIL;
     PyGILState_STATE g = PyGILState_Ensure();
+    gla_pool_worker_entered(); /* the next worker may start: this one has the GIL */
     wstate *ws = PyMem_RawCalloc(1, sizeof *ws);
     if (!ws) {
         PyGILState_Release(g);
@@ -517,15 +518,15 @@ static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"min_workers", "max_workers", "initial_target", "stack_size",
                              "name", "thread_start", "thread_stop", "broken_type",
-                             "idle_timeout", "controller", NULL};
-    int min_w, max_w, initial = 0, use_controller = 1;
+                             "idle_timeout", "controller", "start_burst", NULL};
+    int min_w, max_w, initial = 0, use_controller = 1, burst = 0;
     Py_ssize_t stack = 0;
     const char *name = "gla";
     PyObject *start = Py_None, *stop = Py_None, *broken = NULL;
     double idle_timeout = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ii|insOOOdp", kwlist, &min_w, &max_w,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ii|insOOOdpi", kwlist, &min_w, &max_w,
                                      &initial, &stack, &name, &start, &stop, &broken,
-                                     &idle_timeout, &use_controller))
+                                     &idle_timeout, &use_controller, &burst))
         return NULL;
     if (min_w < 1 || max_w < min_w)
         return PyErr_Format(PyExc_ValueError,
@@ -536,6 +537,8 @@ static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                             "gil_adapt executor pools run in the main interpreter only");
     if (stack < 0)
         return PyErr_Format(PyExc_ValueError, "stack_size must be >= 0");
+    if (burst < 0)
+        return PyErr_Format(PyExc_ValueError, "start_burst must be >= 0 (0: the default)");
     if (!g_future_type) {
         PyObject *mod = PyImport_ImportModule("concurrent.futures");
         if (!mod)
@@ -559,6 +562,7 @@ static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     cfg.initial_target = initial > 0 ? initial : min_w;
     cfg.stack_size = (size_t)stack;
     cfg.idle_timeout_s = idle_timeout;
+    cfg.start_burst = burst;
     snprintf(cfg.name, sizeof cfg.name, "%s", name);
     gla_hook_status hs;
     gla_hook_get_status(&hs);

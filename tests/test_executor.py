@@ -224,6 +224,36 @@ def test_no_worker_startable_raises_at_submit(fixed: None) -> None:
         assert ex.submit(pow, 2, 3).result(timeout=HANG) == 8
 
 
+def test_initializers_that_wait_for_each_other_all_start() -> None:
+    # Workers start a few at a time (pool.h: start_burst); one that holds the GIL lets the
+    # next start before its initializer runs, so initializers meeting at a barrier of 6
+    # (more than start at once) are not deadlocked by the staggered start.
+    barrier = threading.Barrier(6, timeout=HANG)
+    with AdaptiveExecutor(6, min_workers=6, initializer=barrier.wait) as ex:
+        go = threading.Barrier(6, timeout=HANG)  # tasks hold their workers: 6 are needed
+        names = {f.result(timeout=HANG) for f in
+                 [ex.submit(lambda: (go.wait(), threading.current_thread().name)[1])
+                  for _ in range(6)]}
+        assert len(names) == 6
+        assert ex.stats()["start_failures"] == 0 and not ex.stats()["broken"]
+
+
+@pytest.mark.parametrize("name, value", [("GIL_ADAPT_START_BURST", "two"),
+                                         ("GIL_ADAPT_START_BURST", "-1"),
+                                         ("GIL_ADAPT_CALM", "x"), ("GIL_ADAPT_CALM", "-3")])
+def test_bad_environment_settings_are_named(monkeypatch: pytest.MonkeyPatch, name: str,
+                                            value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=name):
+        AdaptiveExecutor(2)
+    monkeypatch.setenv(name, "1")
+    try:
+        with AdaptiveExecutor(2) as ex:  # a valid value works (1 = one start at a time)
+            assert list(ex.map(abs, [-1, -2, -3])) == [1, 2, 3]
+    finally:
+        gil_adapt.calm_gil()  # the thinning is process-wide: back to the default keep
+
+
 # ---- broken pool ------------------------------------------------------------------------
 
 def test_initializer_failure_is_logged(caplog: pytest.LogCaptureFixture) -> None:

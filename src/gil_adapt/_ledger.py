@@ -95,18 +95,27 @@ def calm_gil(keep: int = CALM_DEFAULT) -> int:
     return int(_core.set_calm(keep))
 
 
+def env_count(name: str, allowed: str) -> Optional[int]:
+    """The integer >= 0 in environment variable ``name`` (None when unset); ValueError
+    naming the variable otherwise (``allowed`` says what it may be)."""
+    env = os.environ.get(name)
+    if env is None:
+        return None
+    try:
+        value = int(env)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, not {env!r}") from None
+    if value < 0:
+        raise ValueError(f"{name} must be {allowed}, not {value}")
+    return value
+
+
 def calm_default() -> None:
     """The executor's setting: GIL_ADAPT_CALM if set, else CALM_DEFAULT unless calm_gil()
     chose already."""
     global _calm_chosen
-    env = os.environ.get("GIL_ADAPT_CALM")
-    if env is not None:
-        try:
-            keep = int(env)
-        except ValueError:
-            raise ValueError(f"GIL_ADAPT_CALM must be an integer, not {env!r}") from None
-        if keep < 0:
-            raise ValueError(f"GIL_ADAPT_CALM must be 0 (off) or a positive count, not {keep}")
+    keep = env_count("GIL_ADAPT_CALM", "0 (off) or a positive count")
+    if keep is not None:
         _core.set_calm(keep)
         _calm_chosen = True
     elif not _calm_chosen:

@@ -193,6 +193,13 @@ def _result_or_cancel(fut: concurrent.futures.Future, timeout: Optional[float] =
 _OWN_MAP = "buffersize" not in inspect.signature(concurrent.futures.Executor.map).parameters
 
 
+def _start_burst() -> int:
+    """GIL_ADAPT_START_BURST: how many new workers may wait for the GIL to enter at once
+    (0 or unset: the pool's default, 2; see csrc/pool.h). Benchmarks set it large to show
+    what starting them all at once does (benchmarks/pool_startup.py)."""
+    return _ledger.env_count("GIL_ADAPT_START_BURST", ">= 0 (0: the default)") or 0
+
+
 def _check_count(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
@@ -212,7 +219,8 @@ class AdaptiveExecutor(_core.ExecutorBase, concurrent.futures.Executor):
     or the recursion limit says otherwise).
 
     ``GIL_ADAPT_CONTROLLER=0`` in the environment turns the controller off: the pool then
-    grows to ``max_workers`` on demand, as ThreadPoolExecutor does.
+    grows to ``max_workers`` on demand, as ThreadPoolExecutor does. New workers start two
+    at a time (each waits for the GIL to enter; ``GIL_ADAPT_START_BURST`` changes it).
 
     ``mode``: ``"auto"`` (default) runs coroutine functions on event loops and moves a
     function whose tasks are GIL-bound Python CPU to worker processes when more than one
@@ -256,7 +264,8 @@ class AdaptiveExecutor(_core.ExecutorBase, concurrent.futures.Executor):
         self._pool = _core.Pool(min_workers, max_workers, initial_target=initial,
                                 stack_size=stack_size, name=prefix[:40], thread_start=start,
                                 thread_stop=stop, broken_type=BrokenThreadPool,
-                                idle_timeout=IDLE_TIMEOUT_S, controller=adaptive)
+                                idle_timeout=IDLE_TIMEOUT_S, controller=adaptive,
+                                start_burst=_start_burst())
         self._max_workers = max_workers
         self._min_workers = min_workers
         self._thread_name_prefix = prefix

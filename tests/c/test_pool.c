@@ -638,6 +638,79 @@ static void test_take(void)
     gla_pool_destroy(p);
 }
 
+/* 13. Workers start a few at a time: never more than start_burst in enter at once, yet
+ * every one owed starts; an enter that waits for its peers (a barrier in an initializer)
+ * gets them all once it says it is through (gla_pool_worker_entered). */
+static _Atomic int g_in_enter, g_in_enter_max, g_at_barrier, g_barrier_timeouts;
+static int g_barrier_n;
+
+static int slow_enter(void *ctx, void **wdata, unsigned index)
+{
+    int now = atomic_fetch_add(&g_in_enter, 1) + 1;
+    int max = atomic_load(&g_in_enter_max);
+    while (now > max && !atomic_compare_exchange_weak(&g_in_enter_max, &max, now)) {
+    }
+    sleep_us(2000); /* waiting for the interpreter lock */
+    atomic_fetch_sub(&g_in_enter, 1);
+    return h_enter(ctx, wdata, index);
+}
+
+static int barrier_enter(void *ctx, void **wdata, unsigned index)
+{
+    gla_pool_worker_entered();
+    gla_pool_worker_entered(); /* a second call is a no-op */
+    atomic_fetch_add(&g_at_barrier, 1);
+    uint64_t end = gla_now_ns() + 10000000000ull;
+    while (atomic_load(&g_at_barrier) < g_barrier_n && gla_now_ns() < end)
+        sleep_us(500);
+    if (atomic_load(&g_at_barrier) < g_barrier_n)
+        atomic_fetch_add(&g_barrier_timeouts, 1);
+    return h_enter(ctx, wdata, index);
+}
+
+static int workers_24(gla_pool *p) { return stats_workers(p) >= 24; }
+
+static void test_start_burst(void)
+{
+    reset_counts();
+    atomic_store(&g_in_enter, 0);
+    atomic_store(&g_in_enter_max, 0);
+    gla_pool_config c = base_config(1, 24, 24);
+    c.hooks.enter = slow_enter;
+    gla_pool *p = gla_pool_create(&c);
+    for (int i = 0; i < 24; i++)
+        CHECK(gla_pool_submit(p, &mk(i, 0, 1)->link) == 0, "submit %d", i);
+    wait_until(workers_24, p, 20.0);
+    gla_pool_stats s;
+    gla_pool_get_stats(p, &s);
+    CHECK(s.workers == 24 && s.starting == 0, "all owed started: workers %d starting %d",
+          s.workers, s.starting);
+    int max = atomic_load(&g_in_enter_max);
+    CHECK(max >= 1 && max <= GLA_POOL_START_BURST, "at most %d in enter at once: %d",
+          GLA_POOL_START_BURST, max);
+    atomic_store(&g_gate_open, 1);
+    drain_and_check(p, 24);
+    CHECK(leaves_match(), "leave for every enter");
+    gla_pool_destroy(p);
+
+    reset_counts();
+    atomic_store(&g_at_barrier, 0);
+    atomic_store(&g_barrier_timeouts, 0);
+    g_barrier_n = 6;
+    c = base_config(1, 6, 6);
+    c.start_burst = 1;
+    c.hooks.enter = barrier_enter;
+    p = gla_pool_create(&c);
+    for (int i = 0; i < 6; i++)
+        CHECK(gla_pool_submit(p, &mk(i, 0, 0)->link) == 0, "submit %d", i);
+    drain_and_check(p, 6);
+    CHECK(atomic_load(&g_at_barrier) == 6 && atomic_load(&g_barrier_timeouts) == 0,
+          "6 workers met at the barrier: %d, %d timed out", atomic_load(&g_at_barrier),
+          atomic_load(&g_barrier_timeouts));
+    CHECK(leaves_match(), "leave for every enter");
+    gla_pool_destroy(p);
+}
+
 int main(void)
 {
     struct {
@@ -650,7 +723,7 @@ int main(void)
         {"liveness", test_liveness},
         {"idle_timeout", test_idle_timeout},   {"self_shutdown", test_self_shutdown},
         {"fork", test_fork},                   {"bad_config", test_bad_config},
-        {"take", test_take},
+        {"take", test_take},                   {"start_burst", test_start_burst},
     };
     int passed = 0, failed = 0;
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
