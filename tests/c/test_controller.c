@@ -371,10 +371,11 @@ static void test_random_workloads(int count)
            count, worst, worst_k, below97, worst_conv, worst_conv_k, slow, worst_real);
     /* The issue's bar is 97 % for every workload and 3 s: not met by this controller in
      * this simulator (see the printed cases: over-subscribed cores with near-fixed
-     * demands, and plateaus that keep rising past the demand-based size on 3-4 cores).
-     * What it does meet is held here, so that any regression fails. */
-    CHECK(below97 <= count / 50 + 1, "%d of %d workloads below 97 %% of optimum", below97, count);
-    CHECK(slow <= count / 100 + 1, "%d of %d workloads slower than 3 s to converge", slow, count);
+     * demands, where throughput peaks sharply below the demand-based size: 151.5 tasks/s
+     * at 26 workers, 148.7 at 30, 141.6 at 34). What it does meet (9 below, 5 slow) is
+     * held here, so that a regression fails. */
+    CHECK(below97 <= count / 100, "%d of %d workloads below 97 %% of optimum", below97, count);
+    CHECK(slow <= count / 200 + 2, "%d of %d workloads slower than 3 s to converge", slow, count);
 }
 
 static void test_phase_change(void)
