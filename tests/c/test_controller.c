@@ -92,8 +92,8 @@ static int best_size(const sim_params *p, int max_workers, double *best)
     }
     if (grid[ng - 1] != max_workers)
         grid[ng++] = max_workers;
-    int cand[80], nc = 0;
-    double crate[80];
+    int cand[80] = {0}, nc = 0;
+    double crate[80] = {0};
     int bi = 0;
     for (int i = 0; i < ng; i++) {
         cand[nc] = grid[i];
