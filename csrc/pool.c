@@ -79,7 +79,6 @@ struct gla_pool {
     int live, starting, retiring, retire_pending, target;
     int owed;     /* starts decided, thread not created yet (counted in starting) */
     int entering; /* threads created, enter not yet through (counted in starting) */
-    int start_burst;
     long idle_credit; /* without a policy: completions not yet matched by a submit */
     int shutdown, broken;
     unsigned next_index;
@@ -106,8 +105,7 @@ struct gla_pool {
     runq_slot rq[GLA_POOL_RUNQ_SAMPLE];
 };
 
-static _Thread_local gla_pool *tls_pool;
-static _Thread_local worker *tls_worker;
+static _Thread_local worker *tls_worker; /* the calling thread's, while it is a worker */
 
 static int start_owed(gla_pool *p);
 
@@ -152,6 +150,26 @@ static inline uint64_t ld(const _Atomic uint64_t *c)
 static int effective_locked(const gla_pool *p)
 {
     return p->live + p->starting - p->retiring - p->retire_pending;
+}
+
+/* Owed starts not made after all (nothing left to run, a start failed, the pool broke). */
+static void forget_owed_locked(gla_pool *p)
+{
+    if (p->owed == 0)
+        return;
+    p->starting -= p->owed;
+    p->owed = 0;
+    pthread_cond_broadcast(&p->done_cond);
+}
+
+/* w is through enter (or gave up): 1 the first time, when it leaves `entering`. */
+static int mark_entered_locked(gla_pool *p, worker *w)
+{
+    if (w->entered)
+        return 0;
+    w->entered = 1;
+    p->entering--;
+    return 1;
 }
 
 static int clamp_target(const gla_pool *p, int t)
@@ -446,7 +464,6 @@ static void *worker_main(void *arg)
     const gla_pool_hooks hooks = p->cfg.hooks;
     const gla_pool_hooks *h = &hooks;
     void *ctx = p->cfg.ctx;
-    tls_pool = p;
     tls_worker = w;
     set_os_name(p, NULL, w->index);
     w->tid = (pid_t)syscall(SYS_gettid);
@@ -459,19 +476,13 @@ static void *worker_main(void *arg)
     pthread_mutex_lock(&p->mu);
     p->starting--;
     if (rc < 0) {
-        if (!w->entered) {
-            w->entered = 1;
-            p->entering--;
-        }
-        /* The workers owed would fail as this one did (interpreter going away). */
-        p->starting -= p->owed;
-        p->owed = 0;
-        tls_worker = NULL;
+        mark_entered_locked(p, w);
+        forget_owed_locked(p); /* they would fail as this one did (interpreter going away) */
         w->all_next = p->spare;
         p->spare = w;
         pthread_cond_broadcast(&p->done_cond);
         pthread_mutex_unlock(&p->mu);
-        tls_pool = NULL;
+        tls_worker = NULL;
         if (h->leave)
             h->leave(ctx, wdata, rc == GLA_POOL_ENTER_FAIL_HELD);
         return NULL;
@@ -615,7 +626,6 @@ static void *worker_main(void *arg)
     }
     unregister_locked(p, w); /* w is the pool's again: not touched after this */
     pthread_mutex_unlock(&p->mu);
-    tls_pool = NULL;
     tls_worker = NULL;
     if (h->leave)
         h->leave(ctx, wdata, holding);
@@ -852,12 +862,9 @@ static int start_owed(gla_pool *p)
     int rc = 0;
     pthread_mutex_lock(&p->mu);
     for (;;) {
-        if (p->owed > 0 && p->shutdown && p->queue_len == 0) {
-            p->starting -= p->owed;
-            p->owed = 0;
-            pthread_cond_broadcast(&p->done_cond);
-        }
-        if (p->owed == 0 || p->entering >= p->start_burst)
+        if (p->shutdown && p->queue_len == 0)
+            forget_owed_locked(p);
+        if (p->owed == 0 || p->entering >= p->cfg.start_burst)
             break;
         p->owed--;
         p->entering++;
@@ -866,9 +873,7 @@ static int start_owed(gla_pool *p)
         pthread_mutex_lock(&p->mu);
         if (r < 0) {
             p->entering--;
-            p->starting -= p->owed;
-            p->owed = 0;
-            pthread_cond_broadcast(&p->done_cond);
+            forget_owed_locked(p);
             rc = r;
             break;
         }
@@ -884,11 +889,7 @@ void gla_pool_worker_entered(void)
         return;
     gla_pool *p = w->pool;
     pthread_mutex_lock(&p->mu);
-    int first = !w->entered;
-    if (first) {
-        w->entered = 1;
-        p->entering--;
-    }
+    int first = mark_entered_locked(p, w);
     pthread_mutex_unlock(&p->mu);
     if (first)
         start_owed(p);
@@ -1060,11 +1061,12 @@ gla_pool *gla_pool_create(const gla_pool_config *cfg)
         snprintf(p->cfg.name, sizeof p->cfg.name, "gla");
     if (p->cfg.stack_size == 0)
         p->cfg.stack_size = GLA_POOL_DEFAULT_STACK;
+    if (p->cfg.start_burst <= 0)
+        p->cfg.start_burst = GLA_POOL_START_BURST;
     pthread_mutex_init(&p->mu, NULL);
     cond_init_mono(&p->done_cond);
     cond_init_mono(&p->monitor_cond);
     p->target = clamp_target(p, cfg->initial_target);
-    p->start_burst = cfg->start_burst > 0 ? cfg->start_burst : GLA_POOL_START_BURST;
     p->usable_cores = cfg->usable_cores;
     if (p->usable_cores <= 0) {
         int aff;
@@ -1238,8 +1240,7 @@ gla_pool_task *gla_pool_break(gla_pool *p)
     p->broken = 1;
     p->shutdown = 1;
     p->retire_pending = 0;
-    p->starting -= p->owed;
-    p->owed = 0;
+    forget_owed_locked(p);
     gla_pool_task *list = queue_detach(p);
     wake_all_idle(p);
     p->monitor_stop = 1;
@@ -1335,7 +1336,7 @@ int gla_pool_claim_drained(gla_pool *p)
 
 int gla_pool_is_worker(const gla_pool *p)
 {
-    return p && tls_pool == p;
+    return p && tls_worker && tls_worker->pool == p;
 }
 
 void gla_pool_inject_start_failures(gla_pool *p, int n)
@@ -1370,6 +1371,6 @@ gla_pool_task *gla_pool_reset_after_fork(gla_pool *p)
     p->submitted = p->started = p->retired = p->start_failures = p->taken = 0;
     memset(&p->gone, 0, sizeof p->gone);
     memset(p->rq, 0, sizeof p->rq);
-    tls_pool = NULL;
+    tls_worker = NULL;
     return list;
 }

@@ -47,9 +47,9 @@ static double urand(void)
  * least EVAL_TASKS tasks and EVAL_CYCLES of the pool's cycles: the tasks in flight at a
  * window's edges are up to a pool's worth, and a large pool's finishing pattern can be
  * periodic (fixed demands, 1,971 threads on the GIL: 197 tasks/s, and 390 in one 10 s
- * window every 80 s). Over 5 cycles (44 s) that pool read 235.9 tasks/s, over 1,500 s
- * 221.5, the same as 12 workers; the search's short runs took it for the optimum and
- * the 12 the controller held for a 4 % loss. */
+ * window every 80 s). Run as the search runs it (stretched to 5 of its cycles) that
+ * pool read 235.9 tasks/s, over 1,500 s 221.5, the same as 12 workers; the search took
+ * it for the optimum and the 12 the controller held for a 4 % loss. */
 static sim_params g_eval;
 static double g_eval_s;   /* long enough for EVAL_TASKS tasks */
 static double g_eval_top; /* the search's best rate: sets the length of large pools' runs */

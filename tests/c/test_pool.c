@@ -62,6 +62,13 @@ static int h_enter(void *ctx, void **wdata, unsigned index)
     return 0;
 }
 
+static void note_max(_Atomic int *max, int now)
+{
+    int m = atomic_load(max);
+    while (now > m && !atomic_compare_exchange_weak(max, &m, now)) {
+    }
+}
+
 static void h_pause(void *ctx, void *wdata)
 {
     (void)ctx;
@@ -82,10 +89,7 @@ static void h_run(void *ctx, void *wdata, gla_pool_task *task)
     (void)ctx;
     (void)wdata;
     ctask *t = (ctask *)task;
-    int now = atomic_fetch_add(&g_running_now, 1) + 1;
-    int max = atomic_load(&g_running_max);
-    while (now > max && !atomic_compare_exchange_weak(&g_running_max, &max, now)) {
-    }
+    note_max(&g_running_max, atomic_fetch_add(&g_running_now, 1) + 1);
     if (t->id >= 0)
         atomic_fetch_add(&g_runs[t->id], 1);
     if (t->id == GATE_OPENER)
@@ -646,10 +650,7 @@ static int g_barrier_n;
 
 static int slow_enter(void *ctx, void **wdata, unsigned index)
 {
-    int now = atomic_fetch_add(&g_in_enter, 1) + 1;
-    int max = atomic_load(&g_in_enter_max);
-    while (now > max && !atomic_compare_exchange_weak(&g_in_enter_max, &max, now)) {
-    }
+    note_max(&g_in_enter_max, atomic_fetch_add(&g_in_enter, 1) + 1);
     sleep_us(2000); /* waiting for the interpreter lock */
     atomic_fetch_sub(&g_in_enter, 1);
     return h_enter(ctx, wdata, index);
