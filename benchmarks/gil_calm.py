@@ -19,10 +19,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import textwrap
 from typing import Dict, List
+
+from _child import run_json
 
 WORKLOADS = {"io": (0.0, 50.0), "mixed": (10.0, 50.0), "micro": (0.1, 1.0)}
 
@@ -102,14 +103,7 @@ CHILD = textwrap.dedent(r"""
 def run_once(cpus: int, workload: str, n: int, keep: int, args) -> Dict:
     cmd = [sys.executable, "-c", CHILD, str(cpus), workload, str(n), str(keep),
            str(args.warmup), str(args.measure)]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True,
-                             timeout=60 + 3 * (args.warmup + args.measure))
-    except subprocess.TimeoutExpired:
-        return {"error": "timed out"}
-    if out.returncode != 0:
-        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json(cmd, 60 + 3 * (args.warmup + args.measure))
 
 
 def main() -> int:
