@@ -31,6 +31,8 @@ import sys
 import time
 from typing import Dict, List
 
+from _child import per_ms_pinned
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -44,17 +46,7 @@ def spin(n: int) -> int:
 
 def calibrate() -> float:
     """Loop iterations per millisecond of thread CPU (best of 5, pinned to one CPU)."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(before)})
-    try:
-        best = 0.0
-        for _ in range(5):
-            t0 = time.thread_time()
-            spin(200_000)
-            best = max(best, 200_000 / ((time.thread_time() - t0) * 1000.0))
-        return best
-    finally:
-        os.sched_setaffinity(0, before)
+    return per_ms_pinned(lambda: spin(200_000), 200_000)
 
 
 def child(cpus: int, strategy: str, n_tasks: int, per_task: int) -> Dict:

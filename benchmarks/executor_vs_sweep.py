@@ -35,6 +35,8 @@ import textwrap
 import time
 from typing import Dict, List
 
+from _child import per_ms_pinned
+
 WORKLOADS = {"mixed": (10.0, 50.0), "micro": (0.1, 1.0), "io": (0.0, 50.0)}
 DEFAULT_SIZES = [1 << i for i in range(12)]  # 1 .. 2048
 
@@ -126,23 +128,17 @@ CHILD = textwrap.dedent(r"""
 """)
 
 
+def _spin(n: int) -> int:
+    x = 0
+    for _ in range(n):
+        x += 1
+    return x
+
+
 def calibrate_loop() -> float:
     """Iterations of the task's CPU loop per millisecond of thread CPU, measured once here
     (pinned to one CPU, best of 5) so that every strategy runs the same work per task."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(before)})
-    try:
-        best = 0.0
-        n = 200_000
-        for _ in range(5):
-            t0 = time.thread_time()
-            x = 0
-            for _ in range(n):
-                x += 1
-            best = max(best, n / ((time.thread_time() - t0) * 1000.0))
-        return best
-    finally:
-        os.sched_setaffinity(0, before)
+    return per_ms_pinned(lambda: _spin(200_000), 200_000)
 
 
 def run_once(cpus: int, workload: str, strategy: str, args: argparse.Namespace) -> Dict:

@@ -5,9 +5,10 @@ The controller's unit tests judge it against the best fixed pool size *in the si
 (tests/c/test_controller.c). Where the simulator's curve has a shape the interpreter does
 not, a miss there says nothing about the executor. This script measures that for given
 workloads (by default the simulator test's workloads below 97 % that fit this machine's
-cores): for each, the simulated curve (tests/c/sim.c through tests/c/sim_curve.c, built here
-with cc) and the real one at the same sizes, each pool in a fresh process pinned to the
-first C CPUs, then AdaptiveExecutor(max_workers=2048) in the same driver.
+cores): for each, the simulated curve (tests/c/sim.c through tests/c/sim_curve.c, built by
+`make -C tests/c bin/plain/sim_curve`) and the real one at the same sizes, each pool in a
+fresh process pinned to the first C CPUs, then AdaptiveExecutor(max_workers=2048) in the
+same driver.
 
 Real tasks have the simulator's demands exactly: Python CPU by a loop that runs until the
 thread's CPU clock has advanced h ms (it holds the GIL throughout), native CPU with the GIL
@@ -23,16 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from typing import Dict, List, Tuple
 
-from _child import run_json
+from _child import per_ms_pinned, run_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -105,16 +104,11 @@ CHILD = textwrap.dedent(r"""
 """)
 
 
-def build_sim(tmp: str) -> str:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        raise SystemExit("sim_vs_real: no C compiler (cc/gcc) to build the simulator")
-    exe = os.path.join(tmp, "sim_curve")
+def build_sim() -> str:
+    """The simulator's command-line driver, built by the C tests' Makefile (their flags)."""
     c = os.path.join(ROOT, "tests", "c")
-    subprocess.run([cc, "-std=c11", "-D_GNU_SOURCE", "-O2", "-I", os.path.join(ROOT, "csrc"),
-                    "-o", exe, os.path.join(c, "sim_curve.c"), os.path.join(c, "sim.c"),
-                    os.path.join(ROOT, "csrc", "controller.c"), "-lm"], check=True)
-    return exe
+    subprocess.run(["make", "-s", "-C", c, "bin/plain/sim_curve"], check=True)
+    return os.path.join(c, "bin", "plain", "sim_curve")
 
 
 def sim_curve(exe: str, wl: Tuple, sizes: List[int], seed: int) -> Tuple[Dict[int, float], int]:
@@ -134,17 +128,8 @@ def sim_curve(exe: str, wl: Tuple, sizes: List[int], seed: int) -> Tuple[Dict[in
 def calibrate_hash() -> float:
     """Bytes of sha256 per millisecond of thread CPU, pinned to one CPU, best of 5."""
     import hashlib
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(before)})
-    try:
-        buf, best = b"x" * (1 << 20), 0.0
-        for _ in range(5):
-            t0 = time.thread_time()
-            hashlib.sha256(buf).digest()
-            best = max(best, len(buf) / ((time.thread_time() - t0) * 1000.0))
-        return best
-    finally:
-        os.sched_setaffinity(0, before)
+    buf = b"x" * (1 << 20)
+    return per_ms_pinned(lambda: hashlib.sha256(buf).digest(), len(buf))
 
 
 def real(wl: Tuple, strategy: str, args: argparse.Namespace) -> Dict:
@@ -185,57 +170,60 @@ def main() -> int:
     print(f"Python {sys.version.split()[0]}, {allowed} CPUs allowed; warmup {args.warmup} s, "
           f"measured {args.measure} s, median of {args.reps}; sha256 {args.hash_per_ms:.0f} B/ms")
     report = []
-    with tempfile.TemporaryDirectory() as tmp:
-        exe = build_sim(tmp)
-        for wl in wls:
-            h, n, w, cores, cpu, io, tag = wl
-            name = f"workload {tag}: h={h} ms n={n} ms w={w} ms C={cores} cpu {cpu} io {io}"
-            if cores > allowed:
-                print(f"== {name}: skipped ({cores} cores needed, {allowed} allowed)")
-                report.append({"workload": wl, "skipped": f"{cores} cores needed"})
-                continue
-            grid = [4, 6, 8, 10, 12, 14, 16, 19, 22, 26, 30, 34, 40, 48, 56, 64, 80, 96, 128]
-            coarse, held = sim_curve(exe, wl, grid, 1000 + int(tag))
-            best = max(coarse, key=coarse.get)
-            # the sizes around the simulator's best and the controller's size in both
-            lo, hi = min(best, held) * 0.6, max(best, held) * 1.5
-            sizes = sorted({s for s in grid if lo <= s <= hi} | {best, held})
-            simc, _ = sim_curve(exe, wl, sizes, 1000 + int(tag))
-            runs: Dict[str, List[float]] = {str(s): [] for s in sizes}
-            runs["adaptive"] = []
-            last_adaptive: Dict = {}
-            t0 = time.monotonic()
-            for _ in range(args.reps):                      # alternate, not one after another
-                for strat in list(runs):
-                    r = real(wl, strat, args)
-                    if "throughput" in r:
-                        runs[strat].append(r["throughput"])
-                        if strat == "adaptive":
-                            last_adaptive = r
-            med = {k: statistics.median(v) if v else 0.0 for k, v in runs.items()}
-            real_best = max(sizes, key=lambda s: med[str(s)])
-            sim_best = max(sizes, key=lambda s: simc[s])
-            print(f"== {name} ({time.monotonic() - t0:.0f} s)")
-            print("   size   sim tasks/s (% of sim best)   real tasks/s (% of real best) [runs]")
-            for s in sizes:
-                mark = (" <- sim best" if s == sim_best else "") + \
-                       (" <- real best" if s == real_best else "") + \
-                       (" <- controller in the sim" if s == held else "")
-                print(f"   {s:4d}   {simc[s]:8.1f} ({100 * simc[s] / simc[sim_best]:5.1f} %)"
-                      f"      {med[str(s)]:8.1f} ({100 * med[str(s)] / med[str(real_best)]:5.1f} %)"
-                      f" [{'/'.join(f'{x:.0f}' for x in runs[str(s)])}]{mark}")
-            rb = med[str(real_best)]
-            print(f"   in real CPython: the simulator's best size ({sim_best}) gives "
-                  f"{100 * med[str(sim_best)] / rb:.1f} % of the real best ({real_best}); the size "
-                  f"the controller holds in the simulator ({held}) {100 * med[str(held)] / rb:.1f} %")
-            if runs["adaptive"]:
-                print(f"   AdaptiveExecutor(max_workers=2048): {med['adaptive']:.1f} tasks/s = "
-                      f"{100 * med['adaptive'] / rb:.1f} % of the real best "
-                      f"[{'/'.join(f'{x:.0f}' for x in runs['adaptive'])}], held "
-                      f"{last_adaptive.get('workers')} workers in its last run")
-            report.append({"workload": wl, "sizes": sizes, "sim": simc, "real_runs": runs,
-                           "real_median": med, "sim_best": sim_best, "real_best": real_best,
-                           "controller_in_sim": held, "adaptive_last": last_adaptive})
+    exe = build_sim()
+    for wl in wls:
+        h, n, w, cores, cpu, io, tag = wl
+        name = f"workload {tag}: h={h} ms n={n} ms w={w} ms C={cores} cpu {cpu} io {io}"
+        if cores > allowed:
+            print(f"== {name}: skipped ({cores} cores needed, {allowed} allowed)")
+            report.append({"workload": wl, "skipped": f"{cores} cores needed"})
+            continue
+        grid = [4, 6, 8, 10, 12, 14, 16, 19, 22, 26, 30, 34, 40, 48, 56, 64, 80, 96, 128]
+        coarse, held = sim_curve(exe, wl, grid, 1000 + int(tag))
+        best = max(coarse, key=coarse.get)
+        # the sizes around the simulator's best and the controller's size in both
+        lo, hi = min(best, held) * 0.6, max(best, held) * 1.5
+        sizes = sorted({s for s in grid if lo <= s <= hi} | {best, held})
+        # the simulator is deterministic: only the sizes off the grid need another run
+        simc = {s: coarse[s] for s in sizes if s in coarse}
+        extra = [s for s in sizes if s not in coarse]
+        if extra:
+            simc.update(sim_curve(exe, wl, extra, 1000 + int(tag))[0])
+        runs: Dict[str, List[float]] = {str(s): [] for s in sizes}
+        runs["adaptive"] = []
+        last_adaptive: Dict = {}
+        t0 = time.monotonic()
+        for _ in range(args.reps):                      # alternate, not one after another
+            for strat in list(runs):
+                r = real(wl, strat, args)
+                if "throughput" in r:
+                    runs[strat].append(r["throughput"])
+                    if strat == "adaptive":
+                        last_adaptive = r
+        med = {k: statistics.median(v) if v else 0.0 for k, v in runs.items()}
+        real_best = max(sizes, key=lambda s: med[str(s)])
+        sim_best = max(sizes, key=lambda s: simc[s])
+        print(f"== {name} ({time.monotonic() - t0:.0f} s)")
+        print("   size   sim tasks/s (% of sim best)   real tasks/s (% of real best) [runs]")
+        for s in sizes:
+            mark = (" <- sim best" if s == sim_best else "") + \
+                   (" <- real best" if s == real_best else "") + \
+                   (" <- controller in the sim" if s == held else "")
+            print(f"   {s:4d}   {simc[s]:8.1f} ({100 * simc[s] / simc[sim_best]:5.1f} %)"
+                  f"      {med[str(s)]:8.1f} ({100 * med[str(s)] / med[str(real_best)]:5.1f} %)"
+                  f" [{'/'.join(f'{x:.0f}' for x in runs[str(s)])}]{mark}")
+        rb = med[str(real_best)]
+        print(f"   in real CPython: the simulator's best size ({sim_best}) gives "
+              f"{100 * med[str(sim_best)] / rb:.1f} % of the real best ({real_best}); the size "
+              f"the controller holds in the simulator ({held}) {100 * med[str(held)] / rb:.1f} %")
+        if runs["adaptive"]:
+            print(f"   AdaptiveExecutor(max_workers=2048): {med['adaptive']:.1f} tasks/s = "
+                  f"{100 * med['adaptive'] / rb:.1f} % of the real best "
+                  f"[{'/'.join(f'{x:.0f}' for x in runs['adaptive'])}], held "
+                  f"{last_adaptive.get('workers')} workers in its last run")
+        report.append({"workload": wl, "sizes": sizes, "sim": simc, "real_runs": runs,
+                       "real_median": med, "sim_best": sim_best, "real_best": real_best,
+                       "controller_in_sim": held, "adaptive_last": last_adaptive})
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"python": sys.version, "cpus": allowed, "reps": args.reps,
