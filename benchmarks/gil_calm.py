@@ -24,20 +24,22 @@ import textwrap
 from typing import Dict, List
 
 from _child import run_json
+from gil_adapt._ledger import CALM_ABOVE_DEFAULT
 
 WORKLOADS = {"io": (0.0, 50.0), "mixed": (10.0, 50.0), "micro": (0.1, 1.0)}
 
 CHILD = textwrap.dedent(r"""
     import json, os, sys, threading, time
     import concurrent.futures as cf
-    cpus, workload, n, keep, warmup, measure = sys.argv[1:7]
-    cpus, n, keep, warmup, measure = int(cpus), int(n), int(keep), float(warmup), float(measure)
+    cpus, workload, n, keep, above, warmup, measure = sys.argv[1:8]
+    cpus, n, keep, above = int(cpus), int(n), int(keep), int(above)
+    warmup, measure = float(warmup), float(measure)
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cpus]))
     import gil_adapt
     from gil_adapt import _core
     if not gil_adapt.install():
         print(json.dumps({"error": "hook not installed"})); sys.exit(0)
-    gil_adapt.calm_gil(keep)
+    gil_adapt.calm_gil(keep, above=above)
 
     def loop(k):
         x = 0
@@ -102,7 +104,7 @@ CHILD = textwrap.dedent(r"""
 
 def run_once(cpus: int, workload: str, n: int, keep: int, args) -> Dict:
     cmd = [sys.executable, "-c", CHILD, str(cpus), workload, str(n), str(keep),
-           str(args.warmup), str(args.measure)]
+           str(args.above), str(args.warmup), str(args.measure)]
     return run_json(cmd, 60 + 3 * (args.warmup + args.measure))
 
 
@@ -113,13 +115,16 @@ def main() -> int:
     ap.add_argument("--workloads", default="io,mixed,micro,cpu")
     ap.add_argument("--sizes", default="512,1024,2048")
     ap.add_argument("--keep", type=int, default=4)
+    ap.add_argument("--above", type=int, default=CALM_ABOVE_DEFAULT,
+                    help="thin only while more than this many threads wait for the GIL "
+                         "(default: the library's, %(default)s)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--measure", type=float, default=3.0)
     ap.add_argument("--json", help="write every figure here")
     args = ap.parse_args()
     allowed = len(os.sched_getaffinity(0))
-    print(f"Python {sys.version.split()[0]}; thinning keep={args.keep} vs off; warmup "
+    print(f"Python {sys.version.split()[0]}; thinning keep={args.keep} above={args.above} vs off; warmup "
           f"{args.warmup} s, measured {args.measure} s; median of {args.reps} alternating reps")
     report: Dict[str, Dict[str, List[Dict]]] = {}
     for cpus in [int(c) for c in args.cores.split(",")]:

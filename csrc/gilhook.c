@@ -129,11 +129,14 @@ static inline uint64_t ts_ns(const struct timespec *ts)
 }
 
 /* Waiter thinning (see gilhook.h): how many GIL waiters keep CPython's timed wait; the
- * others wait CALM_STRETCH times as long. g_short_waiters is guarded by the GIL's mutex
- * (the wrapper runs with it held before and after the wait). */
+ * others wait CALM_STRETCH times as long, while more than g_calm_above threads wait.
+ * g_short_waiters and g_gil_waiters are guarded by the GIL's mutex (the wrapper runs
+ * with it held before and after the wait). */
 #define CALM_STRETCH 20
 static _Atomic int g_calm_keep;
+static _Atomic int g_calm_above;
 static int g_short_waiters;
+static int g_gil_waiters;
 static _Atomic uint64_t g_calm_stretched;
 
 static int hook_cond_timedwait(pthread_cond_t *cond, pthread_mutex_t *mutex,
@@ -149,9 +152,10 @@ static int hook_cond_timedwait(pthread_cond_t *cond, pthread_mutex_t *mutex,
     uint64_t t0;
     gla_thread *t = gil_begin(&t0);
     int keep = atomic_load_explicit(&g_calm_keep, memory_order_relaxed);
-    int counted = 0;
+    int counted = 0, waiting = signal_ns == &g_gil_signal_ns;
     struct timespec later;
-    if (keep > 0 && signal_ns == &g_gil_signal_ns) {
+    g_gil_waiters += waiting;
+    if (keep > 0 && waiting) {
         uint64_t due = ts_ns(abstime);
         if (!tls_gil_wanted_since)
             tls_gil_wanted_since = t0;
@@ -161,6 +165,7 @@ static int hook_cond_timedwait(pthread_cond_t *cond, pthread_mutex_t *mutex,
          * length already waits stretched from then on (new arrivals keep the count). */
         int starving = t0 - tls_gil_wanted_since >= (due - t0) * CALM_STRETCH;
         if (due <= t0 || due - t0 > 1000000000ull ||
+            g_gil_waiters <= atomic_load_explicit(&g_calm_above, memory_order_relaxed) ||
             (g_short_waiters < keep && !starving)) {
             g_short_waiters++;
             counted = 1;
@@ -173,8 +178,8 @@ static int hook_cond_timedwait(pthread_cond_t *cond, pthread_mutex_t *mutex,
         }
     }
     int rc = pthread_cond_timedwait(cond, mutex, abstime);
-    if (counted)
-        g_short_waiters--;
+    g_short_waiters -= counted;
+    g_gil_waiters -= waiting;
     uint64_t wake = rc == ETIMEDOUT ? ts_ns(abstime)
                                     : atomic_load_explicit(signal_ns, memory_order_relaxed);
     uint64_t t1 = gil_end(t, t0, wake, tail_kind_of(signal_ns));
@@ -735,6 +740,18 @@ int gla_hook_set_calm(int keep)
     if (keep < 0)
         keep = 0;
     return atomic_exchange(&g_calm_keep, keep);
+}
+
+int gla_hook_set_calm_above(int above)
+{
+    if (above < 0)
+        above = 0;
+    return atomic_exchange(&g_calm_above, above);
+}
+
+int gla_hook_calm_above(void)
+{
+    return atomic_load_explicit(&g_calm_above, memory_order_relaxed);
 }
 
 int gla_hook_calm(uint64_t *stretched)

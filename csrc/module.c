@@ -378,15 +378,32 @@ static PyObject *py_dropped(PyObject *self, PyObject *args)
     return PyLong_FromUnsignedLongLong(gla_ledger_dropped());
 }
 
+/* arg as a count in [0, 1e6] (the calm settings); -1 with ValueError naming `what`. */
+static int calm_count(PyObject *arg, const char *what)
+{
+    long v = PyLong_AsLong(arg);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < 0 || v > 1000000) {
+        PyErr_Format(PyExc_ValueError, "%s must be a count >= 0 (0 = %s), not %ld", what,
+                     strcmp(what, "keep") ? "at any count" : "off", v);
+        return -1;
+    }
+    return (int)v;
+}
+
 static PyObject *py_set_calm(PyObject *self, PyObject *arg)
 {
     (void)self;
-    long keep = PyLong_AsLong(arg);
-    if (keep == -1 && PyErr_Occurred())
-        return NULL;
-    if (keep < 0 || keep > 1000000)
-        return PyErr_Format(PyExc_ValueError, "keep must be 0 (off) or a positive count, not %ld", keep);
-    return PyLong_FromLong(gla_hook_set_calm((int)keep));
+    int keep = calm_count(arg, "keep");
+    return keep < 0 ? NULL : PyLong_FromLong(gla_hook_set_calm(keep));
+}
+
+static PyObject *py_set_calm_above(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    int above = calm_count(arg, "above");
+    return above < 0 ? NULL : PyLong_FromLong(gla_hook_set_calm_above(above));
 }
 
 static PyObject *py_calm(PyObject *self, PyObject *args)
@@ -395,12 +412,14 @@ static PyObject *py_calm(PyObject *self, PyObject *args)
     (void)args;
     uint64_t stretched = 0;
     int keep = gla_hook_calm(&stretched);
-    return Py_BuildValue("(iK)", keep, (unsigned long long)stretched);
+    return Py_BuildValue("(iKi)", keep, (unsigned long long)stretched, gla_hook_calm_above());
 }
 
 static PyMethodDef core_methods[] = {
     {"set_calm", py_set_calm, METH_O, "set_calm(keep) -> previous: GIL waiter thinning (0 = off)."},
-    {"calm", py_calm, METH_NOARGS, "(keep, waits stretched so far)."},
+    {"set_calm_above", py_set_calm_above, METH_O,
+     "set_calm_above(n) -> previous: thin only while more than n threads wait for the GIL."},
+    {"calm", py_calm, METH_NOARGS, "(keep, waits stretched so far, above)."},
     {"install", py_install, METH_NOARGS, "Install the GOT hooks and calibrate; returns 0 or -errno."},
     {"uninstall", py_uninstall, METH_NOARGS, "Restore every patched GOT slot; returns 0 or -errno."},
     {"capabilities", py_capabilities, METH_NOARGS, "Which figures are exact, and why not."},

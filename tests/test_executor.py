@@ -240,7 +240,8 @@ def test_initializers_that_wait_for_each_other_all_start() -> None:
 
 @pytest.mark.parametrize("name, value", [("GIL_ADAPT_START_BURST", "two"),
                                          ("GIL_ADAPT_START_BURST", "-1"),
-                                         ("GIL_ADAPT_CALM", "x"), ("GIL_ADAPT_CALM", "-3")])
+                                         ("GIL_ADAPT_CALM", "x"), ("GIL_ADAPT_CALM", "-3"),
+                                         ("GIL_ADAPT_CALM_ABOVE", "-2")])
 def test_bad_environment_settings_are_named(monkeypatch: pytest.MonkeyPatch, name: str,
                                             value: str) -> None:
     monkeypatch.setenv(name, value)

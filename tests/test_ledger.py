@@ -401,15 +401,17 @@ def test_thread_created_by_c_code_is_measured():
     assert d["cpu_ns"] > 0, d
 
 
-@pytest.mark.parametrize("keep", [1, 2, 4])
-def test_gil_calm_keeps_every_thread_moving(one_core, cpu_ms, keep):
+@pytest.mark.parametrize("keep, above", [(1, 0), (2, 0), (4, 0), (4, 64)])
+def test_gil_calm_keeps_every_thread_moving(one_core, cpu_ms, keep, above):
     # Waiter thinning changes how GIL waiters wait, never who may take the GIL: with 8
     # GIL-bound threads on one core, a thread that sleeps and wakes 20 times still gets
     # the GIL back each time (a version that let the often-re-waiting waiters starve hung
-    # here for minutes), every spinner progresses, and the thinning stretched waits.
+    # here for minutes), every spinner progresses, and the thinning stretched waits --
+    # none when no more than `above` threads can wait (9 here, never more than 64).
     if not gil_adapt.install():
         pytest.skip("GIL waits not exact here: " + gil_adapt.capabilities()["gil_wait_reason"])
     before = _core.set_calm(keep)
+    before_above = _core.set_calm_above(above)
     stretched0 = _core.calm()[1]
     stop = threading.Event()
     counts = [0] * 8
@@ -429,10 +431,15 @@ def test_gil_calm_keeps_every_thread_moving(one_core, cpu_ms, keep):
         stop.set()
         for t in ts:
             t.join(60)
+        stretched = _core.calm()[1] - stretched0
         _core.set_calm(before)
+        _core.set_calm_above(before_above)
     assert not any(t.is_alive() for t in ts)
     assert all(c > 0 for c in counts), counts
-    assert _core.calm()[1] > stretched0
+    if above >= 9:
+        assert stretched == 0
+    else:
+        assert stretched > 0
 
 
 def test_gil_calm_argument_checks():
@@ -440,6 +447,20 @@ def test_gil_calm_argument_checks():
         gil_adapt.calm_gil(-1)
     with pytest.raises(TypeError):
         gil_adapt.calm_gil("2")
-    keep = _core.calm()[0]
-    assert gil_adapt.calm_gil(keep) == keep  # returns the previous setting
-    assert gil_adapt.capabilities()["gil_calm_keep"] == keep
+    with pytest.raises(ValueError):
+        gil_adapt.calm_gil(4, above=-1)
+    with pytest.raises(TypeError):
+        gil_adapt.calm_gil(4, above=2.0)
+    with pytest.raises(ValueError):
+        _core.set_calm_above(-1)
+    keep, _, above = _core.calm()
+    with pytest.raises(ValueError):
+        gil_adapt.calm_gil(keep + 1, above=-1)
+    assert _core.calm()[0] == keep and _core.calm()[2] == above  # state unchanged
+    assert gil_adapt.calm_gil(keep, above=above) == keep  # returns the previous setting
+    caps = gil_adapt.capabilities()
+    assert caps["gil_calm_keep"] == keep and caps["gil_calm_above"] == above
+    gil_adapt.calm_gil(keep, above=7)
+    assert gil_adapt.capabilities()["gil_calm_above"] == 7
+    gil_adapt.calm_gil(keep)
+    assert _core.calm()[2] == gil_adapt._ledger.CALM_ABOVE_DEFAULT

@@ -68,30 +68,38 @@ def uninstall() -> None:
 
 
 CALM_DEFAULT = 4
+CALM_ABOVE_DEFAULT = 32
 _calm_chosen = False
 
 
-def calm_gil(keep: int = CALM_DEFAULT) -> int:
-    """Thins the interpreter's GIL waiters: only ``keep`` waiters at a time wake every
-    switch interval to ask the holder for the GIL; the others wait 20 intervals (or until
-    the GIL is handed to them, as before). Removes the wake-up storm behind the saturation
-    cliff of many I/O threads (2,048 threads sleeping 50 ms on one core: 0-8,000 tasks/s
-    without, 17,000-28,000 with; see gilhook.h). ``keep=0`` turns it off. Installs the hook
-    (the thinning needs it); process-wide. Returns the previous setting.
+def calm_gil(keep: int = CALM_DEFAULT, *, above: int = CALM_ABOVE_DEFAULT) -> int:
+    """Thins the interpreter's GIL waiters while more than ``above`` threads wait for the
+    GIL: only ``keep`` waiters at a time then wake every switch interval to ask the holder
+    for the GIL; the others wait 20 intervals (or until the GIL is handed to them, as
+    before). Removes the wake-up storm behind the saturation cliff of many I/O threads
+    (2,048 threads sleeping 50 ms on one core: 0-8,000 tasks/s without, 17,000-28,000
+    with; see gilhook.h). With ``above`` or fewer waiters CPython's own waits are left
+    alone (thinning 25 GIL-bound workers on 2 cores cost them ~5 %); ``above=0`` thins at
+    any count. ``keep=0`` turns it off. Installs the hook (the thinning needs it);
+    process-wide. Returns the previous ``keep``.
 
-    :class:`AdaptiveExecutor` turns it on with ``keep=4`` (with up to four threads waiting
-    for the GIL nothing changes) unless it was set here before or ``GIL_ADAPT_CALM`` is in
-    the environment (``0`` = off, else the ``keep`` to use). A waiter that has waited a
-    stretched wait's length waits stretched from then on: the hand-off's signal reaches
-    the longest waiters first, so no thread starves (tests/test_ledger.py).
+    :class:`AdaptiveExecutor` turns it on with the defaults unless it was set here before
+    or ``GIL_ADAPT_CALM`` is in the environment (``0`` = off, else the ``keep`` to use;
+    ``GIL_ADAPT_CALM_ABOVE`` sets ``above``). A waiter that has waited a stretched wait's
+    length waits stretched from then on: the hand-off's signal reaches the longest
+    waiters first, so no thread starves (tests/test_ledger.py).
     """
     global _calm_chosen
-    if isinstance(keep, bool) or not isinstance(keep, int):
-        raise TypeError(f"keep must be an int, not {type(keep).__name__}")
+    for name, value in (("keep", keep), ("above", above)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if keep < 0:
         raise ValueError("keep must be 0 (off) or a positive count")
+    if above < 0:
+        raise ValueError("above must be a count >= 0")
     install()
     _calm_chosen = True
+    _core.set_calm_above(above)
     return int(_core.set_calm(keep))
 
 
@@ -111,16 +119,21 @@ def env_count(name: str, allowed: str) -> Optional[int]:
 
 
 def calm_default() -> None:
-    """The executor's setting: GIL_ADAPT_CALM if set, else CALM_DEFAULT unless calm_gil()
-    chose already."""
+    """The executor's setting: GIL_ADAPT_CALM / GIL_ADAPT_CALM_ABOVE where set; the rest
+    as calm_gil() chose, or the defaults if it did not."""
     global _calm_chosen
     keep = env_count("GIL_ADAPT_CALM", "0 (off) or a positive count")
-    if keep is not None:
-        _core.set_calm(keep)
-        _calm_chosen = True
-    elif not _calm_chosen:
-        _core.set_calm(CALM_DEFAULT)
-        _calm_chosen = True
+    above = env_count("GIL_ADAPT_CALM_ABOVE", "a count >= 0")
+    if keep is None and above is None and _calm_chosen:
+        return
+    now_keep, _, now_above = _core.calm()
+    if keep is None:
+        keep = now_keep if _calm_chosen else CALM_DEFAULT
+    if above is None:
+        above = now_above if _calm_chosen else CALM_ABOVE_DEFAULT
+    _core.set_calm_above(above)
+    _core.set_calm(keep)
+    _calm_chosen = True
 
 
 def capabilities() -> Dict[str, Any]:
@@ -129,7 +142,7 @@ def capabilities() -> Dict[str, Any]:
     caps["python"] = sys.version.split()[0]
     caps["implementation"] = sys.implementation.name
     caps["installed"] = _install_rc == 0
-    caps["gil_calm_keep"], caps["gil_calm_stretched"] = _core.calm()
+    caps["gil_calm_keep"], caps["gil_calm_stretched"], caps["gil_calm_above"] = _core.calm()
     caps.update(_core.limits())
     if caps["gil_wait"] != "exact":
         caps["reason"] = caps["gil_wait_reason"]

@@ -499,6 +499,19 @@ static void test_calm(void)
     CHECK(short_n == CALM_WAITERS, "keep 0: %d of %d timed out after the interval", short_n,
           CALM_WAITERS);
     CHECK(gla_hook_set_calm(-3) == 0 && gla_hook_calm(NULL) == 0, "negative keep is off");
+    /* Only while more than `above` threads wait: with above = 4 the first four arrivals
+     * wait the interval whatever keep says, the rest are thinned to keep (2) short ones;
+     * with above = 8 (all of them) nothing is stretched. */
+    CHECK(gla_hook_set_calm_above(4) == 0, "above is 0 by default");
+    CHECK(calm_round(2, &short_n, &woken_n) == CALM_WAITERS - 4, "above 4: 4 stretched");
+    CHECK(short_n == 4 && woken_n == CALM_WAITERS - 4, "above 4: %d short, %d woken", short_n,
+          woken_n);
+    gla_hook_set_calm_above(CALM_WAITERS);
+    CHECK(calm_round(2, &short_n, &woken_n) == 0, "above %d stretches nothing", CALM_WAITERS);
+    CHECK(short_n == CALM_WAITERS, "above %d: %d short", CALM_WAITERS, short_n);
+    CHECK(gla_hook_set_calm_above(-1) == CALM_WAITERS && gla_hook_calm_above() == 0,
+          "negative above is 0");
+    gla_hook_set_calm(0);
     gla_hook_set_gil(NULL);
     gla_hook_uninstall();
 }
