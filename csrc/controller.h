@@ -30,10 +30,13 @@
  *      which throughput collapses for two windows in a row (one can be the machine's
  *      noise) goes back too, with a limit that lasts.
  *   2. Refine on measured throughput while tasks are queued: probe one step up (x1.25) and
- *      then down; a step up is kept only if throughput rose by more than the noise
+ *      then down; a step up is kept if throughput rose by more than the noise
  *      (two standard deviations of the difference of two windows: from the spread of
- *      windows while the size held, else from Poisson counts; at least 4 %), else it is a
- *      VETO not retried for a while; steps down go no lower than the demand-based size
+ *      windows while the size held, else from Poisson counts; at least 4 %), or if it lost
+ *      at most 2 % while the GIL, the bottleneck, was less than 95 % busy at the size
+ *      before (throughput x GIL-held time per task, for tasks holding it 2 ms or more:
+ *      CPython's GIL needs more waiters than the model to stay busy), up to 2x the
+ *      demand-based size, and then probes down stop there; else it is a VETO not retried for a while; steps down go no lower than the demand-based size
  *      (windows of a few dozen tasks cannot show the few per cent below it).
  *   3. Damp: the first window at a new size is not judged (retiring threads finish their
  *      tasks in it, new ones have not finished their first); the probe cadence backs off
@@ -103,6 +106,10 @@ typedef struct gla_ctl {
     double little_size;      /* last demand-based size (0 = none) */
     double little_smooth;    /* its moving average: probes down stop there (0 = none) */
     double model_cap;        /* little_smooth when a step below it paid (0 = none) */
+    double gil_s;            /* GIL-held time per task when the GIL is the bottleneck, last
+                                measured (s; 0 = the cores are, or unknown) */
+    int idle_floor;          /* a step kept for an idle bottleneck reached this: no probes
+                                down below it (0 = none) */
     double rate_var;         /* relative variance of window throughputs at a held size */
     int rate_var_n;          /* windows rate_var is made of */
     double little_ref;       /* the Little's-law size last sized to (0 = none) */

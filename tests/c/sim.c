@@ -10,7 +10,7 @@ enum { T_DEAD = 0, T_GIL_WAIT, T_PY, T_NATIVE, T_IO };
 
 typedef struct {
     int state;
-    int epilogue;      /* the Python phase running or awaited is the task's last */
+    int epilogue;      /* the Python phase running or awaited: PH_MAIN, PH_NATIVE_RET, PH_EPILOGUE */
     double rem;        /* Python work left while waiting for the GIL */
     double switches;   /* CPU spent on GIL hand-offs by this task (held, on its core) */
     double held_wall;  /* time this task held the GIL (the ledger's figure) */
@@ -20,7 +20,13 @@ typedef struct {
     double held, native, io, epi;
     double key;        /* finish: virtual CPU time (cpu heap) or time (I/O heap) */
     int pos;           /* position in its heap, -1 none */
+    double wb, phase;  /* GIL waiters: when its current timed wait began; that mod interval */
+    int wnext, wprev, wbucket; /* GIL waiters: its phase bucket's list */
 } thr;
+
+enum { PH_MAIN = 0, PH_NATIVE_RET, PH_EPILOGUE };
+#define NB 1024 /* GIL waiters' phase buckets over one switch interval */
+#define NW (NB / 64)
 
 typedef struct {
     int *a;
@@ -34,10 +40,14 @@ struct sim {
     int *free_slots, nfree;
     int live, target;
     heap cpu, io;
-    int *q;            /* GIL waiters, FIFO ring of cap */
-    int qhead, qlen;
+    int bhead[NB], btail[NB]; /* GIL waiters by phase (wb mod interval); bmask: non-empty */
+    unsigned long long bmask[NW];
+    unsigned long long rng; /* the waiters' deadline jitter (seeded: deterministic) */
+    int qlen;          /* GIL waiters */
     int holder;        /* -1: GIL free */
-    double hold_start;
+    int pending;       /* the waiter a drop signalled, running at t_wake; -1 none */
+    int last_holder;   /* CPython's last_holder: a switch is a take by another thread */
+    double hold_start, last_switch, t_force, t_wake;
     double now, vtime;
     long long next_task, done;
     /* window sums */
@@ -157,20 +167,141 @@ static void end_cpu(sim *s, int id, double left)
         t->runq += q;
 }
 
-static void grant(sim *s)
+/* ---- the GIL (CPython's take_gil/drop_gil on glibc's condition variable) -------------
+ * A waiter sits in a timed wait of one interval, re-waiting at each timeout; a timeout
+ * with no switch during its interval sets the drop request, so the holder is asked to
+ * drop at the first waiter deadline >= last switch + interval. A drop signals the waiter
+ * whose current wait began first (glibc wakes its oldest group), i.e. the one nearest its
+ * next timeout: the order is the waiters' phase, not their arrival. The signalled waiter
+ * runs wake_latency later and takes the GIL if it is still free; a thread that wants the
+ * GIL while it is free takes it at once (barging), and the woken waiter then waits again.
+ * A holder forced to drop waits for the switch before it asks again. */
+
+static double phase_of(const sim *s, double t)
 {
-    if (s->holder >= 0 || s->qlen == 0)
-        return;
-    int id = s->q[s->qhead];
-    s->qhead = (s->qhead + 1) % s->cap;
+    double iv = s->p.switch_interval, ph = t - floor(t / iv) * iv;
+    return ph < 0 ? 0 : ph < iv ? ph : 0;
+}
+
+static int bucket_of(const sim *s, double phase)
+{
+    int b = (int)(phase / s->p.switch_interval * NB);
+    return b < 0 ? 0 : b >= NB ? NB - 1 : b;
+}
+
+/* Waiters in a bucket are in arrival order. A timed wait's deadlines come late by up to
+ * wake_latency (the kernel's wake-up), so a waiter's phase is its wait's start plus that
+ * much drawn at random: waiters that began together do not keep one phase (an exact tie,
+ * broken always one way, decides the order of a whole cluster). */
+static void wq_add(sim *s, int id, double wb)
+{
+    thr *t = &s->t[id];
+    s->rng = mix(s->rng);
+    wb += s->p.wake_latency * ((double)(s->rng >> 11) / 9007199254740992.0);
+    t->phase = phase_of(s, wb);
+    int b = bucket_of(s, t->phase);
+    t->wb = wb;
+    t->wbucket = b;
+    t->wnext = -1;
+    t->wprev = s->btail[b];
+    if (t->wprev >= 0)
+        s->t[t->wprev].wnext = id;
+    else
+        s->bhead[b] = id;
+    s->btail[b] = id;
+    s->bmask[b / 64] |= 1ull << (b % 64);
+    s->qlen++;
+    /* its first deadline is one interval away, after the last switch + interval */
+    if (s->holder >= 0 && wb + s->p.switch_interval < s->t_force)
+        s->t_force = wb + s->p.switch_interval;
+}
+
+static void wq_remove(sim *s, int id)
+{
+    thr *t = &s->t[id];
+    int b = t->wbucket;
+    if (t->wprev >= 0)
+        s->t[t->wprev].wnext = t->wnext;
+    else
+        s->bhead[b] = t->wnext;
+    if (t->wnext >= 0)
+        s->t[t->wnext].wprev = t->wprev;
+    else
+        s->btail[b] = t->wprev;
+    if (s->bhead[b] < 0)
+        s->bmask[b / 64] &= ~(1ull << (b % 64));
     s->qlen--;
+}
+
+static int next_bucket(const sim *s, int from) /* first non-empty bucket >= from, or NB */
+{
+    for (int w = from / 64; w < NW; w++) {
+        unsigned long long m = s->bmask[w];
+        if (w == from / 64)
+            m &= ~0ull << (from % 64);
+        if (m)
+            return w * 64 + __builtin_ctzll(m);
+    }
+    return NB;
+}
+
+/* The waiter whose next deadline after `ref` comes first, to the buckets' resolution
+ * (interval / NB): the oldest of the first non-empty bucket from ref's on (strict: ref's
+ * own bucket last, a wait begun at ref being a whole interval away). *delta: that
+ * deadline - ref, in [0, interval]. -1 when nobody waits. */
+static int wq_next(const sim *s, double ref, int strict, double *delta)
+{
+    double iv = s->p.switch_interval, r = phase_of(s, ref);
+    int b0 = bucket_of(s, r);
+    int b = next_bucket(s, strict ? b0 + 1 : b0);
+    if (b >= NB)
+        b = next_bucket(s, 0);
+    if (b >= NB) {
+        *delta = INFINITY;
+        return -1;
+    }
+    int id = s->bhead[b];
+    double d = s->t[id].phase - r;
+    if (!strict && b == b0 && d < 0)
+        d = 0; /* within the bucket's resolution */
+    else if (d < 0 || (strict && d <= 0))
+        d += iv;
+    *delta = d;
+    return id;
+}
+
+static void take(sim *s, int id)
+{
     thr *t = &s->t[id];
     t->gil_wait += s->now - t->wait_start;
     t->switches += s->p.switch_cost;
     t->state = T_PY;
     s->holder = id;
     s->hold_start = s->now;
+    if (id != s->last_holder) {
+        s->last_holder = id;
+        s->last_switch = s->now;
+    }
+    double d;
+    s->t_force = INFINITY;
+    if (s->qlen > 0 && wq_next(s, s->last_switch, 0, &d) >= 0) {
+        s->t_force = s->last_switch + s->p.switch_interval + d;
+        if (s->t_force < s->now)
+            s->t_force = s->now;
+    }
     run_cpu(s, id, t->rem + s->p.switch_cost);
+}
+
+/* The GIL was dropped: signal a waiter unless one is already on its way. */
+static void gil_signal(sim *s)
+{
+    if (s->holder >= 0 || s->pending >= 0 || s->qlen == 0)
+        return;
+    double d;
+    int id = wq_next(s, s->now, 1, &d);
+    wq_remove(s, id);
+    s->pending = id;
+    s->t_wake = s->now + s->p.wake_latency;
 }
 
 static void want_gil(sim *s, int id, double work)
@@ -179,9 +310,10 @@ static void want_gil(sim *s, int id, double work)
     t->state = T_GIL_WAIT;
     t->rem = work;
     t->wait_start = s->now;
-    s->q[(s->qhead + s->qlen) % s->cap] = id;
-    s->qlen++;
-    grant(s);
+    if (s->holder < 0)
+        take(s, id); /* free: taken at once, whoever was signalled */
+    else
+        wq_add(s, id, s->now);
 }
 
 static void start_task(sim *s, int id)
@@ -191,21 +323,23 @@ static void start_task(sim *s, int id)
     double h = draw(&st, s->p.h, s->p.cpu_dist);
     t->native = draw(&st, s->p.n, s->p.cpu_dist);
     t->io = draw(&st, s->p.w, s->p.io_dist);
-    t->epi = h / 2 < EPILOGUE_MAX ? h / 2 : EPILOGUE_MAX;
+    /* Python after the native call (back from it, on to the I/O) and after the I/O */
+    double tiny = t->native > 0 ? h / 3 : h / 2;
+    t->epi = tiny < EPILOGUE_MAX ? tiny : EPILOGUE_MAX;
     t->held = h;
-    t->epilogue = 0;
+    t->epilogue = PH_MAIN;
     t->gil_wait = 0;
     t->switches = 0;
     t->held_wall = 0;
     t->runq = 0;
     t->t_start = s->now;
-    want_gil(s, id, h - t->epi);
+    want_gil(s, id, h - (t->native > 0 ? 2 : 1) * t->epi);
 }
 
 static void after_io(sim *s, int id)
 {
     thr *t = &s->t[id];
-    t->epilogue = 1;
+    t->epilogue = PH_EPILOGUE;
     want_gil(s, id, t->epi);
 }
 
@@ -240,19 +374,19 @@ static void cpu_done(sim *s, int id)
     if (t->state == T_PY) {
         s->holder = -1;
         t->held_wall += s->now - s->hold_start;
-        if (t->epilogue) {
-            finish_task(s, id);
-        } else if (t->native > 0) {
+        if (t->epilogue == PH_EPILOGUE) {
+            finish_task(s, id); /* the next task's Python goes on with the GIL */
+        } else if (t->epilogue == PH_MAIN && t->native > 0) {
             t->state = T_NATIVE;
             run_cpu(s, id, t->native);
         } else {
             t->state = T_IO;
             heap_push(s, &s->io, id, s->now + t->io);
         }
-        grant(s);
-    } else { /* T_NATIVE */
-        t->state = T_IO;
-        heap_push(s, &s->io, id, s->now + t->io);
+        gil_signal(s);
+    } else { /* T_NATIVE: back in Python to start the I/O */
+        t->epilogue = PH_NATIVE_RET;
+        want_gil(s, id, t->epi);
     }
 }
 
@@ -281,14 +415,6 @@ static int add_thread(sim *s)
                 else
                     s->io.a = grown[i];
             }
-            int *q = malloc((size_t)cap * sizeof *q);
-            if (!q)
-                return -1;
-            for (int i = 0; i < s->qlen; i++)
-                q[i] = s->q[(s->qhead + i) % s->cap];
-            free(s->q);
-            s->q = q;
-            s->qhead = 0;
             s->cap = cap;
         }
         id = s->used++;
@@ -310,6 +436,7 @@ void sim_defaults(sim_params *p, double h, double n, double w, double cores)
     p->switch_interval = 0.005;
     p->switch_cost = 5e-6;
     p->wake_cost = 2e-6;
+    p->wake_latency = 50e-6;
     p->seed = 1;
 }
 
@@ -327,9 +454,12 @@ sim *sim_new(const sim_params *p, int workers)
     s->free_slots = calloc((size_t)s->cap, sizeof(int));
     s->cpu.a = calloc((size_t)s->cap, sizeof(int));
     s->io.a = calloc((size_t)s->cap, sizeof(int));
-    s->q = calloc((size_t)s->cap, sizeof(int));
-    s->holder = -1;
-    if (!s->t || !s->free_slots || !s->cpu.a || !s->io.a || !s->q) {
+    s->holder = s->pending = s->last_holder = -1;
+    s->rng = p->seed ^ 0x5851F42D4C957F2Dull;
+    s->t_force = INFINITY;
+    for (int b = 0; b < NB; b++)
+        s->bhead[b] = s->btail[b] = -1;
+    if (!s->t || !s->free_slots || !s->cpu.a || !s->io.a) {
         sim_free(s);
         return NULL;
     }
@@ -360,13 +490,8 @@ void sim_run(sim *s, double seconds, gla_ctl_window *out)
         double r = core_rate(s);
         double t_cpu = s->cpu.len ? s->now + (s->t[s->cpu.a[0]].key - s->vtime) / r : INFINITY;
         double t_io = s->io.len ? s->t[s->io.a[0]].key : INFINITY;
-        double t_force = INFINITY;
-        if (s->holder >= 0 && s->qlen > 0) {
-            double since = s->t[s->q[s->qhead]].wait_start;
-            if (since < s->hold_start)
-                since = s->hold_start;
-            t_force = since + s->p.switch_interval;
-        }
+        double t_force = s->holder >= 0 && s->qlen > 0 ? s->t_force : INFINITY;
+        double t_wake = s->pending >= 0 ? s->t_wake : INFINITY;
         double next = t_cpu;
         int ev = 0;
         if (t_io < next) {
@@ -376,6 +501,10 @@ void sim_run(sim *s, double seconds, gla_ctl_window *out)
         if (t_force < next) {
             next = t_force;
             ev = 2;
+        }
+        if (t_wake < next) {
+            next = t_wake;
+            ev = 3;
         }
         if (end <= next) {
             s->vtime += (end - s->now) * r;
@@ -396,16 +525,28 @@ void sim_run(sim *s, double seconds, gla_ctl_window *out)
             int id = s->io.a[0];
             heap_remove(s, &s->io, id);
             after_io(s, id);
-        } else {
-            /* forced switch: the holder queues again with the work it has left */
+        } else if (ev == 2) {
+            /* forced switch: the holder drops, a waiter is signalled, and the holder waits
+             * again (after the switch: it cannot barge back) with the work it has left */
             int id = s->holder;
             double left = s->t[id].key - s->vtime;
             heap_remove(s, &s->cpu, id);
             end_cpu(s, id, left > 0 ? left : 0);
             s->holder = -1;
             s->t[id].held_wall += s->now - s->hold_start;
-            grant(s);
-            want_gil(s, id, left > 0 ? left : 0);
+            gil_signal(s);
+            s->t[id].state = T_GIL_WAIT;
+            s->t[id].rem = left > 0 ? left : 0;
+            s->t[id].wait_start = s->now;
+            wq_add(s, id, s->now);
+        } else {
+            /* the signalled waiter runs: the GIL if still free, else it waits again */
+            int id = s->pending;
+            s->pending = -1;
+            if (s->holder < 0)
+                take(s, id);
+            else
+                wq_add(s, id, s->now);
         }
     }
     memset(out, 0, sizeof *out);
@@ -447,7 +588,6 @@ void sim_free(sim *s)
     free(s->free_slots);
     free(s->cpu.a);
     free(s->io.a);
-    free(s->q);
     free(s);
 }
 

@@ -13,20 +13,28 @@
  *
  * Model
  * -----
- * A task is: Python CPU (holds the GIL) h·(1−e), native CPU with the GIL released n, I/O w,
- * and a short Python epilogue h·e (returning the result needs the GIL again). Demands are
- * drawn per task from the workload's distributions (fixed with +-10 % jitter, uniform on
- * [0, 2m], or exponential). One GIL, handed over FIFO: released when the holder's Python phase ends,
- * or taken from it once it has held the GIL for the switch interval while a thread waits
- * (CPython's forced switch; the holder queues again with its remaining work); each hand-off
- * costs switch_cost of CPU. C cores are shared equally (processor sharing) by the threads
- * that need one: the GIL holder and the threads in native code. Every thread waiting for
- * the GIL wakes once per switch interval (CPython's timed condition wait) and burns
- * wake_cost of CPU doing so: with hundreds of waiters that eats the cores — the saturation
- * cliff. Thread start and retirement are free; I/O waits need no CPU. The run-queue share
- * reported is the finished tasks' time needing a core without one, over their wall time;
- * their I/O (task_io_s) is booked as the ledger's partition books it: wall less CPU, GIL
- * wait and that run-queue time.
+ * A task is: Python CPU (holds the GIL) h, less two short Python phases: one after the
+ * native call with the GIL released n (CPython takes the GIL back to go on; only when n > 0)
+ * and one after the I/O w (taking the result, setting the future), which runs on into the
+ * next task's Python without a hand-off. Demands are drawn per task from the workload's
+ * distributions (fixed with +-10 % jitter, uniform on [0, 2m], or exponential).
+ * The GIL is CPython's on glibc (sim.c, "the GIL"): a waiter sits in a timed wait of one
+ * switch interval; a timeout with no switch in that interval asks the holder to drop (the
+ * holder then waits for the switch before it asks again); a drop signals the waiter whose
+ * wait began first, i.e. the one nearest its next timeout (the order is the waiters'
+ * phase, not their arrival), which runs wake_latency later and takes the GIL only if it is
+ * still free: a thread that wants the GIL while it is free takes it at once (barging).
+ * Each take costs switch_cost of CPU. Until 2026-12-01 the model handed the GIL over FIFO
+ * at once, timed forced switches from the hold's start and had no hand-off after native
+ * code: its throughput then peaked sharply below the sizes CPython needs (the same
+ * demands run for real rise to a plateau; benchmarks/sim_vs_real.py).
+ * C cores are shared equally (processor sharing) by the threads that need one: the GIL
+ * holder and the threads in native code. Every thread waiting for the GIL wakes once per
+ * switch interval and burns wake_cost of CPU doing so: with hundreds of waiters that eats
+ * the cores — the saturation cliff. Thread start and retirement are free; I/O waits need
+ * no CPU. The run-queue share reported is the finished tasks' time needing a core without
+ * one, over their wall time; their I/O (task_io_s) is booked as the ledger's partition
+ * books it: wall less CPU, GIL wait and that run-queue time.
  */
 #ifndef GIL_ADAPT_TEST_SIM_H
 #define GIL_ADAPT_TEST_SIM_H
@@ -42,12 +50,14 @@ typedef struct {
     double switch_interval;   /* s; CPython's default is 0.005 */
     double switch_cost;       /* CPU per GIL hand-off (s) */
     double wake_cost;         /* CPU per waiter wake-up (s), once per switch interval */
+    double wake_latency;      /* a signalled GIL waiter runs this long after the drop (s) */
     unsigned long long seed;
 } sim_params;
 
 typedef struct sim sim;
 
-/* Fills p with the defaults (5 ms interval, 5 us hand-off, 2 us wake-up) for demands
+/* Fills p with the defaults (5 ms interval, 5 us hand-off, 2 us wake-up CPU, 50 us wake-up
+ * latency) for demands
  * h, n, w on `cores` cores, fixed CPU and I/O times. */
 void sim_defaults(sim_params *p, double h, double n, double w, double cores);
 /* NULL on bad parameters or no memory. */
