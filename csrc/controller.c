@@ -23,13 +23,13 @@
 #define STEADY_MAX 32
 #define VETO_WINDOWS 24        /* a refused step up is not retried for this long */
 #define MIN_TASK_S 20e-6       /* per-task floor: the executor's own cost */
-#define IDLE_FILL 0.95         /* the GIL, the bottleneck, busy less than this at the size in
-                                  force... */
+#define IDLE_FILL 0.95         /* the bottleneck (GIL or cores) busy less than this at the
+                                  size in force... */
 #define IDLE_CAP 2.0           /* ...a step up that loses nothing is kept, up to this many
                                   times the demand-based size, */
-#define IDLE_TASK_S 2e-3       /* ...for tasks that hold it this long (shorter ones lose a
-                                  larger share to the hand-offs themselves: more threads
-                                  do not fill that) */
+#define IDLE_TASK_S 3e-3       /* ...for tasks that hold the GIL this long (shorter ones
+                                  lose a larger share to the hand-offs themselves: more
+                                  threads do not fill that) */
 
 static int clamp(const gla_ctl *c, double n)
 {
@@ -223,9 +223,11 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
         c->veto_above = 0; /* a collapse's veto holds until the demands change */
     double rate = w->window_s > 0 ? w->completed / w->window_s : 0;
     int gil_bound = 0;
-    double bneck = bottleneck_s(w, c->usable_cores, &gil_bound);
-    if (bneck > 0)
-        c->gil_s = gil_bound ? bneck : 0;
+    double bneck = bottleneck_s(w, c->usable_cores, &gil_bound), held, native, io;
+    if (bneck > 0 && demands(w, &held, &native, &io)) {
+        c->bneck_s = bneck;
+        c->held_s = held;
+    }
     if (w->completed >= 1) {
         c->rate_ewma = c->rate_ewma > 0 ? 0.7 * c->rate_ewma + 0.3 * rate : rate;
         if (w->task_wall_s > 0)
@@ -430,13 +432,13 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
     case GLA_CTL_PROBE_UP: {
         if (c->target != c->base) {
             /* judge the step up: kept if throughput rose by more than the noise, or if it
-             * lost nothing while the GIL, the bottleneck, was idle at the base: the demand-based
+             * lost nothing while the bottleneck was idle at the base: the demand-based
              * size assumes the GIL hands over at once, in order; CPython's waiters wait
              * for a timeout or a signal that can go to a later one, and throughput rises
              * slowly toward the GIL's limit past that size (sim.h; one task of 13.4 ms
              * Python on 2 cores: 69 tasks/s at 26 workers, 95 % of the GIL's 72.8). */
-            double fill = c->base_rate * c->gil_s;
-            int idle = fill > 0 && fill < IDLE_FILL && c->gil_s >= IDLE_TASK_S && c->little_smooth > 0 &&
+            double fill = c->base_rate * c->bneck_s;
+            int idle = fill > 0 && fill < IDLE_FILL && c->held_s >= IDLE_TASK_S && c->little_smooth > 0 &&
                        c->target <= IDLE_CAP * c->little_smooth && rate >= c->base_rate * KEEP;
             if (rate > c->base_rate * (1 + noise(c, c->base_done, w->completed, GAIN - 1)) || idle) {
                 if (idle)

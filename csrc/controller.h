@@ -33,10 +33,10 @@
  *      then down; a step up is kept if throughput rose by more than the noise
  *      (two standard deviations of the difference of two windows: from the spread of
  *      windows while the size held, else from Poisson counts; at least 4 %), or if it lost
- *      at most 2 % while the GIL, the bottleneck, was less than 95 % busy at the size
- *      before (throughput x GIL-held time per task, for tasks holding it 2 ms or more:
- *      CPython's GIL needs more waiters than the model to stay busy), up to 2x the
- *      demand-based size, and then probes down stop there; else it is a VETO not retried for a while; steps down go no lower than the demand-based size
+ *      at most 2 % while the bottleneck was less than 95 % busy at the size before
+ *      (throughput x its demand per task, for tasks holding the GIL 3 ms or more:
+ *      CPython's GIL needs more waiters than the model to keep it and the cores busy),
+ *      up to 2x the demand-based size, and then probes down stop there; else it is a VETO not retried for a while; steps down go no lower than the demand-based size
  *      (windows of a few dozen tasks cannot show the few per cent below it).
  *   3. Damp: the first window at a new size is not judged (retiring threads finish their
  *      tasks in it, new ones have not finished their first); the probe cadence backs off
@@ -106,8 +106,9 @@ typedef struct gla_ctl {
     double little_size;      /* last demand-based size (0 = none) */
     double little_smooth;    /* its moving average: probes down stop there (0 = none) */
     double model_cap;        /* little_smooth when a step below it paid (0 = none) */
-    double gil_s;            /* GIL-held time per task when the GIL is the bottleneck, last
-                                measured (s; 0 = the cores are, or unknown) */
+    double bneck_s;          /* the bottleneck's (GIL or cores) demand per task, last
+                                measured (s) */
+    double held_s;           /* GIL-held time per task, last measured (s) */
     int idle_floor;          /* a step kept for an idle bottleneck reached this: no probes
                                 down below it (0 = none) */
     double rate_var;         /* relative variance of window throughputs at a held size */
