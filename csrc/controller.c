@@ -112,16 +112,15 @@ static int demands(const gla_ctl_window *w, double *held_out, double *native_out
     return 1;
 }
 
-/* The bottleneck's demand per task: one GIL, or the cores; 0 when unknown. *gil: the
- * GIL is the bottleneck. */
-static double bottleneck_s(const gla_ctl_window *w, double usable_cores, int *gil)
+/* The bottleneck's demand per task: one GIL, or the cores. */
+static double bottleneck_of(double held, double native, double cores)
 {
-    double held, native, io;
-    if (!demands(w, &held, &native, &io))
-        return 0;
-    double cores = w->usable_cores > 0 ? w->usable_cores : usable_cores;
-    *gil = held >= (held + native) / cores;
-    return *gil ? held : (held + native) / cores;
+    return (held + native) / cores > held ? (held + native) / cores : held;
+}
+
+static double window_cores(const gla_ctl_window *w, double usable_cores)
+{
+    return w->usable_cores > 0 ? w->usable_cores : usable_cores;
 }
 
 double gla_ctl_little_size(const gla_ctl_window *w, double usable_cores)
@@ -129,8 +128,7 @@ double gla_ctl_little_size(const gla_ctl_window *w, double usable_cores)
     double held, native, io;
     if (!demands(w, &held, &native, &io))
         return 0;
-    int gil;
-    double bottleneck = bottleneck_s(w, usable_cores, &gil);
+    double bottleneck = bottleneck_of(held, native, window_cores(w, usable_cores));
     return queue_size(bottleneck, held + native + io - bottleneck, FILL);
 }
 
@@ -222,10 +220,9 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
     if (c->veto_windows > 0 && --c->veto_windows == 0 && !c->collapse_veto)
         c->veto_above = 0; /* a collapse's veto holds until the demands change */
     double rate = w->window_s > 0 ? w->completed / w->window_s : 0;
-    int gil_bound = 0;
-    double bneck = bottleneck_s(w, c->usable_cores, &gil_bound), held, native, io;
-    if (bneck > 0 && demands(w, &held, &native, &io)) {
-        c->bneck_s = bneck;
+    double held, native, io;
+    if (demands(w, &held, &native, &io)) {
+        c->bneck_s = bottleneck_of(held, native, window_cores(w, c->usable_cores));
         c->held_s = held;
     }
     if (w->completed >= 1) {

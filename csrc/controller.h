@@ -36,8 +36,9 @@
  *      at most 2 % while the bottleneck was less than 95 % busy at the size before
  *      (throughput x its demand per task, for tasks holding the GIL 3 ms or more:
  *      CPython's GIL needs more waiters than the model to keep it and the cores busy),
- *      up to 2x the demand-based size, and then probes down stop there; else it is a VETO not retried for a while; steps down go no lower than the demand-based size
- *      (windows of a few dozen tasks cannot show the few per cent below it).
+ *      up to 2x the demand-based size, and then probes down stop there; else it is
+ *      a VETO not retried for a while; steps down go no lower than the demand-based
+ *      size (windows of a few dozen tasks cannot show the few per cent below it).
  *   3. Damp: the first window at a new size is not judged (retiring threads finish their
  *      tasks in it, new ones have not finished their first); the probe cadence backs off
  *      while the size holds.

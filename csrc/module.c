@@ -378,15 +378,15 @@ static PyObject *py_dropped(PyObject *self, PyObject *args)
     return PyLong_FromUnsignedLongLong(gla_ledger_dropped());
 }
 
-/* arg as a count in [0, 1e6] (the calm settings); -1 with ValueError naming `what`. */
-static int calm_count(PyObject *arg, const char *what)
+/* arg as a count in [0, 1e6] (the calm settings); -1 with ValueError naming `what` and
+ * what 0 means. */
+static int calm_count(PyObject *arg, const char *what, const char *zero)
 {
     long v = PyLong_AsLong(arg);
     if (v == -1 && PyErr_Occurred())
         return -1;
     if (v < 0 || v > 1000000) {
-        PyErr_Format(PyExc_ValueError, "%s must be a count >= 0 (0 = %s), not %ld", what,
-                     strcmp(what, "keep") ? "at any count" : "off", v);
+        PyErr_Format(PyExc_ValueError, "%s must be a count >= 0 (0 = %s), not %ld", what, zero, v);
         return -1;
     }
     return (int)v;
@@ -395,14 +395,14 @@ static int calm_count(PyObject *arg, const char *what)
 static PyObject *py_set_calm(PyObject *self, PyObject *arg)
 {
     (void)self;
-    int keep = calm_count(arg, "keep");
+    int keep = calm_count(arg, "keep", "off");
     return keep < 0 ? NULL : PyLong_FromLong(gla_hook_set_calm(keep));
 }
 
 static PyObject *py_set_calm_above(PyObject *self, PyObject *arg)
 {
     (void)self;
-    int above = calm_count(arg, "above");
+    int above = calm_count(arg, "above", "at any count");
     return above < 0 ? NULL : PyLong_FromLong(gla_hook_set_calm_above(above));
 }
 

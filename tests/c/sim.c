@@ -20,7 +20,7 @@ typedef struct {
     double held, native, io, epi;
     double key;        /* finish: virtual CPU time (cpu heap) or time (I/O heap) */
     int pos;           /* position in its heap, -1 none */
-    double wb, phase;  /* GIL waiters: when its current timed wait began; that mod interval */
+    double phase;      /* GIL waiters: when its current timed wait began, mod the interval */
     int wnext, wprev, wbucket; /* GIL waiters: its phase bucket's list */
 } thr;
 
@@ -200,7 +200,6 @@ static void wq_add(sim *s, int id, double wb)
     wb += s->p.wake_latency * ((double)(s->rng >> 11) / 9007199254740992.0);
     t->phase = phase_of(s, wb);
     int b = bucket_of(s, t->phase);
-    t->wb = wb;
     t->wbucket = b;
     t->wnext = -1;
     t->wprev = s->btail[b];
