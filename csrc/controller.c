@@ -27,6 +27,10 @@
                                   size in force... */
 #define IDLE_CAP 2.0           /* ...a step up that loses nothing is kept, up to this many
                                   times the demand-based size, */
+#define U_SAT 0.97             /* GIL-bound, the workers holding the GIL this share of the
+                                  time: it is saturated (a hand-off leaves it idle a moment:
+                                  CPython here, 8-64 threads of 10 ms Python: 0.971-0.980) */
+#define U_GAIN 0.01            /* a step must move the GIL-busy share by 1 % to count */
 #define IDLE_TASK_S 3e-3       /* ...for tasks that hold the GIL this long (shorter ones
                                   lose a larger share to the hand-offs themselves: more
                                   threads do not fill that) */
@@ -161,6 +165,9 @@ static void set_base(gla_ctl *c, int n)
     c->base = n;
     c->base_rate = 0;
     c->base_done = 0;
+    c->base_u = 0;
+    c->base_u_n = 0;
+    c->u_again = 0;
     c->phase = GLA_CTL_SETTLE;
 }
 
@@ -225,6 +232,12 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
         c->bneck_s = bottleneck_of(held, native, window_cores(w, c->usable_cores));
         c->held_s = held;
     }
+    /* The GIL-busy share: where the GIL is the bottleneck, the work the pool gets done
+     * (tasks/s x GIL time per task), measured over the whole window, tasks in flight
+     * included: far steadier than the count of tasks finished in it (2 cores, 6 ms of
+     * Python per task, 64 workers, windows of ~30 tasks: counts +-1.6 %, the share
+     * +-0.05 %; below saturation both spread more, the share less). */
+    double u = w->gil_busy >= 0 && c->held_s > 0 && c->bneck_s <= c->held_s ? w->gil_busy : -1;
     if (w->completed >= 1) {
         c->rate_ewma = c->rate_ewma > 0 ? 0.7 * c->rate_ewma + 0.3 * rate : rate;
         if (w->task_wall_s > 0)
@@ -422,8 +435,26 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
     }
     switch (c->phase) {
     case GLA_CTL_SETTLE:
-        c->base_rate = rate;
-        c->base_done = w->completed;
+        if (u > 0 && c->base_u_n == 1) {
+            /* GIL-bound: the base is the mean of two windows (one window's GIL-busy
+             * share below saturation spreads a few per cent) */
+            double tasks = c->base_done + w->completed;
+            c->base_rate = tasks > 0 ? (c->base_rate * c->base_done + rate * w->completed) / tasks : rate;
+            c->base_done = tasks;
+            c->base_u = (c->base_u + u) / 2;
+            c->base_u_n = 2;
+        } else {
+            c->base_rate = rate;
+            c->base_done = w->completed;
+            c->base_u = u > 0 ? u : 0;
+            c->base_u_n = u > 0;
+            if (u > 0 && u < U_SAT) {
+                snprintf(d.reason, sizeof d.reason, "%d workers: the GIL busy %.1f %% of the time: one more window",
+                         c->target, u * 100);
+                d.target = c->target;
+                return d;
+            }
+        }
         c->phase = GLA_CTL_PROBE_UP;
         __attribute__((fallthrough)); /* probe at once */
     case GLA_CTL_PROBE_UP: {
@@ -434,15 +465,41 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
              * for a timeout or a signal that can go to a later one, and throughput rises
              * slowly toward the GIL's limit past that size (sim.h; one task of 13.4 ms
              * Python on 2 cores: 69 tasks/s at 26 workers, 95 % of the GIL's 72.8). */
+            int by_u = u > 0 && c->base_u > 0;
+            double u_step = c->u_again && by_u ? (c->u_first + u) / 2 : u;
             double fill = c->base_rate * c->bneck_s;
-            int idle = fill > 0 && fill < IDLE_FILL && c->held_s >= IDLE_TASK_S && c->little_smooth > 0 &&
+            int idle = !by_u && fill > 0 && fill < IDLE_FILL && c->held_s >= IDLE_TASK_S && c->little_smooth > 0 &&
                        c->target <= IDLE_CAP * c->little_smooth && rate >= c->base_rate * KEEP;
-            if (rate > c->base_rate * (1 + noise(c, c->base_done, w->completed, GAIN - 1)) || idle) {
-                if (idle)
+            /* GIL-bound with the GIL idle part of the time at the base: kept if the
+             * workers hold it more of the time (the count of tasks cannot show the
+             * few per cent), the count not collapsed */
+            /* (and the count of tasks not down by more than its noise: a holder that
+             * shares its core with hundreds of waking waiters holds the GIL longer for
+             * the same work) */
+            double spread = noise(c, c->base_done, w->completed, GAIN - 1);
+            int may_fill = by_u && c->base_u < U_SAT && c->little_smooth > 0 &&
+                           c->target <= IDLE_CAP * c->little_smooth && rate >= c->base_rate * (1 - spread);
+            int filled = may_fill && u_step > c->base_u * (1 + U_GAIN);
+            int gained = rate > c->base_rate * (1 + spread);
+            if (may_fill && !filled && !gained && !c->u_again) {
+                /* below saturation one window's share spreads a few per cent (convoys
+                 * of waiters come and go): judged on the mean of two */
+                c->u_again = 1;
+                c->u_first = u;
+                snprintf(d.reason, sizeof d.reason, "%d workers: the GIL busy %.1f %% of the time (was %.1f %%): one more window",
+                         c->target, u * 100, c->base_u * 100);
+                d.target = c->target;
+                return d;
+            }
+            c->u_again = 0;
+            if (gained || idle || filled) {
+                if (idle || filled)
                     c->idle_floor = c->target;
                 c->base = c->target;
                 c->base_rate = rate;
                 c->base_done = w->completed;
+                c->base_u = u > 0 ? u : 0;
+                c->base_u_n = u > 0;
                 c->steady_backoff = STEADY_FIRST;
             } else {
                 if (collapsed(c->base_rate, c->base_done, rate, w->completed)) {
@@ -450,6 +507,9 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
                     c->veto_above = c->base;
                     c->collapse_veto = 1;
                     c->veto_windows = VETO_WINDOWS;
+                } else if (by_u && c->base_u < IDLE_FILL) {
+                    /* the GIL idles at the base: one window of the step said no, the
+                     * next probe may say otherwise (no veto) */
                 } else if (!c->collapse_veto) { /* a collapse's limit stays */
                     c->veto_above = c->base;
                     c->veto_windows = VETO_WINDOWS;
@@ -463,9 +523,12 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
             }
         }
         int up = clamp(c, ceil(c->base * 1.25));
+        /* GIL-bound and the GIL idle at this size over several windows: growth is worth
+         * another look, whatever one window said before (not past a collapse) */
+        int gil_idle = u > 0 && c->base_u_n >= 3 && c->base_u < IDLE_FILL && !c->collapse_veto;
         if (up == c->base) {
             c->phase = GLA_CTL_PROBE_DOWN;
-        } else if (c->veto_above && up > c->veto_above) {
+        } else if (c->veto_above && up > c->veto_above && !gil_idle) {
             c->phase = GLA_CTL_PROBE_DOWN;
             say(&d, GLA_CTL_VETO, "growth past %.0f workers refused %.0f windows ago",
                 (double)c->veto_above, (double)(VETO_WINDOWS - c->veto_windows));
@@ -493,7 +556,11 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
         if (c->target != c->base) {
             int below = c->target < soft;
             double need = below ? 1 + noise(c, c->base_done, w->completed, GAIN - 1) : KEEP;
-            if (rate >= c->base_rate * need) {
+            /* GIL-bound: fewer workers that keep the GIL as busy lose nothing; that leave
+             * it idle more lose what the count may not show */
+            int kept = !below && u > 0 && c->base_u > 0 ? u >= c->base_u * (1 - U_GAIN)
+                                                         : rate >= c->base_rate * need;
+            if (kept) {
                 if (below)
                     c->model_cap = c->little_smooth;
                 c->base = c->target;
@@ -501,6 +568,8 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
                     c->base_rate = rate;
                     c->base_done = w->completed;
                 }
+                if (u > c->base_u)
+                    c->base_u = u;
             } else {
                 c->target = c->base;
                 c->phase = GLA_CTL_STEADY;
@@ -538,6 +607,11 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
             c->rate_var_n++;
         }
         c->base_rate = c->base_rate > 0 ? 0.8 * c->base_rate + 0.2 * rate : rate;
+        if (u > 0) { /* the mean of the windows at this size (the last 16) */
+            if (c->base_u_n < 16)
+                c->base_u_n++;
+            c->base_u += (u - c->base_u) / c->base_u_n;
+        }
         c->base_done = 0.8 * c->base_done + w->completed; /* ~ the tasks the average spans */
         if (--c->steady_windows <= 0)
             c->phase = GLA_CTL_PROBE_UP;

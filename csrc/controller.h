@@ -39,6 +39,14 @@
  *      up to 2x the demand-based size, and then probes down stop there; else it is
  *      a VETO not retried for a while; steps down go no lower than the demand-based
  *      size (windows of a few dozen tasks cannot show the few per cent below it).
+ *      Where the GIL is the bottleneck and the hook measures it, steps are judged on the
+ *      workers' GIL-busy share over the window (gil_busy: the work done, tasks in flight
+ *      included; far steadier than the count of tasks finished): below 97 % busy at the
+ *      base (the mean of two windows), a step up is kept if it raised the share by 1 %
+ *      (on the mean of two windows) and the count did not fall by more than its noise,
+ *      up to 2x the demand-based size; a step down if it lost less than 1 % of it; growth
+ *      refused while the GIL idled over several windows is looked at again at the next
+ *      probe (no veto).
  *   3. Damp: the first window at a new size is not judged (retiring threads finish their
  *      tasks in it, new ones have not finished their first); the probe cadence backs off
  *      while the size holds.
@@ -67,6 +75,8 @@ typedef struct {
                                wall - cpu - GIL wait */
     double beta;            /* workers' gil_wait/(gil_wait+io_wait) over the window; <0 unknown */
     double runq_share;      /* workers' run-queue wait / wall over the window; <0 unknown */
+    double gil_busy;        /* share of the window the pool's workers held the GIL (0-1),
+                               tasks in flight included; <0 unknown */
     int workers;            /* live workers now */
     int busy;               /* workers running a task at the end of the window */
     long queue_length;      /* tasks waiting in the queue at the end of the window */
@@ -91,6 +101,10 @@ typedef struct gla_ctl {
     int base;                /* the size a probe is judged against */
     double base_rate;        /* throughput measured at base (tasks/s), 0 = none yet */
     double base_done;        /* tasks the base_rate was measured on */
+    double base_u;           /* the workers' GIL-busy share at base (0 = unknown)... */
+    int base_u_n;            /* ...the mean of this many windows */
+    int u_again;             /* a step up is judged on a second window... */
+    double u_first;          /* ...with the first one's GIL-busy share */
     gla_ctl_phase phase;
     int steady_windows;      /* windows left before the next probe */
     int steady_backoff;      /* current pause between probes, in windows */

@@ -105,11 +105,20 @@ static inline gla_wait_kind tail_kind_of(const _Atomic uint64_t *signal_ns)
  * signals the GIL's condition from the dropping thread. Both points are hooked, so each
  * thread's holding time is [take, drop) with no system call. */
 static __thread uint64_t tls_gil_wanted_since __attribute__((tls_model("initial-exec")));
+/* The holding under way, for readers in other threads (gla_hook_gil_held_ns): the
+ * holder's record and the holding's start. Written by the holder under the GIL's mutex:
+ * the start before the record (release); at a drop the record is cleared before the
+ * holding is added to the ledger, so a reader that sees the holding in the ledger no
+ * longer sees it open. */
+static _Atomic(gla_thread *) g_holder;
+static _Atomic uint64_t g_holder_since;
 
 static inline void gil_taken(uint64_t now)
 {
     tls_held_since = now;
     tls_gil_wanted_since = 0; /* waiter thinning: this take ends the thread's wait */
+    atomic_store_explicit(&g_holder_since, now, memory_order_relaxed);
+    atomic_store_explicit(&g_holder, gla_ledger_self_nosys(), memory_order_release);
 }
 
 static inline void gil_dropped(uint64_t now)
@@ -118,6 +127,7 @@ static inline void gil_dropped(uint64_t now)
     if (!since)
         return;
     tls_held_since = 0;
+    atomic_store_explicit(&g_holder, NULL, memory_order_release);
     gla_thread *t = gla_ledger_self_nosys();
     if (t && now > since)
         gla_ledger_add_wait(t, GLA_GIL_HELD, now - since);
@@ -685,6 +695,19 @@ void gla_hook_set_gil(void *gil_cond)
 }
 
 void *gla_hook_gil(void) { return atomic_load(&g_gil_cond); }
+
+uint64_t gla_hook_gil_held_ns(const gla_thread *t, uint64_t now_ns)
+{
+    if (!t)
+        return 0;
+    uint64_t held = gla_ledger_wait(t, GLA_GIL_HELD); /* acquire: then the record below */
+    if (atomic_load_explicit(&g_holder, memory_order_acquire) == t) {
+        uint64_t since = atomic_load_explicit(&g_holder_since, memory_order_relaxed);
+        if (since && now_ns > since)
+            held += now_ns - since;
+    }
+    return held;
+}
 
 uint64_t gla_hook_self_gil_held_ns(void)
 {

@@ -70,6 +70,12 @@ void *gla_hook_gil(void);
  * (for per-task figures: read it at a task's start and end). No system call. */
 uint64_t gla_hook_self_gil_held_ns(void);
 
+/* Thread t's cumulative time holding the GIL up to now_ns (CLOCK_MONOTONIC), its holding
+ * under way included; from any thread, no system call, no lock. Exact up to a hand-off
+ * in flight at the moment of the call (never a holding counted twice). 0 for NULL. */
+struct gla_thread;
+uint64_t gla_hook_gil_held_ns(const struct gla_thread *t, uint64_t now_ns);
+
 /* Number of GIL hand-offs so far (CPython's gil->switch_number), or -1 if unknown. */
 long long gla_gil_switches(void);
 

@@ -476,7 +476,7 @@ uint64_t gla_ledger_wait(const gla_thread *t, gla_wait_kind kind)
 {
     if (!t || (unsigned)kind >= GLA_NWAIT)
         return 0;
-    return atomic_load_explicit(&((struct gla_thread *)t)->wait_ns[kind], memory_order_relaxed);
+    return atomic_load_explicit(&((struct gla_thread *)t)->wait_ns[kind], memory_order_acquire);
 }
 
 static uint64_t take(uint64_t *from, uint64_t want)

@@ -148,7 +148,8 @@ void gla_ledger_add_drop_sample(uint64_t runq_ns);
  * and run-queue time and the wake-up tail the hook noted for it. */
 void gla_ledger_add_take_sample(uint64_t cpu_ns, uint64_t runq_ns, uint64_t tail_ns);
 
-/* Cumulative wait counter of a record (any thread). */
+/* Cumulative wait counter of a record (any thread; an acquire load: what its adder
+ * wrote before the add is visible after it). */
 uint64_t gla_ledger_wait(const gla_thread *t, gla_wait_kind kind);
 
 /* The calling thread's kernel cpu and run-queue totals through a file kept open per

@@ -36,6 +36,7 @@
 
 typedef struct {
     uint64_t completed, cpu_ns, wall_ns, gil_ns, gil_tail_ns, lock_ns, idle_ns, held_ns;
+    uint64_t busy_ns; /* time the workers held the GIL, tasks in flight included */
 } totals;
 
 typedef struct worker {
@@ -50,6 +51,8 @@ typedef struct worker {
     int entered;            /* under mu: counted out of entering */
     unsigned index;
     pid_t tid;              /* set before registering */
+    gla_thread *rec;        /* its ledger record and the GIL held on it before it joined */
+    uint64_t held0;         /* (set before registering) */
     /* written by the worker only, read by the monitor */
     _Atomic uint64_t completed, cpu_ns, wall_ns, gil_ns, gil_tail_ns, lock_ns, idle_ns, held_ns;
 } worker;
@@ -405,8 +408,15 @@ static void cpu_edge(worker *w, cpu_clock *c, uint64_t mono)
         cpu_flush(w, c, mono);
 }
 
-static void add_worker_totals(totals *t, const worker *w)
+/* The time w held the GIL since it joined, up to now (its holding under way included). */
+static uint64_t worker_gil_busy(const worker *w, uint64_t now)
 {
+    return w->rec ? sub0(gla_hook_gil_held_ns(w->rec, now), w->held0) : 0;
+}
+
+static void add_worker_totals(totals *t, const worker *w, uint64_t now)
+{
+    t->busy_ns += worker_gil_busy(w, now);
     t->completed += ld(&w->completed);
     t->cpu_ns += ld(&w->cpu_ns);
     t->wall_ns += ld(&w->wall_ns);
@@ -445,7 +455,7 @@ static void unregister_locked(gla_pool *p, worker *w)
     for (int i = 0; i < GLA_POOL_RUNQ_SAMPLE; i++)
         if (p->rq[i].w == w)
             p->rq[i].w = NULL;
-    add_worker_totals(&p->gone, w);
+    add_worker_totals(&p->gone, w, gla_now_ns());
     if (w->retire)
         p->retiring--;
     p->live--;
@@ -488,6 +498,8 @@ static void *worker_main(void *arg)
         return NULL;
     }
     p->live++;
+    w->rec = rec;
+    w->held0 = gla_hook_gil_held_ns(rec, gla_now_ns());
     w->all_prev = NULL;
     w->all_next = p->all;
     if (p->all)
@@ -706,8 +718,9 @@ static int spawn(gla_pool *p)
 static void gather_locked(gla_pool *p, totals *t)
 {
     *t = p->gone;
+    uint64_t now = gla_now_ns();
     for (worker *w = p->all; w; w = w->all_next)
-        add_worker_totals(t, w);
+        add_worker_totals(t, w, now);
 }
 
 /* Fills the sample slots from the live workers and copies (tid, idle) for reading: one
@@ -820,6 +833,11 @@ static void fill_window(const gla_pool *p, const totals *a, const totals *b, dou
     win->task_io_s = -1.0;
     win->beta = -1.0;
     win->runq_share = rq_share;
+    win->gil_busy = -1.0;
+    if (p->cfg.gil_wait_known && span_s > 0) {
+        double u = (double)sub0(b->busy_ns, a->busy_ns) / 1e9 / span_s;
+        win->gil_busy = u > 1.0 ? 1.0 : u;
+    }
     if (n > 0) {
         uint64_t cpu = sub0(b->cpu_ns, a->cpu_ns), wall = sub0(b->wall_ns, a->wall_ns);
         uint64_t gil = sub0(b->gil_ns, a->gil_ns), tail = sub0(b->gil_tail_ns, a->gil_tail_ns);

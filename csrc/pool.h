@@ -121,6 +121,8 @@ typedef struct {
                                (< 0: unknown) */
     double beta;            /* gil_wait / (gil_wait + io_wait) of the workers' busy time */
     double runq_share;      /* run-queue delay / busy time of the sampled workers */
+    double gil_busy;        /* share of the window the workers held the GIL, tasks in
+                               flight included (< 0: no exact GIL figure) */
     int workers;            /* live workers at the window's end */
     int busy;               /* workers not idle at the window's end */
     long queue_length;      /* tasks waiting at the window's end */

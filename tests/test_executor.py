@@ -117,6 +117,47 @@ def test_stats_contents() -> None:
     assert isinstance(s["last_reason"], str)
 
 
+def _window_while(task: Callable[[], Any], workers: int) -> Dict[str, Any]:
+    """The pool's last window while each of `workers` workers runs `task` in a loop (one
+    task that does not finish during the windows)."""
+    with AdaptiveExecutor(workers, min_workers=workers) as ex:
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.is_set():
+                task()
+
+        futures = [ex.submit(loop) for _ in range(workers)]
+        try:
+            assert poll(lambda: ex.stats()["busy"] == workers)
+            start = ex.stats()["windows"]
+            assert poll(lambda: ex.stats()["windows"] >= start + 2)
+            return ex.stats()["window"]
+        finally:
+            stop.set()
+            for f in futures:
+                f.result(timeout=HANG)
+
+
+def test_window_gil_busy() -> None:
+    """The workers' GIL-busy share: near 1 while they run Python, near 0 while they sleep
+    (in-flight tasks count: these never finish during the windows)."""
+    gil_adapt.install()
+    if gil_adapt.capabilities()["gil_wait"] != "exact":
+        pytest.skip("no GIL hook here: gil_busy is unknown (None)")
+
+    def spin() -> None:
+        end = time.perf_counter() + 0.002
+        while time.perf_counter() < end:
+            pass
+
+    busy = _window_while(spin, 2)["gil_busy"]
+    idle = _window_while(lambda: time.sleep(0.002), 2)["gil_busy"]
+    assert busy is not None and idle is not None
+    assert 0.6 <= busy <= 1.0, busy
+    assert 0.0 <= idle <= 0.3, idle
+
+
 def test_stats_after_shutdown() -> None:
     ex = AdaptiveExecutor(2)
     ex.submit(abs, -1).result(timeout=HANG)

@@ -53,6 +53,7 @@ struct sim {
     /* window sums */
     double w_done, w_wall, w_cpu, w_held, w_gwait, w_io, w_runq;
     double w_iop; /* I/O as the ledger's partition books it: run-queue time is not I/O */
+    double w_from, w_busy; /* the window's start; the time the GIL was held in it */
 };
 
 /* ---- heaps keyed by thr.key ------------------------------------------------------ */
@@ -165,6 +166,14 @@ static void end_cpu(sim *s, int id, double left)
     double q = (s->now - t->run_since) - (t->run_work - left);
     if (q > 0)
         t->runq += q;
+}
+
+/* The GIL's holding that began at hold_start ends now: book its part in the window. */
+static void hold_end(sim *s)
+{
+    double from = s->hold_start > s->w_from ? s->hold_start : s->w_from;
+    if (s->now > from)
+        s->w_busy += s->now - from;
 }
 
 /* ---- the GIL (CPython's take_gil/drop_gil on glibc's condition variable) -------------
@@ -372,6 +381,7 @@ static void cpu_done(sim *s, int id)
     thr *t = &s->t[id];
     if (t->state == T_PY) {
         s->holder = -1;
+        hold_end(s);
         t->held_wall += s->now - s->hold_start;
         if (t->epilogue == PH_EPILOGUE) {
             finish_task(s, id); /* the next task's Python goes on with the GIL */
@@ -485,6 +495,8 @@ void sim_run(sim *s, double seconds, gla_ctl_window *out)
 {
     double end = s->now + seconds;
     s->w_done = s->w_wall = s->w_cpu = s->w_held = s->w_gwait = s->w_io = s->w_runq = s->w_iop = 0;
+    s->w_busy = 0;
+    s->w_from = s->now;
     for (;;) {
         double r = core_rate(s);
         double t_cpu = s->cpu.len ? s->now + (s->t[s->cpu.a[0]].key - s->vtime) / r : INFINITY;
@@ -508,6 +520,8 @@ void sim_run(sim *s, double seconds, gla_ctl_window *out)
         if (end <= next) {
             s->vtime += (end - s->now) * r;
             s->now = end;
+            if (s->holder >= 0)
+                hold_end(s);
             break;
         }
         if (next < s->now)
@@ -532,6 +546,7 @@ void sim_run(sim *s, double seconds, gla_ctl_window *out)
             heap_remove(s, &s->cpu, id);
             end_cpu(s, id, left > 0 ? left : 0);
             s->holder = -1;
+            hold_end(s);
             s->t[id].held_wall += s->now - s->hold_start;
             gil_signal(s);
             s->t[id].state = T_GIL_WAIT;
@@ -563,6 +578,7 @@ void sim_run(sim *s, double seconds, gla_ctl_window *out)
     }
     out->beta = s->w_gwait + s->w_io > 0 ? s->w_gwait / (s->w_gwait + s->w_io) : -1;
     out->runq_share = s->w_wall > 0 ? s->w_runq / s->w_wall : -1;
+    out->gil_busy = seconds > 0 ? s->w_busy / seconds : -1;
     out->workers = s->live;
     out->busy = s->live;
     out->queue_length = 100000;

@@ -34,7 +34,8 @@
  * the cores — the saturation cliff. Thread start and retirement are free; I/O waits need
  * no CPU. The run-queue share reported is the finished tasks' time needing a core without
  * one, over their wall time; their I/O (task_io_s) is booked as the ledger's partition
- * books it: wall less CPU, GIL wait and that run-queue time.
+ * books it: wall less CPU, GIL wait and that run-queue time. gil_busy is the share of the
+ * window some thread held the GIL (holdings under way included), as the pool measures it.
  */
 #ifndef GIL_ADAPT_TEST_SIM_H
 #define GIL_ADAPT_TEST_SIM_H

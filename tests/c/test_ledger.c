@@ -326,6 +326,30 @@ static void *sem_blocker(void *p)
     return NULL;
 }
 
+/* Another thread's view of a record's GIL-held time (the pool's monitor reads its
+ * workers' this way). */
+typedef struct {
+    const gla_thread *t;
+    uint64_t held;
+} held_read;
+
+static void *held_reader(void *arg)
+{
+    held_read *r = arg;
+    r->held = gla_hook_gil_held_ns(r->t, gla_now_ns());
+    return NULL;
+}
+
+static uint64_t held_from_other_thread(const gla_thread *t)
+{
+    held_read r = {t, 0};
+    pthread_t th;
+    if (pthread_create(&th, NULL, held_reader, &r) != 0)
+        return 0;
+    pthread_join(th, NULL);
+    return r.held;
+}
+
 static void test_hook(void)
 {
     const void *anchor = (const void *)waiter_anchor;
@@ -369,12 +393,21 @@ static void test_hook(void)
     sleep_ms(20);
     uint64_t live = gla_hook_self_gil_held_ns() - live0;
     CHECK(live >= 19 * MS, "held so far (in progress) %llu", (unsigned long long)live);
+    uint64_t seen = held_from_other_thread(me_gil) - held0;
+    CHECK(seen >= 19 * MS && seen < 500 * MS, "held so far, seen from another thread %llu",
+          (unsigned long long)seen);
     waiter_mutex_lock(&g_fake_gil.mutex); /* held: a drop, not a take */
     g_fake_gil.locked = 0;
     waiter_cond_signal(&g_gil);
     pthread_mutex_unlock(&g_fake_gil.mutex);
     uint64_t held = gla_ledger_wait(me_gil, GLA_GIL_HELD) - held0;
     CHECK(held >= 19 * MS && held < 500 * MS, "GIL held %llu", (unsigned long long)held);
+    CHECK(held >= seen, "held %llu, less than seen in progress %llu", (unsigned long long)held,
+          (unsigned long long)seen);
+    sleep_ms(5);
+    CHECK(held_from_other_thread(me_gil) == gla_ledger_wait(me_gil, GLA_GIL_HELD),
+          "a holding still open after the drop");
+    CHECK(gla_hook_gil_held_ns(NULL, gla_now_ns()) == 0, "no record: 0");
 
     /* A semaphore wait that blocks counts as a lock wait. */
     sem_init(&g_sem, 0, 0);

@@ -405,6 +405,8 @@ static double script_policy(void *ctx, const gla_pool_window *w, gla_pool_decisi
     }
     if (w->window_s <= 0 || w->workers < 0 || w->busy > w->workers || w->queue_length < 0)
         atomic_fetch_add(&g_policy_bad, 1);
+    if (!(w->gil_busy < 0)) /* no GIL hook in this pool (gil_wait_known = 0): unknown */
+        atomic_fetch_add(&g_policy_bad, 1);
     static const int script[] = {4, 4, 2, 6, 1, 3};
     d->target = script[k % 6];
     d->action = k % 3 == 0 ? GLA_POOL_GROW : (k % 3 == 1 ? GLA_POOL_SHRINK : GLA_POOL_VETO);
