@@ -27,13 +27,15 @@
                                   size in force... */
 #define IDLE_CAP 2.0           /* ...a step up that loses nothing is kept, up to this many
                                   times the demand-based size, */
-#define U_SAT 0.97             /* GIL-bound, the workers holding the GIL this share of the
-                                  time: it is saturated (a hand-off leaves it idle a moment:
-                                  CPython here, 8-64 threads of 10 ms Python: 0.971-0.980) */
-#define U_GAIN 0.01            /* a step must move the GIL-busy share by 1 % to count */
 #define IDLE_TASK_S 3e-3       /* ...for tasks that hold the GIL this long (shorter ones
                                   lose a larger share to the hand-offs themselves: more
                                   threads do not fill that) */
+#define U_SAT 0.97             /* GIL-bound, the workers holding the GIL this share of the
+                                  time: it is saturated (a hand-off leaves it idle a moment:
+                                  CPython here, 8-64 threads of 10 ms Python: 0.971-0.980) */
+#define U_KEEP 0.005           /* below U_SAT, a step up that kept the GIL-busy share within
+                                  this is kept */
+#define U_GAIN 0.01            /* a step down may lose this much of the GIL-busy share */
 
 static int clamp(const gla_ctl *c, double n)
 {
@@ -479,7 +481,7 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
             double spread = noise(c, c->base_done, w->completed, GAIN - 1);
             int may_fill = by_u && c->base_u < U_SAT && c->little_smooth > 0 &&
                            c->target <= IDLE_CAP * c->little_smooth && rate >= c->base_rate * (1 - spread);
-            int filled = may_fill && u_step > c->base_u * (1 + U_GAIN);
+            int filled = may_fill && u_step >= c->base_u * (1 - U_KEEP);
             int gained = rate > c->base_rate * (1 + spread);
             if (may_fill && !filled && !gained && !c->u_again) {
                 /* below saturation one window's share spreads a few per cent (convoys

@@ -40,7 +40,8 @@ static double urand(void)
 #define EVAL_MAX_S 3000.0
 #define EVAL_TOP 3       /* search candidates evaluated: the optimum is the best of them */
 #define RUN_S 20.0       /* the controller's run from start */
-#define WORST_STEADY 0.88 /* no workload below this share of its optimum */
+#define WORST_STEADY 0.95 /* no workload below this share of its optimum (0.88 until the
+                             steps were judged on the GIL-busy share: worst then 0.916) */
 
 /* Throughput of a fixed pool of n on the evaluation tasks (another seed than the search's),
  * measured long: what holding n workers is worth. Memoized per workload. Long means at
@@ -375,12 +376,13 @@ static void test_random_workloads(int count)
      * nearest its timeout, barging, a hand-off after native code) 8 below 97 % (worst
      * 0.916) and 8 slower than 3 s: pools held below a slow rise toward the GIL's or the
      * cores' limit (workload 48: best 77 workers, held 39, 0.941). With steps judged on
-     * the workers' GIL-busy share where the GIL is the bottleneck: 3 below (worst 0.918,
-     * workload 776: its windows' share at 23-29 workers spreads 2-5 %, 29 held) and 6
-     * slower than 3 s, all on 2-4 cores.
+     * the workers' GIL-busy share where the GIL is the bottleneck (kept while the GIL
+     * idles at the base unless the share fell): 2 below (worst 0.968, workload 324, 3
+     * cores: best 91, held 57; 901, 4 cores: 0.969) and 6 slower than 3 s (slowest
+     * 10.5 s), all on 2-4 cores.
      * With the earlier FIFO GIL the figures were 9 / 0.917 / 9, but its misses were
      * peaks CPython does not have (benchmarks/sim_vs_real.py). */
-    CHECK(below97 <= count / 100, "%d of %d workloads below 97 %% of optimum", below97, count);
+    CHECK(below97 <= count / 200, "%d of %d workloads below 97 %% of optimum", below97, count);
     CHECK(slow <= count / 100 + 1, "%d of %d workloads slower than 3 s to converge", slow, count);
 }
 
@@ -488,6 +490,48 @@ static void test_dip_is_not_collapse(int slow_windows)
     }
 }
 
+/* GIL-bound windows (10 ms Python, 100 ms I/O, 2 cores, a deep queue) whose GIL-busy share
+ * rises past the demand-based size L (0.80 at L, saturated at 1.5 L) while the count of
+ * tasks falls 3 % per x1.25 step (inside its noise for windows of a few dozen tasks): with
+ * the share measured the pool grows into the GIL's idle time; without it (gil_busy < 0) the
+ * counts keep it near L. Returns the final target / L. */
+static double gil_fill_case(int share_known)
+{
+    gla_ctl c;
+    gla_ctl_init(&c, 1, 2048, 2);
+    gla_ctl_window w;
+    memset(&w, 0, sizeof w);
+    w.window_s = 0.5;
+    w.task_cpu_s = w.task_gil_held_s = 0.010;
+    w.task_gil_wait_s = 0.005;
+    w.task_io_s = 0.100;
+    w.task_wall_s = 0.115;
+    w.beta = 0.05;
+    w.runq_share = 0;
+    w.queue_length = 5000;
+    w.usable_cores = 2;
+    w.completed = 40;
+    double L = gla_ctl_little_size(&w, 2);
+    for (int i = 0; i < 200; i++) {
+        int n = c.target;
+        double x = n / L;
+        w.workers = w.busy = n;
+        w.completed = w.window_s * 80 * (x > 1 ? pow(x, -0.135) : x);
+        double u = x < 1 ? 0.80 * x : 0.80 + 0.36 * (x - 1);
+        w.gil_busy = share_known ? (u > 0.98 ? 0.98 : u) : -1;
+        gla_ctl_decision d = gla_ctl_step(&c, &w);
+        CHECK(d.target >= 1 && d.target <= 2048, "target %d", d.target);
+    }
+    return c.target / L;
+}
+
+static void test_gil_fill(void)
+{
+    double known = gil_fill_case(1), unknown = gil_fill_case(0);
+    CHECK(known >= 1.4 && known <= 2.0, "GIL-busy share known: held %.2f x the demand-based size", known);
+    CHECK(unknown <= 1.3, "share unknown: held %.2f x the demand-based size", unknown);
+}
+
 static void test_collapse(void)
 {
     test_dip_is_not_collapse(1);
@@ -499,6 +543,7 @@ static void test_collapse(void)
 int main(void)
 {
     test_collapse();
+    test_gil_fill();
     test_bounds_and_bad_input();
     test_directions();
 #if defined(__SANITIZE_THREAD__)
