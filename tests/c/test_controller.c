@@ -241,19 +241,27 @@ static void test_bounds_and_bad_input(void)
     sim_free(s);
 }
 
+/* A window of 40 tasks of `held` s of Python CPU (all of their CPU), `wall` s on the worker,
+ * I/O `io` (< 0: unknown), on `cores` cores, with a deep queue; nothing else known. */
+static void task_window(gla_ctl_window *w, double held, double wall, double io, double cores)
+{
+    memset(w, 0, sizeof *w);
+    w->window_s = 0.5;
+    w->completed = 40;
+    w->task_cpu_s = w->task_gil_held_s = held;
+    w->task_gil_wait_s = 0;
+    w->task_wall_s = wall;
+    w->task_io_s = io;
+    w->beta = w->runq_share = w->gil_busy = -1;
+    w->queue_length = 5000;
+    w->usable_cores = cores;
+}
+
 static void test_directions(void)
 {
     /* More I/O per task -> more workers; GIL-bound (no I/O) -> few. */
     gla_ctl_window w;
-    memset(&w, 0, sizeof w);
-    w.window_s = 1;
-    w.completed = 100;
-    w.task_cpu_s = 0.01;
-    w.task_gil_held_s = 0.01;
-    w.task_wall_s = 0.06;
-    w.task_gil_wait_s = 0;
-    w.task_io_s = -1;
-    w.usable_cores = 1;
+    task_window(&w, 0.01, 0.06, -1, 1);
     double mixed = gla_ctl_little_size(&w, 1);
     w.task_wall_s = 0.21;
     double more_io = gla_ctl_little_size(&w, 1);
@@ -421,17 +429,8 @@ static void test_phase_change(void)
 static void io_task_setup(gla_ctl *c, gla_ctl_window *w)
 {
     gla_ctl_init(c, 1, 2048, 1);
-    memset(w, 0, sizeof *w);
-    w->window_s = 0.5;
-    w->task_cpu_s = 0.0001;
-    w->task_gil_held_s = 0.0001;
-    w->task_gil_wait_s = 0;
-    w->task_wall_s = 0.2;
-    w->task_io_s = -1;
+    task_window(w, 0.0001, 0.2, -1, 1);
     w->beta = 0.1;
-    w->runq_share = -1;
-    w->queue_length = 5000;
-    w->usable_cores = 1;
 }
 
 /* Thousands of threads on one core can starve CPython completely (seen: an I/O task at
@@ -500,17 +499,10 @@ static double gil_fill_case(int share_known)
     gla_ctl c;
     gla_ctl_init(&c, 1, 2048, 2);
     gla_ctl_window w;
-    memset(&w, 0, sizeof w);
-    w.window_s = 0.5;
-    w.task_cpu_s = w.task_gil_held_s = 0.010;
+    task_window(&w, 0.010, 0.115, 0.100, 2);
     w.task_gil_wait_s = 0.005;
-    w.task_io_s = 0.100;
-    w.task_wall_s = 0.115;
     w.beta = 0.05;
     w.runq_share = 0;
-    w.queue_length = 5000;
-    w.usable_cores = 2;
-    w.completed = 40;
     double L = gla_ctl_little_size(&w, 2);
     for (int i = 0; i < 200; i++) {
         int n = c.target;
