@@ -438,8 +438,8 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
     switch (c->phase) {
     case GLA_CTL_SETTLE:
         if (u > 0 && c->base_u_n == 1) {
-            /* GIL-bound: the base is the mean of two windows (one window's GIL-busy
-             * share below saturation spreads a few per cent) */
+            /* GIL-bound: the base is the mean of two windows (below saturation one
+             * window's GIL-busy share spreads a few per cent: it can read saturated) */
             double tasks = c->base_done + w->completed;
             c->base_rate = tasks > 0 ? (c->base_rate * c->base_done + rate * w->completed) / tasks : rate;
             c->base_done = tasks;
@@ -450,7 +450,7 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
             c->base_done = w->completed;
             c->base_u = u > 0 ? u : 0;
             c->base_u_n = u > 0;
-            if (u > 0 && u < U_SAT) {
+            if (u > 0) {
                 snprintf(d.reason, sizeof d.reason, "%d workers: the GIL busy %.1f %% of the time: one more window",
                          c->target, u * 100);
                 d.target = c->target;
@@ -509,7 +509,7 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
                     c->veto_above = c->base;
                     c->collapse_veto = 1;
                     c->veto_windows = VETO_WINDOWS;
-                } else if (by_u && c->base_u < IDLE_FILL) {
+                } else if (by_u && c->base_u < U_SAT) {
                     /* the GIL idles at the base: one window of the step said no, the
                      * next probe may say otherwise (no veto) */
                 } else if (!c->collapse_veto) { /* a collapse's limit stays */
@@ -527,7 +527,7 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
         int up = clamp(c, ceil(c->base * 1.25));
         /* GIL-bound and the GIL idle at this size over several windows: growth is worth
          * another look, whatever one window said before (not past a collapse) */
-        int gil_idle = u > 0 && c->base_u_n >= 3 && c->base_u < IDLE_FILL && !c->collapse_veto;
+        int gil_idle = u > 0 && c->base_u_n >= 3 && c->base_u < U_SAT && !c->collapse_veto;
         if (up == c->base) {
             c->phase = GLA_CTL_PROBE_DOWN;
         } else if (c->veto_above && up > c->veto_above && !gil_idle) {

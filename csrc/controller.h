@@ -41,14 +41,14 @@
  *      size (windows of a few dozen tasks cannot show the few per cent below it).
  *      Where the GIL is the bottleneck and the hook measures it, steps are judged on the
  *      workers' GIL-busy share over the window (gil_busy: the work done, tasks in flight
- *      included; far steadier than the count of tasks finished): while the GIL is
- *      below 97 % busy at the base (the mean of two windows), a step up is kept unless
+ *      included; far steadier than the count of tasks finished): the base is the mean
+ *      of two windows; while the GIL is below 97 % busy there, a step up is kept unless
  *      the share fell by 0.5 % (a fall is looked at for a second window: the mean of the
  *      two decides) or the count fell by more than its noise, up to 2x the
  *      demand-based size, and probes down stop there; above 97 % only a rise in the
  *      count keeps it. A step down is kept if it lost less than 1 % of the share. Growth
- *      refused while the GIL idled over several windows is looked at again at the next
- *      probe (no veto).
+ *      refused while the GIL idled (below 97 %) over several windows is looked at again
+ *      at the next probe (no veto).
  *   3. Damp: the first window at a new size is not judged (retiring threads finish their
  *      tasks in it, new ones have not finished their first); the probe cadence backs off
  *      while the size holds.

@@ -378,8 +378,8 @@ static void test_random_workloads(int count)
     printf("random workloads: %d; worst steady state %.3f of optimum (%s); %d below 0.97; slowest "
            "convergence %.2f s (%s); %d slower than 3 s; fewest tasks finished %.3f of the optimum's\n",
            count, worst, worst_k, below97, worst_conv, worst_conv_k, slow, worst_real);
-    /* The issue's bar is 97 % for every workload and 3 s: not met by this controller in
-     * this simulator. What it meets is held here, so that a regression fails: with the
+    /* The issue's bar is 97 % for every workload and 3 s. The first half is met and held
+     * here; of the second, what it meets is held, so that a regression fails. With the
      * simulator's CPython GIL (sim.h, 2026-12-01: timed waits, signal to the waiter
      * nearest its timeout, barging, a hand-off after native code) 8 below 97 % (worst
      * 0.916) and 8 slower than 3 s: pools held below a slow rise toward the GIL's or the
@@ -387,11 +387,14 @@ static void test_random_workloads(int count)
      * the workers' GIL-busy share where the GIL is the bottleneck (kept while the GIL
      * idles at the base unless the share fell): 2 below (worst 0.968, workload 324, 3
      * cores: best 91, held 57; 901, 4 cores: 0.969) and 6 slower than 3 s (slowest
-     * 10.5 s), all on 2-4 cores.
+     * 10.5 s), all on 2-4 cores; with the base always the mean of two windows and the
+     * GIL counted idle below 97 % (not 95 %): none below 97 % (worst 0.970), 5 slower
+     * than 3 s (slowest 13.6 s: exponential demands, probes below 95 % of the optimum
+     * late in the run).
      * With the earlier FIFO GIL the figures were 9 / 0.917 / 9, but its misses were
      * peaks CPython does not have (benchmarks/sim_vs_real.py). */
-    CHECK(below97 <= count / 200, "%d of %d workloads below 97 %% of optimum", below97, count);
-    CHECK(slow <= count / 100 + 1, "%d of %d workloads slower than 3 s to converge", slow, count);
+    CHECK(below97 == 0, "%d of %d workloads below 97 %% of optimum", below97, count);
+    CHECK(slow <= count / 200 + 1, "%d of %d workloads slower than 3 s to converge", slow, count);
 }
 
 static void test_phase_change(void)
