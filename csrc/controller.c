@@ -477,12 +477,11 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
             double fill = c->base_rate * c->bneck_s;
             int idle = !by_u && fill > 0 && fill < IDLE_FILL && c->held_s >= IDLE_TASK_S && c->little_smooth > 0 &&
                        c->target <= IDLE_CAP * c->little_smooth && rate >= c->base_rate * KEEP;
-            /* GIL-bound with the GIL idle part of the time at the base: kept if the
-             * workers hold it more of the time (the count of tasks cannot show the
-             * few per cent), the count not collapsed */
-            /* (and the count of tasks not down by more than its noise: a holder that
-             * shares its core with hundreds of waking waiters holds the GIL longer for
-             * the same work) */
+            /* GIL-bound (2+ cores) with the GIL idle part of the time at the base (its
+             * busy share under U_SAT): kept unless the workers hold it less of the time
+             * (the count of tasks cannot show the few per cent a step is worth) or the
+             * count fell by more than its noise (a holder that shares its core holds
+             * the GIL longer for the same work) */
             double spread = noise(c, c->base_done, w->completed, GAIN - 1);
             int may_fill = by_u && c->base_u < U_SAT && c->little_smooth > 0 &&
                            c->target <= IDLE_CAP * c->little_smooth && rate >= c->base_rate * (1 - spread);
