@@ -113,12 +113,13 @@ static __thread uint64_t tls_gil_wanted_since __attribute__((tls_model("initial-
 static _Atomic(gla_thread *) g_holder;
 static _Atomic uint64_t g_holder_since;
 
-static inline void gil_taken(uint64_t now)
+/* t: the taking thread's record (gla_ledger_self_nosys, which the callers already read). */
+static inline void gil_taken(gla_thread *t, uint64_t now)
 {
     tls_held_since = now;
     tls_gil_wanted_since = 0; /* waiter thinning: this take ends the thread's wait */
     atomic_store_explicit(&g_holder_since, now, memory_order_relaxed);
-    atomic_store_explicit(&g_holder, gla_ledger_self_nosys(), memory_order_release);
+    atomic_store_explicit(&g_holder, t, memory_order_release);
 }
 
 static inline void gil_dropped(uint64_t now)
@@ -194,7 +195,7 @@ static int hook_cond_timedwait(pthread_cond_t *cond, pthread_mutex_t *mutex,
                                     : atomic_load_explicit(signal_ns, memory_order_relaxed);
     uint64_t t1 = gil_end(t, t0, wake, tail_kind_of(signal_ns));
     if (signal_ns == &g_gil_signal_ns && !gil_locked(cond))
-        gil_taken(t1);
+        gil_taken(t, t1);
     return rc;
 }
 
@@ -273,8 +274,9 @@ static int hook_mutex_lock(pthread_mutex_t *mutex)
     if (__builtin_expect(mutex != atomic_load_explicit(&g_gil_mutex, memory_order_relaxed), 1))
         return pthread_mutex_lock(mutex);
     const void *cond = atomic_load_explicit(&g_gil_cond, memory_order_relaxed);
+    gla_thread *self = NULL;
     if (cond) {
-        gla_thread *t = gla_ledger_self_nosys();
+        gla_thread *t = self = gla_ledger_self_nosys();
         if (tls_held_since) {
             gla_ledger_add_wait(t, GLA_GIL_DROPS, 1);
             sample_begin(t, SAMPLE_DROP);
@@ -291,7 +293,7 @@ static int hook_mutex_lock(pthread_mutex_t *mutex)
         gil_end(t, t0, 0, GLA_GIL_TAIL);
     }
     if (rc == 0 && cond && !tls_held_since && !gil_locked(cond))
-        gil_taken(mono_ns());
+        gil_taken(self, mono_ns());
     return rc;
 }
 
