@@ -202,6 +202,36 @@ static int collapsed(double before, double a, double rate, double b)
     return rate < (1 - fell) * before;
 }
 
+/* Throughput collapsed above `back` (the rate there: `rate`, on `done` tasks): no growth
+ * past it, for good, once the size gone back to confirms it (collapse_lifted). */
+static void limit_collapse(gla_ctl *c, int back, double rate, double done)
+{
+    c->veto_above = back;
+    c->collapse_veto = 1;
+    c->veto_windows = VETO_WINDOWS;
+    c->collapse_check = 1;
+    c->collapse_rate = rate;
+    c->collapse_done = done;
+}
+
+/* The first judged window at the size gone back to after a collapse: the interpreter's
+ * limit if throughput came back there (by more than the noise); if not, the machine
+ * slowed for a spell (seen on this VM: one core, 0.1 ms tasks, 12,000 tasks/s for a
+ * second, then 6,700 at the same size), and the limit goes. Returns 1 if lifted. */
+static int collapse_lifted(gla_ctl *c, const gla_ctl_window *w, double rate)
+{
+    if (!c->collapse_check || c->fresh || w->completed < MIN_TASKS || w->workers > c->veto_above)
+        return 0;
+    c->collapse_check = 0;
+    double spread = noise(c, c->collapse_done, w->completed, GAIN - 1);
+    if (rate > c->collapse_rate * (1 + spread))
+        return 0;
+    c->veto_above = 0;
+    c->collapse_veto = 0;
+    c->veto_windows = 0;
+    return 1;
+}
+
 /* A step up from the size in force to n: remember the rate it had, to catch a collapse. */
 static void note_step(gla_ctl *c, const gla_ctl_window *w, double rate, int n)
 {
@@ -284,9 +314,7 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
                 from = clamp(c, was / 2); /* the edge is not sharp: keep clear of it */
             set_base(c, from);
             c->little_goal = 0;
-            c->veto_above = from;
-            c->collapse_veto = 1;
-            c->veto_windows = VETO_WINDOWS;
+            limit_collapse(c, from, rate, w->completed);
             d.action = GLA_CTL_VETO;
             snprintf(d.reason, sizeof d.reason,
                      "throughput fell from %.0f to %.0f tasks/s at %d workers: back to %d",
@@ -294,6 +322,13 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
             d.target = c->target;
             return d;
         }
+    }
+    if (collapse_lifted(c, w, rate)) {
+        snprintf(d.reason, sizeof d.reason,
+                 "%.0f tasks/s at %d workers, no more than at the larger size (%.0f): no collapse, "
+                 "growth allowed again", rate, w->workers, c->collapse_rate);
+        d.target = c->target;
+        return d;
     }
     /* 1. Little's law: size at once on start and on a phase change (one finished task
      * is enough to know the demands roughly; the estimate sharpens as more finish). */
@@ -400,9 +435,7 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
             c->good_size = back;
             set_base(c, back);
             c->little_goal = 0;
-            c->veto_above = back;
-            c->collapse_veto = 1;
-            c->veto_windows = VETO_WINDOWS;
+            limit_collapse(c, back, rate, w->completed);
             say(&d, GLA_CTL_VETO, "no task finished at %.0f workers: back to %.0f",
                 (double)from, (double)back);
         } else if (c->good_size == 0 && w->queue_length > 0 && w->completed < 1 &&
@@ -510,9 +543,7 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
             } else {
                 if (collapsed(c->base_rate, c->base_done, rate, w->completed)) {
                     /* the step up collapsed the interpreter: a lasting limit */
-                    c->veto_above = c->base;
-                    c->collapse_veto = 1;
-                    c->veto_windows = VETO_WINDOWS;
+                    limit_collapse(c, c->base, rate, w->completed);
                 } else if (by_u && c->base_u < U_SAT) {
                     /* the GIL idles at the base: one window of the step said no, the
                      * next probe may say otherwise (no veto) */

@@ -28,7 +28,8 @@
  *      one that completed tasks (an interpreter starved by thousands of threads), the pool
  *      goes back to that size and growth past it is vetoed for a while. A step up after
  *      which throughput collapses for two windows in a row (one can be the machine's
- *      noise) goes back too, with a limit that lasts.
+ *      noise) goes back too, with a limit that lasts, unless throughput does not come
+ *      back at the size gone back to (the machine slowed for a spell): then it is lifted.
  *   2. Refine on measured throughput while tasks are queued: probe one step up (x1.25) and
  *      then down; a step up is kept if throughput rose by more than the noise
  *      (two standard deviations of the difference of two windows: from the spread of
@@ -113,13 +114,16 @@ typedef struct gla_ctl {
     int veto_above;          /* growth past this was refused recently (0 = none) */
     int veto_windows;        /* windows the veto still holds */
     int fresh;               /* the last decision changed the size: its first window is transient */
-    int collapse_veto;
+    int collapse_veto;       /* the veto is a collapse's (throughput fell to a trickle above it) */
+    int collapse_check;      /* ...not yet confirmed by the size gone back to: */
+    double collapse_rate;    /* the throughput at the collapsed size (tasks/s) */
+    double collapse_done;    /* tasks that rate was measured on */
     double ramp_rate;        /* throughput before the last step up (0 = nothing to check) */
     int ramp_size;           /* the size before it */
     double ramp_done;        /* tasks that rate was measured on */
     double ramp_held;        /* the tasks' GIL-held time then (a phase change is no collapse) */
     int ramp_strikes;        /* windows in a row that looked collapsed after that step */
-    int stalls;              /* consecutive windows with nothing finished above good_size */       /* the veto is a collapse's (no task finished above it) */
+    int stalls;              /* consecutive windows with nothing finished above good_size */
     double little_size;      /* last demand-based size (0 = none) */
     double little_smooth;    /* its moving average: probes down stop there (0 = none) */
     double model_cap;        /* little_smooth when a step below it paid (0 = none) */

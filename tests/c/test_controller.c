@@ -492,6 +492,38 @@ static void test_dip_is_not_collapse(int slow_windows)
     }
 }
 
+/* The machine slowing for a spell (every size at 40 % for 8 windows, from the first window
+ * of a step up past 256 workers) reads as a collapse: the pool goes back. But throughput
+ * does not come back at the smaller size, so the limit is lifted, and growth goes on past
+ * the size that "collapsed" once the spell is over. */
+static void test_slow_spell_is_not_collapse(void)
+{
+    gla_ctl c;
+    gla_ctl_window w;
+    io_task_setup(&c, &w);
+    int spell = -1, went_back = 0, lifted = 0, peak_before = 0, peak_after = 0;
+    for (int i = 0; i < 80; i++) {
+        int n = c.target;
+        w.workers = w.busy = n;
+        if (spell < 0 && n > 256)
+            spell = i;
+        double slow = spell >= 0 && i < spell + 8 ? 0.4 : 1;
+        w.completed = n * w.window_s / w.task_wall_s * slow;
+        gla_ctl_decision d = gla_ctl_step(&c, &w);
+        if (d.action == GLA_CTL_VETO && d.target < n && spell >= 0 && !went_back) {
+            went_back = 1;
+            peak_before = n;
+        }
+        if (went_back && strstr(d.reason, "no collapse"))
+            lifted = 1;
+        if (went_back && d.target > peak_after)
+            peak_after = d.target;
+    }
+    CHECK(went_back, "the slow spell did not send the pool back (target %d)", c.target);
+    CHECK(lifted, "the limit was not lifted when the smaller size was as slow");
+    CHECK(peak_after > peak_before, "no growth past %d after the spell (peak %d)", peak_before, peak_after);
+}
+
 /* GIL-bound windows (10 ms Python, 100 ms I/O, 2 cores, a deep queue) whose GIL-busy share
  * rises past the demand-based size L (0.80 at L, saturated at 1.5 L) while the count of
  * tasks falls 3 % per x1.25 step (inside its noise for windows of a few dozen tasks): with
@@ -531,6 +563,7 @@ static void test_collapse(void)
 {
     test_dip_is_not_collapse(1);
     test_dip_is_not_collapse(2);
+    test_slow_spell_is_not_collapse();
     test_collapse_case(0);    /* nothing finishes */
     test_collapse_case(0.03); /* a trickle: 3 % of the rate Little's law expects */
 }
