@@ -13,6 +13,9 @@
 #define KEEP 0.98              /* a probe down may lose at most 2 % */
 #define PHASE_CHANGE 1.33      /* Little's-law size moving by a third: re-size */
 #define PHASE_WINDOWS 2        /* ...in this many consecutive windows */
+#define PHASE_SD 3.0           /* ...or by this many standard deviations of one window's
+                                  size, if more (exponential demands, windows of ~30
+                                  tasks: 10-20 % per window in the simulator) */
 #define RAMP 4                 /* growth toward Little's size: at most x4 a window */
 #define COLLAPSE 0.75          /* a step up that costs a quarter of the throughput (beyond 3
                                   standard deviations of the counts) is a collapse */
@@ -35,6 +38,10 @@
                                   CPython here, 8-64 threads of 10 ms Python: 0.971-0.980) */
 #define U_KEEP 0.005           /* below U_SAT, a step up that kept the GIL-busy share within
                                   this is kept */
+#define U_CORES 0.8            /* the share's rule where the cores' demand per task is at
+                                  most this share of the GIL's (both as measured: the GIL
+                                  time includes a holder's waits for a core, so a GIL and
+                                  cores loaded alike read as GIL-bound) */
 #define U_GAIN 0.01            /* a step down may lose this much of the GIL-busy share */
 
 static int clamp(const gla_ctl *c, double n)
@@ -263,6 +270,7 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
     if (demands(w, &held, &native, &io)) {
         c->bneck_s = bottleneck_of(held, native, window_cores(w, c->usable_cores));
         c->held_s = held;
+        c->cores_s = (held + native) / window_cores(w, c->usable_cores);
     }
     /* The GIL-busy share: where the GIL is the bottleneck, the work the pool gets done
      * (tasks/s x GIL time per task), measured over the whole window, tasks in flight
@@ -272,8 +280,12 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
      * there the holder shares its core with every thread that wakes (I/O returns,
      * waiters' timeouts, the submitter) and holds the GIL longer for the same work
      * (simulator, 1.54 ms Python, one core: the share 0.955 from 128 to 250 workers while
-     * throughput falls 5 %). */
-    double u = w->gil_busy >= 0 && c->held_s > 0 && c->bneck_s <= c->held_s && c->usable_cores >= 2
+     * throughput falls 5 %). Nor where the cores are loaded nearly as much as the GIL:
+     * there the GIL idles while the next holder waits for a core, and more threads do
+     * not fill it (simulator, workload 347: 0.54 ms Python + 0.58 native, 2 cores: the
+     * share flat at 0.88 from 270 to 660 workers, best 257; held 529, 0.966; with
+     * U_CORES 0.9 the same, 0.8 not). */
+    double u = w->gil_busy >= 0 && c->held_s > 0 && c->cores_s <= c->held_s * U_CORES && c->usable_cores >= 2
                    ? w->gil_busy : -1;
     if (w->completed >= 1) {
         c->rate_ewma = c->rate_ewma > 0 ? 0.7 * c->rate_ewma + 0.3 * rate : rate;
@@ -335,12 +347,29 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
     double little = gla_ctl_little_size(w, c->usable_cores);
     if (little > 0) {
         double prev = c->little_ref;
+        /* How far one window's size strays from the average: the spread of the demands
+         * over a window's tasks (log scale; winsorized at the limit, so a phase change's
+         * own step does not blind the detector to the next one). Kept across phases. */
+        double lim = log(PHASE_CHANGE);
+        if (c->little_var_n >= 4 && PHASE_SD * sqrt(c->little_var) > lim)
+            lim = PHASE_SD * sqrt(c->little_var);
+        if (c->little_smooth > 0) {
+            double dev = log(little / c->little_smooth);
+            dev = dev > lim ? lim : dev < -lim ? -lim : dev;
+            c->little_var = c->little_var_n > 0 ? 0.8 * c->little_var + 0.2 * dev * dev : dev * dev;
+            c->little_var_n++;
+        }
         c->little_size = little;
         c->little_smooth = c->little_smooth > 0 ? 0.7 * c->little_smooth + 0.3 * little : little;
         /* A phase change must hold for PHASE_WINDOWS windows in one direction: the window
          * after a resize (threads starting, a burst of GIL hand-offs) moves the demands
-         * for a moment, and re-sizing on it alone oscillates between two sizes. */
-        int dir = little > prev * PHASE_CHANGE ? 1 : little * PHASE_CHANGE < prev ? -1 : 0;
+         * for a moment, and re-sizing on it alone oscillates between two sizes. It must
+         * also be more than the demands' noise: with exponential demands a window's size
+         * strays by a third now and then, twice in a row once in a few hundred windows,
+         * and each such re-size loses what the probes had found (simulator, workload 245:
+         * 51 -> 31 workers at 13 s). */
+        double moved = prev > 0 ? log(little / prev) : 0;
+        int dir = moved > lim ? 1 : moved < -lim ? -1 : 0;
         if (dir == 0 || (c->little_moved != 0 && (c->little_moved > 0) != (dir > 0)))
             c->little_moved = dir;
         else

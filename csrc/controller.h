@@ -40,7 +40,8 @@
  *      up to 2x the demand-based size, and then probes down stop there; else it is
  *      a VETO not retried for a while; steps down go no lower than the demand-based
  *      size (windows of a few dozen tasks cannot show the few per cent below it).
- *      Where the GIL is the bottleneck and the hook measures it, steps are judged on the
+ *      Where the GIL is the bottleneck (the cores' demand per task at most 80 % of its)
+ *      and the hook measures it, steps are judged on the
  *      workers' GIL-busy share over the window (gil_busy: the work done, tasks in flight
  *      included; far steadier than the count of tasks finished): the base is the mean
  *      of two windows; while the GIL is below 97 % busy there, a step up is kept unless
@@ -53,9 +54,10 @@
  *   3. Damp: the first window at a new size is not judged (retiring threads finish their
  *      tasks in it, new ones have not finished their first); the probe cadence backs off
  *      while the size holds.
- *   4. Re-converge: when the demand-based size moves by more than a third for two windows
- *      in one direction (a phase change), re-size from it; when its moving average rises
- *      past the size in force by 10 %, follow it.
+ *   4. Re-converge: when the demand-based size moves by more than a third, and by more
+ *      than 3 standard deviations of one window's size about its moving average, for two
+ *      windows in one direction (a phase change), re-size from it; when its moving
+ *      average rises past the size in force by 10 %, follow it.
  * Windows are sized to the task rate (gla_ctl_window_s): long enough for ~30 tasks, at
  * least twice a task's wall time, between 0.05 s and 2 s.
  */
@@ -130,12 +132,15 @@ typedef struct gla_ctl {
     double bneck_s;          /* the bottleneck's (GIL or cores) demand per task, last
                                 measured (s) */
     double held_s;           /* GIL-held time per task, last measured (s) */
+    double cores_s;          /* CPU per task over the usable cores, last measured (s) */
     int idle_floor;          /* a step kept for an idle bottleneck reached this: no probes
                                 down below it (0 = none) */
     double rate_var;         /* relative variance of window throughputs at a held size */
     int rate_var_n;          /* windows rate_var is made of */
     double little_ref;       /* the Little's-law size last sized to (0 = none) */
     int little_moved;        /* consecutive windows whose size moved away from little_ref */
+    double little_var;       /* variance of one window's log size about little_smooth */
+    int little_var_n;        /* windows little_var is made of */
     int little_goal;         /* the size Little's law asked for while ramping to it (0 = none) */
     int good_size;           /* the most workers a window completed MIN_TASKS tasks with */
     double rate_ewma;        /* smoothed task rate, for window sizing */
