@@ -356,8 +356,10 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
         if (c->little_smooth > 0) {
             double dev = log(little / c->little_smooth);
             dev = dev > lim ? lim : dev < -lim ? -lim : dev;
-            c->little_var = c->little_var_n > 0 ? 0.8 * c->little_var + 0.2 * dev * dev : dev * dev;
+            /* the mean of the first 20 windows, then a moving one over ~20 (an estimate
+             * from a handful of windows spreads by a quarter and more) */
             c->little_var_n++;
+            c->little_var += (dev * dev - c->little_var) / (c->little_var_n < 20 ? c->little_var_n : 20);
         }
         c->little_size = little;
         c->little_smooth = c->little_smooth > 0 ? 0.7 * c->little_smooth + 0.3 * little : little;
@@ -376,6 +378,12 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
             c->little_moved += dir;
         int changed = prev <= 0 || c->little_moved >= PHASE_WINDOWS ||
                       c->little_moved <= -PHASE_WINDOWS;
+        /* While no change is under way the reference is the average, not the one window
+         * that was sized on (during a ramp, one window of 16 workers read 40 where the
+         * demands' mean is 30: two windows at 27 re-sized the pool 16 s later, workload
+         * 568) */
+        if (!changed && dir == 0)
+            c->little_ref = c->little_smooth;
         if (changed) {
             c->little_ref = little;
             c->little_smooth = little;

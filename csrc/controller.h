@@ -56,8 +56,9 @@
  *      while the size holds.
  *   4. Re-converge: when the demand-based size moves by more than a third, and by more
  *      than 3 standard deviations of one window's size about its moving average, for two
- *      windows in one direction (a phase change), re-size from it; when its moving
- *      average rises past the size in force by 10 %, follow it.
+ *      windows in one direction from the size last sized to (while none is under way,
+ *      from the moving average), re-size from it; when its moving average rises past
+ *      the size in force by 10 %, follow it.
  * Windows are sized to the task rate (gla_ctl_window_s): long enough for ~30 tasks, at
  * least twice a task's wall time, between 0.05 s and 2 s.
  */
