@@ -46,7 +46,8 @@
  *      included; far steadier than the count of tasks finished): the base is the mean
  *      of two windows; while the GIL is below 97 % busy there, a step up is kept unless
  *      the share fell by 0.5 % (a fall is looked at for a second window: the mean of the
- *      two decides) or the count fell by more than its noise, up to 2x the
+ *      two decides, and a fall inside twice the standard error of the two sides'
+ *      windows is none) or the count fell by more than its noise, up to 2x the
  *      demand-based size, and probes down stop there; above 97 % only a rise in the
  *      count keeps it. A step down is kept if it lost less than 1 % of the share. Growth
  *      refused while the GIL idled (below 97 %) over several windows is looked at again
@@ -108,7 +109,8 @@ typedef struct gla_ctl {
     double base_rate;        /* throughput measured at base (tasks/s), 0 = none yet */
     double base_done;        /* tasks the base_rate was measured on */
     double base_u;           /* the workers' GIL-busy share at base (0 = unknown)... */
-    int base_u_n;            /* ...the mean of this many windows */
+    int base_u_n;            /* ...the mean of this many windows... */
+    double base_u_var;       /* ...whose variance is this (0 = unknown) */
     int u_again;             /* a step up is judged on a second window... */
     double u_first;          /* ...with the first one's GIL-busy share */
     gla_ctl_phase phase;

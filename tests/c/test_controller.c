@@ -393,11 +393,12 @@ static void test_random_workloads(int count)
      * late in the run); with phase changes judged against the demands' own spread
      * (3 sd of one window's size) and the share's rule only where the cores' demand is
      * at most 80 % of the GIL's: none below 97 % (worst 0.970), 2 slower than 3 s (776:
-     * 9.3 s, a step up judged on a convoy's window; 325: 3.1 s).
+     * 9.3 s, a step up judged on a convoy's window; 325: 3.1 s); with a fall of the share
+     * inside the windows' own spread no fall: 1 (325: 3.13 s).
      * With the earlier FIFO GIL the figures were 9 / 0.917 / 9, but its misses were
      * peaks CPython does not have (benchmarks/sim_vs_real.py). */
     CHECK(below97 == 0, "%d of %d workloads below 97 %% of optimum", below97, count);
-    CHECK(slow <= count / 500 + 1, "%d of %d workloads slower than 3 s to converge", slow, count);
+    CHECK(slow <= count / 1000 + 1, "%d of %d workloads slower than 3 s to converge", slow, count);
 }
 
 static void test_phase_change(void)
