@@ -436,8 +436,13 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
         d.target = c->target;
         return d;
     }
-    if (c->target < c->little_goal && w->completed >= MIN_TASKS &&
-        !(c->veto_above && c->target >= c->veto_above)) {
+    /* Each step of the ramp waits for a window that shows tasks finishing there; a full
+     * window's worth (MIN_TASKS) only where a collapse could be near (past RAMP_SLOW
+     * threads per core): below that one finished task will do (4 workers of 0.2 s
+     * tasks take 0.7 s to finish 8, simulator workload 325) */
+    double cores = c->usable_cores > 1 ? c->usable_cores : 1;
+    int shown = w->completed >= MIN_TASKS || (w->completed >= 1 && c->target * ramp(c) <= RAMP_SLOW * cores);
+    if (c->target < c->little_goal && shown && !(c->veto_above && c->target >= c->veto_above)) {
         int n = c->little_goal < c->target * ramp(c) ? c->little_goal : clamp(c, c->target * ramp(c));
         if (c->veto_above && n > c->veto_above)
             n = c->veto_above;

@@ -24,7 +24,8 @@
  *      bottleneck idle 10-20 % of the time because tasks reach it unevenly; the size used
  *      is the smallest that keeps it 99.5 % busy by mean-value analysis of the closed
  *      queueing network (one processor-shared station, one delay station). Large sizes
- *      are reached in steps of x4 per window; when no task finishes at a size larger than
+ *      are reached in steps of x4 per window (each once a task finished at the size
+ *      before; MIN_TASKS of them past 256 threads per core, where a collapse may be near); when no task finishes at a size larger than
  *      one that completed tasks (an interpreter starved by thousands of threads), the pool
  *      goes back to that size and growth past it is vetoed for a while. A step up after
  *      which throughput collapses for two windows in a row (one can be the machine's

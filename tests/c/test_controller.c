@@ -394,11 +394,12 @@ static void test_random_workloads(int count)
      * (3 sd of one window's size) and the share's rule only where the cores' demand is
      * at most 80 % of the GIL's: none below 97 % (worst 0.970), 2 slower than 3 s (776:
      * 9.3 s, a step up judged on a convoy's window; 325: 3.1 s); with a fall of the share
-     * inside the windows' own spread no fall: 1 (325: 3.13 s).
+     * inside the windows' own spread no fall: 1 (325: 3.13 s); with the ramp's small
+     * steps not waiting for a full window: none (slowest 2.70 s). Both bars are met.
      * With the earlier FIFO GIL the figures were 9 / 0.917 / 9, but its misses were
      * peaks CPython does not have (benchmarks/sim_vs_real.py). */
     CHECK(below97 == 0, "%d of %d workloads below 97 %% of optimum", below97, count);
-    CHECK(slow <= count / 1000 + 1, "%d of %d workloads slower than 3 s to converge", slow, count);
+    CHECK(slow == 0, "%d of %d workloads slower than 3 s to converge", slow, count);
 }
 
 static void test_phase_change(void)
@@ -528,6 +529,28 @@ static void test_slow_spell_is_not_collapse(void)
     CHECK(peak_after > peak_before, "no growth past %d after the spell (peak %d)", peak_before, peak_after);
 }
 
+/* The ramp toward a large demand-based size (0.4 ms CPU + 190 ms I/O on one core: ~70
+ * workers) from 4 workers whose windows finish 6 tasks each: small sizes on the way need
+ * no full window (no collapse is near), so it is there within 3 windows. */
+static void test_ramp_on_few_tasks(void)
+{
+    gla_ctl c;
+    gla_ctl_init(&c, 1, 2048, 1);
+    gla_ctl_window w;
+    task_window(&w, 0.0004, 0.1904, 0.190, 1);
+    w.completed = 1;
+    w.workers = w.busy = 1;
+    gla_ctl_step(&c, &w); /* sized from one task: ramping, 4 workers */
+    int start = c.target;
+    for (int i = 0; i < 3; i++) {
+        w.workers = w.busy = c.target;
+        w.window_s = 0.3;
+        w.completed = c.target * w.window_s / w.task_wall_s; /* 6 at 4 workers */
+        gla_ctl_step(&c, &w);
+    }
+    CHECK(start == 4 && c.target >= 64, "ramp from %d reached %d after 3 windows of few tasks", start, c.target);
+}
+
 /* Windows whose demands scatter as a window of ~30 exponential tasks' do (the I/O per task
  * log-normal, sd 0.18 about 100 ms; 5 ms of Python, 2 cores, a deep queue): the size holds,
  * no re-size on the scatter; then the I/O quadruples: re-sized within a few windows.
@@ -622,6 +645,7 @@ int main(void)
     test_collapse();
     test_gil_fill();
     test_noisy_demands();
+    test_ramp_on_few_tasks();
     test_bounds_and_bad_input();
     test_directions();
 #if defined(__SANITIZE_THREAD__)
