@@ -274,15 +274,14 @@ static int hook_mutex_lock(pthread_mutex_t *mutex)
     if (__builtin_expect(mutex != atomic_load_explicit(&g_gil_mutex, memory_order_relaxed), 1))
         return pthread_mutex_lock(mutex);
     const void *cond = atomic_load_explicit(&g_gil_cond, memory_order_relaxed);
-    gla_thread *self = NULL;
+    gla_thread *self = cond ? gla_ledger_self_nosys() : NULL;
     if (cond) {
-        gla_thread *t = self = gla_ledger_self_nosys();
         if (tls_held_since) {
-            gla_ledger_add_wait(t, GLA_GIL_DROPS, 1);
-            sample_begin(t, SAMPLE_DROP);
+            gla_ledger_add_wait(self, GLA_GIL_DROPS, 1);
+            sample_begin(self, SAMPLE_DROP);
         } else if (gil_locked(cond)) {
-            gla_ledger_add_wait(t, GLA_GIL_TAKES, 1);
-            sample_begin(t, SAMPLE_TAKE);
+            gla_ledger_add_wait(self, GLA_GIL_TAKES, 1);
+            sample_begin(self, SAMPLE_TAKE);
         }
     }
     int rc = pthread_mutex_trylock(mutex);

@@ -23,13 +23,19 @@ static int g_failures;
         }                                                                                  \
     } while (0)
 
+/* One xorshift64 step: a uniform in [0, 1). */
+static double uniform_next(unsigned long long *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return (double)(*s >> 11) / 9007199254740992.0;
+}
+
 static unsigned long long g_seed = 0x9E3779B97F4A7C15ull;
 static double urand(void)
 {
-    g_seed ^= g_seed << 13;
-    g_seed ^= g_seed >> 7;
-    g_seed ^= g_seed << 17;
-    return (double)(g_seed >> 11) / 9007199254740992.0;
+    return uniform_next(&g_seed);
 }
 
 #define WARM_S 2.0       /* fixed pools: start-up not counted */
@@ -566,12 +572,8 @@ static int noisy_demands_case(int *caught)
     *caught = -1;
     for (int i = 0; i < 400; i++) {
         double z = 0;
-        for (int k = 0; k < 12; k++) { /* ~normal(0, 1) */
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            z += (double)(x >> 11) / 9007199254740992.0;
-        }
+        for (int k = 0; k < 12; k++) /* ~normal(0, 1) */
+            z += uniform_next(&x);
         z -= 6;
         double io = 0.100 * exp(0.18 * z) * (i >= 300 ? 4 : 1);
         task_window(&w, 0.005, 0.005 + io, io, 2);
