@@ -18,24 +18,29 @@ Acceptance: adaptive >= 97 % of the oracle in every cell, and ahead of threads-5
 threads-512 falls off the cliff (more than 5 % under the oracle).
 
 The best of a sweep of single noisy runs is biased up (the maximum of ~12 draws), so with
---confirm R the sweep's best size and adaptive are then run R more times each,
-alternating, and the cell is judged on the ratio of those medians (both figures shown).
+--confirm R the sweep's best size and adaptive are then run R more times each, in pairs
+(ABBA order: the pair's first run alternates), measured over --confirm-measure seconds,
+and the cell is judged on the median of the R per-pair ratios (adaptive / best size):
+this VM's CPU speed drifts +-6 % between 6 s runs and pairs adjacent in time share the
+drift. The ratio of the two medians and a bootstrap 90 % interval of the judged ratio
+are printed beside it.
 
   python benchmarks/executor_vs_sweep.py [--cores 1,2] [--workloads mixed,micro,io]
-      [--sizes 1,2,4,...,2048] [--warmup 3] [--measure 3] [--reps 1] [--json out.json]
+      [--sizes 1,2,4,...,2048] [--warmup 3] [--measure 3] [--reps 1] [--fixed]
+      [--confirm R] [--confirm-measure 6] [--json out.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import subprocess
+import random
 import sys
 import textwrap
 import time
 from typing import Dict, List
 
-from _child import per_ms_pinned
+from _child import per_ms_pinned, run_json
 
 WORKLOADS = {"mixed": (10.0, 50.0), "micro": (0.1, 1.0), "io": (0.0, 50.0)}
 DEFAULT_SIZES = [1 << i for i in range(12)]  # 1 .. 2048
@@ -141,15 +146,13 @@ def calibrate_loop() -> float:
     return per_ms_pinned(lambda: _spin(200_000), 200_000)
 
 
-def run_once(cpus: int, workload: str, strategy: str, args: argparse.Namespace) -> Dict:
+def run_once(cpus: int, workload: str, strategy: str, args: argparse.Namespace,
+             measure: float = 0.0) -> Dict:
     cpu_ms, io_ms = WORKLOADS[workload]
+    measure = measure or args.measure
     cmd = [sys.executable, "-c", CHILD, str(cpus), str(cpu_ms), str(io_ms), strategy,
-           str(args.warmup), str(args.measure), str(args.inflight), str(args.per_ms)]
-    out = subprocess.run(cmd, capture_output=True, text=True,
-                         timeout=120 + 2 * (args.warmup + args.measure))
-    if out.returncode != 0:
-        return {"error": out.stderr.strip().splitlines()[-1:] or ["failed"]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+           str(args.warmup), str(measure), str(args.inflight), str(args.per_ms)]
+    return run_json(cmd, timeout=120 + 2 * (args.warmup + measure))
 
 
 def run(cpus: int, workload: str, strategy: str, args: argparse.Namespace) -> Dict:
@@ -161,6 +164,24 @@ def run(cpus: int, workload: str, strategy: str, args: argparse.Namespace) -> Di
     median = dict(ok[len(ok) // 2])
     median["all"] = [r["throughput"] for r in ok]
     return median
+
+
+def median(xs: List[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    return (s[n // 2] + s[(n - 1) // 2]) / 2.0
+
+
+def paired_verdict(best: List[float], ada: List[float]) -> Dict:
+    """Median of the per-pair ratios ada[i] / best[i], its bootstrap 90 % interval (2,000
+    resamples of the pairs, fixed seed) and the ratio of the two medians."""
+    ratios = [a / b for a, b in zip(ada, best) if b > 0]
+    if not ratios:
+        return {}
+    rng = random.Random(1)
+    boots = sorted(median([rng.choice(ratios) for _ in ratios]) for _ in range(2000))
+    return {"ratio": median(ratios), "low": boots[100], "high": boots[1899],
+            "ratio_of_medians": median(ada) / median(best)}
 
 
 def convergence_s(buckets: List[float], final: float) -> float:
@@ -183,7 +204,9 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=1, help="repetitions per point (median)")
     ap.add_argument("--confirm", type=int, default=0,
                     help="then run the sweep's best and adaptive this many times each, "
-                         "alternating, and judge on the ratio of their medians")
+                         "in pairs, and judge on the median of the per-pair ratios")
+    ap.add_argument("--confirm-measure", type=float, default=6.0,
+                    help="seconds measured in each confirming run")
     ap.add_argument("--fixed", action="store_true",
                     help="also run AdaptiveExecutor fixed at the oracle's size and at "
                          "adaptive's final size (overhead vs sizing)")
@@ -244,21 +267,28 @@ def main() -> int:
                               f"{v['throughput'] / oracle * 100:5.1f} % of oracle "
                               f"(AdaptiveExecutor held at {n} workers)")
             if args.confirm > 0:
-                pairs = {best_key: [], "adaptive": []}
-                for _ in range(args.confirm):
-                    for k in (best_key, "adaptive"):
-                        v = run_once(cpus, workload, k, args)
-                        if "throughput" in v:
+                pairs: Dict[str, List[float]] = {best_key: [], "adaptive": []}
+                for i in range(args.confirm):
+                    order = (best_key, "adaptive") if i % 2 == 0 else ("adaptive", best_key)
+                    got = {k: run_once(cpus, workload, k, args, args.confirm_measure)
+                           for k in order}
+                    if all("throughput" in v for v in got.values()):  # whole pairs only
+                        for k, v in got.items():
                             pairs[k].append(v["throughput"])
-                med = {k: sorted(v)[len(v) // 2] if v else 0.0 for k, v in pairs.items()}
                 cell["confirm"] = pairs
-                if med[best_key] > 0:
-                    ratio = med["adaptive"] / med[best_key]
-                print(f"   confirm x{args.confirm}: {best_key} "
-                      f"{'/'.join(f'{x:.0f}' for x in pairs[best_key])} (median {med[best_key]:.1f}), "
-                      f"adaptive {'/'.join(f'{x:.0f}' for x in pairs['adaptive'])} "
-                      f"(median {med['adaptive']:.1f}): ratio {ratio * 100:.1f} %")
-                oracle = med[best_key] or oracle
+                verdict = paired_verdict(pairs[best_key], pairs["adaptive"])
+                cell["confirm_verdict"] = verdict
+                if not verdict:
+                    failures.append(f"{cpus}c/{workload}: no confirming pair ran")
+                    continue
+                ratio = verdict["ratio"]
+                oracle = median(pairs[best_key])
+                print(f"   confirm x{len(pairs[best_key])} ({args.confirm_measure:g} s each): "
+                      f"{best_key} {'/'.join(f'{x:.0f}' for x in pairs[best_key])}, "
+                      f"adaptive {'/'.join(f'{x:.0f}' for x in pairs['adaptive'])}: "
+                      f"median pair ratio {ratio * 100:.1f} % (90 % interval "
+                      f"{verdict['low'] * 100:.1f}-{verdict['high'] * 100:.1f}; ratio of "
+                      f"medians {verdict['ratio_of_medians'] * 100:.1f} %)")
             t512 = sweep.get("threads-512")
             cliff = t512 is not None and t512 < 0.95 * oracle
             ok = ratio >= 0.97 and (not cliff or ratio * oracle > t512)
