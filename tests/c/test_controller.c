@@ -8,11 +8,14 @@
 #include "sim.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static int g_failures;
+static _Atomic int g_failures;
 #define CHECK(cond, ...)                                                                   \
     do {                                                                                   \
         if (!(cond)) {                                                                     \
@@ -57,10 +60,11 @@ static double urand(void)
  * window every 80 s). Run as the search runs it (stretched to 5 of its cycles) that
  * pool read 235.9 tasks/s, over 1,500 s 221.5, the same as 12 workers; the search took
  * it for the optimum and the 12 the controller held for a 4 % loss. */
-static sim_params g_eval;
-static double g_eval_s;   /* long enough for EVAL_TASKS tasks */
-static double g_eval_top; /* the search's best rate: sets the length of large pools' runs */
-static double g_rate[2049];
+/* Per thread: the random workloads run on every CPU this process may use. */
+static _Thread_local sim_params g_eval;
+static _Thread_local double g_eval_s;   /* long enough for EVAL_TASKS tasks */
+static _Thread_local double g_eval_top; /* the search's best rate: sets the length of large pools' runs */
+static _Thread_local double g_rate[2049];
 
 static void eval_reset(const sim_params *p)
 {
@@ -172,7 +176,7 @@ static run_result run(gla_ctl *c, sim *s, int max_workers, double seconds, doubl
     double tail_t = 0;
     int last_dir = 0;
     enum { HIST = 8192 };
-    static double hist_t[HIST], hist_x[HIST];
+    static _Thread_local double hist_t[HIST], hist_x[HIST]; /* per thread: workload_thread */
     int nh = 0;
     while (t < seconds - 1e-9) {
         double win = gla_ctl_window_s(c);
@@ -325,34 +329,85 @@ static void describe(char *buf, size_t len, const sim_params *p)
              p->w * 1e3, p->cores, dist_name(p->cpu_dist), dist_name(p->io_dist));
 }
 
+/* One random workload: drawn in order (urand's stream), then searched and run on any
+ * thread; the results are read in order, so the output does not depend on the threads. */
+typedef struct {
+    sim_params p;
+    char desc[160];
+    int arg, ok;
+    run_result r;
+} workload;
+
+typedef struct {
+    workload *w;
+    int count;
+    _Atomic int next;
+} workload_queue;
+
+static void *workload_thread(void *arg)
+{
+    workload_queue *q = arg;
+    int max_workers = 2048;
+    for (int i; (i = atomic_fetch_add(&q->next, 1)) < q->count;) {
+        workload *w = &q->w[i];
+        double best;
+        w->arg = best_size(&w->p, max_workers, &best);
+        gla_ctl c;
+        gla_ctl_init(&c, 1, max_workers, w->p.cores);
+        sim *s = sim_new(&w->p, c.target);
+        if (!s)
+            continue;
+        w->r = run(&c, s, max_workers, RUN_S, best);
+        sim_free(s);
+        w->ok = 1;
+    }
+    return NULL;
+}
+
+static int usable_cpus(void)
+{
+    cpu_set_t set;
+    int n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+    return n < 1 ? 1 : n > 16 ? 16 : n;
+}
+
 static void test_random_workloads(int count)
 {
     double worst = 2, worst_conv = 0, worst_real = 2;
     int below97 = 0;
-    char worst_k[256] = "", worst_conv_k[256] = "", desc[160];
-    int max_workers = 2048, slow = 0;
+    char worst_k[256] = "", worst_conv_k[256] = "";
+    int slow = 0;
+    workload_queue q = {calloc((size_t)count, sizeof(workload)), count, 0};
+    CHECK(q.w != NULL, "out of memory");
+    if (!q.w)
+        return;
     for (int i = 0; i < count; i++) {
-        sim_params p;
+        sim_params *p = &q.w[i].p;
         double cpu = (0.05 + urand() * 19.95) * 1e-3;
         double python_share = urand();
         double h = cpu * python_share;
         if (h < 20e-6)
             h = 20e-6; /* the executor's own per-task GIL time */
-        sim_defaults(&p, h, cpu * (1 - python_share), urand() * 0.2, 1 + (int)(urand() * 4));
-        p.cpu_dist = (sim_dist)(urand() * 3);
-        p.io_dist = (sim_dist)(urand() * 3);
-        p.seed = 1000 + (unsigned long long)i;
-        describe(desc, sizeof desc, &p);
-        double best;
-        int arg = best_size(&p, max_workers, &best);
-        gla_ctl c;
-        gla_ctl_init(&c, 1, max_workers, p.cores);
-        sim *s = sim_new(&p, c.target);
-        CHECK(s != NULL, "sim_new");
-        if (!s)
-            return;
-        run_result r = run(&c, s, max_workers, RUN_S, best);
-        sim_free(s);
+        sim_defaults(p, h, cpu * (1 - python_share), urand() * 0.2, 1 + (int)(urand() * 4));
+        p->cpu_dist = (sim_dist)(urand() * 3);
+        p->io_dist = (sim_dist)(urand() * 3);
+        p->seed = 1000 + (unsigned long long)i;
+        describe(q.w[i].desc, sizeof q.w[i].desc, p);
+    }
+    pthread_t th[16];
+    int nth = usable_cpus(), started = 0;
+    for (int k = 1; k < nth; k++)
+        started += pthread_create(&th[started], NULL, workload_thread, &q) == 0;
+    workload_thread(&q);
+    for (int k = 0; k < started; k++)
+        pthread_join(th[k], NULL);
+    for (int i = 0; i < count; i++) {
+        const char *desc = q.w[i].desc;
+        int arg = q.w[i].arg;
+        run_result r = q.w[i].r;
+        CHECK(q.w[i].ok, "workload %d (%s): sim_new failed", i, desc);
+        if (!q.w[i].ok)
+            break;
         if (r.steady_ratio < worst) {
             worst = r.steady_ratio;
             snprintf(worst_k, sizeof worst_k, "%s; best N=%d, held %d", desc, arg, r.final_target);
@@ -381,6 +436,7 @@ static void test_random_workloads(int count)
         if (g_failures > 20)
             break;
     }
+    free(q.w);
     printf("random workloads: %d; worst steady state %.3f of optimum (%s); %d below 0.97; slowest "
            "convergence %.2f s (%s); %d slower than 3 s; fewest tasks finished %.3f of the optimum's\n",
            count, worst, worst_k, below97, worst_conv, worst_conv_k, slow, worst_real);
@@ -651,7 +707,7 @@ int main(void)
     test_bounds_and_bad_input();
     test_directions();
 #if defined(__SANITIZE_THREAD__)
-    test_random_workloads(5); /* no threads here: TSan only slows it down */
+    test_random_workloads(5); /* TSan: the workload threads, on a few workloads */
 #elif defined(__SANITIZE_ADDRESS__)
     test_random_workloads(40);
 #else
