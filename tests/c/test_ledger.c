@@ -579,12 +579,14 @@ static void *race_reader(void *p)
 }
 
 static sem_t g_race_go;
+static _Atomic int g_race_ready;
 static void *race_thread(void *p)
 {
     pid_t *tid = p;
     *tid = my_tid();
     gla_thread *t = gla_ledger_self();
     gla_ledger_add_wait(t, GLA_LOCK_WAIT, 1000);
+    atomic_fetch_add(&g_race_ready, 1); /* publishes *tid */
     sem_wait(&g_race_go);
     return NULL;
 }
@@ -602,11 +604,17 @@ static void test_register_race(void)
         pthread_t th[N];
         pid_t tids[N];
         sem_init(&g_race_go, 0, 0);
+        atomic_store(&g_race_ready, 0);
         for (int i = 0; i < N; i++) {
             tids[i] = 0;
             CHECK(pthread_create(&th[i], NULL, race_thread, &tids[i]) == 0, "create");
         }
-        sleep_ms(20);
+        /* every thread registered and booked its wait (the readers racing it all along);
+         * not a fixed sleep: a loaded machine starts 32 threads late */
+        for (int ms = 0; atomic_load(&g_race_ready) < N && ms < 10000; ms++)
+            sleep_ms(1);
+        CHECK(atomic_load(&g_race_ready) == N, "%d of %d threads started in 10 s",
+              atomic_load(&g_race_ready), N);
         size_t n = 0;
         gla_ledger_read(buf, 4096, &n);
         for (int i = 0; i < N; i++) {
