@@ -36,6 +36,7 @@ import json
 import os
 import random
 import sys
+from statistics import median
 import textwrap
 import time
 from typing import Dict, List
@@ -166,12 +167,6 @@ def run(cpus: int, workload: str, strategy: str, args: argparse.Namespace) -> Di
     return median
 
 
-def median(xs: List[float]) -> float:
-    s = sorted(xs)
-    n = len(s)
-    return (s[n // 2] + s[(n - 1) // 2]) / 2.0
-
-
 def paired_verdict(best: List[float], ada: List[float]) -> Dict:
     """Median of the per-pair ratios ada[i] / best[i], its bootstrap 90 % interval (2,000
     resamples of the pairs, fixed seed) and the ratio of the two medians."""
@@ -180,8 +175,9 @@ def paired_verdict(best: List[float], ada: List[float]) -> Dict:
         return {}
     rng = random.Random(1)
     boots = sorted(median([rng.choice(ratios) for _ in ratios]) for _ in range(2000))
+    mb = median(best)
     return {"ratio": median(ratios), "low": boots[100], "high": boots[1899],
-            "ratio_of_medians": median(ada) / median(best)}
+            "ratio_of_medians": median(ada) / mb if mb > 0 else float("nan")}
 
 
 def convergence_s(buckets: List[float], final: float) -> float:

@@ -5,11 +5,11 @@
  * the best fixed pool size of a sweep in the same simulator (same tasks: common random
  * numbers). */
 #include "controller.h"
+#include "procstat.h"
 #include "sim.h"
 
 #include <math.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -364,10 +364,12 @@ static void *workload_thread(void *arg)
     return NULL;
 }
 
-static int usable_cpus(void)
+/* Threads for the workloads: the usable cores (affinity, cgroup quota), 1 to 16. */
+static int workload_threads(void)
 {
-    cpu_set_t set;
-    int n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+    int affinity;
+    double quota, usable;
+    int n = gla_read_usable_cores(&affinity, &quota, &usable) == 0 ? (int)ceil(usable) : 1;
     return n < 1 ? 1 : n > 16 ? 16 : n;
 }
 
@@ -395,7 +397,7 @@ static void test_random_workloads(int count)
         describe(q.w[i].desc, sizeof q.w[i].desc, p);
     }
     pthread_t th[16];
-    int nth = usable_cpus(), started = 0;
+    int nth = workload_threads(), started = 0;
     for (int k = 1; k < nth; k++)
         started += pthread_create(&th[started], NULL, workload_thread, &q) == 0;
     workload_thread(&q);
