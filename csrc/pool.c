@@ -82,6 +82,7 @@ struct gla_pool {
     int live, starting, retiring, retire_pending, target;
     int owed;     /* starts decided, thread not created yet (counted in starting) */
     int entering; /* threads created, enter not yet through (counted in starting) */
+    _Atomic int serving; /* written under mu: workers through enter, not yet left */
     long idle_credit; /* without a policy: completions not yet matched by a submit */
     int shutdown, broken;
     unsigned next_index;
@@ -172,6 +173,8 @@ static int mark_entered_locked(gla_pool *p, worker *w)
         return 0;
     w->entered = 1;
     p->entering--;
+    atomic_fetch_add_explicit(&p->serving, 1, memory_order_relaxed);
+    pthread_cond_broadcast(&p->done_cond); /* gla_pool_await_serving */
     return 1;
 }
 
@@ -458,6 +461,7 @@ static void unregister_locked(gla_pool *p, worker *w)
     add_worker_totals(&p->gone, w, gla_now_ns());
     if (w->retire)
         p->retiring--;
+    atomic_fetch_sub_explicit(&p->serving, 1, memory_order_relaxed);
     p->live--;
     p->retired++;
     w->all_prev = NULL;
@@ -487,6 +491,7 @@ static void *worker_main(void *arg)
     p->starting--;
     if (rc < 0) {
         mark_entered_locked(p, w);
+        atomic_fetch_sub_explicit(&p->serving, 1, memory_order_relaxed);
         forget_owed_locked(p); /* they would fail as this one did (interpreter going away) */
         w->all_next = p->spare;
         p->spare = w;
@@ -1342,6 +1347,20 @@ void gla_pool_set_target(gla_pool *p, int target)
         start_owed(p);
 }
 
+int gla_pool_serving(gla_pool *p)
+{
+    return atomic_load_explicit(&p->serving, memory_order_relaxed);
+}
+
+void gla_pool_await_serving(gla_pool *p)
+{
+    pthread_mutex_lock(&p->mu);
+    while (atomic_load_explicit(&p->serving, memory_order_relaxed) == 0 && p->starting > 0 &&
+           !p->shutdown && !p->broken)
+        pthread_cond_wait(&p->done_cond, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
+
 int gla_pool_claim_drained(gla_pool *p)
 {
     pthread_mutex_lock(&p->mu);
@@ -1384,6 +1403,7 @@ gla_pool_task *gla_pool_reset_after_fork(gla_pool *p)
     p->all = p->idle_top = p->idle_bottom = NULL;
     p->n_idle = p->live = p->starting = p->retiring = p->retire_pending = 0;
     p->owed = p->entering = 0;
+    atomic_store_explicit(&p->serving, 0, memory_order_relaxed);
     p->wakes_in_flight = 0;
     p->monitor_started = p->monitor_stop = p->monitor_parked = p->monitor_join_claimed = 0;
     p->submitted = p->started = p->retired = p->start_failures = p->taken = 0;

@@ -246,6 +246,18 @@ void gla_pool_get_stats(gla_pool *p, gla_pool_stats *out);
 /* Applies a target now, as a policy decision would (clamped to [min, max]). */
 void gla_pool_set_target(gla_pool *p, int target);
 
+/* The number of workers through enter (gla_pool_worker_entered) and not yet left; a
+ * relaxed read, cheap enough for every submit. */
+int gla_pool_serving(gla_pool *p);
+
+/* Waits until a worker is through enter, or none is starting, or the pool is shut down or
+ * broken; returns at once when a worker already is. A binding calls it, without its
+ * interpreter lock, after a submit that found gla_pool_serving() == 0: a task submitted
+ * to a pool with no worker then starts promptly, as with ThreadPoolExecutor, whose submit
+ * waits for the thread it starts (shutdown(cancel_futures=True) right after the submit
+ * leaves that task running). It never waits for an initializer to finish. */
+void gla_pool_await_serving(gla_pool *p);
+
 /* Returns 1 exactly once: the first time it is called after shutdown with no worker
  * left or starting (a binding drops its keep-alive reference then). */
 int gla_pool_claim_drained(gla_pool *p);

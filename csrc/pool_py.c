@@ -960,6 +960,12 @@ static PyObject *Exec_submit(ExecObject *self, PyObject *const *args, Py_ssize_t
         Py_DECREF(future);
         return raise_refused(po, rc);
     }
+    if (gla_pool_serving(po->pool) == 0) {
+        /* No worker yet: wait for the one this submit started to get going (see pool.h) */
+        Py_BEGIN_ALLOW_THREADS
+        gla_pool_await_serving(po->pool);
+        Py_END_ALLOW_THREADS
+    }
     return future;
 }
 

@@ -111,7 +111,7 @@ def test_stats_contents() -> None:
         assert key in s, key
     assert set(s["decisions"]) >= {"grow", "shrink", "veto"}
     assert s["submitted"] == s["completed"] == 100
-    assert s["queue_length"] == 0 and s["mode"] == "auto"
+    assert s["queue_length"] == 0 and s["mode"] == "threads"
     assert s["beta"] is None or 0.0 <= s["beta"] <= 1.0
     assert s["throughput"] >= 0.0
     assert isinstance(s["last_reason"], str)

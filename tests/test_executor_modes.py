@@ -43,12 +43,14 @@ async def raise_value_error(x):
     raise ValueError(f"bad {x}")
 
 
-def test_mode_validated_and_auto_default():
+def test_mode_validated_and_threads_default():
     for bad in ("thread", "", None, 3):
         with pytest.raises(ValueError, match="mode must be one of"):
             AdaptiveExecutor(mode=bad)
     with AdaptiveExecutor() as ex:
-        assert ex.stats()["mode"] == "auto"
+        assert ex.stats()["mode"] == "threads"
+        assert "kinds" not in ex.stats()  # no router: nothing ever leaves the process
+    with AdaptiveExecutor(mode="auto") as ex:
         with pytest.raises(TypeError):
             ex.submit(42)
         assert ex.stats()["kinds"] == {}  # the refused call left no trace
@@ -83,7 +85,7 @@ def test_auto_moves_gil_bound_cpu_to_processes_and_back_or_stays(tmp_path):
     if (gil_adapt._core.limits().get("usable_cores") or 1) < 2 or len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs 2 usable cores (processes cannot help on one)")
     n = 6 * PER_MS  # ~6 ms of pure-Python CPU a task
-    with AdaptiveExecutor() as ex:
+    with AdaptiveExecutor(mode="auto") as ex:
         fs = [ex.submit(bt.spin_record, str(tmp_path), i, n) for i in range(1500)]
         deadline = time.monotonic() + HANG
         while not ex.stats()["switches"]:
@@ -103,7 +105,7 @@ def test_auto_moves_gil_bound_cpu_to_processes_and_back_or_stays(tmp_path):
 
 def test_auto_stays_on_threads_on_one_core(one_core, tmp_path):
     n = 4 * PER_MS
-    with AdaptiveExecutor() as ex:
+    with AdaptiveExecutor(mode="auto") as ex:
         results = list(ex.map(bt.spin_record, [str(tmp_path)] * 400, range(400), [n] * 400))
         st = ex.stats()
     assert results == list(range(400))

@@ -6,7 +6,12 @@ executor's C ``submit`` and none of this). Each task kind (function, see
 
 * ``auto``: coroutine functions run on the event loops; every other function starts on
   threads and its :class:`~gil_adapt.backends.choose.Chooser` moves it to worker processes
-  and back from measured windows (measure → decide → act);
+  and back from measured windows (measure → decide → act). A window closes after
+  ``WINDOW_S`` with ``Policy.min_tasks`` measured tasks, or after ``MAX_WINDOW_S``
+  whatever it holds (a watch thread closes it when no task does), and each decision
+  reads the newest window only: a function that funnels many kinds of work (dask's
+  ``batch_execute_tasks``) is classified by what it does now. A function's first move to
+  processes logs a warning: its tasks then have ProcessPoolExecutor's semantics;
 * ``processes``: every plain function on worker processes (coroutine functions on the
   loops), except those that cannot be pickled
   (logged once per function by the backend), which run on threads;
@@ -20,6 +25,12 @@ discarded). A function's first ``FIRST_MEASURED`` tasks are measured, then one p
 candidate for processes (GIL-bound Python CPU long enough for a process round trip): the
 windows that decide a move are never sampled.
 
+``pins`` fix a function's backend ("threads" or "processes") whatever the mode decides.
+Nothing here holds a task's callable, arguments or result once the task is done: kinds
+are keyed by the function's name (``module:qualname``) and cached by its code object; a
+kind keeps only a weak reference to its function (to take its queued tasks off the C
+queue on a move).
+
 Moves drop nothing and run nothing twice: a measured task that a worker thread takes after
 its kind moved to processes is forwarded there with its future still pending; on the way
 back the process backend's queued tasks (not started) are taken and queued on threads.
@@ -27,13 +38,16 @@ Running tasks finish where they started.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
+import sys
 import threading
 import time
+import weakref
 from time import monotonic as _monotonic
 from concurrent.futures import Future, InvalidStateError
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from . import _core
 from .backends import Task, cancel_future, function_key
@@ -43,8 +57,9 @@ log = logging.getLogger("gil_adapt")
 
 #: Shortest window between two decisions for one function (s).
 WINDOW_S = 0.5
-#: A window closes with at least Policy.min_tasks tasks, or after this long (s).
-MAX_WINDOW_S = 10.0
+#: A window closes with at least Policy.min_tasks tasks, or after this long (s) with
+#: whatever it holds (so that a phase change is seen within a few seconds).
+MAX_WINDOW_S = 1.5
 #: A function's tasks are measured (after its first FIRST_MEASURED) one per this period
 #: (s) at most — a measured task costs ~20 us more, so this bounds the cost for tiny
 #: tasks to ~0.2 % — and every one while the function could move to processes.
@@ -52,10 +67,76 @@ SAMPLE_PERIOD_S = 0.01
 FIRST_MEASURED = 32
 #: Switches kept for stats().
 SWITCH_LOG = 64
-#: Functions cached by object before the cache is cleared (bound methods, partials).
+#: Code objects cached before the cache is cleared.
 FN_CACHE = 4096
 
 MODES = ("auto", "threads", "processes", "asyncio")
+PIN_BACKENDS = ("threads", "processes")
+
+
+def _resolve_name(name: str) -> Any:
+    module, _, qualname = name.partition(":")
+    if not module or not qualname or "<" in qualname:
+        raise ValueError(f"pin: {name!r} is not a 'module:qualname' name of a module-level "
+                         f"function or method (pass the function itself)")
+    try:
+        obj = sys.modules["__main__"] if module == "__main__" else \
+            importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"pin: no function named {name!r} ({exc})") from None
+    if not callable(obj):
+        raise ValueError(f"pin: {name!r} is not callable")
+    return obj
+
+
+def resolve_pins(pin: Optional[Mapping[Any, str]], mode: str) -> Dict[str, Backend]:
+    """Checks AdaptiveExecutor's ``pin`` argument; returns {function key: backend}."""
+    if pin is None:
+        return {}
+    if not isinstance(pin, Mapping):
+        raise TypeError(f"pin must be a mapping of function -> 'threads' or 'processes', "
+                        f"not {type(pin).__name__}")
+    if pin and mode not in ("auto", "processes"):
+        raise ValueError(f"pin applies to mode='auto' and mode='processes', not {mode!r}")
+    out: Dict[str, Backend] = {}
+    for fn, where in pin.items():
+        if where not in PIN_BACKENDS:
+            raise ValueError(f"pin: backend for {fn!r} must be 'threads' or 'processes', "
+                             f"not {where!r}")
+        if isinstance(fn, str):
+            fn = _resolve_name(fn)
+        elif not callable(fn):
+            raise TypeError(f"pin: keys are functions or 'module:qualname' names, "
+                            f"not {type(fn).__name__}")
+        out[function_key(fn)] = Backend(where)
+    return out
+
+
+def _main_importable() -> bool:
+    """Workers can import the main module as ``__mp_main__`` (as ProcessPoolExecutor's do):
+    it is a file or a module run with ``-m``, not ``-c`` or an interactive session."""
+    main = sys.modules.get("__main__")
+    return bool(getattr(main, "__file__", None)) or \
+        getattr(getattr(main, "__spec__", None), "name", None) not in (None, "__main__")
+
+
+def _code_of(fn: Any) -> Any:
+    """A stable cache key for fn that keeps neither fn nor what it is bound to alive: the
+    code object of a Python function or method (None for others)."""
+    try:
+        return fn.__code__
+    except AttributeError:
+        return None
+
+
+def _weak(fn: Any) -> Optional["weakref.ref[Any]"]:
+    fn = getattr(fn, "__func__", fn) if inspect.ismethod(fn) else fn
+    try:
+        return weakref.ref(fn)
+    except TypeError:  # no weak references: its queued tasks stay where they are on a move
+        return None
 
 
 def is_coroutine_function(fn: Any) -> bool:
@@ -92,8 +173,10 @@ class _Kind:
     def __init__(self, key: str, backend: Backend, chooser: Optional[Chooser],
                  fn: Any = None) -> None:
         self.key = key
-        # what the C queue's tasks of this kind are called with (methods: their function)
-        self.fn = getattr(fn, "__func__", fn) if inspect.ismethod(fn) else fn
+        # what the C queue's tasks of this kind are called with (methods: their function),
+        # weakly: the executor never keeps a user's callable alive
+        self.fn_ref = _weak(fn) if fn is not None else None
+        self.moved = False             # moved to processes at least once (warned)
         self.backend = backend
         self.chooser = chooser
         self.reason = {Backend.ASYNCIO: "coroutine function: runs on the event loops",
@@ -134,7 +217,8 @@ class Router:
 
     def __init__(self, mode: str, csubmit: Callable[..., Future], pool: Any, *,
                  max_workers: int, initializer: Optional[Callable[..., Any]],
-                 initargs: Tuple[Any, ...], name: str, policy: Optional[Policy] = None) -> None:
+                 initargs: Tuple[Any, ...], name: str, policy: Optional[Policy] = None,
+                 pins: Optional[Dict[str, Backend]] = None) -> None:
         self.mode = mode
         self._csubmit = csubmit
         self._pool = pool
@@ -144,7 +228,8 @@ class Router:
         self._name = name
         self._policy = policy or Policy()
         self._lock = threading.Lock()
-        self._by_fn: Dict[Any, _Kind] = {}
+        self._pins = dict(pins or {})
+        self._by_code: Dict[Any, _Kind] = {}
         self._by_key: Dict[str, _Kind] = {}
         self._procs: Any = None
         self._procs_error: Optional[str] = None
@@ -156,9 +241,8 @@ class Router:
     # ---- submit ----------------------------------------------------------------------
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        try:
-            k = self._by_fn[fn]
-        except (KeyError, TypeError):  # new, or unhashable
+        k = self._by_code.get(_code_of(fn))
+        if k is None:
             k = self._kind_of(fn)
         b = k.backend
         if b is Backend.THREADS:
@@ -187,23 +271,34 @@ class Router:
         with self._lock:
             k = self._by_key.get(key)
             if k is None:
-                coro = is_coroutine_function(fn)  # never "threads" here
-                if coro:
-                    k = _Kind(key, Backend.ASYNCIO, None)
-                elif self.mode == "processes":
-                    k = _Kind(key, Backend.PROCESSES, None)
-                elif self.mode == "auto":
-                    k = _Kind(key, Backend.THREADS, Chooser(key, policy=self._policy), fn)
-                else:
-                    k = _Kind(key, Backend.THREADS, None)
-                    k.reason = "not a coroutine function: threads"
+                k = self._new_kind(key, fn)
                 self._by_key[key] = k
-            try:
-                if len(self._by_fn) >= FN_CACHE:
-                    self._by_fn.clear()
-                self._by_fn[fn] = k
-            except TypeError:
-                pass
+            code = _code_of(fn)
+            if code is not None:
+                if len(self._by_code) >= FN_CACHE:
+                    self._by_code.clear()
+                self._by_code[code] = k
+        if self.mode == "auto":
+            self._start_watch()
+        return k
+
+    def _new_kind(self, key: str, fn: Any) -> _Kind:
+        pinned = self._pins.get(key)
+        if pinned is Backend.THREADS:
+            k = _Kind(key, Backend.THREADS, None)
+            k.reason = "pinned to threads"
+        elif pinned is Backend.PROCESSES:
+            k = _Kind(key, Backend.PROCESSES, None)
+            k.reason = "pinned to processes"
+        elif is_coroutine_function(fn):  # never "threads" here
+            k = _Kind(key, Backend.ASYNCIO, None)
+        elif self.mode == "processes":
+            k = _Kind(key, Backend.PROCESSES, None)
+        elif self.mode == "auto":
+            k = _Kind(key, Backend.THREADS, Chooser(key, policy=self._policy), fn)
+        else:
+            k = _Kind(key, Backend.THREADS, None)
+            k.reason = "not a coroutine function: threads"
         return k
 
     def _submit_measured(self, k: _Kind, future: Future, fn: Callable[..., Any],
@@ -262,7 +357,11 @@ class Router:
             self._switch(k, Decision(Backend.THREADS, f"processes refused it: {reason}",
                                      switched=k.backend is not Backend.THREADS))
         elif k.backend is Backend.PROCESSES:
-            k.reason = f"mode='processes', but processes refused it: {reason}; threads"
+            k.reason = f"{k.reason}, but processes refused it: {reason}; threads"
+            if not k.moved:
+                k.moved = True
+                log.warning("gil_adapt: %s stays on threads: worker processes refused it "
+                            "(%s)", k.key, reason)
 
     # ---- decide ------------------------------------------------------------------------
 
@@ -355,7 +454,15 @@ class Router:
                                    "from": old.value, "to": d.backend.value,
                                    "reason": d.reason, "trial": d.trial})
             del self._switches[:-SWITCH_LOG]
-        log.info("gil_adapt: %s: %s -> %s: %s", k.key, old.value, d.backend.value, d.reason)
+        if d.backend is Backend.PROCESSES and not k.moved:
+            k.moved = True
+            log.warning("gil_adapt: %s moves to worker processes (%s): its arguments and "
+                        "results are pickled there, and changes it makes to shared state "
+                        "are not seen by this process; pin it to 'threads' to keep it here",
+                        k.key, d.reason)
+        else:
+            log.info("gil_adapt: %s: %s -> %s: %s", k.key, old.value, d.backend.value,
+                     d.reason)
         if d.backend is Backend.PROCESSES:
             self._start_watch()
             for future, fn, args, kwargs in self._take_queued(k):  # queued tasks move
@@ -368,10 +475,11 @@ class Router:
     def _take_queued(self, k: _Kind) -> List[Tuple[Future, Any, Tuple[Any, ...], Dict[str, Any]]]:
         """The kind's plain tasks queued on threads, taken off the C queue (futures pending;
         measured ones forward themselves when a worker takes them)."""
-        if k.fn is None:
+        fn = k.fn_ref() if k.fn_ref is not None else None
+        if fn is None:
             return []
         try:
-            return self._pool.take(k.fn)
+            return self._pool.take(fn)
         except MemoryError:  # their futures were failed with it: nothing silently lost
             log.exception("gil_adapt: could not move the queued tasks of %s", k.key)
             return []
@@ -387,9 +495,12 @@ class Router:
 
     def _start_watch(self) -> None:
         """A thread that closes the windows of functions on processes (nothing on threads
-        completes their tasks, and map() may have submitted them all already)."""
+        completes their tasks, and map() may have submitted them all already) and the
+        windows on threads that no task closes."""
+        if self._watch is not None:
+            return
         with self._lock:
-            if self._watch is not None:
+            if self._watch is not None or self._shutdown:
                 return
             self._watch = threading.Thread(target=self._watch_run, daemon=True,
                                            name=f"{self._name}-router")
@@ -399,10 +510,13 @@ class Router:
         while not self._shutdown:
             time.sleep(WINDOW_S / 2)
             with self._lock:
-                kinds = [k for k in self._by_key.values()
-                         if k.chooser is not None and k.backend is Backend.PROCESSES]
+                kinds = [k for k in self._by_key.values() if k.chooser is not None]
+            now = time.monotonic()
             for k in kinds:
-                if time.monotonic() - k.window_start >= WINDOW_S:
+                # on processes nothing here completes its tasks; on threads a window that
+                # no task closes (sampled tasks, a phase that ended) closes on time
+                limit = WINDOW_S if k.backend is Backend.PROCESSES else MAX_WINDOW_S
+                if now - k.window_start >= limit:
                     try:
                         self._update(k)
                     except Exception:  # never lose the thread to one bad window
@@ -417,7 +531,8 @@ class Router:
                     from .backends.processes import ProcessBackend
 
                     self._procs = ProcessBackend(
-                        max_workers=self._max_workers, initializer=self._initializer,
+                        max_workers=self._max_workers, import_main=_main_importable(),
+                        initializer=self._initializer,
                         initargs=self._initargs, fallback=self._to_threads,
                         name=f"{self._name}-processes")
                 except Exception as exc:  # e.g. an initializer that cannot be pickled

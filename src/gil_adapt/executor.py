@@ -24,10 +24,10 @@ import sys
 import threading
 import time
 from concurrent.futures.thread import BrokenThreadPool
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Tuple
 
 from . import _core, _ledger
-from ._router import MODES, Router
+from ._router import MODES, Router, resolve_pins
 
 log = logging.getLogger("gil_adapt")
 
@@ -208,36 +208,62 @@ def _check_count(name: str, value: Any) -> int:
     return value
 
 
-class AdaptiveExecutor(_core.ExecutorBase, concurrent.futures.Executor):
+class AdaptiveExecutor(_core.ExecutorBase, concurrent.futures.ThreadPoolExecutor):
     """A thread pool executor that sizes itself between ``min_workers`` and ``max_workers``.
+
+    A drop-in for :class:`concurrent.futures.ThreadPoolExecutor` (and an instance of it,
+    so ``asyncio``'s ``loop.set_default_executor`` and libraries that check for a thread
+    pool accept it): tasks run in threads of this process, their side effects are seen by
+    the caller, a coroutine function's task returns the coroutine object, and futures,
+    exceptions, cancellation and ``shutdown(wait, cancel_futures)`` behave as there. None
+    of ThreadPoolExecutor's own machinery runs: the queue, the workers and the monitor
+    that resizes them are C.
 
     ``max_workers=None`` is a safe upper bound for this machine (:func:`default_max_workers`);
     the controller picks the working count below it from measured task demands, and vetoes
-    growth that would only add GIL contention. Workers are started lazily, as tasks wait,
-    and retired when the controller shrinks the pool or after ``IDLE_TIMEOUT_S`` idle.
-    Worker stack size: :func:`worker_stack_size` (2 MiB unless ``threading.stack_size()``
-    or the recursion limit says otherwise).
+    growth that would only add GIL contention. A submit that finds no worker starts one and
+    waits for it to get going (as ThreadPoolExecutor's submit does); more workers start as
+    tasks wait, and retire when the controller shrinks the pool or after
+    ``IDLE_TIMEOUT_S`` idle. Worker stack size: :func:`worker_stack_size` (2 MiB unless
+    ``threading.stack_size()`` or the recursion limit says otherwise).
 
     ``GIL_ADAPT_CONTROLLER=0`` in the environment turns the controller off: the pool then
     grows to ``max_workers`` on demand, as ThreadPoolExecutor does. New workers start two
     at a time (each waits for the GIL to enter; ``GIL_ADAPT_START_BURST`` changes it).
 
-    ``mode``: ``"auto"`` (default) runs coroutine functions on event loops and moves a
-    function whose tasks are GIL-bound Python CPU to worker processes when more than one
-    core is usable, the memory budget fits them and they measurably pay (and back when they
-    stop paying); ``"threads"`` only threads (the lowest dispatch cost); ``"processes"``
-    every picklable task on worker processes; ``"asyncio"`` coroutine functions on the
-    loops, plain functions on threads. See :mod:`gil_adapt._router`. ``stats()["kinds"]``
-    says where each function runs and why; ``stats()["switches"]`` lists the moves.
+    ``mode`` — where tasks may run:
+
+    * ``"threads"`` (default): only threads of this process, as ThreadPoolExecutor.
+    * ``"auto"`` (opt-in): coroutine functions run on event-loop threads (their task's
+      result is the coroutine's result), and a function whose tasks are GIL-bound Python
+      CPU may be moved to worker processes when more than one core is usable, the memory
+      budget fits them and they measurably pay (and back when they stop paying).
+    * ``"processes"`` (opt-in): every picklable plain function on worker processes,
+      coroutine functions on the event loops.
+    * ``"asyncio"``: coroutine functions on the event loops, plain functions on threads.
+
+    Work that runs in a worker process has ProcessPoolExecutor's semantics: the callable,
+    its arguments and its result are pickled; changes it makes to shared state (globals,
+    objects passed in) are not seen by the caller; functions defined in the main script
+    run there by importing the script as ``__mp_main__`` (it needs an
+    ``if __name__ == "__main__":`` guard). Each function's first move to processes logs a
+    warning on the ``gil_adapt`` logger. ``pin`` fixes a function's backend in ``"auto"``
+    and ``"processes"`` modes: a mapping from the function (or its ``"module:qualname"``
+    name) to ``"threads"`` (never leaves the process) or ``"processes"`` (runs there
+    whenever it can be pickled), e.g. ``pin={"app.jobs:record": "threads"}``.
+    ``stats()["kinds"]`` says where each function runs and why; ``stats()["switches"]``
+    lists the moves.
     """
 
     def __init__(self, max_workers: Optional[int] = None, *, min_workers: int = 1,
                  thread_name_prefix: str = "",
                  initializer: Optional[Callable[..., Any]] = None,
-                 initargs: Iterable[Any] = (), mode: str = "auto") -> None:
+                 initargs: Iterable[Any] = (), mode: str = "threads",
+                 pin: Optional[Mapping[Any, str]] = None) -> None:
         if not isinstance(mode, str) or mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, "
                              f"not {mode!r}")
+        pins = resolve_pins(pin, mode)
         min_workers = _check_count("min_workers", min_workers)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
@@ -266,20 +292,32 @@ class AdaptiveExecutor(_core.ExecutorBase, concurrent.futures.Executor):
                                 thread_stop=stop, broken_type=BrokenThreadPool,
                                 idle_timeout=IDLE_TIMEOUT_S, controller=adaptive,
                                 start_burst=_start_burst())
+        # ThreadPoolExecutor's attributes that libraries read (dask: _max_workers)
         self._max_workers = max_workers
         self._min_workers = min_workers
         self._thread_name_prefix = prefix
+        self._initializer = initializer
+        self._initargs = initargs
         self._mode = mode
         self._router: Optional[Router] = None
         if mode != "threads":
             inner = _core.ExecutorBase()  # the C submit, without a cycle through self
             inner._pool = self._pool
             self._router = Router(mode, inner.submit, self._pool, max_workers=max_workers,
-                                  initializer=initializer, initargs=initargs, name=prefix)
+                                  initializer=initializer, initargs=initargs, name=prefix,
+                                  pins=pins)
             self.submit = self._router.submit  # type: ignore[method-assign]
-        log.debug("AdaptiveExecutor %s: workers %d..%d, stack %d KiB, controller %s",
-                  prefix, min_workers, max_workers, stack_size // 1024,
+        log.debug("AdaptiveExecutor %s: mode %s, workers %d..%d, stack %d KiB, controller %s",
+                  prefix, mode, min_workers, max_workers, stack_size // 1024,
                   "on" if adaptive else "off (fixed target = max_workers)")
+
+    @property
+    def _shutdown(self) -> bool:  # ThreadPoolExecutor's flag, read by some libraries
+        return bool(self._pool.stats()["shutdown"])
+
+    @property
+    def _broken(self) -> Any:
+        return "A thread initializer failed" if self._pool.stats()["broken"] else False
 
     # submit(fn, /, *args, **kwargs) is _core.ExecutorBase.submit (C).
 
