@@ -154,3 +154,20 @@ def runs_in(directory: str) -> List[int]:
         with open(os.path.join(directory, name)) as f:
             out.extend(int(line) for line in f if line.strip())
     return out
+
+
+def phase_task(kind: str, n: int) -> int:
+    """One task of a phase of work through one function (as dask's batch_execute_tasks
+    funnels every kind): ``"cpu"`` pure-Python CPU (n loop steps), ``"numpy"`` a NumPy reduction
+    (CPU mostly outside the GIL), ``"sleep"`` 50 ms of waiting."""
+    if kind == "cpu":
+        return spin(n)
+    if kind == "numpy":
+        import numpy as np
+
+        a = np.arange(400_000, dtype=np.float64)
+        return int(np.sqrt(a).sum() > 0)
+    if kind == "sleep0":
+        return 0
+    time.sleep(0.05)
+    return 0

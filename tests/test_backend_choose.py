@@ -21,9 +21,10 @@ def gil_cpu(tasks: int = 100, throughput: float = 190.0, backlog: bool = True,
 
 
 def on_processes(throughput: float, tasks: int = 100, backlog: bool = True,
-                 io_ms: float = 0.0) -> Profile:
-    return Profile(tasks=tasks, elapsed_s=tasks / throughput, wall_s=0.005 + io_ms / 1e3,
-                   cpu_s=0.005, backlog=backlog)
+                 io_ms: float = 0.0, cpu_ms: float = 5.0) -> Profile:
+    cpu = cpu_ms / 1e3
+    return Profile(tasks=tasks, elapsed_s=tasks / throughput, wall_s=cpu + io_ms / 1e3,
+                   cpu_s=cpu, backlog=backlog)
 
 
 def to_processes(c: Chooser, t: float = 0.0, r: Resources = TWO) -> float:
@@ -181,6 +182,26 @@ def test_switch_back_when_it_turns_io_bound() -> None:
     for k in range(2):
         d = c.update(t + 3.0 + k, TWO, processes=on_processes(380.0, io_ms=50.0))
     assert d.backend == Backend.THREADS and "I/O bound" in d.reason
+    # the work changed kind, processes did not fail it: no back-off before the next move
+    assert c.retry_at <= t + 4.0 and c.failed_trials == 0
+    t2 = to_processes(c, t + 5.0)
+    assert c.backend == Backend.PROCESSES and t2 >= t + 5.0
+
+
+@pytest.mark.parametrize("cpu_ms", [0.5, 40.0])
+def test_other_work_on_processes_goes_back_to_be_measured(cpu_ms: float) -> None:
+    # a function that funnels many kinds of work (dask): NumPy after Python CPU is still
+    # CPU-bound and "pays" against the old baseline, but its GIL use is unknown there
+    c = Chooser("m:f")
+    t = to_processes(c)
+    c.update(t + 2.0, TWO, processes=on_processes(380.0))  # the trial pays
+    assert c.backend == Backend.PROCESSES
+    same = c.update(t + 3.0, TWO, processes=on_processes(2000.0, cpu_ms=6.0))
+    assert same.backend == Backend.PROCESSES and same.reason == "processes pay"
+    for k in range(2):
+        d = c.update(t + 4.0 + k, TWO, processes=on_processes(2000.0, cpu_ms=cpu_ms))
+    assert d.backend == Backend.THREADS and "work changed" in d.reason and d.switched
+    assert c.failed_trials == 0 and c.retry_at <= t + 5.0
 
 
 def test_resources_gone_send_it_back_at_once() -> None:

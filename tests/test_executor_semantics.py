@@ -269,6 +269,85 @@ def test_asyncio_interop(make):
     assert asyncio.run(main()) == [12, 30]
 
 
+
+def test_is_a_threadpoolexecutor(make):
+    # asyncio, and libraries that check for a thread pool, accept it
+    assert isinstance(make(2), cf.ThreadPoolExecutor)
+
+
+def test_asyncio_default_executor_and_to_thread(make):
+    ex = make(4)
+    seen: List[str] = []
+
+    def where(tag: str) -> str:
+        seen.append(threading.current_thread().name)
+        return tag
+
+    async def main() -> List[str]:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ex)  # TypeError on 3.11+ unless a ThreadPoolExecutor
+        a = await loop.run_in_executor(None, where, "a")
+        if sys.version_info >= (3, 9):
+            b = await asyncio.to_thread(where, "b")
+        else:  # pragma: no cover
+            b = "b"
+        gathered = await asyncio.gather(*(loop.run_in_executor(None, mul, i, 2)
+                                          for i in range(50)))
+        return [a, b, sum(gathered)]
+
+    assert asyncio.run(main()) == ["a", "b", 2 * sum(range(50))]
+    assert threading.main_thread().name not in seen
+
+
+def test_cancel_futures_right_after_submit_leaves_started_ones_running(make):
+    # CPython's test_cancel_futures: a submit starts a worker that takes its task
+    ex = make(5)
+    fs = [ex.submit(time.sleep, 0.1) for _ in range(50)]
+    ex.shutdown(wait=True, cancel_futures=True)
+    cancelled = [f for f in fs if f.cancelled()]
+    others = [f for f in fs if not f.cancelled()]
+    assert len(cancelled) > 20
+    assert len(others) > 0
+    for f in others:
+        assert f.done() and f.exception() is None
+
+
+def test_first_task_starts_before_submit_returns_to_an_idle_pool(make):
+    ex = make(3)
+    started = threading.Event()
+    f = ex.submit(lambda: (started.set(), time.sleep(0.2))[1])
+    ex.shutdown(wait=False, cancel_futures=True)
+    assert not f.cancelled()
+    assert f.result(timeout=HANG) is None and started.is_set()
+
+
+class Owner:
+    def method(self, payload: Any) -> Any:
+        return payload
+
+
+def test_no_reference_kept_to_callable_arguments_or_result(make):
+    ex = make(2)
+    obj, arg = Owner(), Owner()
+    result_holder: List[Any] = []
+
+    def make_result() -> Owner:
+        r = Owner()
+        result_holder.append(weakref.ref(r))
+        return r
+
+    refs = [weakref.ref(obj), weakref.ref(arg)]
+    assert ex.submit(obj.method, arg).result(timeout=HANG) is arg
+    f = ex.submit(make_result)
+    f.result(timeout=HANG)
+    del f
+    del obj, arg
+    deadline = time.monotonic() + HANG
+    while any(r() is not None for r in refs + result_holder):
+        assert time.monotonic() < deadline, [r() for r in refs + result_holder]
+        gc.collect()
+        time.sleep(0.01)
+
 # ---- initializer and threads ----------------------------------------------------------
 
 def test_initializer_runs_in_each_worker(make):

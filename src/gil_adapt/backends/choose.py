@@ -25,8 +25,12 @@ The rules, in order:
   threads had), else it goes back to threads and the next trial waits ``backoff_s``,
   doubling each failure up to ``backoff_max_s``;
 * on processes it goes back to threads when it stops paying (throughput under
-  ``keep_ratio`` times the threads figure, or it turned I/O-bound) for ``confirm``
-  windows, or at once when cores or memory no longer allow processes.
+  ``keep_ratio`` times the threads figure: the next trial backs off as after a failed
+  one) or it turned I/O-bound (no back-off: the work changed, and when it turns
+  GIL-bound again it may move again at once) or its task CPU moved out of
+  [1/``work_change``, ``work_change``] times the CPU that made the move (other work, whose
+  GIL-boundness only threads can measure; no back-off either) for ``confirm`` windows, or
+  at once when cores or memory no longer allow processes.
 
 Every decision carries its reason; switches are counted.
 """
@@ -102,6 +106,7 @@ class Policy:
     keep_ratio: float = 1.05
     io_share_back: float = 0.3
     confirm: int = 2
+    work_change: float = 2.0
     trial_tasks: int = 20
     trial_s: float = 1.0
     backoff_s: float = 30.0
@@ -159,6 +164,7 @@ class _Trial:
     started: float
     threads_throughput: float
     threads_backlog: bool
+    cpu_s: float = 0.0  # the task CPU that made the move
 
 
 @dataclass
@@ -240,7 +246,7 @@ class Chooser:
         if self._streak < pol.confirm:
             return self._stay(f"{why}: confirming ({self._streak}/{pol.confirm})")
         self._streak = 0
-        self._trial = _Trial(now, p.throughput, p.backlog)
+        self._trial = _Trial(now, p.throughput, p.backlog, p.cpu_s)
         self._baseline = self._trial
         return self._go(Backend.PROCESSES, f"{why}; trying processes (threads gave "
                                             f"{p.throughput:.1f} tasks/s)", trial=True)
@@ -271,9 +277,17 @@ class Chooser:
         share = p.cpu_s / busy if busy > 0 else 0.0
         base = self._baseline.threads_throughput if self._baseline else 0.0
         reason = None
+        moved_cpu = self._baseline.cpu_s if self._baseline else 0.0
+        changed = True
         if share < pol.io_share_back:
             reason = f"turned I/O bound on processes (CPU {share:.0%})"
+        elif moved_cpu > 0 and not (moved_cpu / pol.work_change <= p.cpu_s
+                                    <= moved_cpu * pol.work_change):
+            # other work now: whether it is GIL-bound is only measurable on threads
+            reason = (f"the work changed ({p.cpu_s * 1e3:.2f} ms CPU a task, "
+                      f"{moved_cpu * 1e3:.2f} ms when it moved): measuring it on threads")
         elif p.backlog and base > 0 and p.throughput < pol.keep_ratio * base:
+            changed = False
             reason = (f"processes stopped paying ({p.throughput:.1f} tasks/s against "
                       f"{base:.1f} on threads)")
         if reason is None:
@@ -283,9 +297,12 @@ class Chooser:
         if self._streak < pol.confirm:
             return self._stay(f"{reason}: confirming ({self._streak}/{pol.confirm})")
         self._streak = 0
-        self.failed_trials += 1
-        self.retry_at = now + min(pol.backoff_max_s,
-                                  pol.backoff_s * 2 ** (self.failed_trials - 1))
+        if not changed:
+            # processes failed this work: wait before trying them again. Work that changed
+            # kind is no failure: when it turns GIL-bound again it may move at once.
+            self.failed_trials += 1
+            self.retry_at = now + min(pol.backoff_max_s,
+                                      pol.backoff_s * 2 ** (self.failed_trials - 1))
         return self._go(Backend.THREADS, reason)
 
     # -- helpers

@@ -75,6 +75,9 @@ AMPLE_PER_WORKER = 1 << 30
 PREFETCH_MAX_BYTES = 64 * 1024
 #: How far past a blocked head (a function in its first, measuring run) dispatch looks.
 SCAN_AHEAD = 64
+#: Environment variables that size native thread pools inside a worker process.
+NATIVE_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                      "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 #: How long a stopping worker may take to exit before it is killed.
 STOP_GRACE_S = 5.0
 
@@ -485,6 +488,17 @@ class ProcessBackend:
 
     # -- workers: start, read, exit
 
+    def _worker_env(self) -> Dict[str, str]:
+        """The workers' environment: the parent's, with the native thread pools (BLAS,
+        OpenMP) of each worker limited to its share of the cores where the program did
+        not set them — as loky does: N workers each running a BLAS pool as wide as the
+        machine oversubscribe the cores N times over."""
+        env = dict(os.environ)
+        share = str(max(1, usable_cores() // max(1, self._target)))
+        for name in NATIVE_THREAD_VARS:
+            env.setdefault(name, share)
+        return env
+
     def _start_worker(self) -> None:
         from multiprocessing import spawn
 
@@ -500,7 +514,7 @@ class ProcessBackend:
             argv = _worker.worker_command(spawn.get_executable(), _PACKAGE_PARENT,
                                           child_sock.fileno(), os.getpid())
             proc = subprocess.Popen(argv, pass_fds=(child_sock.fileno(),),
-                                    stdin=subprocess.DEVNULL)
+                                    stdin=subprocess.DEVNULL, env=self._worker_env())
         except BaseException:
             parent_sock.close()
             child_sock.close()

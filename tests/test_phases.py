@@ -1,0 +1,98 @@
+"""A long-lived executor follows a change of work: phase after phase through one function.
+
+One executor runs CPU-bound Python, then NumPy, then tasks that sleep 50 ms, twice over,
+all through one function (as dask's threaded scheduler sends every task through one);
+fresh executors run each phase alone. Measured from 3 s to 5 s after each phase starts,
+the long-lived one reaches at least 90 % of the fresh one's completions on that phase.
+Both sides run the same driver (64 tasks in flight) in the same process, one after the
+other; the bound is a ratio of the two, never an absolute speed.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Dict, List
+
+import pytest
+
+from gil_adapt import AdaptiveExecutor
+
+sys.path.insert(0, os.path.dirname(__file__))
+import backend_tasks as bt  # noqa: E402  (importable in worker processes too)
+
+np = pytest.importorskip("numpy", reason="the NumPy phase needs numpy (test extra)")
+
+PHASE_S = 5.0
+FROM_S, TO_S = 3.0, 5.0
+IN_FLIGHT = 64
+PHASES = ["cpu", "numpy", "sleep"]
+
+
+def _spin_per_ms() -> int:
+    n = 200_000
+    t0 = time.thread_time()
+    bt.spin(n)
+    return max(1, int(n / ((time.thread_time() - t0) * 1000.0)))
+
+
+def run_phase(ex: AdaptiveExecutor, kind: str, n: int) -> float:
+    """Keeps IN_FLIGHT tasks of one kind in flight for PHASE_S; returns the completions
+    per second from FROM_S to TO_S after the phase started. Every task is awaited."""
+    slots = threading.Semaphore(IN_FLIGHT)
+    done: List[float] = []
+    lock = threading.Lock()
+    start = time.monotonic()
+
+    def finished(f) -> None:  # type: ignore[no-untyped-def]
+        with lock:
+            done.append(time.monotonic() - start)
+        slots.release()
+
+    futures = []
+    while time.monotonic() - start < PHASE_S:
+        if not slots.acquire(timeout=0.05):
+            continue
+        f = ex.submit(bt.phase_task, kind, n)
+        f.add_done_callback(finished)
+        futures.append(f)
+    for f in futures:
+        f.result(timeout=120)
+    with lock:
+        inside = sum(1 for t in done if FROM_S <= t < TO_S)
+    return inside / (TO_S - FROM_S)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["threads", "auto"])
+def test_long_lived_executor_follows_phases(mode: str) -> None:
+    n = 5 * _spin_per_ms()  # ~5 ms of pure-Python CPU a task
+    fresh: Dict[str, float] = {}
+    fresh_sizes: Dict[str, tuple] = {}
+    long_lived: List[tuple] = []
+    ex = AdaptiveExecutor(mode=mode)
+    try:
+        for cycle in range(2):
+            for kind in PHASES:
+                rate = run_phase(ex, kind, n)
+                st = ex.stats()
+                long_lived.append((cycle, kind, rate, st["workers"], st["last_reason"]))
+        stats = ex.stats()
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+    for kind in PHASES:
+        one = AdaptiveExecutor(mode=mode)
+        try:
+            fresh[kind] = run_phase(one, kind, n)
+            st = one.stats()
+            fresh_sizes[kind] = (st["workers"], st["last_reason"])
+        finally:
+            one.shutdown(wait=True, cancel_futures=True)
+    ratios = [(cycle, kind, rate / fresh[kind]) for cycle, kind, rate, _w, _r in long_lived]
+    detail = f"ratios {ratios}, fresh {fresh}, long-lived {long_lived}, fresh sizes " \
+             f"{fresh_sizes}, kinds {stats.get('kinds')}, switches {stats.get('switches')}"
+    for cycle, kind, ratio in ratios:
+        if cycle == 0 and kind == "cpu":
+            continue  # the long-lived executor is fresh there
+        assert ratio >= 0.90, f"{mode} {kind} (cycle {cycle}): {detail}"
