@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import gc
+import logging
 import os
 import signal
+import subprocess
 import sys
 import time
+import weakref
 
 import pytest
 
@@ -81,10 +85,11 @@ def test_threads_mode_returns_coroutine_objects_like_threadpool():
     assert asyncio.run(coro) == 2
 
 
-def test_auto_moves_gil_bound_cpu_to_processes_and_back_or_stays(tmp_path):
+def test_auto_moves_gil_bound_cpu_to_processes_and_back_or_stays(tmp_path, caplog):
     if (gil_adapt._core.limits().get("usable_cores") or 1) < 2 or len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs 2 usable cores (processes cannot help on one)")
     n = 6 * PER_MS  # ~6 ms of pure-Python CPU a task
+    caplog.set_level(logging.INFO, logger="gil_adapt")
     with AdaptiveExecutor(mode="auto") as ex:
         fs = [ex.submit(bt.spin_record, str(tmp_path), i, n) for i in range(1500)]
         deadline = time.monotonic() + HANG
@@ -101,6 +106,85 @@ def test_auto_moves_gil_bound_cpu_to_processes_and_back_or_stays(tmp_path):
     assert st["processes"]["completed"] > 0
     kind = st["kinds"]["backend_tasks:spin_record"]
     assert kind["switches"] == len(st["switches"])
+    # the first move warns once, naming the function and what changes
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING
+              and "backend_tasks:spin_record" in r.getMessage()]
+    assert len(warned) == 1 and "pickled" in warned[0].getMessage()
+
+
+def test_auto_pinned_to_threads_never_moves(tmp_path):
+    n = 6 * PER_MS
+    with AdaptiveExecutor(mode="auto", pin={bt.spin_record: "threads"}) as ex:
+        results = list(ex.map(bt.spin_record, [str(tmp_path)] * 300, range(300), [n] * 300))
+        st = ex.stats()
+    assert results == list(range(300))
+    assert st["switches"] == [] and "processes" not in st
+    assert st["kinds"]["backend_tasks:spin_record"]["reason"] == "pinned to threads"
+
+
+def test_pin_names_resolve_and_bad_pins_raise():
+    with AdaptiveExecutor(mode="auto", pin={"backend_tasks:ident": "processes"}) as ex:
+        i, pid = ex.submit(bt.ident, 5).result(HANG)
+        assert i == 5 and pid != os.getpid()
+        assert ex.stats()["kinds"]["backend_tasks:ident"]["reason"] == "pinned to processes"
+    for bad, err in [({"backend_tasks:no_such": "threads"}, ValueError),
+                     ({"nomodule_xyz:f": "threads"}, ValueError),
+                     ({bt.echo: "thread"}, ValueError),
+                     ({42: "threads"}, TypeError),
+                     ([("backend_tasks:echo", "threads")], TypeError)]:
+        with pytest.raises(err, match="pin"):
+            AdaptiveExecutor(mode="auto", pin=bad)
+    with pytest.raises(ValueError, match="mode='auto' and mode='processes'"):
+        AdaptiveExecutor(pin={bt.echo: "threads"})  # the default mode never leaves
+
+
+class _Holder:
+    def method(self, x):
+        return x
+
+
+@pytest.mark.parametrize("mode", ["auto", "processes", "asyncio"])
+def test_no_reference_kept_in_any_mode(mode):
+    with AdaptiveExecutor(mode=mode) as ex:
+        obj, arg = _Holder(), _Holder()
+        refs = [weakref.ref(obj), weakref.ref(arg)]
+        assert ex.submit(obj.method, 3).result(HANG) == 3
+        fut = ex.submit(bt.echo, arg)
+        fut.result(HANG)
+        del fut, obj, arg
+        deadline = time.monotonic() + HANG
+        while any(r() is not None for r in refs):
+            assert time.monotonic() < deadline, [r() for r in refs]
+            gc.collect()
+            time.sleep(0.01)
+
+
+MAIN_SCRIPT = """
+import os, sys
+sys.path.insert(0, {src!r})
+from gil_adapt import AdaptiveExecutor
+
+def square(x):  # defined in __main__: workers import the script as __mp_main__
+    return x * x, os.getpid()
+
+if __name__ == "__main__":
+    with AdaptiveExecutor(mode="processes") as ex:
+        out = list(ex.map(square, range(20)))
+        kinds = ex.stats()["kinds"]
+    assert [v for v, _ in out] == [x * x for x in range(20)], out
+    pids = {{p for _, p in out}}
+    print("backend", kinds["__main__:square"]["backend"], "in-parent", os.getpid() in pids)
+"""
+
+
+def test_functions_of_the_main_script_run_in_processes(tmp_path):
+    script = tmp_path / "main_script.py"
+    src = os.path.dirname(os.path.dirname(gil_adapt.__file__))
+    script.write_text(MAIN_SCRIPT.format(src=src))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=HANG, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "backend processes in-parent False" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_auto_stays_on_threads_on_one_core(one_core, tmp_path):
