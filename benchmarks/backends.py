@@ -6,7 +6,7 @@ or worker exists; workers inherit the mask):
   threads    gil_adapt.AdaptiveExecutor(mode="threads") with its defaults (its controller
              sizes it)
   processes  gil_adapt.backends.ProcessBackend(C): one worker per usable core
-  auto       gil_adapt.AdaptiveExecutor() (mode="auto"): starts on threads, measures, and
+  auto       gil_adapt.AdaptiveExecutor(mode="auto"): starts on threads, measures, and
              moves the function to worker processes if they pay; its figure includes the
              time it spent deciding (and the worker start-up), and the report says when
              it switched and where it ended
@@ -64,7 +64,7 @@ def child(cpus: int, strategy: str, n_tasks: int, per_task: int) -> Dict:
 
     out: Dict = {"cpus": cpus, "strategy": strategy, "usable_cores": usable_cores()}
     if strategy == "auto":
-        ex = gil_adapt.AdaptiveExecutor()
+        ex = gil_adapt.AdaptiveExecutor(mode="auto")
         [f.result() for f in [ex.submit(bench.spin, per_task) for _ in range(4 * cpus)]]
         t0m = time.monotonic()
         t0 = time.perf_counter()

@@ -9,7 +9,7 @@
 ``processes``       ``ProcessPoolExecutor(cores)``
 ``asyncio-K``       the async form of the task under ``asyncio.Semaphore(K)`` (K = 32, 256)
 ``betapool``        ``betapool.AdaptiveThreadPoolExecutor()`` defaults (optional)
-``gil-adapt``       ``gil_adapt.AdaptiveExecutor()`` defaults
+``gil-adapt``       ``gil_adapt.AdaptiveExecutor()`` defaults (threads only, the drop-in)
 ==================  ========================================================================
 """
 from __future__ import annotations
