@@ -22,6 +22,9 @@
 #define MODEL_MAX 512          /* demand-based sizes stop at this many threads per core */
 #define RAMP_SLOW 256          /* per usable core: past this, growth steps are x1.5 */
 #define MIN_TASKS 8.0          /* fewer completions than this: the window says nothing */
+#define CONTENDED 1.8          /* a step up after which each task waits this much longer
+                                  (outside the GIL and the cores) and throughput did not
+                                  rise: the wait is contention, not I/O */
 #define STEADY_FIRST 4         /* windows between probes, doubling up to STEADY_MAX */
 #define STEADY_MAX 32
 #define VETO_WINDOWS 24        /* a refused step up is not retried for this long */
@@ -221,6 +224,7 @@ static void limit_collapse(gla_ctl *c, int back, double rate, double done)
 {
     c->veto_above = back;
     c->collapse_veto = 1;
+    c->collapse_contended = 0;
     c->veto_windows = VETO_WINDOWS;
     c->collapse_check = 1;
     c->collapse_rate = rate;
@@ -237,7 +241,9 @@ static int collapse_lifted(gla_ctl *c, const gla_ctl_window *w, double rate)
         return 0;
     c->collapse_check = 0;
     double spread = noise(c, c->collapse_done, w->completed, GAIN - 1);
-    if (rate > c->collapse_rate * (1 + spread))
+    /* After contention the smaller size is confirmed unless it lost throughput. */
+    if (c->collapse_contended ? rate >= c->collapse_rate * (1 - spread)
+                              : rate > c->collapse_rate * (1 + spread))
         return 0;
     c->veto_above = 0;
     c->collapse_veto = 0;
@@ -251,6 +257,8 @@ static void note_step(gla_ctl *c, const gla_ctl_window *w, double rate, int n)
     c->ramp_rate = n > c->target && w->completed >= MIN_TASKS && w->workers >= c->target ? rate : 0;
     c->ramp_size = c->target;
     c->ramp_held = w->task_gil_held_s > 0 ? w->task_gil_held_s : w->task_cpu_s;
+    double held, native, io;
+    c->ramp_io = demands(w, &held, &native, &io) ? io : 0;
     c->ramp_done = w->completed;
 }
 
@@ -311,8 +319,14 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
         int same_work = w->completed < 1 ||
                         (held > 0 && c->ramp_held > 0 && held < c->ramp_held * 2 &&
                          held * 2 > c->ramp_held);
+        /* Or the step only lengthened each task's wait outside the GIL and the cores:
+         * throughput no higher while that wait grew with the pool. */
+        double h2, n2, io2;
+        int contended = c->ramp_io > 0 && w->completed >= MIN_TASKS &&
+                        demands(w, &h2, &n2, &io2) && io2 >= CONTENDED * c->ramp_io &&
+                        rate < before * GAIN;
         int fell = same_work && w->workers > from && w->queue_length > 0 &&
-                   collapsed(before, c->ramp_done, rate, w->completed);
+                   (collapsed(before, c->ramp_done, rate, w->completed) || contended);
         if (fell && w->completed >= 1 && c->ramp_strikes == 0) {
             /* One window can be the machine's (a slow spell of the CPU, a burst of thread
              * starts): look again before a limit that lasts. */
@@ -320,7 +334,10 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
             c->ramp_rate = before;
             d.action = GLA_CTL_HOLD;
             snprintf(d.reason, sizeof d.reason,
-                     "throughput fell from %.0f to %.0f tasks/s at %d workers: checking again",
+                     contended ? "no gain from %.0f to %.0f tasks/s at %d workers, each task "
+                                 "waiting longer: checking again"
+                               : "throughput fell from %.0f to %.0f tasks/s at %d workers: "
+                                 "checking again",
                      before, rate, w->workers);
             d.target = c->target;
             return d;
@@ -333,9 +350,13 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
             set_base(c, from);
             c->little_goal = 0;
             limit_collapse(c, from, rate, w->completed);
+            c->collapse_contended = contended;
             d.action = GLA_CTL_VETO;
             snprintf(d.reason, sizeof d.reason,
-                     "throughput fell from %.0f to %.0f tasks/s at %d workers: back to %d",
+                     contended ? "no gain from %.0f to %.0f tasks/s at %d workers while each "
+                                 "task's wait grew: contention, back to %d"
+                               : "throughput fell from %.0f to %.0f tasks/s at %d workers: "
+                                 "back to %d",
                      before, rate, was, from);
             d.target = c->target;
             return d;
@@ -398,6 +419,11 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
             c->rate_var_n = 0;
             c->little_moved = 0;
             c->little_goal = clamp(c, ceil(model_cap_size(c, little)));
+            /* Contention is the workload's: its limit goes with it. */
+            if (c->collapse_contended) {
+                c->collapse_veto = c->collapse_check = c->collapse_contended = 0;
+                c->veto_above = c->veto_windows = 0;
+            }
             /* A collapse's limit is the interpreter's on this machine, not the workload's:
              * it outlives phase changes. */
             if (c->collapse_veto && c->veto_above && c->little_goal > c->veto_above)

@@ -31,6 +31,10 @@
  *      which throughput collapses for two windows in a row (one can be the machine's
  *      noise) goes back too, with a limit that lasts, unless throughput does not come
  *      back at the size gone back to (the machine slowed for a spell): then it is lifted.
+      So does a step up after which throughput did not rise while each task's wait
+      outside the GIL and the cores grew with the pool (CONTENDED times or more, for two
+      windows): that wait is contention for something the threads share — a native
+      library's locks, a server at its capacity — not latency that more threads overlap.
  *   2. Refine on measured throughput while tasks are queued: probe one step up (x1.25) and
  *      then down; a step up is kept if throughput rose by more than the noise
  *      (two standard deviations of the difference of two windows: from the spread of
@@ -121,6 +125,7 @@ typedef struct gla_ctl {
     int veto_windows;        /* windows the veto still holds */
     int fresh;               /* the last decision changed the size: its first window is transient */
     int collapse_veto;       /* the veto is a collapse's (throughput fell to a trickle above it) */
+    int collapse_contended;  /* ...found as contention (a wait that grew with the pool) */
     int collapse_check;      /* ...not yet confirmed by the size gone back to: */
     double collapse_rate;    /* the throughput at the collapsed size (tasks/s) */
     double collapse_done;    /* tasks that rate was measured on */
@@ -128,6 +133,7 @@ typedef struct gla_ctl {
     int ramp_size;           /* the size before it */
     double ramp_done;        /* tasks that rate was measured on */
     double ramp_held;        /* the tasks' GIL-held time then (a phase change is no collapse) */
+    double ramp_io;          /* and their wait outside the GIL, CPU and cores (0 = unknown) */
     int ramp_strikes;        /* windows in a row that looked collapsed after that step */
     int stalls;              /* consecutive windows with nothing finished above good_size */
     double little_size;      /* last demand-based size (0 = none) */

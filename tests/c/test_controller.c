@@ -691,8 +691,53 @@ static void test_gil_fill(void)
     CHECK(unknown <= 1.3, "share unknown: held %.2f x the demand-based size", unknown);
 }
 
+/* Tasks that wait on something the threads share (a native library's lock, a server at
+ * its capacity: 300 tasks/s whatever the pool): 0.2 ms of Python, then a wait that grows
+ * with the pool (n / 300 s for n workers, 5 ms at least). Little's law reads that wait
+ * as I/O and asks for more workers at every size; the step up shows no gain and a longer
+ * wait, so the pool goes back and stays near the knee (2 workers). A wait that does not
+ * grow (real I/O, the same capacity reached at 60 workers) is no contention. */
+static int contention_peak(int contended, int *final_target, int *said)
+{
+    gla_ctl c;
+    gla_ctl_window w;
+    gla_ctl_init(&c, 1, 2048, 1);
+    task_window(&w, 0.0002, 0.005, -1, 1);
+    int peak = 0;
+    *said = 0;
+    for (int i = 0; i < 80; i++) {
+        int n = c.target;
+        double wall = contended ? (n / 300.0 > 0.0052 ? n / 300.0 : 0.0052) : 0.2;
+        double rate = n / wall < 300 ? n / wall : 300;
+        w.workers = w.busy = n;
+        w.task_wall_s = wall;
+        w.window_s = 0.5;
+        w.completed = rate * w.window_s;
+        gla_ctl_decision d = gla_ctl_step(&c, &w);
+        if (strstr(d.reason, "contention"))
+            *said = 1;
+        if (d.target > peak)
+            peak = d.target;
+    }
+    *final_target = c.target;
+    return peak;
+}
+
+static void test_contention(void)
+{
+    int final, said;
+    int peak = contention_peak(1, &final, &said);
+    CHECK(said, "contention never named (peak %d, final %d)", peak, final);
+    CHECK(peak <= 16, "grew to %d on a shared resource that saturates at 2 workers", peak);
+    CHECK(final <= 4, "held %d workers on a shared resource that saturates at 2", final);
+    peak = contention_peak(0, &final, &said);
+    CHECK(!said, "a fixed wait read as contention");
+    CHECK(final >= 55, "a fixed 200 ms wait held at %d workers (60 needed)", final);
+}
+
 static void test_collapse(void)
 {
+    test_contention();
     test_dip_is_not_collapse(1);
     test_dip_is_not_collapse(2);
     test_slow_spell_is_not_collapse();
