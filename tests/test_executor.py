@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import logging
+import math
 import threading
 import time
 from typing import Any, Callable, Dict
@@ -282,18 +284,55 @@ def test_initializers_that_wait_for_each_other_all_start() -> None:
 @pytest.mark.parametrize("name, value", [("GIL_ADAPT_START_BURST", "two"),
                                          ("GIL_ADAPT_START_BURST", "-1"),
                                          ("GIL_ADAPT_CALM", "x"), ("GIL_ADAPT_CALM", "-3"),
-                                         ("GIL_ADAPT_CALM_ABOVE", "-2")])
-def test_bad_environment_settings_are_named(monkeypatch: pytest.MonkeyPatch, name: str,
-                                            value: str) -> None:
+                                         ("GIL_ADAPT_CALM_ABOVE", "-2"),
+                                         ("GIL_ADAPT_CALM_ABOVE", "abc"),
+                                         ("GIL_ADAPT_CONTROLLER", "maybe")])
+def test_bad_environment_settings_warn_and_use_the_default(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, name: str,
+        value: str) -> None:
     monkeypatch.setenv(name, value)
-    with pytest.raises(ValueError, match=name):
-        AdaptiveExecutor(2)
-    monkeypatch.setenv(name, "1")
+    caplog.set_level(logging.WARNING, logger="gil_adapt")
     try:
+        for _ in range(2):  # construction never breaks; one warning names the variable
+            with AdaptiveExecutor(2) as ex:
+                assert list(ex.map(abs, [-1, -2, -3])) == [1, 2, 3]
+                assert ex.stats()["controller"] is not None
+        warned = [r for r in caplog.records if name in r.getMessage()]
+        assert len(warned) == 1 and repr(value) in warned[0].getMessage()
+        monkeypatch.setenv(name, "1")
         with AdaptiveExecutor(2) as ex:  # a valid value works (1 = one start at a time)
             assert list(ex.map(abs, [-1, -2, -3])) == [1, 2, 3]
     finally:
         gil_adapt.calm_gil()  # the thinning is process-wide: back to the default keep
+
+
+@pytest.mark.parametrize("value, on", [("0", False), ("off", False), ("False", False),
+                                       ("NO", False), ("1", True), ("on", True),
+                                       ("TRUE", True), ("yes", True)])
+def test_controller_switch_accepts_the_usual_spellings(monkeypatch: pytest.MonkeyPatch,
+                                                       value: str, on: bool) -> None:
+    monkeypatch.setenv("GIL_ADAPT_CONTROLLER", value)
+    with AdaptiveExecutor(3) as ex:
+        st = ex.stats()
+    assert st["target_workers"] == (min(3, max(1, math.ceil(_cores()))) if on else 3), st
+
+
+def _cores() -> float:
+    return gil_adapt._core.limits().get("usable_cores") or 1.0
+
+
+def test_huge_sizes_and_infinite_timeouts_behave_as_threadpool() -> None:
+    with AdaptiveExecutor(2**31) as ex:  # ThreadPoolExecutor(2**31) works too
+        assert ex.submit(abs, -5).result(timeout=HANG) == 5
+        assert ex._max_workers == 2**31 - 1
+    with AdaptiveExecutor(2**64, min_workers=1) as ex:
+        assert ex.submit(abs, -6).result(timeout=HANG) == 6
+    ex = AdaptiveExecutor(2)
+    ex.submit(abs, 1).result(timeout=HANG)
+    ex._pool.shutdown()
+    assert ex._pool.wait(float("inf")) is True  # no limit, as threading's inf timeouts
+    with pytest.raises(ValueError, match="nan"):
+        ex._pool.wait(float("nan"))
 
 
 # ---- broken pool ------------------------------------------------------------------------

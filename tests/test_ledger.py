@@ -283,19 +283,33 @@ def _run_py(code, env=None):
                           text=True, env=e, timeout=120)
 
 
-def test_hook_disabled_by_environment():
+@pytest.mark.parametrize("value", ["0", "off", "False", "NO"])
+def test_hook_disabled_by_environment(value):
     out = _run_py("""
         import gil_adapt, json
         gil_adapt.install()
         with gil_adapt.measure() as m:
             pass
         print(json.dumps(gil_adapt.capabilities()))
-    """, {"GIL_ADAPT_HOOK": "0"})
+    """, {"GIL_ADAPT_HOOK": value})
     assert out.returncode == 0, out.stderr
     import json
     caps = json.loads(out.stdout)
     assert caps["gil_wait"] == "unavailable"
-    assert "GIL_ADAPT_HOOK=0" in caps["reason"]
+    assert f"GIL_ADAPT_HOOK={value}" in caps["reason"]
+
+
+def test_hook_setting_with_a_typo_warns_and_keeps_the_hook():
+    out = _run_py("""
+        import gil_adapt, json, logging
+        logging.basicConfig()
+        gil_adapt.install()
+        print(json.dumps(gil_adapt.capabilities()))
+    """, {"GIL_ADAPT_HOOK": "nope"})
+    assert out.returncode == 0, out.stderr
+    assert "GIL_ADAPT_HOOK='nope'" in out.stderr
+    import json
+    assert json.loads(out.stdout)["gil_wait"] == "exact"
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

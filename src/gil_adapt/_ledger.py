@@ -43,12 +43,13 @@ _install_pid: Optional[int] = None
 def install() -> bool:
     """Installs the GIL/lock hooks (idempotent). Returns True when GIL waits are exact.
 
-    ``GIL_ADAPT_HOOK=0`` in the environment disables the hook; figures that need it are
+    ``GIL_ADAPT_HOOK=0`` (or ``false``/``no``/``off``) in the environment disables the hook; figures that need it are
     then reported as unavailable, never guessed.
     """
     global _install_rc, _install_pid
     with _install_lock:
         if _install_rc is None or _install_pid != os.getpid():
+            env_flag("GIL_ADAPT_HOOK", True)  # warns about a value the C core ignores
             _install_rc = _core.install()
             _install_pid = os.getpid()
             caps = _core.capabilities()
@@ -103,18 +104,51 @@ def calm_gil(keep: int = CALM_DEFAULT, *, above: int = CALM_ABOVE_DEFAULT) -> in
     return int(_core.set_calm(keep))
 
 
-def env_count(name: str, allowed: str) -> Optional[int]:
-    """The integer >= 0 in environment variable ``name`` (None when unset); ValueError
-    naming the variable otherwise (``allowed`` says what it may be)."""
-    env = os.environ.get(name)
-    if env is None:
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+_warned_env: set = set()
+
+
+def _bad_env(name: str, value: str, expected: str, default: str) -> None:
+    if (name, value) not in _warned_env:  # once per variable and value
+        _warned_env.add((name, value))
+        log.warning("gil_adapt: %s=%r is not %s; using the default (%s)", name, value,
+                    expected, default)
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """A yes/no environment variable: ``0/1``, ``true/false``, ``yes/no``, ``on/off`` in
+    any case. Unset or empty: ``default``; any other value logs one warning and gives
+    ``default`` (a typo never breaks the program)."""
+    env = os.environ.get(name, "").strip().lower()
+    if not env:
+        return default
+    if env in _TRUE:
+        return True
+    if env in _FALSE:
+        return False
+    _bad_env(name, os.environ[name], "one of 0/1, true/false, yes/no, on/off",
+             "on" if default else "off")
+    return default
+
+
+def env_count(name: str, allowed: str, off_is_zero: bool = False) -> Optional[int]:
+    """The integer >= 0 in environment variable ``name``; None when unset or empty, and
+    when the value is not such an integer (one warning says so; ``allowed`` says what it
+    may be). With ``off_is_zero``, ``off/false/no`` read as 0."""
+    raw = os.environ.get(name)
+    env = (raw or "").strip()
+    if not env:
         return None
+    if off_is_zero and env.lower() in _FALSE[1:]:
+        return 0
     try:
         value = int(env)
     except ValueError:
-        raise ValueError(f"{name} must be an integer, not {env!r}") from None
+        value = -1
     if value < 0:
-        raise ValueError(f"{name} must be {allowed}, not {value}")
+        _bad_env(name, raw or "", allowed, "unset")
+        return None
     return value
 
 
@@ -122,7 +156,7 @@ def calm_default() -> None:
     """The executor's setting: GIL_ADAPT_CALM / GIL_ADAPT_CALM_ABOVE where set; the rest
     as calm_gil() chose, or the defaults if it did not."""
     global _calm_chosen
-    keep = env_count("GIL_ADAPT_CALM", "0 (off) or a positive count")
+    keep = env_count("GIL_ADAPT_CALM", "0 (off) or a positive count", off_is_zero=True)
     above = env_count("GIL_ADAPT_CALM_ABOVE", "a count >= 0")
     if keep is None and above is None and _calm_chosen:
         return

@@ -40,6 +40,8 @@ __all__ = ["AdaptiveExecutor", "BrokenThreadPool", "default_max_workers", "worke
 STACK_PER_RECURSION_LEVEL = 2048
 #: Ceiling of the default max_workers (the largest pool the benchmarks sweep).
 MAX_DEFAULT_WORKERS = 2048
+#: The largest max_workers taken as given (larger ones mean the same: no practical bound).
+MAX_WORKERS_LIMIT = 2**31 - 1
 #: Idle workers above min_workers leave after this long without work.
 IDLE_TIMEOUT_S = 60.0
 #: Resident memory of one worker, with margin (thread state, touched stack pages, frames
@@ -197,7 +199,7 @@ def _start_burst() -> int:
     """GIL_ADAPT_START_BURST: how many new workers may wait for the GIL to enter at once
     (0 or unset: the pool's default, 2; see csrc/pool.h). Benchmarks set it large to show
     what starting them all at once does (benchmarks/pool_startup.py)."""
-    return _ledger.env_count("GIL_ADAPT_START_BURST", ">= 0 (0: the default)") or 0
+    return _ledger.env_count("GIL_ADAPT_START_BURST", "a count >= 0 (0: the default)") or 0
 
 
 def _check_count(name: str, value: Any) -> int:
@@ -227,7 +229,8 @@ class AdaptiveExecutor(_core.ExecutorBase, concurrent.futures.ThreadPoolExecutor
     ``IDLE_TIMEOUT_S`` idle. Worker stack size: :func:`worker_stack_size` (2 MiB unless
     ``threading.stack_size()`` or the recursion limit says otherwise).
 
-    ``GIL_ADAPT_CONTROLLER=0`` in the environment turns the controller off: the pool then
+    ``GIL_ADAPT_CONTROLLER=0`` (or ``false``/``no``/``off``) in the environment turns the
+    controller off: the pool then
     grows to ``max_workers`` on demand, as ThreadPoolExecutor does. New workers start two
     at a time (each waits for the GIL to enter; ``GIL_ADAPT_START_BURST`` changes it).
 
@@ -264,7 +267,7 @@ class AdaptiveExecutor(_core.ExecutorBase, concurrent.futures.ThreadPoolExecutor
             raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, "
                              f"not {mode!r}")
         pins = resolve_pins(pin, mode)
-        min_workers = _check_count("min_workers", min_workers)
+        min_workers = min(_check_count("min_workers", min_workers), MAX_WORKERS_LIMIT)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         if not isinstance(thread_name_prefix, str):
@@ -274,7 +277,9 @@ class AdaptiveExecutor(_core.ExecutorBase, concurrent.futures.ThreadPoolExecutor
         if max_workers is None:
             max_workers = max(min_workers, default_max_workers(stack_size))
         else:
-            max_workers = _check_count("max_workers", max_workers)
+            # larger than any pool can be (the C core counts in int): no bound, as for
+            # ThreadPoolExecutor, which accepts any int
+            max_workers = min(_check_count("max_workers", max_workers), MAX_WORKERS_LIMIT)
         if min_workers > max_workers:
             raise ValueError(f"min_workers ({min_workers}) must not exceed "
                              f"max_workers ({max_workers})")
@@ -284,7 +289,7 @@ class AdaptiveExecutor(_core.ExecutorBase, concurrent.futures.ThreadPoolExecutor
         prefix = thread_name_prefix or f"AdaptiveExecutor-{_counter()}"
         start, stop = _thread_hooks(prefix, initializer, initargs)
         cores = _core.limits().get("usable_cores") or 1.0
-        adaptive = bool(_core.HAVE_CONTROLLER) and os.environ.get("GIL_ADAPT_CONTROLLER") != "0"
+        adaptive = bool(_core.HAVE_CONTROLLER) and _ledger.env_flag("GIL_ADAPT_CONTROLLER", True)
         initial = min(max_workers, max(min_workers, math.ceil(cores))) if adaptive \
             else max_workers
         self._pool = _core.Pool(min_workers, max_workers, initial_target=initial,
