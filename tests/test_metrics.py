@@ -142,6 +142,55 @@ def test_serve_metrics_over_http(in_process):
         assert not _alive(pid)  # the helper has exited
 
 
+@pytest.mark.parametrize("in_process", [False, True])
+def test_slow_and_idle_clients_do_not_hold_up_scrapes(in_process):
+    """Three idle connections and one that trickles a byte every 0.3 s: a scrape beside
+    them is answered at once, and the trickler is cut off at its deadline."""
+    from gil_adapt import _metrics_helper as helper
+
+    held = []
+    stop = threading.Event()
+    with gil_adapt.serve_metrics(port=0, in_process=in_process) as srv:
+        try:
+            for _ in range(3):
+                held.append(socket.create_connection(("127.0.0.1", srv.port), timeout=10))
+            trickler = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            held.append(trickler)
+            cut_off = threading.Event()
+
+            def trickle() -> None:
+                for b in b"GET /metrics HTTP/1.0\r\nX-Slow: " + b"x" * 200:
+                    if stop.is_set():
+                        return
+                    try:
+                        trickler.sendall(bytes([b]))
+                    except OSError:
+                        cut_off.set()
+                        return
+                    if stop.wait(0.3):
+                        return
+
+            t = threading.Thread(target=trickle, daemon=True)
+            t.start()
+            time.sleep(0.5)
+            for _ in range(4):
+                t0 = time.monotonic()
+                status, _ctype, body = _get(srv.url)
+                assert status == 200 and "gil_adapt_thread_cpu_seconds" in families(body)
+                assert time.monotonic() - t0 < helper.CLIENT_DEADLINE_S  # not queued behind
+            # the trickler gets no answer: its connection is closed at the deadline
+            trickler.settimeout(helper.CLIENT_DEADLINE_S + 10)
+            try:
+                got = trickler.recv(100)
+            except OSError:
+                got = b""
+            assert got == b"" or cut_off.is_set()
+        finally:
+            stop.set()
+            for c in held:
+                c.close()
+
+
 def test_scrapes_share_one_read():
     with gil_adapt.serve_metrics(port=0, max_age_s=60) as srv:
         first = _get(srv.url)[2]

@@ -27,14 +27,18 @@ import socket
 import struct
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 CONTENT_TYPE_OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 STATUS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
           500: "Internal Server Error", 503: "Service Unavailable"}
 MAX_REQUEST = 65536
-CLIENT_TIMEOUT_S = 10
+#: A client has this long, from its connection, to send its request and read the answer
+#: (a deadline for the whole exchange: a client that trickles a byte at a time is cut off).
+CLIENT_DEADLINE_S = 5.0
+#: Connections served at once; more wait in the listen backlog.
+MAX_CLIENTS = 32
 FAILED = 0xFFFFFFFF
 
 GetBody = Callable[[bool], Optional[bytes]]  # openmetrics? -> body, or None: failed
@@ -77,15 +81,113 @@ def answer(request: bytes, get_body: GetBody) -> bytes:
     return response(200, body, CONTENT_TYPE_OPENMETRICS if om else CONTENT_TYPE_TEXT, head)
 
 
-def read_request(conn: socket.socket) -> bytes:
-    """Reads up to the end of the request head (or MAX_REQUEST bytes, or EOF)."""
-    request = b""
-    while b"\r\n\r\n" not in request and len(request) < MAX_REQUEST:
-        chunk = conn.recv(8192)
-        if not chunk:
-            break
-        request += chunk
-    return request
+class _Client:
+    __slots__ = ("sock", "request", "out", "deadline")
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.request = b""
+        self.out: Optional[bytes] = None  # the response, once the request is complete
+        self.deadline = deadline
+
+
+def serve(lsock: socket.socket, get_body: GetBody, stopping: Callable[[], bool],
+          ctl: Optional[socket.socket] = None,
+          on_ctl: Optional[Callable[[], bool]] = None, poll_s: Optional[float] = None) -> None:
+    """Answers scrapes on the listening socket until ``stopping()`` (checked at least every
+    ``poll_s``) or ``on_ctl()`` (called when ``ctl`` is readable) returns True.
+
+    Up to MAX_CLIENTS connections are served at once, each within CLIENT_DEADLINE_S of its
+    arrival (request read and response written, non-blocking): slow or idle clients
+    never hold up another scrape.
+    """
+    lsock.setblocking(False)
+    clients: Dict[int, _Client] = {}
+    try:
+        while not stopping():
+            now = time.monotonic()
+            for c in [c for c in clients.values() if c.deadline <= now]:
+                _drop(clients, c)
+            waits = [c.deadline - now for c in clients.values()]
+            if poll_s is not None:
+                waits.append(poll_s)
+            timeout = max(0.0, min(waits)) if waits else None
+            rlist: List[Any] = [c.sock for c in clients.values() if c.out is None]
+            if len(clients) < MAX_CLIENTS:
+                rlist.append(lsock)
+            if ctl is not None:
+                rlist.append(ctl)
+            wlist = [c.sock for c in clients.values() if c.out is not None]
+            try:
+                readable, writable, _ = select.select(rlist, wlist, [], timeout)
+            except (OSError, ValueError):  # the listening socket was closed: stopping
+                return
+            if ctl is not None and ctl in readable and on_ctl is not None and on_ctl():
+                return
+            for sock in writable:
+                c = clients.get(sock.fileno())
+                if c is not None:
+                    _write(clients, c)
+            for sock in readable:
+                if sock is lsock:
+                    _accept(lsock, clients)
+                elif sock is not ctl:
+                    c = clients.get(sock.fileno())
+                    if c is not None:
+                        _read(clients, c, get_body)
+    finally:
+        for c in list(clients.values()):
+            _drop(clients, c)
+
+
+def _accept(lsock: socket.socket, clients: Dict[int, _Client]) -> None:
+    while len(clients) < MAX_CLIENTS:
+        try:
+            conn, _ = lsock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # out of descriptors, a reset before accept: the next one
+            return
+        conn.setblocking(False)
+        clients[conn.fileno()] = _Client(conn, time.monotonic() + CLIENT_DEADLINE_S)
+
+
+def _read(clients: Dict[int, _Client], c: _Client, get_body: GetBody) -> None:
+    try:
+        chunk = c.sock.recv(8192)
+    except (BlockingIOError, InterruptedError):
+        return
+    except OSError:
+        chunk = b""
+    if not chunk and not c.request:
+        _drop(clients, c)
+        return
+    c.request += chunk
+    if chunk and b"\r\n\r\n" not in c.request and len(c.request) < MAX_REQUEST:
+        return
+    c.out = answer(c.request, get_body)
+    _write(clients, c)
+
+
+def _write(clients: Dict[int, _Client], c: _Client) -> None:
+    try:
+        sent = c.sock.send(c.out or b"")
+    except (BlockingIOError, InterruptedError):
+        return
+    except OSError:
+        _drop(clients, c)
+        return
+    c.out = (c.out or b"")[sent:]
+    if not c.out:
+        _drop(clients, c)
+
+
+def _drop(clients: Dict[int, _Client], c: _Client) -> None:
+    clients.pop(c.sock.fileno(), None)
+    try:
+        c.sock.close()
+    except OSError:
+        pass
 
 
 def listen(addr: str, port: int) -> socket.socket:
@@ -176,29 +278,14 @@ def main(argv: List[str]) -> int:
         return 1
     ctl.sendall(f"OK {lsock.getsockname()[1]}\n".encode())
     refresher = _Refresher(ctl, max_age_s)
-    while not refresher.program_gone:
-        readable, _, _ = select.select([lsock, ctl], [], [])
-        if ctl in readable:  # EOF, or a late reply to a refresh that timed out
-            try:
-                if _read_reply(ctl) is None:
-                    return 0
-            except OSError:
-                return 0
-        if lsock not in readable:
-            continue
+
+    def ctl_readable() -> bool:  # EOF (the program went away), or a late reply: skipped
         try:
-            conn, _ = lsock.accept()
+            return _read_reply(ctl) is None
         except OSError:
-            continue
-        try:
-            conn.settimeout(CLIENT_TIMEOUT_S)
-            request = read_request(conn)
-            if request:
-                conn.sendall(answer(request, refresher.body))
-        except OSError:
-            pass
-        finally:
-            conn.close()
+            return True
+
+    serve(lsock, refresher.body, lambda: refresher.program_gone, ctl, ctl_readable)
     return 0
 
 

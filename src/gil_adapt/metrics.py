@@ -398,32 +398,12 @@ class _Cache:
 
 
 def _serve_in_thread(sock: socket.socket, cache: _Cache, closing: threading.Event) -> None:
-    """Accepts and answers one connection at a time until closing is set.
-
-    Sockets stay in blocking mode (one GIL release per system call: a timeout set with
-    settimeout() would add a poll() and a second GIL take to each); a stalled client is
-    cut off by the kernel's SO_RCVTIMEO/SO_SNDTIMEO instead.
-    """
-    tv = struct.pack("ll", _helper.CLIENT_TIMEOUT_S, 0)
-    while not closing.is_set():
-        try:
-            conn, _addr = sock.accept()
-        except OSError:
-            if closing.is_set():
-                return
-            log.debug("gil_adapt.metrics: accept failed", exc_info=True)
-            time.sleep(0.05)
-            continue
-        try:
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
-            request = _helper.read_request(conn)
-            if request:
-                conn.sendall(_helper.answer(request, cache.body))
-        except Exception:  # one bad scrape never stops the server
-            log.debug("gil_adapt.metrics: a scrape failed", exc_info=True)
-        finally:
-            conn.close()
+    """Answers scrapes until closing is set (see _metrics_helper.serve: several clients at
+    once, each within a deadline)."""
+    try:
+        _helper.serve(sock, cache.body, closing.is_set, poll_s=0.25)
+    except Exception:  # never lose the program to its exporter
+        log.exception("gil_adapt.metrics: the metrics server stopped")
 
 
 def _feed_helper(ctl: socket.socket, cache: _Cache) -> None:
