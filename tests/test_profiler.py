@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 import sys
 import textwrap
 
@@ -168,6 +169,38 @@ def test_keyboard_interrupt_like_python(tmp_path):
     assert "verdict:" in prof.stderr
 
 
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_report_written_when_terminated(tmp_path, signame):
+    """timeout, kill, docker and systemd stop a program with SIGTERM: the report and the
+    --json file are still written, and the process still ends by that signal."""
+    sig = getattr(signal, signame)
+    script = write(tmp_path, "term.py", """
+        import sys, threading, time
+        def io():
+            while True:
+                time.sleep(0.01)
+        threading.Thread(target=io, daemon=True).start()
+        print("running", flush=True)
+        time.sleep(60)
+    """)
+    out = tmp_path / "report.json"
+    proc = subprocess.Popen(RUN + ["--json", str(out), script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "running\n"
+        time.sleep(0.5)
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == -sig, stderr
+    assert "verdict:" in stderr
+    report = json.loads(out.read_text())
+    assert report["exit_code"] == 128 + sig
+
+
 def test_module_mode(tmp_path):
     write(tmp_path, "mymod.py", """
         import sys
@@ -191,6 +224,7 @@ def test_module_mode(tmp_path):
     (["--bogus", "x.py"], "unknown option"),
     ([], "no program given"),
     (["--json", "/nonexistent-dir/x.json", "x.py"], "no such directory"),
+    (["--plot", "out.txt", "x.py"], "must end in one of"),
 ])
 def test_bad_input(tmp_path, args, msg):
     prof = run(args, cwd=tmp_path, timeout=60)

@@ -54,6 +54,7 @@ import math
 import operator
 import os
 import runpy
+import signal
 import sys
 import threading
 import time
@@ -217,12 +218,21 @@ def parse_args(argv: Sequence[str]) -> Options:
     return _check(o)
 
 
+#: Formats the plot can be written in (matplotlib's, by file extension).
+PLOT_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg")
+
+
 def _check(o: Options) -> Options:
     for opt, path in (("--json", o.json_path), ("--plot", o.plot_path)):
         if path is not None:
             parent = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(parent):
                 raise UsageError(f"{opt} {path}: no such directory {parent!r}")
+    if o.plot_path is not None:
+        ext = os.path.splitext(o.plot_path)[1].lstrip(".").lower()
+        if ext not in PLOT_FORMATS:
+            raise UsageError(f"--plot {o.plot_path}: the file name must end in one of "
+                             f"{', '.join('.' + f for f in PLOT_FORMATS)}")
     return o
 
 
@@ -1064,6 +1074,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             session.sampler.own_tids.add(session.server.native_id)
         err.write(f"gil-adapt run: metrics at {session.server.url}\n")
     atexit.register(session.finish)
+    _report_on_termination(session)
     session.sampler.start()
     code = _run_target(opts)
     session.exit_code = code
@@ -1074,6 +1085,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.excepthook = _silent_hook
         raise KeyboardInterrupt
     return code
+
+
+#: Signals that end a program (timeout, kill, docker, systemd) after which the report is
+#: still written; the process then ends by the same signal, so its status is preserved.
+REPORT_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+def _report_on_termination(session: "_Session") -> None:
+    """Installs handlers for REPORT_SIGNALS where their action is the default (ending the
+    process): write the report, then end by that signal. A second signal during the
+    report ends the process at once (the default action is back first). A program that
+    installs its own handler replaces this one, and its exit writes the report."""
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signum, signal.SIG_DFL)
+        session.exit_code = 128 + signum
+        session.finish()
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.kill(os.getpid(), signum)
+
+    for name in REPORT_SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is None:
+            continue
+        try:
+            if signal.getsignal(signum) == signal.SIG_DFL:
+                signal.signal(signum, handler)
+        except (OSError, ValueError):  # not the main thread, or not settable here
+            pass
 
 
 def _silent_hook(*args: Any) -> None:
