@@ -372,6 +372,24 @@ def test_verdict_io_and_cpu():
     assert profiler.verdict(_summary([]), CAPS)["kind"] == "none"
 
 
+def test_verdict_compares_with_threads_at_once_not_threads_seen():
+    # thread-per-request: 300 short-lived threads over the run, 4 at a time, GIL 4 % busy
+    per = [(f"req{i}", {"io_wait_ns": 4 * S // 300 - S // 7500, "cpu_ns": S // 7500,
+                        "gil_held_ns": S // 7500}) for i in range(300)]
+    v = profiler.verdict(_summary(per), CAPS)
+    assert v["kind"] == "io-bound"
+    assert v["concurrency"] == pytest.approx(4.0, rel=0.01)
+    assert "more concurrency would help" in v["text"], v["text"]
+    assert "4.0 ran at once" in v["text"]
+    # 120 threads at once keeping the GIL 96 % busy: at the limit
+    busy = [(f"w{i}", {"io_wait_ns": S - S // 125, "cpu_ns": S // 125, "gil_held_ns": S // 125})
+            for i in range(120)]
+    v = profiler.verdict(_summary(busy), CAPS)
+    assert v["kind"] in ("io-bound", "gil-bound"), v
+    if v["kind"] == "io-bound":
+        assert "limit" in v["text"], v["text"]
+
+
 def test_timeline_bins_coarsen(monkeypatch):
     import threading
     import time

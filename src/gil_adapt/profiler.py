@@ -602,8 +602,17 @@ def threads_would_suffice(total: Dict[str, Any], cores: float,
     return (held + native + io_ns) / bottleneck, how
 
 
+#: The GIL (or the cores) counts as at its limit from this busy share on.
+LIMIT_BUSY = 0.7
+
+
 def verdict(summary: Dict[str, Any], caps: Dict[str, Any]) -> Dict[str, Any]:
-    """A plain-language verdict from the totals and the per-thread states."""
+    """A plain-language verdict from the totals and the per-thread states.
+
+    The Little's-law estimate of the threads that keep the GIL (or the cores) busy is
+    compared with the threads that ran at once (their busy time over the run's length),
+    never with every thread ever started: a thread-per-request server starts hundreds
+    but runs a few at a time."""
     total = summary["total"]
     exact = caps.get("gil_wait") == "exact"
     cores = float(caps.get("usable_cores") or 1.0)
@@ -619,7 +628,11 @@ def verdict(summary: Dict[str, Any], caps: Dict[str, Any]) -> Dict[str, Any]:
     n_est, how = threads_would_suffice(total, cores, exact)
     out["estimate"] = how
     n_int = None if n_est is None else max(1, math.ceil(n_est - 0.05))
-    n_threads = len([t for t in summary["threads"] if t["wall_ns"] > 0])
+    # Threads alive at once, not every thread ever seen: the mean number busy (CPU, waiting
+    # for the GIL or a core, or in I/O) over the run, which the estimate is compared with
+    elapsed = summary.get("elapsed_ns") or 0
+    concurrency = active / elapsed if elapsed > 0 else None
+    out["concurrency"] = concurrency
     if active <= 0:
         out["kind"], out["text"] = "waiting", (
             "threads only waited on each other (Python locks, queues, joins) or were idle")
@@ -643,15 +656,18 @@ def verdict(summary: Dict[str, Any], caps: Dict[str, Any]) -> Dict[str, Any]:
         out["kind"] = "io-bound"
         limit = "the GIL" if exact else "the cores"
         out["threads_would_suffice"] = n_int
-        if n_int is not None and n_int <= n_threads:
+        ran = "" if concurrency is None else f"; {concurrency:.1f} ran at once on average"
+        busy = util if exact else (total["cpu_ns"] / (elapsed * cores) if elapsed else None)
+        if n_int is not None and concurrency is not None and n_int <= concurrency * 1.1 \
+                and busy is not None and busy >= LIMIT_BUSY:
             out["text"] = (f"I/O-bound, at {limit}'s limit: the threads mostly wait on I/O, "
-                           f"but about {n_int} thread{'s' if n_int != 1 else ''} already keep "
-                           f"{limit} busy; more will not help (estimate)")
+                           f"but about {n_int} thread{'s' if n_int != 1 else ''} at once keep "
+                           f"{limit} busy ({busy:.0%}){ran}; more will not help (estimate)")
         else:
             out["text"] = "I/O-bound: more concurrency would help"
             if n_int is not None:
                 out["text"] += (f" (about {n_int if n_int <= 10000 else 'over 10000'} "
-                                f"threads before {limit} saturates, estimate)")
+                                f"threads at once before {limit} saturates{ran}, estimate)")
     elif share["cpu_ns"] >= 0.5:
         out["kind"] = "cpu-bound"
         out["text"] = ("CPU-bound without contention: more threads would only contend for "
