@@ -12,4 +12,9 @@ from .metrics import metrics_text, serve_metrics
 
 __all__ = ["AdaptiveExecutor", "calm_gil", "capabilities", "install", "measure", "metrics_text",
            "serve_metrics", "snapshot", "uninstall"]
-__version__ = "0.1.0"
+try:  # one source: the version the package was installed with (pyproject.toml)
+    from importlib.metadata import PackageNotFoundError, version as _version
+
+    __version__ = _version("gil-adapt")
+except (ImportError, PackageNotFoundError):  # run from a source tree, not installed
+    __version__ = "0+unknown"

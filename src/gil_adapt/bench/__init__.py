@@ -1,4 +1,4 @@
-"""``gil-adapt bench``: the benchmark suite of BENCH.md.
+"""``gil-adapt bench``: the benchmark suite (docs/bench.md).
 
 The same tasks, the same edge configuration (cores by affinity and cpuset, a real cgroup
 memory cap), every strategy in one run, each scored as a share of the best fixed thread

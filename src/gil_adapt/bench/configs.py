@@ -1,4 +1,4 @@
-"""Edge configurations of BENCH.md: a number of cores and a memory cap.
+"""Edge configurations of the benchmark (docs/bench.md): a number of cores and a memory cap.
 
 A configuration is realised with CPU affinity (and the cgroup's cpuset where there is
 one) plus a cgroup memory limit (:mod:`gil_adapt.bench.cgroups`). One that needs more

@@ -5,7 +5,7 @@ directly.
 Conventions:
 
 * a repetition that failed (OOM-killed, crashed, timed out, tasks failing) counts as
-  0 tasks/s: BENCH.md scores a strategy that fails under a cap 0 for that cell;
+  0 tasks/s: the benchmark scores a strategy that fails under a cap 0 for that cell;
 * a cell's status is ``ok`` (every repetition ran), ``failed`` (none did) or ``partial``;
   ``skipped`` cells never ran and carry the reason;
 * the **oracle** is the ``threads-N`` sweep point with the highest median throughput;

@@ -1,4 +1,4 @@
-"""The strategies of BENCH.md: names, what each one is, and whether it can run here.
+"""The strategies of the benchmark (docs/bench.md): names, what each one is, and whether it can run here.
 
 ==================  ========================================================================
 ``threads-N``       ``ThreadPoolExecutor(N)`` with all N threads started before the clock

@@ -1,8 +1,8 @@
-"""The ten workloads of BENCH.md, each with a sync form (for executors) and an async form.
+"""The ten workloads of the benchmark (docs/bench.md), each with a sync form (for executors) and an async form.
 
 Every task has a CPU phase and an I/O phase. The I/O is a request to the loopback server
 (:mod:`gil_adapt.bench.loopback`) with the workload's latency, or ``time.sleep`` /
-``asyncio.sleep`` for ``mixed`` and ``micro`` (as in BENCH.md's reference task, and the
+``asyncio.sleep`` for ``mixed`` and ``micro`` (as in the benchmark's reference task, and the
 prototype's sweep). The CPU phase is written with the library such code uses. BLAS and
 ONNX Runtime run one thread per task (the child sets the environment; sessions are made
 with one intra-op and one inter-op thread) so that the concurrency under test is the
