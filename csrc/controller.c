@@ -22,9 +22,11 @@
 #define MODEL_MAX 512          /* demand-based sizes stop at this many threads per core */
 #define RAMP_SLOW 256          /* per usable core: past this, growth steps are x1.5 */
 #define MIN_TASKS 8.0          /* fewer completions than this: the window says nothing */
-#define CONTENDED 1.8          /* a step up after which each task waits this much longer
-                                  (outside the GIL and the cores) and throughput did not
-                                  rise: the wait is contention, not I/O */
+#define CONTENDED 0.8          /* a step up by a factor g >= 1.5 after which each task
+                                  waits 1 + CONTENDED (g - 1) times longer, and at least
+                                  1.8 times (outside the GIL and the cores: nearly in
+                                  proportion to the pool), and throughput did not rise: the
+                                  wait is contention, not I/O */
 #define STEADY_FIRST 4         /* windows between probes, doubling up to STEADY_MAX */
 #define STEADY_MAX 32
 #define VETO_WINDOWS 24        /* a refused step up is not retried for this long */
@@ -322,9 +324,11 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
         /* Or the step only lengthened each task's wait outside the GIL and the cores:
          * throughput no higher while that wait grew with the pool. */
         double h2, n2, io2;
-        int contended = c->ramp_io > 0 && w->completed >= MIN_TASKS &&
-                        demands(w, &h2, &n2, &io2) && io2 >= CONTENDED * c->ramp_io &&
-                        rate < before * GAIN;
+        double grew = from > 0 ? (double)w->workers / from : 1;
+        double longer = 1 + CONTENDED * (grew - 1);
+        int contended = c->ramp_io > 0 && w->completed >= MIN_TASKS && grew >= 1.5 &&
+                        demands(w, &h2, &n2, &io2) &&
+                        io2 >= c->ramp_io * (longer > 1.8 ? longer : 1.8) && rate < before * GAIN;
         int fell = same_work && w->workers > from && w->queue_length > 0 &&
                    (collapsed(before, c->ramp_done, rate, w->completed) || contended);
         if (fell && w->completed >= 1 && c->ramp_strikes == 0) {

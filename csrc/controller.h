@@ -32,8 +32,8 @@
  *      noise) goes back too, with a limit that lasts, unless throughput does not come
  *      back at the size gone back to (the machine slowed for a spell): then it is lifted.
       So does a step up after which throughput did not rise while each task's wait
-      outside the GIL and the cores grew with the pool (CONTENDED times or more, for two
-      windows): that wait is contention for something the threads share — a native
+      outside the GIL and the cores grew nearly in proportion to the pool (CONTENDED of
+      the step, for two windows): that wait is contention for something the threads share — a native
       library's locks, a server at its capacity — not latency that more threads overlap.
  *   2. Refine on measured throughput while tasks are queued: probe one step up (x1.25) and
  *      then down; a step up is kept if throughput rose by more than the noise
