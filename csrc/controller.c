@@ -30,6 +30,9 @@
 #define STEADY_FIRST 4         /* windows between probes, doubling up to STEADY_MAX */
 #define STEADY_MAX 32
 #define VETO_WINDOWS 24        /* a refused step up is not retried for this long */
+#define STALL_THREADS 64       /* per usable core: fewer threads cannot starve the
+                                  interpreter (nothing finishing is something else) */
+#define STALL_MIN_S 0.5        /* and nothing finished for this long (or 4 task walls) */
 #define MIN_TASK_S 20e-6       /* per-task floor: the executor's own cost */
 #define IDLE_FILL 0.95         /* the bottleneck (GIL or cores) busy less than this at the
                                   size in force... */
@@ -506,8 +509,15 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
         int stalled = w->queue_length > 0 && w->completed < 1 && c->good_size > 0 &&
                       w->workers > c->min_workers;
         c->stalls = stalled ? c->stalls + 1 : 0;
-        if (stalled && c->stalls >= 2) { /* one empty window can be a slow start */
+        c->stall_s = stalled ? c->stall_s + w->window_s : 0;
+        /* Starved by its own threads only when there are many (the cliff needs hundreds
+         * per core) and for a while: a submitter holding the GIL for a burst of submits,
+         * or threads starting, empty a window or two of short tasks at any size. */
+        double long_stall = 4 * c->wall_ewma > STALL_MIN_S ? 4 * c->wall_ewma : STALL_MIN_S;
+        if (stalled && c->stalls >= 2 && c->stall_s >= long_stall &&
+            w->workers >= STALL_THREADS * cores_for_limits(c)) {
             c->stalls = 0;
+            c->stall_s = 0;
             int from = w->workers;
             /* the edge is not sharp (a size that completed tasks once may not again) */
             int back = c->good_size < from / 2 ? c->good_size : clamp(c, from / 2);

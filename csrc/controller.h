@@ -26,8 +26,9 @@
  *      queueing network (one processor-shared station, one delay station). Large sizes
  *      are reached in steps of x4 per window (each once a task finished at the size
  *      before; MIN_TASKS of them past 256 threads per core, where a collapse may be near); when no task finishes at a size larger than
- *      one that completed tasks (an interpreter starved by thousands of threads), the pool
- *      goes back to that size and growth past it is vetoed for a while. A step up after
+ *      one that completed tasks (an interpreter starved by thousands of threads: at least
+ *      64 per core, for half a second or 4 task walls), the pool goes back to that size and
+ *      growth past it is vetoed for a while. A step up after
  *      which throughput collapses for two windows in a row (one can be the machine's
  *      noise) goes back too, with a limit that lasts, unless throughput does not come
  *      back at the size gone back to (the machine slowed for a spell): then it is lifted.
@@ -136,6 +137,7 @@ typedef struct gla_ctl {
     double ramp_io;          /* and their wait outside the GIL, CPU and cores (0 = unknown) */
     int ramp_strikes;        /* windows in a row that looked collapsed after that step */
     int stalls;              /* consecutive windows with nothing finished above good_size */
+    double stall_s;          /* ...and their length (s) */
     double little_size;      /* last demand-based size (0 = none) */
     double little_smooth;    /* its moving average: probes down stop there (0 = none) */
     double model_cap;        /* little_smooth when a step below it paid (0 = none) */
