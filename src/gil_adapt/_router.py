@@ -21,9 +21,10 @@ Measurement on threads: a *measured* task is submitted to the C pool wrapped in
 :meth:`Router._relay`, which reads the worker's own clocks (wall, thread CPU, GIL wait, GIL
 held from the ledger) around the call and completes a future of its own (the C pool's is
 discarded). A function's first ``FIRST_MEASURED`` tasks are measured, then one per
-``SAMPLE_PERIOD_S`` (the others pay a plain C submit), and every one while the function is a
-candidate for processes (GIL-bound Python CPU long enough for a process round trip): the
-windows that decide a move are never sampled.
+``SAMPLE_PERIOD_S`` and one in ``SAMPLE_EVERY`` submits (the others pay a plain C
+submit), and every one while the function is a candidate for processes (GIL-bound Python
+CPU long enough for a process round trip): the windows that decide a move are never
+sampled.
 
 ``pins`` fix a function's backend ("threads" or "processes") whatever the mode decides.
 Nothing here holds a task's callable, arguments or result once the task is done: kinds
@@ -65,6 +66,9 @@ MAX_WINDOW_S = 1.5
 #: tasks to ~0.2 % — and every one while the function could move to processes.
 SAMPLE_PERIOD_S = 0.01
 FIRST_MEASURED = 32
+#: ...and one in this many submits (map() submits a burst in a few ms: sampled by time
+#: alone, its windows would hold a handful of tasks).
+SAMPLE_EVERY = 16
 #: Switches kept for stats().
 SWITCH_LOG = 64
 #: Code objects cached before the cache is cleared.
@@ -248,7 +252,7 @@ class Router:
         if b is Backend.THREADS:
             if not k.measure_all:
                 k.count += 1
-                if k.count > FIRST_MEASURED:
+                if k.count > FIRST_MEASURED and k.count % SAMPLE_EVERY:
                     now = _monotonic()
                     if now < k.next_sample:
                         return self._csubmit(fn, *args, **kwargs)

@@ -132,9 +132,9 @@ def classify(p: Profile, policy: Policy = Policy()) -> Tuple[str, str]:
     if share < policy.cpu_share:
         return "io", f"I/O bound (CPU {share:.0%} of CPU + I/O)"
     if p.gil_held_s is not None and p.cpu_s > 0:
-        held = p.gil_held_s / p.cpu_s
+        held = p.gil_held_s / p.cpu_s  # above 1: held while preempted, as GIL-bound
         if held >= policy.python_share:
-            return "gil_cpu", f"Python CPU under the GIL ({held:.0%} of its CPU)"
+            return "gil_cpu", f"Python CPU under the GIL ({min(held, 1.0):.0%} of its CPU)"
         return "native_cpu", f"CPU mostly outside the GIL ({held:.0%} held)"
     waited = p.gil_wait_s / p.wall_s if p.wall_s > 0 else 0.0
     if waited >= policy.gil_wait_share:
