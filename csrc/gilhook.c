@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -623,6 +624,24 @@ static int restore_all(void)
     return err;
 }
 
+/* fork(): the child has only the forking thread. No thread waits for the GIL there, so
+ * the thinning's waiter counts restart at zero; the threads that held or sampled a
+ * hand-off are gone; the forking thread's ledger record restarted at the fork, so its own
+ * holding ends here (the child's interpreter takes its GIL anew, which starts the next). */
+static int g_atfork_registered; /* under g_hook_lock */
+
+static void hook_atfork_child(void)
+{
+    pthread_mutex_init(&g_hook_lock, NULL);
+    g_short_waiters = 0;
+    g_gil_waiters = 0;
+    tls_held_since = 0;
+    tls_gil_wanted_since = 0;
+    tls_sample_kind = SAMPLE_NONE;
+    atomic_store_explicit(&g_holder, NULL, memory_order_relaxed);
+    atomic_store_explicit(&g_holder_since, 0, memory_order_relaxed);
+}
+
 int gla_hook_install(const void *anchor)
 {
     const char *env = getenv("GIL_ADAPT_HOOK");
@@ -630,8 +649,10 @@ int gla_hook_install(const void *anchor)
     int rc = 0;
     if (g_status.installed)
         goto out;
-    if (env && strcmp(env, "0") == 0) {
-        snprintf(g_status.reason, sizeof g_status.reason, "disabled by GIL_ADAPT_HOOK=0");
+    if (env && (strcmp(env, "0") == 0 || strcasecmp(env, "false") == 0 ||
+                strcasecmp(env, "no") == 0 || strcasecmp(env, "off") == 0)) {
+        snprintf(g_status.reason, sizeof g_status.reason, "disabled by GIL_ADAPT_HOOK=%.16s",
+                 env);
         rc = -ECANCELED;
         goto out;
     }
@@ -640,7 +661,9 @@ int gla_hook_install(const void *anchor)
     rc = -ENOSYS;
     goto out;
 #endif
-    gla_ledger_init();
+    gla_ledger_init(); /* first: the ledger's fork handler runs before this one */
+    if (!g_atfork_registered)
+        g_atfork_registered = pthread_atfork(NULL, NULL, hook_atfork_child) == 0;
     g_status.slots_cond = g_status.slots_sem = g_status.slots_create = 0;
     install_ctx ctx = {anchor, 0, 0};
     dl_iterate_phdr(install_in_object, &ctx);

@@ -28,6 +28,12 @@
  * internal lock. The environment variable GIL_ADAPT_HOOK=0 makes install return
  * -ECANCELED without patching.
  *
+ * fork(): in the child (a handler that the first install registers, running after the
+ * ledger's) no thread waits for the GIL: the waiter thinning's counts restart at zero,
+ * and the hand-off state of the parent's threads is dropped, the forking thread's own
+ * holding included (its ledger record restarted at the fork; the child's interpreter
+ * takes the GIL anew, which starts its next holding).
+ *
  * Calibration: gla_hook_calibrate_begin() makes the calling thread record the condition
  * variables it waits on (up to GLA_CAL_MAX); gla_hook_calibrate_end() returns them.
  * The caller (module binding) arranges a real GIL hand-off in between and validates the

@@ -321,18 +321,22 @@ static void atfork_child(void)
 {
     /* Only the forking thread exists in the child: forget the others. Its schedstat
      * file still names the parent's thread. */
-    struct gla_thread *me = tls_self;
+    struct gla_thread *me = tls_record();
     if (tls_schedstat_fd > 0) {
         close(tls_schedstat_fd - 1);
         tls_schedstat_fd = 0;
     }
-    for (int i = 0; i < GLA_MAX_THREADS; i++) {
+    int used = atomic_load_explicit(&g_used, memory_order_relaxed);
+    if (used > GLA_MAX_THREADS)
+        used = GLA_MAX_THREADS;
+    for (int i = 0; i < used; i++) { /* the slots above were never claimed */
         struct gla_thread *t = &g_slots[i];
         if (t != me)
             atomic_store_explicit(&t->state, SLOT_FREE, memory_order_relaxed);
     }
     memset(&g_exited, 0, sizeof g_exited);
     pthread_mutex_init(&g_reader_lock, NULL);
+    pthread_mutex_init(&g_init_lock, NULL);
     if (me) {
         uint64_t cpu = 0, runq = 0;
         gla_read_schedstat(0, &cpu, &runq);

@@ -16,7 +16,9 @@
  * completions. submit signals after unlocking (the woken worker does not
  * then block on the mutex at once); that is safe because worker structs are never freed
  * while the pool lives: a worker that leaves puts its struct on the spare list, and a
- * late signal to a reused struct is a spurious wake-up the wait loop absorbs.
+ * late signal to a reused struct is a spurious wake-up the wait loop absorbs. (In a forked
+ * child, gla_pool_reset_after_fork frees the structs of the parent's workers, threads
+ * that do not exist there; the forking thread's own struct is kept.)
  */
 #include "pool.h"
 
@@ -49,6 +51,9 @@ typedef struct worker {
     int retire;             /* under mu */
     int on_idle;            /* under mu */
     int entered;            /* under mu: counted out of entering */
+    int registered;         /* under mu: on the all list, counted in live */
+    int pass_wake;          /* the worker's own: woken for queued tasks, the wake not yet
+                               passed on (counted in wakes_in_flight) */
     unsigned index;
     pid_t tid;              /* set before registering */
     gla_thread *rec;        /* its ledger record and the GIL held on it before it joined */
@@ -464,6 +469,7 @@ static void unregister_locked(gla_pool *p, worker *w)
     atomic_fetch_sub_explicit(&p->serving, 1, memory_order_relaxed);
     p->live--;
     p->retired++;
+    w->registered = 0;
     w->all_prev = NULL;
     w->all_next = p->spare;
     p->spare = w;
@@ -503,6 +509,7 @@ static void *worker_main(void *arg)
         return NULL;
     }
     p->live++;
+    w->registered = 1;
     w->rec = rec;
     w->held0 = gla_hook_gil_held_ns(rec, gla_now_ns());
     w->all_prev = NULL;
@@ -512,7 +519,7 @@ static void *worker_main(void *arg)
     p->all = w;
 
     int holding = 1;
-    int woke_for_work = 0; /* woken for queued tasks: pass the wake on once running */
+    w->pass_wake = 0; /* woken for queued tasks: pass the wake on once running */
     edge e;
     cpu_clock cc;
     read_edge(rec, &e);
@@ -528,9 +535,9 @@ static void *worker_main(void *arg)
         }
         gla_pool_task *t = queue_pop(p);
         if (!t) {
-            if (woke_for_work) { /* a running worker took it first */
+            if (w->pass_wake) { /* a running worker took it first */
                 p->wakes_in_flight--;
-                woke_for_work = 0;
+                w->pass_wake = 0;
             }
             if (p->shutdown)
                 break;
@@ -573,7 +580,7 @@ static void *worker_main(void *arg)
             if (rec)
                 gla_ledger_wait_end(rec, t1);
             add_owned(&w->idle_ns, t1 - t0);
-            woke_for_work = w->wake_for_work;
+            w->pass_wake = w->wake_for_work;
             w->wake_for_work = 0;
             continue; /* take a task, or leave: decided at the top */
         }
@@ -588,11 +595,11 @@ static void *worker_main(void *arg)
             }
             holding = 1;
         }
-        if (woke_for_work && pthread_mutex_trylock(&p->mu) == 0) {
+        if (w->pass_wake && pthread_mutex_trylock(&p->mu) == 0) {
             /* We hold the GIL now: the next idle worker may come if tasks wait. (When
              * the mutex is busy this is done after the task, under its lock.) */
             p->wakes_in_flight--;
-            woke_for_work = 0;
+            w->pass_wake = 0;
             worker *next = wake_next_locked(p);
             pthread_mutex_unlock(&p->mu);
             if (next)
@@ -614,9 +621,9 @@ static void *worker_main(void *arg)
             holding = 0;
             pthread_mutex_lock(&p->mu);
         }
-        if (woke_for_work) {
+        if (w->pass_wake) {
             p->wakes_in_flight--;
-            woke_for_work = 0;
+            w->pass_wake = 0;
             worker *next = wake_next_locked(p);
             if (next)
                 pthread_cond_signal(&next->cond);
@@ -624,7 +631,8 @@ static void *worker_main(void *arg)
         if (!p->cfg.policy)
             p->idle_credit++;
     }
-    if (woke_for_work) { /* leaving with a wake we did not use: pass it on */
+    if (w->pass_wake) { /* leaving with a wake we did not use: pass it on */
+        w->pass_wake = 0;
         p->wakes_in_flight--;
         worker *next = wake_next_locked(p);
         if (next)
@@ -678,6 +686,7 @@ static int spawn(gla_pool *p)
         w->all_prev = w->all_next = w->idle_up = w->idle_down = NULL;
         w->pool = p;
         w->woken = w->retire = w->on_idle = w->wake_for_work = w->entered = 0;
+        w->registered = w->pass_wake = 0;
         w->index = index;
         w->tid = 0;
         atomic_store(&w->completed, 0);
@@ -1389,12 +1398,17 @@ gla_pool_task *gla_pool_reset_after_fork(gla_pool *p)
     pthread_mutex_init(&p->mu, NULL);
     cond_init_mono(&p->done_cond);
     cond_init_mono(&p->monitor_cond);
-    /* Free without pthread_cond_destroy: the conditions may list waiters that are gone. */
+    /* The calling thread, when it is a worker of p, goes on with its loop once its task
+     * (or its enter) returns: its struct is kept and it stays counted. */
+    worker *self = tls_worker && tls_worker->pool == p ? tls_worker : NULL;
+    /* Free the others without pthread_cond_destroy: the conditions may list waiters that
+     * are gone. */
     worker *lists[2] = {p->all, p->spare};
     for (int i = 0; i < 2; i++) {
         for (worker *w = lists[i]; w;) {
             worker *next = w->all_next;
-            free(w);
+            if (w != self)
+                free(w);
             w = next;
         }
     }
@@ -1405,10 +1419,37 @@ gla_pool_task *gla_pool_reset_after_fork(gla_pool *p)
     p->owed = p->entering = 0;
     atomic_store_explicit(&p->serving, 0, memory_order_relaxed);
     p->wakes_in_flight = 0;
+    p->idle_credit = 0;
     p->monitor_started = p->monitor_stop = p->monitor_parked = p->monitor_join_claimed = 0;
     p->submitted = p->started = p->retired = p->start_failures = p->taken = 0;
     memset(&p->gone, 0, sizeof p->gone);
     memset(p->rq, 0, sizeof p->rq);
-    tls_worker = NULL;
+    if (self) {
+        /* It is running a task (registered) or inside enter (counted in starting). */
+        cond_init_mono(&self->cond);
+        self->all_prev = self->all_next = self->idle_up = self->idle_down = NULL;
+        self->on_idle = self->woken = self->wake_for_work = 0;
+        if (self->registered) {
+            p->all = self;
+            p->live = 1;
+            p->submitted = 1; /* the task in flight */
+        } else {
+            p->starting = 1;
+            p->entering = !self->entered;
+        }
+        atomic_store_explicit(&p->serving, self->entered ? 1 : 0, memory_order_relaxed);
+        p->retiring = self->retire ? 1 : 0;
+        p->wakes_in_flight = self->pass_wake ? 1 : 0;
+        /* Its ledger record restarted at the fork: so do its figures. */
+        self->held0 = 0;
+        atomic_store(&self->completed, 0);
+        atomic_store(&self->cpu_ns, 0);
+        atomic_store(&self->wall_ns, 0);
+        atomic_store(&self->gil_ns, 0);
+        atomic_store(&self->gil_tail_ns, 0);
+        atomic_store(&self->lock_ns, 0);
+        atomic_store(&self->idle_ns, 0);
+        atomic_store(&self->held_ns, 0);
+    }
     return list;
 }

@@ -64,10 +64,18 @@
  * every Python thread behind the GIL holder). Per-task counters are written by
  * their worker only (relaxed atomics) and summed by the monitor.
  *
- * fork(): in the child only the forking thread exists; gla_pool_reset_after_fork
- * re-initialises the locks, forgets every worker and the monitor, and returns the
- * queued tasks (the parent's: they run there, not in the child) for the caller to drop.
- * The pool is then empty and usable again.
+ * fork(): in the child only the forking thread exists. The child calls
+ * gla_pool_reset_after_fork on every pool, in the forking thread, before anything else
+ * uses them: it re-initialises the locks, forgets every worker of the parent and the
+ * monitor, and returns the queued tasks (the parent's: they run there, not in the child)
+ * for the caller to drop (tasks that the parent's workers were running are neither run
+ * nor given back in the child). A pool keeps working in the child: submits are accepted
+ * (unless it was shut down or broken before the fork) and start new workers there. When
+ * the forking thread is itself a worker of the pool (a task, or an enter hook, that
+ * forks), it stays that pool's worker in the child: its record survives, its task returns
+ * to its loop, and it serves the pool's tasks in the child from then on (or leaves, if
+ * the pool is shut down), as the other workers do. The pool's counters restart from the
+ * fork.
  */
 #ifndef GIL_ADAPT_POOL_H
 #define GIL_ADAPT_POOL_H
@@ -273,8 +281,9 @@ int gla_pool_is_worker(const gla_pool *p);
 /* Test hook: the next n worker starts fail with EAGAIN, as if the thread limit were hit. */
 void gla_pool_inject_start_failures(gla_pool *p, int n);
 
-/* In a forked child: see the header comment. Returns the detached queued tasks; the
- * pool keeps its configuration, its shutdown/broken state and restarts its counters. */
+/* In a forked child, from the forking thread: see the header comment. Returns the
+ * detached queued tasks; the pool keeps its configuration and its shutdown/broken state,
+ * restarts its counters and keeps the calling thread as its worker when it was one. */
 gla_pool_task *gla_pool_reset_after_fork(gla_pool *p);
 
 #ifdef __cplusplus

@@ -26,6 +26,7 @@
 #include "ledger.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -681,8 +682,14 @@ static PyObject *Pool_wait(PoolObject *po, PyObject *args, PyObject *kwds)
         timeout = PyFloat_AsDouble(timeout_obj);
         if (timeout == -1 && PyErr_Occurred())
             return NULL;
+        if (isnan(timeout)) {
+            PyErr_SetString(PyExc_ValueError, "timeout must be a number, not nan");
+            return NULL;
+        }
         if (timeout < 0)
             timeout = 0;
+        if (timeout > 1e9) /* inf or longer than any process lives: no limit (as threading) */
+            timeout = -1;
     }
     int done = pool_wait_impl(po, timeout);
     if (done < 0)
@@ -1066,6 +1073,8 @@ static PyObject *py_shutdown_all(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* Runs in the forking thread (os.register_at_fork), before anything else in the child
+ * can use a pool. See pool.h ("fork()") and the docstring below. */
 static PyObject *py_after_fork_child(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -1075,7 +1084,8 @@ static PyObject *py_after_fork_child(PyObject *self, PyObject *args)
         return NULL;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
         PoolObject *po = (PoolObject *)PyList_GET_ITEM(list, i);
-        /* The parent's tasks run in the parent: drop them here, futures untouched. */
+        /* The parent's tasks run in the parent: drop them here, futures untouched. The
+         * parent's workers' references to po stay counted: po lives on in the child. */
         gla_pool_task *tasks = gla_pool_reset_after_fork(po->pool);
         while (tasks) {
             pytask *t = (pytask *)tasks;
@@ -1099,7 +1109,13 @@ static PyMethodDef pool_functions[] = {
     {"_shutdown_all", py_shutdown_all, METH_NOARGS,
      "Interpreter exit: shut every executor pool down and wait for its workers."},
     {"_after_fork_child", py_after_fork_child, METH_NOARGS,
-     "In a forked child: reset every executor pool to empty and usable."},
+     "In a forked child (os.register_at_fork, forking thread): executors made before the\n"
+     "fork keep working. Their new submits are accepted and start new workers in the\n"
+     "child, unless the executor was shut down (RuntimeError, as after any shutdown) or\n"
+     "broken before the fork. The parent's workers and queued tasks are forgotten: those\n"
+     "tasks run in the parent, and their futures stay pending or running in the child. A\n"
+     "worker that forked inside a task stays its executor's worker in the child: the task\n"
+     "returns normally and the thread serves that executor's tasks from then on."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -7,7 +7,8 @@
  *   ExecutorBase  base class of gil_adapt.AdaptiveExecutor: submit() in C (creates a
  *                 standard concurrent.futures.Future, queues a node, no Python frame).
  *   _shutdown_all()       interpreter exit: shut every pool down, wait for its workers.
- *   _after_fork_child()   in a forked child: every pool empty and usable again.
+ *   _after_fork_child()   in a forked child: every pool keeps working without the
+ *                         parent's workers and queued tasks (see its docstring).
  * Returns 0, or -1 with an exception set.
  */
 #ifndef GIL_ADAPT_POOL_PY_H
