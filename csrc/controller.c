@@ -84,6 +84,11 @@ int gla_ctl_init(gla_ctl *c, int min_workers, int max_workers, double usable_cor
  * cores share time) and a delay station. Little's law alone, x*(d + z) with x = 1/d,
  * ignores that tasks arrive at the bottleneck unevenly: at that size it is idle 15-20 %
  * of the time (a 10 ms CPU + 50 ms I/O task: 81 % busy at 6 workers, 98 % at 12). */
+void gla_ctl_start_at(gla_ctl *c, int target)
+{
+    c->target = c->base = clamp(c, target);
+}
+
 static double queue_size(double d, double z, double fill)
 {
     if (!(d > 0))

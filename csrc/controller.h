@@ -161,6 +161,9 @@ typedef struct gla_ctl {
 
 /* 0, or -EINVAL for impossible limits (min < 1, max < min, cores <= 0). */
 int gla_ctl_init(gla_ctl *c, int min_workers, int max_workers, double usable_cores);
+/* The size in force when the pool starts (after init; clamped to [min, max]): the first
+ * decisions ramp from there instead of from min_workers. */
+void gla_ctl_start_at(gla_ctl *c, int target);
 gla_ctl_decision gla_ctl_step(gla_ctl *c, const gla_ctl_window *w);
 /* How long the next window should be, in seconds. */
 double gla_ctl_window_s(const gla_ctl *c);

@@ -594,6 +594,7 @@ static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         gla_pool_stats st;
         gla_pool_get_stats(po->pool, &st);
         gla_ctl_init(&po->ctl, min_w, max_w, st.usable_cores);
+        gla_ctl_start_at(&po->ctl, st.target);
     }
 #endif
     po->keepalive = Py_NewRef((PyObject *)po);
@@ -1097,6 +1098,7 @@ static PyObject *py_after_fork_child(PyObject *self, PyObject *args)
             gla_pool_stats st;
             gla_pool_get_stats(po->pool, &st);
             gla_ctl_init(&po->ctl, st.min_workers, st.max_workers, st.usable_cores);
+            gla_ctl_start_at(&po->ctl, st.target);
         }
 #endif
         maybe_drained(po);

@@ -312,9 +312,10 @@ def test_bad_environment_settings_warn_and_use_the_default(
 def test_controller_switch_accepts_the_usual_spellings(monkeypatch: pytest.MonkeyPatch,
                                                        value: str, on: bool) -> None:
     monkeypatch.setenv("GIL_ADAPT_CONTROLLER", value)
-    with AdaptiveExecutor(3) as ex:
+    with AdaptiveExecutor(50) as ex:
         st = ex.stats()
-    assert st["target_workers"] == (min(3, max(1, math.ceil(_cores()))) if on else 3), st
+    # on: the controller's first size (ThreadPoolExecutor's default); off: max_workers
+    assert st["target_workers"] == (min(32, math.ceil(_cores()) + 4) if on else 50), st
 
 
 def _cores() -> float:
