@@ -818,16 +818,26 @@ static void sample_workers(gla_pool *p, const pid_t tids[], const uint64_t idle[
  * Returns the raised target, or 0 (mu held). */
 #define STALL_WINDOWS 2
 #define STALL_MIN_S 0.5
-static int stall_target_locked(const gla_pool *p, int stalled, double cpu_share)
+#define STUCK_MIN_S 1.0    /* busy workers, nothing done for this long... */
+#define STUCK_WALLS 8.0    /* ...and this many times the tasks' mean wall time so far... */
+#define STUCK_THREADS 64   /* ...below this many workers per core (past it, nothing
+                              finishing can be the interpreter starving) */
+static int stall_target_locked(const gla_pool *p, int stalled, double cpu_share,
+                               double stalled_s, double mean_wall_s)
 {
     if (!stalled || p->shutdown || p->queue_len == 0 || p->n_idle > 0 ||
-        cpu_share < 0 || cpu_share >= 0.2 || p->target >= p->cfg.max_workers ||
-        p->live < p->target)
+        p->target >= p->cfg.max_workers || p->live < p->target)
         return 0;
     /* Blocked means the cores are idle too. Hundreds of workers starving one core each
      * get a sliver of it: that is an interpreter collapsing, and more threads deepen it. */
     double cores = p->usable_cores > 0 ? p->usable_cores : 1;
-    if (cpu_share * p->live / cores >= 0.5)
+    int blocked = cpu_share >= 0 && cpu_share < 0.2 && cpu_share * p->live / cores < 0.5;
+    /* Busy but stuck: tasks that poll for tasks queued behind them (while not f.done())
+     * burn CPU and finish nothing; tasks that had been finishing in a fraction of this
+     * time are waiting on something only more workers can run. */
+    int stuck = stalled_s >= STUCK_MIN_S && mean_wall_s > 0 &&
+                stalled_s >= STUCK_WALLS * mean_wall_s && p->live < STUCK_THREADS * cores;
+    if (!blocked && !stuck)
         return 0;
     long grow = p->live > 0 ? p->live : 1;
     if (grow > p->queue_len)
@@ -993,15 +1003,16 @@ static void *monitor_main(void *arg)
         } else {
             stall_windows = 0;
         }
-        int stalled = stall_windows >= STALL_WINDOWS &&
-                      (double)(now - stall_since) / 1e9 >= STALL_MIN_S;
-        int stall = stall_target_locked(p, stalled, cpu_share);
+        double stalled_s = (double)(now - stall_since) / 1e9;
+        int stalled = stall_windows >= STALL_WINDOWS && stalled_s >= STALL_MIN_S;
+        double mean_wall_s = cur.completed ? (double)cur.wall_ns / 1e9 / (double)cur.completed
+                                           : -1.0;
+        int stall = stall_target_locked(p, stalled, cpu_share, stalled_s, mean_wall_s);
         if (stall > d.target) {
             snprintf(d.reason, sizeof d.reason,
-                     "liveness: %d workers blocked (cpu %.0f %%), none done for %.1f s, "
+                     "liveness: %d workers (cpu %.0f %%), none done for %.1f s, "
                      "%ld queued: %d",
-                     p->live, cpu_share * 100, (double)(now - stall_since) / 1e9, p->queue_len,
-                     stall);
+                     p->live, cpu_share * 100, stalled_s, p->queue_len, stall);
             d.target = stall;
             d.action = GLA_POOL_GROW;
         }

@@ -47,10 +47,12 @@
  * /proc, calls the policy, and applies its target: new workers start only while tasks
  * wait (lazily, as ThreadPoolExecutor does), excess workers retire — idle ones at once
  * (longest idle first), busy ones when they finish their current task. Liveness comes
- * first: a window in which nothing completed while tasks wait, no worker is idle and the
- * sampled workers are blocked (under 20 % on a core) grows the pool whatever the policy
- * said (doubling, bounded by the queue and max_workers) — tasks that wait on tasks queued
- * behind them never deadlock below max_workers. A pool with nothing queued or running
+ * first: windows in which nothing completed while tasks wait and no worker is idle grow
+ * the pool whatever the policy said (doubling, bounded by the queue and max_workers) when
+ * the sampled workers are blocked (under 20 % on a core), or when they are busy but
+ * nothing finished for 8 times the tasks' mean wall time so far (at least 1 s; below 64
+ * workers per core) — tasks that wait on tasks queued behind them, blocking in result()
+ * or polling done(), never deadlock below max_workers. A pool with nothing queued or running
  * parks its monitor until the next submit. gla_pool_set_target applies a target directly
  * (tests, manual override).
  *

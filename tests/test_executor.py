@@ -497,6 +497,37 @@ def test_shutdown_wait_from_own_task_waits_for_the_others(fixed: None) -> None:
     assert ex.stats()["workers"] == 0
 
 
+def _spin(n: int) -> int:
+    x = 0
+    for i in range(n):
+        x += i
+    return x
+
+
+def test_tasks_polling_queued_tasks_do_not_deadlock_after_a_gil_bound_phase() -> None:
+    # A GIL-bound phase shrinks the pool to a couple of workers; then each task submits a
+    # task and busy-polls done() on it (CPU-busy, not blocked): the liveness rule still
+    # sees queued work and nothing finishing, and grows the pool.
+    with AdaptiveExecutor(64) as ex:
+        list(ex.map(_spin, [100_000] * 300))
+
+        def parent(i: int) -> int:
+            f = ex.submit(_spin, 1000)
+            deadline = time.monotonic() + HANG
+            while not f.done():
+                if time.monotonic() > deadline:
+                    f.cancel()
+                    raise TimeoutError("child never ran")
+            return f.result()
+
+        futures = [ex.submit(parent, i) for i in range(8)]
+        try:
+            assert [f.result(timeout=HANG) for f in futures] == [_spin(1000)] * 8
+        finally:
+            for f in futures:
+                f.cancel()
+
+
 def test_tasks_waiting_on_queued_tasks_do_not_deadlock() -> None:
     # Each task waits for the next one, queued behind it: all 8 must run at once. Whatever
     # the controller's size, the pool's liveness rule grows it (as ThreadPoolExecutor(8)
