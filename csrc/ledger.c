@@ -1,8 +1,9 @@
 /* ledger.c — see ledger.h for the contract.
  *
- * Layout: a static, append-only table of GLA_MAX_THREADS records (BSS: only the pages of
- * records in use become resident). A record's slot is claimed with an atomic counter or,
- * once the table has been filled, by reusing a record dead for GLA_DEAD_KEEP_NS. Lookups
+ * Layout: a static table of GLA_MAX_THREADS records (BSS: only the pages of records in use
+ * become resident). A record's slot is a free or recyclable one (dead for GLA_DEAD_KEEP_NS)
+ * in the used part of the table, else a new one (an atomic counter), else the one dead
+ * longest. Lookups
  * by tid scan the used part of the table; a thread does that once, then keeps its record
  * in initial-exec TLS (no lazy TLS allocation, so the hook may use it).
  *
@@ -157,6 +158,17 @@ static inline pid_t tid_nosys(void)
 
 /* ---- records ---------------------------------------------------------------------- */
 
+/* How long dead records stay listed: GLA_DEAD_KEEP_NS, or GIL_ADAPT_DEAD_KEEP_MS from the
+ * environment at init (tests shorten it). */
+static uint64_t g_dead_keep_ns = GLA_DEAD_KEEP_NS;
+
+/* A dead record no reader lists any more: its slot may take a new thread. */
+static int recyclable(const struct gla_thread *t, uint64_t now)
+{
+    uint64_t end = atomic_load_explicit(&t->end_ns, memory_order_relaxed);
+    return now >= end && now - end >= g_dead_keep_ns;
+}
+
 static void reset_record(struct gla_thread *t, pid_t tid, uint64_t start_ns)
 {
     atomic_store_explicit(&t->tid, tid, memory_order_relaxed);
@@ -177,37 +189,60 @@ static void reset_record(struct gla_thread *t, pid_t tid, uint64_t start_ns)
                           memory_order_relaxed);
 }
 
-/* Claims a slot for tid (no system call, no allocation). */
+static struct gla_thread *take_slot(struct gla_thread *t, int st, pid_t tid, uint64_t now)
+{
+    if (!atomic_compare_exchange_strong(&t->state, &st, SLOT_CLAIMED))
+        return NULL;
+    reset_record(t, tid, now);
+    atomic_store(&t->state, SLOT_LIVE); /* seq_cst: see find_twin */
+    return t;
+}
+
+/* Claims a slot for tid (no system call, no allocation): a free or recyclable one in the
+ * used part of the table first (so the table follows the threads alive and recently
+ * exited), else a new one, else the one dead longest (its figures are in the exited
+ * aggregate already). */
 static struct gla_thread *claim_slot(pid_t tid, uint64_t now)
 {
-    int idx = atomic_fetch_add_explicit(&g_used, 1, memory_order_acq_rel);
-    if (idx < GLA_MAX_THREADS) {
-        struct gla_thread *t = &g_slots[idx];
-        int expect = SLOT_FREE;
-        if (atomic_compare_exchange_strong(&t->state, &expect, SLOT_CLAIMED)) {
-            reset_record(t, tid, now);
-            atomic_store(&t->state, SLOT_LIVE); /* seq_cst: see find_twin */
-            return t;
+    for (;;) {
+        int used = atomic_load_explicit(&g_used, memory_order_acquire);
+        if (used > GLA_MAX_THREADS)
+            used = GLA_MAX_THREADS;
+        for (int i = 0; i < used; i++) {
+            struct gla_thread *t = &g_slots[i];
+            int st = atomic_load_explicit(&t->state, memory_order_acquire);
+            if ((st == SLOT_FREE || (st == SLOT_DEAD && recyclable(t, now))) &&
+                take_slot(t, st, tid, now))
+                return t;
         }
-    } else {
-        atomic_store_explicit(&g_used, GLA_MAX_THREADS, memory_order_relaxed);
+        int idx = atomic_fetch_add_explicit(&g_used, 1, memory_order_acq_rel);
+        if (idx >= GLA_MAX_THREADS) {
+            atomic_store_explicit(&g_used, GLA_MAX_THREADS, memory_order_relaxed);
+            break;
+        }
+        if (take_slot(&g_slots[idx], SLOT_FREE, tid, now))
+            return &g_slots[idx];
+        /* another claimer's scan took that slot first: look again */
     }
-    /* Table filled once: reuse a free slot (after fork) or one dead long enough. */
-    for (int i = 0; i < GLA_MAX_THREADS; i++) {
-        struct gla_thread *t = &g_slots[i];
-        int st = atomic_load_explicit(&t->state, memory_order_acquire);
-        if (st == SLOT_DEAD) {
+    /* Every slot is in use: recycle the record of the thread that exited longest ago. */
+    for (int tries = 0; tries < 4; tries++) {
+        struct gla_thread *oldest = NULL;
+        uint64_t oldest_end = UINT64_MAX;
+        for (int i = 0; i < GLA_MAX_THREADS; i++) {
+            struct gla_thread *t = &g_slots[i];
+            int st = atomic_load_explicit(&t->state, memory_order_acquire);
+            if (st == SLOT_FREE && take_slot(t, st, tid, now))
+                return t;
             uint64_t end = atomic_load_explicit(&t->end_ns, memory_order_relaxed);
-            if (now - end < GLA_DEAD_KEEP_NS)
-                continue;
-        } else if (st != SLOT_FREE) {
-            continue;
+            if (st == SLOT_DEAD && end < oldest_end) {
+                oldest = t;
+                oldest_end = end;
+            }
         }
-        if (atomic_compare_exchange_strong(&t->state, &st, SLOT_CLAIMED)) {
-            reset_record(t, tid, now);
-            atomic_store(&t->state, SLOT_LIVE); /* seq_cst: see find_twin */
-            return t;
-        }
+        if (!oldest)
+            break;
+        if (take_slot(oldest, SLOT_DEAD, tid, now))
+            return oldest;
     }
     atomic_fetch_add_explicit(&g_dropped, 1, memory_order_relaxed);
     return NULL;
@@ -361,6 +396,13 @@ int gla_ledger_init(void)
             g_exit_key_ok = (unsigned)g_exit_key < 32u; /* PTHREAD_KEY_2NDLEVEL_SIZE */
         }
         discover_tid_offset();
+        const char *keep = getenv("GIL_ADAPT_DEAD_KEEP_MS");
+        if (keep && *keep) {
+            char *end = NULL;
+            unsigned long long ms = strtoull(keep, &end, 10);
+            if (end && *end == '\0' && ms <= 3600000ull)
+                g_dead_keep_ns = (uint64_t)ms * 1000000ull;
+        }
         rc = -pthread_atfork(NULL, NULL, atfork_child);
         atomic_store_explicit(&g_inited, 1, memory_order_release);
     }
@@ -663,6 +705,11 @@ static void discover_threads(void)
 
 int gla_ledger_read(gla_sample *out, size_t cap, size_t *n)
 {
+    return gla_ledger_read_exited(out, cap, n, NULL);
+}
+
+int gla_ledger_read_exited(gla_sample *out, size_t cap, size_t *n, gla_sample *exited)
+{
     gla_ledger_init();
     pthread_mutex_lock(&g_reader_lock);
     discover_threads();
@@ -675,8 +722,8 @@ int gla_ledger_read(gla_sample *out, size_t cap, size_t *n)
     for (int i = 0; i < used; i++) {
         struct gla_thread *t = &g_slots[i];
         int st = atomic_load_explicit(&t->state, memory_order_acquire);
-        if (st != SLOT_LIVE && st != SLOT_DEAD)
-            continue;
+        if (st != SLOT_LIVE && (st != SLOT_DEAD || recyclable(t, now)))
+            continue; /* a record dead long enough is in the exited aggregate only */
         pid_t tid = atomic_load_explicit(&t->tid, memory_order_relaxed);
         if (st == SLOT_LIVE) {
             if (!atomic_load_explicit(&t->start_known, memory_order_relaxed)) {
@@ -705,6 +752,8 @@ int gla_ledger_read(gla_sample *out, size_t cap, size_t *n)
             rc = -ENOSPC;
         written++;
     }
+    if (exited)
+        *exited = g_exited;
     pthread_mutex_unlock(&g_reader_lock);
     *n = written < cap ? written : cap;
     return rc;

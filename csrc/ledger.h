@@ -35,11 +35,18 @@
  *    allocation, for use while the GIL's mutex is held), or a reader discovering the
  *    thread in /proc/self/task (gla_ledger_read).
  *  - A thread that registered itself leaves its final cpu/runq totals in the record when
- *    it exits (TLS destructor); the record stays readable ("alive" = 0) for at least
- *    GLA_DEAD_KEEP_NS before its slot may be reused. Totals of every exited thread are
- *    also folded into a process-wide "exited" aggregate that never shrinks.
- *  - Records are never freed; the table has GLA_MAX_THREADS slots. When it is full, new
- *    threads are not recorded and gla_ledger_dropped() counts them.
+ *    it exits (TLS destructor). Totals of every exited thread are folded into a
+ *    process-wide "exited" aggregate that never shrinks, and the record is listed by
+ *    readers ("alive" = 0) for GLA_DEAD_KEEP_NS; after that it is no longer listed and
+ *    its slot is recycled (a reader that compares two reads further apart finds the
+ *    difference in the exited aggregate, read consistently with the records by
+ *    gla_ledger_read_exited). A new thread takes a recyclable slot before the table
+ *    grows, so the table, and a read's cost, follow the threads alive and recently
+ *    exited, not every thread ever started.
+ *  - Records are never freed; the table has GLA_MAX_THREADS slots. When no slot is
+ *    free or recyclable, the record of the thread that exited longest ago is recycled
+ *    early; only when every slot holds a live thread is a new thread not recorded, and
+ *    gla_ledger_dropped() counts it.
  *
  * Concurrency
  *  - Wait counters are written only by the owning thread (relaxed atomic adds); all other
@@ -63,7 +70,7 @@ extern "C" {
 
 #define GLA_MAX_THREADS 16384
 #define GLA_NAME_LEN 16
-#define GLA_DEAD_KEEP_NS (120ull * 1000000000ull)
+#define GLA_DEAD_KEEP_NS (10ull * 1000000000ull) /* GIL_ADAPT_DEAD_KEEP_MS overrides it */
 
 typedef enum {
     GLA_GIL_WAIT = 0,
@@ -165,6 +172,11 @@ int gla_ledger_sample_self(gla_sample *out);
  * *n receives the number of records written; returns 0, or -ENOSPC when cap was too
  * small (out holds the first cap), or -errno. */
 int gla_ledger_read(gla_sample *out, size_t cap, size_t *n);
+
+/* The same, and *exited (may be NULL) receives the exited aggregate as of the same
+ * instant: every thread is then in exactly one of the records or the aggregate's
+ * difference between two such reads. */
+int gla_ledger_read_exited(gla_sample *out, size_t cap, size_t *n, gla_sample *exited);
 
 /* Totals of every thread that has exited since init (final figures). */
 void gla_ledger_exited(gla_sample *out);

@@ -238,6 +238,7 @@ static PyObject *py_read(PyObject *self, PyObject *args)
     size_t cap = 256, n = 0;
     gla_sample *buf = NULL;
     uint64_t now = 0;
+    gla_sample exited;
     int rc;
     for (;;) {
         gla_sample *grown = PyMem_RawRealloc(buf, cap * sizeof *buf);
@@ -247,7 +248,7 @@ static PyObject *py_read(PyObject *self, PyObject *args)
         }
         buf = grown;
         Py_BEGIN_ALLOW_THREADS
-        rc = gla_ledger_read(buf, cap, &n);
+        rc = gla_ledger_read_exited(buf, cap, &n, &exited);
         now = gla_now_ns();
         Py_END_ALLOW_THREADS
         if (rc != -ENOSPC || cap >= GLA_MAX_THREADS)
@@ -269,7 +270,12 @@ static PyObject *py_read(PyObject *self, PyObject *args)
         PyList_SET_ITEM(list, (Py_ssize_t)i, t);
     }
     PyMem_RawFree(buf);
-    return Py_BuildValue("(KN)", (unsigned long long)now, list);
+    PyObject *ex = sample_tuple(&exited);
+    if (!ex) {
+        Py_DECREF(list);
+        return NULL;
+    }
+    return Py_BuildValue("(KNN)", (unsigned long long)now, list, ex);
 }
 
 static PyObject *py_exited(PyObject *self, PyObject *args)
@@ -423,7 +429,8 @@ static PyMethodDef core_methods[] = {
     {"install", py_install, METH_NOARGS, "Install the GOT hooks and calibrate; returns 0 or -errno."},
     {"uninstall", py_uninstall, METH_NOARGS, "Restore every patched GOT slot; returns 0 or -errno."},
     {"capabilities", py_capabilities, METH_NOARGS, "Which figures are exact, and why not."},
-    {"read", py_read, METH_NOARGS, "(now_ns, [per-thread sample tuples])"},
+    {"read", py_read, METH_NOARGS,
+     "(now_ns, [per-thread sample tuples], exited totals sample tuple as of the same read)"},
     {"exited", py_exited, METH_NOARGS, "Sample tuple of the totals of all exited threads."},
     {"finish", py_finish, METH_VARARGS, "finish(wall, <the raw inputs in _ledger._RAW order>) -> partitioned sample tuple."},
     {"register_thread", py_register_thread, METH_NOARGS, "Register the calling thread in the ledger."},

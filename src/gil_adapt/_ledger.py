@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import threading
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from . import _core
 
@@ -193,8 +193,8 @@ def _python_names() -> Dict[int, str]:
 
 
 def _raw() -> tuple:
-    now, rows = _core.read()
-    return now, [dict(zip(_FIELDS, row)) for row in rows]
+    now, rows, exited = _core.read()
+    return now, [dict(zip(_FIELDS, row)) for row in rows], dict(zip(_FIELDS, exited))
 
 
 def snapshot() -> Dict[str, Any]:
@@ -202,11 +202,12 @@ def snapshot() -> Dict[str, Any]:
 
     ``{"time_ns": int, "threads": {native_thread_id: {"name", "alive", "cpu_ns",
     "gil_wait_ns", "lock_wait_ns", "runq_wait_ns", "io_wait_ns", "idle_ns", "wall_ns"}}}``.
-    Threads that exited stay listed (``alive`` False) with their final totals; ``exited``
-    holds the sum over every exited thread since the ledger started.
+    Threads that exited stay listed (``alive`` False) with their final totals for a few
+    seconds; ``exited`` holds the sum over every exited thread since the ledger started,
+    read at the same instant as the threads (see :func:`diff`).
     """
     names = _python_names()
-    now, rows = _raw()
+    now, rows, exited = _raw()
     threads: Dict[int, Dict[str, Any]] = {}
     for r in rows:
         tid = r["tid"]
@@ -219,7 +220,6 @@ def snapshot() -> Dict[str, Any]:
         if tid in threads and threads[tid]["alive"] and not entry["alive"]:
             continue  # a reused tid: keep the live thread under its id
         threads[tid] = entry
-    exited = dict(zip(_FIELDS, _core.exited()))
     return {
         "time_ns": now,
         "threads": threads,
@@ -241,8 +241,40 @@ def _derive(d: Dict[str, Any]) -> None:
     d["beta_legacy"] = 1.0 - d["cpu_ns"] / d["wall_ns"] if d["wall_ns"] > 0 else None
 
 
+_KEYS = ("wall_ns",) + _RAW + ("gil_held_ns",)  # what _unlisted sums; finish() takes all but the last
+
+
+def _unlisted(before: Dict[str, Any], after: Dict[str, Any]) -> Optional[List[int]]:
+    """Raw figures, over the interval, of the threads that exited in it and are no longer
+    listed in ``after`` (records are listed a few seconds after exit, then only in the
+    exited aggregate): the aggregate's growth, less the final totals of the exited threads
+    still listed, less what the unlisted ones had at ``before``. None when there are none."""
+    eb, ea = before.get("exited"), after.get("exited")
+    if not eb or not ea:
+        return None
+    grew = [ea[k] - eb[k] for k in _KEYS]
+    if grew[0] <= 0:
+        return None
+    listed = {(tid, a["serial"]) for tid, a in after["threads"].items()}
+    for tid, a in after["threads"].items():
+        b = before["threads"].get(tid)
+        if not a["alive"] and not (b is not None and b["serial"] == a["serial"]
+                                   and not b["alive"]):
+            grew = [g - a[k] for g, k in zip(grew, _KEYS)]  # exited within the interval
+    for tid, b in before["threads"].items():
+        if b["alive"] and (tid, b["serial"]) not in listed:
+            grew = [g - b[k] for g, k in zip(grew, _KEYS)]  # its part before the interval
+    if grew[0] <= 0:
+        return None
+    return [max(0, g) for g in grew]
+
+
 def diff(before: Dict[str, Any], after: Dict[str, Any]) -> Dict[str, Any]:
-    """Per-thread states over the interval between two snapshots, re-partitioned."""
+    """Per-thread states over the interval between two snapshots, re-partitioned.
+
+    Threads that exited during the interval and are no longer listed (a long interval)
+    are not lost: their time is in ``result["unlisted"]`` (one row for all of them) and
+    in the totals."""
     threads: Dict[int, Dict[str, Any]] = {}
     for tid, a in after["threads"].items():
         b = before["threads"].get(tid)
@@ -258,12 +290,21 @@ def diff(before: Dict[str, Any], after: Dict[str, Any]) -> Dict[str, Any]:
         entry["alive"] = a["alive"]
         _derive(entry)
         threads[tid] = entry
-    total = {k: sum(t[k] for t in threads.values()) for k in ("wall_ns", "gil_held_ns") + STATES}
+    rows = list(threads.values())
+    unlisted = _unlisted(before, after)
+    extra: Optional[Dict[str, Any]] = None
+    if unlisted is not None:
+        row = dict(zip(_FIELDS, _core.finish(*unlisted[:-1])))
+        extra = {k: row[k] for k in ("wall_ns", "overlap_ns") + STATES}
+        extra["gil_held_ns"] = min(unlisted[-1], extra["wall_ns"])
+        _derive(extra)
+        rows.append(extra)
+    total = {k: sum(t[k] for t in rows) for k in ("wall_ns", "gil_held_ns") + STATES}
     _derive(total)
     elapsed = after["time_ns"] - before["time_ns"]
     # Share of the interval during which some thread held the GIL (exact: take/drop hooks).
     total["gil_utilisation"] = min(1.0, total["gil_held_ns"] / elapsed) if elapsed > 0 else None
-    return {"threads": threads, "total": total,
+    return {"threads": threads, "total": total, "unlisted": extra,
             "gil_switches": max(0, after["gil_switches"] - before["gil_switches"])
             if after["gil_switches"] >= 0 and before["gil_switches"] >= 0 else None,
             "elapsed_ns": after["time_ns"] - before["time_ns"]}

@@ -322,7 +322,7 @@ class Sampler:
         self.live = opts.live is not False and (opts.top or _isatty(out))
 
     def start(self) -> None:
-        now, rows = _core.read()
+        now, rows, _exited = _core.read()
         for r in self._dedupe(rows):  # exited records too: they will not change
             self.rows[(r[_I_TID], r[_I_SERIAL])] = r
             self.at_start[(r[_I_TID], r[_I_SERIAL])] = (_vec_of(r), r[_I_HELD])
@@ -422,7 +422,7 @@ class Sampler:
                     if frame is not None:
                         code_of[native] = frame.f_code
                 del frames
-            now, rows = _core.read()
+            now, rows, _exited = _core.read()
             self._switches = _core.gil_switches()
             self.now_ns = now
             bin_idx = max(0, now - self.t0_ns) // self.bin_ns
