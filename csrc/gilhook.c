@@ -29,6 +29,64 @@
 #define GIL_COND_TO_SWITCH_NUMBER (-(ptrdiff_t)sizeof(unsigned long))
 #define GIL_COND_TO_SWITCH_COND ((ptrdiff_t)(sizeof(pthread_cond_t) + sizeof(pthread_mutex_t)))
 
+/* The hooked functions: one index each in g_real (libc's function, as this object links
+ * it: an LD_PRELOAD interposer if there is one), g_next (what the wrapper calls: the
+ * previous hook found in the slot, else g_real) and g_hooks (name, wrapper). */
+enum {
+    H_COND_TIMEDWAIT,
+    H_COND_WAIT,
+    H_COND_SIGNAL,
+    H_MUTEX_LOCK,
+    H_MUTEX_UNLOCK,
+    H_SEM_WAIT,
+    H_SEM_TIMEDWAIT,
+    H_SEM_CLOCKWAIT,
+    H_CREATE,
+    N_HOOKS
+};
+static void *const g_real[N_HOOKS] = {
+    [H_COND_TIMEDWAIT] = (void *)pthread_cond_timedwait,
+    [H_COND_WAIT] = (void *)pthread_cond_wait,
+    [H_COND_SIGNAL] = (void *)pthread_cond_signal,
+    [H_MUTEX_LOCK] = (void *)pthread_mutex_lock,
+    [H_MUTEX_UNLOCK] = (void *)pthread_mutex_unlock,
+    [H_SEM_WAIT] = (void *)sem_wait,
+    [H_SEM_TIMEDWAIT] = (void *)sem_timedwait,
+    [H_SEM_CLOCKWAIT] = (void *)sem_clockwait, /* NULL before glibc 2.30 */
+    [H_CREATE] = (void *)pthread_create,
+};
+/* Set under g_hook_lock before a slot is pointed at the wrapper; never cleared, so a
+ * wrapper still reached after uninstall (through a later hook that chained to it) keeps
+ * passing its calls on. The hot path's one extra cost: this acquire load. */
+static _Atomic(void *) g_next[N_HOOKS] = {
+    [H_COND_TIMEDWAIT] = (void *)pthread_cond_timedwait,
+    [H_COND_WAIT] = (void *)pthread_cond_wait,
+    [H_COND_SIGNAL] = (void *)pthread_cond_signal,
+    [H_MUTEX_LOCK] = (void *)pthread_mutex_lock,
+    [H_MUTEX_UNLOCK] = (void *)pthread_mutex_unlock,
+    [H_SEM_WAIT] = (void *)sem_wait,
+    [H_SEM_TIMEDWAIT] = (void *)sem_timedwait,
+    [H_SEM_CLOCKWAIT] = (void *)sem_clockwait,
+    [H_CREATE] = (void *)pthread_create,
+};
+#define NEXT(h, type) ((type)atomic_load_explicit(&g_next[h], memory_order_acquire))
+typedef int (*cond_timedwait_fn)(pthread_cond_t *, pthread_mutex_t *, const struct timespec *);
+typedef int (*cond_wait_fn)(pthread_cond_t *, pthread_mutex_t *);
+typedef int (*cond_signal_fn)(pthread_cond_t *);
+typedef int (*mutex_fn)(pthread_mutex_t *);
+typedef int (*sem_wait_fn)(sem_t *);
+typedef int (*sem_timedwait_fn)(sem_t *, const struct timespec *);
+typedef int (*sem_clockwait_fn)(sem_t *, clockid_t, const struct timespec *);
+typedef int (*create_fn)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
+
+/* Installation epoch: odd while installed; every install and uninstall adds one. A
+ * thread's hand-off state (holding since, wanted since, sample under way) belongs to the
+ * epoch it was last written in (tls_epoch): a thread finding a newer epoch drops it, so
+ * a holding that began before an uninstall never reaches the ledger after the next
+ * install, and nothing is written into another thread's TLS. */
+static _Atomic unsigned g_epoch;
+static __thread unsigned tls_epoch __attribute__((tls_model("initial-exec")));
+
 static _Atomic(void *) g_gil_cond;
 static _Atomic(void *) g_switch_cond;
 static _Atomic(void *) g_gil_mutex;
@@ -38,6 +96,25 @@ static _Atomic uint64_t g_switch_signal_ns;
 
 static __thread int tls_calibrating __attribute__((tls_model("initial-exec")));
 static __thread uint64_t tls_held_since __attribute__((tls_model("initial-exec"))); /* 0: not holding */
+/* GIL hand-off samples (see sample_begin). */
+enum { SAMPLE_NONE = 0, SAMPLE_TAKE = 1, SAMPLE_DROP = 2 };
+static __thread int tls_sample_kind __attribute__((tls_model("initial-exec")));
+/* Waiter thinning: when the calling thread began wanting the GIL (0: it does not). */
+static __thread uint64_t tls_gil_wanted_since __attribute__((tls_model("initial-exec")));
+
+/* Brings the calling thread's hand-off state to the current epoch (see g_epoch); returns
+ * 1 while installed. Only the GIL's paths call it. */
+static inline int thread_sync(void)
+{
+    unsigned e = atomic_load_explicit(&g_epoch, memory_order_acquire);
+    if (__builtin_expect(tls_epoch != e, 0)) {
+        tls_epoch = e;
+        tls_held_since = 0;
+        tls_gil_wanted_since = 0;
+        tls_sample_kind = SAMPLE_NONE;
+    }
+    return (int)(e & 1u);
+}
 static __thread int tls_cal_count __attribute__((tls_model("initial-exec")));
 static __thread void *tls_cal_conds[GLA_CAL_MAX] __attribute__((tls_model("initial-exec")));
 
@@ -105,14 +182,14 @@ static inline gla_wait_kind tail_kind_of(const _Atomic uint64_t *signal_ns)
  * and finding it free, or after a condition wait that finds it free; every drop_gil
  * signals the GIL's condition from the dropping thread. Both points are hooked, so each
  * thread's holding time is [take, drop) with no system call. */
-static __thread uint64_t tls_gil_wanted_since __attribute__((tls_model("initial-exec")));
 /* The holding under way, for readers in other threads (gla_hook_gil_held_ns): the
- * holder's record and the holding's start. Written by the holder under the GIL's mutex:
- * the start before the record (release); at a drop the record is cleared before the
- * holding is added to the ledger, so a reader that sees the holding in the ledger no
- * longer sees it open. */
+ * holder's record, the holding's start and its epoch (a holding of an earlier epoch is
+ * not open). Written by the holder under the GIL's mutex: the start and epoch before the
+ * record (release); at a drop the record is cleared before the holding is added to the
+ * ledger, so a reader that sees the holding in the ledger no longer sees it open. */
 static _Atomic(gla_thread *) g_holder;
 static _Atomic uint64_t g_holder_since;
+static _Atomic unsigned g_holder_epoch;
 
 /* t: the taking thread's record (gla_ledger_self_nosys, which the callers already read). */
 static inline void gil_taken(gla_thread *t, uint64_t now)
@@ -120,6 +197,7 @@ static inline void gil_taken(gla_thread *t, uint64_t now)
     tls_held_since = now;
     tls_gil_wanted_since = 0; /* waiter thinning: this take ends the thread's wait */
     atomic_store_explicit(&g_holder_since, now, memory_order_relaxed);
+    atomic_store_explicit(&g_holder_epoch, tls_epoch, memory_order_relaxed);
     atomic_store_explicit(&g_holder, t, memory_order_release);
 }
 
@@ -154,11 +232,14 @@ static _Atomic uint64_t g_calm_stretched;
 static int hook_cond_timedwait(pthread_cond_t *cond, pthread_mutex_t *mutex,
                                const struct timespec *abstime)
 {
+    cond_timedwait_fn next = NEXT(H_COND_TIMEDWAIT, cond_timedwait_fn);
     if (__builtin_expect(!is_gil_cond(cond), 1)) {
         if (__builtin_expect(tls_calibrating, 0))
             calibration_note(cond);
-        return pthread_cond_timedwait(cond, mutex, abstime);
+        return next(cond, mutex, abstime);
     }
+    if (!thread_sync())
+        return next(cond, mutex, abstime);
     _Atomic uint64_t *signal_ns = cond == atomic_load_explicit(&g_gil_cond, memory_order_relaxed)
                                       ? &g_gil_signal_ns : &g_switch_signal_ns;
     uint64_t t0;
@@ -189,7 +270,7 @@ static int hook_cond_timedwait(pthread_cond_t *cond, pthread_mutex_t *mutex,
             atomic_fetch_add_explicit(&g_calm_stretched, 1, memory_order_relaxed);
         }
     }
-    int rc = pthread_cond_timedwait(cond, mutex, abstime);
+    int rc = next(cond, mutex, abstime);
     g_short_waiters -= counted;
     g_gil_waiters -= waiting;
     uint64_t wake = rc == ETIMEDOUT ? ts_ns(abstime)
@@ -202,14 +283,17 @@ static int hook_cond_timedwait(pthread_cond_t *cond, pthread_mutex_t *mutex,
 
 static int hook_cond_signal(pthread_cond_t *cond)
 {
+    cond_signal_fn next = NEXT(H_COND_SIGNAL, cond_signal_fn);
     if (cond == atomic_load_explicit(&g_gil_cond, memory_order_relaxed)) {
-        uint64_t now = mono_ns();
-        atomic_store_explicit(&g_gil_signal_ns, now, memory_order_relaxed);
-        gil_dropped(now);
+        if (thread_sync()) {
+            uint64_t now = mono_ns();
+            atomic_store_explicit(&g_gil_signal_ns, now, memory_order_relaxed);
+            gil_dropped(now);
+        }
     } else if (cond == atomic_load_explicit(&g_switch_cond, memory_order_relaxed)) {
         atomic_store_explicit(&g_switch_signal_ns, mono_ns(), memory_order_relaxed);
     }
-    return pthread_cond_signal(cond);
+    return next(cond);
 }
 
 /* Sampled exact figures of GIL hand-offs. The wrappers may not make a system call while
@@ -224,9 +308,7 @@ static int hook_cond_signal(pthread_cond_t *cond)
  *     part of the hand-off.
  * The ledger scales the samples by each thread's own tails, takes and drops. */
 #define GLA_SAMPLE_NS 2000000ull
-enum { SAMPLE_NONE = 0, SAMPLE_TAKE = 1, SAMPLE_DROP = 2 };
 static _Atomic uint64_t g_sample_last_ns;
-static __thread int tls_sample_kind __attribute__((tls_model("initial-exec")));
 static __thread uint64_t tls_sample_cpu0 __attribute__((tls_model("initial-exec")));
 static __thread uint64_t tls_sample_runq0 __attribute__((tls_model("initial-exec")));
 static __thread uint64_t tls_sample_tail0 __attribute__((tls_model("initial-exec")));
@@ -248,6 +330,7 @@ static void sample_begin(gla_thread *t, int kind)
  * any other unlock drops the sample. */
 static void sample_end(void)
 {
+    thread_sync(); /* a sample begun before an uninstall ends with it */
     int kind = tls_sample_kind;
     tls_sample_kind = SAMPLE_NONE;
     if ((kind == SAMPLE_TAKE) != (tls_held_since != 0))
@@ -272,8 +355,11 @@ static void sample_end(void)
  * and counts as GIL wait; a lock that finds the GIL free starts a holding. */
 static int hook_mutex_lock(pthread_mutex_t *mutex)
 {
+    mutex_fn next = NEXT(H_MUTEX_LOCK, mutex_fn);
     if (__builtin_expect(mutex != atomic_load_explicit(&g_gil_mutex, memory_order_relaxed), 1))
-        return pthread_mutex_lock(mutex);
+        return next(mutex);
+    if (!thread_sync())
+        return next(mutex);
     const void *cond = atomic_load_explicit(&g_gil_cond, memory_order_relaxed);
     gla_thread *self = cond ? gla_ledger_self_nosys() : NULL;
     if (cond) {
@@ -285,11 +371,13 @@ static int hook_mutex_lock(pthread_mutex_t *mutex)
             sample_begin(self, SAMPLE_TAKE);
         }
     }
-    int rc = pthread_mutex_trylock(mutex);
+    /* Behind another hook every lock goes to it (timed whole); else an uncontended lock
+     * (trylock succeeds) is not timed. */
+    int rc = next == (mutex_fn)g_real[H_MUTEX_LOCK] ? pthread_mutex_trylock(mutex) : EBUSY;
     if (rc == EBUSY) {
         uint64_t t0;
         gla_thread *t = gil_begin(&t0);
-        rc = pthread_mutex_lock(mutex);
+        rc = next(mutex);
         gil_end(t, t0, 0, GLA_GIL_TAIL);
     }
     if (rc == 0 && cond && !tls_held_since && !gil_locked(cond))
@@ -299,7 +387,7 @@ static int hook_mutex_lock(pthread_mutex_t *mutex)
 
 static int hook_mutex_unlock(pthread_mutex_t *mutex)
 {
-    int rc = pthread_mutex_unlock(mutex);
+    int rc = NEXT(H_MUTEX_UNLOCK, mutex_fn)(mutex);
     if (__builtin_expect(tls_sample_kind != SAMPLE_NONE, 0) &&
         mutex == atomic_load_explicit(&g_gil_mutex, memory_order_relaxed))
         sample_end();
@@ -308,16 +396,19 @@ static int hook_mutex_unlock(pthread_mutex_t *mutex)
 
 static int hook_cond_wait(pthread_cond_t *cond, pthread_mutex_t *mutex)
 {
+    cond_wait_fn next = NEXT(H_COND_WAIT, cond_wait_fn);
     if (__builtin_expect(!is_gil_cond(cond), 1)) {
         if (__builtin_expect(tls_calibrating, 0))
             calibration_note(cond);
-        return pthread_cond_wait(cond, mutex);
+        return next(cond, mutex);
     }
+    if (!thread_sync())
+        return next(cond, mutex);
     _Atomic uint64_t *signal_ns = cond == atomic_load_explicit(&g_gil_cond, memory_order_relaxed)
                                       ? &g_gil_signal_ns : &g_switch_signal_ns;
     uint64_t t0;
     gla_thread *t = gil_begin(&t0);
-    int rc = pthread_cond_wait(cond, mutex);
+    int rc = next(cond, mutex);
     gil_end(t, t0, atomic_load_explicit(signal_ns, memory_order_relaxed), tail_kind_of(signal_ns));
     return rc;
 }
@@ -351,35 +442,58 @@ static inline void lock_end(const lock_edge *e)
     }
 }
 
+/* Passes the call on untimed while not installed; an uncontended acquire (sem_trywait
+ * succeeds) returns at once, unless another hook is next (it sees every call). */
+static inline int sem_untimed(int h, void *next, sem_t *sem, int *rc)
+{
+    if (!(atomic_load_explicit(&g_epoch, memory_order_relaxed) & 1u))
+        return 1;
+    if (next == g_real[h] && sem_trywait(sem) == 0) {
+        *rc = 0;
+        return 1;
+    }
+    return 0;
+}
+
 static int hook_sem_wait(sem_t *sem)
 {
-    if (sem_trywait(sem) == 0)
-        return 0;
+    sem_wait_fn next = NEXT(H_SEM_WAIT, sem_wait_fn);
+    int rc = -1;
+    if (sem_untimed(H_SEM_WAIT, (void *)next, sem, &rc))
+        return rc == 0 ? 0 : next(sem);
     lock_edge e;
     lock_begin(&e);
-    int rc = sem_wait(sem);
+    rc = next(sem);
     lock_end(&e);
     return rc;
 }
 
 static int hook_sem_timedwait(sem_t *sem, const struct timespec *abstime)
 {
-    if (sem_trywait(sem) == 0)
-        return 0;
+    sem_timedwait_fn next = NEXT(H_SEM_TIMEDWAIT, sem_timedwait_fn);
+    int rc = -1;
+    if (sem_untimed(H_SEM_TIMEDWAIT, (void *)next, sem, &rc))
+        return rc == 0 ? 0 : next(sem, abstime);
     lock_edge e;
     lock_begin(&e);
-    int rc = sem_timedwait(sem, abstime);
+    rc = next(sem, abstime);
     lock_end(&e);
     return rc;
 }
 
 static int hook_sem_clockwait(sem_t *sem, clockid_t clock, const struct timespec *abstime)
 {
-    if (sem_trywait(sem) == 0)
-        return 0;
+    sem_clockwait_fn next = NEXT(H_SEM_CLOCKWAIT, sem_clockwait_fn);
+    int rc = -1;
+    if (!next) { /* never patched without a function to call; defensive */
+        errno = ENOSYS;
+        return -1;
+    }
+    if (sem_untimed(H_SEM_CLOCKWAIT, (void *)next, sem, &rc))
+        return rc == 0 ? 0 : next(sem, clock, abstime);
     lock_edge e;
     lock_begin(&e);
-    int rc = sem_clockwait(sem, clock, abstime);
+    rc = next(sem, clock, abstime);
     lock_end(&e);
     return rc;
 }
@@ -402,12 +516,15 @@ static void *thread_trampoline(void *p)
 static int hook_pthread_create(pthread_t *thread, const pthread_attr_t *attr,
                                void *(*start)(void *), void *arg)
 {
-    start_trampoline *tr = malloc(sizeof *tr);
+    create_fn next = NEXT(H_CREATE, create_fn);
+    start_trampoline *tr = NULL;
+    if (atomic_load_explicit(&g_epoch, memory_order_relaxed) & 1u)
+        tr = malloc(sizeof *tr);
     if (!tr)
-        return pthread_create(thread, attr, start, arg);
+        return next(thread, attr, start, arg);
     tr->start = start;
     tr->arg = arg;
-    int rc = pthread_create(thread, attr, thread_trampoline, tr);
+    int rc = next(thread, attr, thread_trampoline, tr);
     if (rc != 0)
         free(tr);
     return rc;
@@ -415,43 +532,29 @@ static int hook_pthread_create(pthread_t *thread, const pthread_attr_t *attr,
 
 /* ---- GOT patching ------------------------------------------------------------------- */
 
+/* The loaded ELF object that holds an address. got_walk knows nothing of what is patched:
+ * it calls `visit` once per JUMP_SLOT / GLOB_DAT relocation of that object with the
+ * symbol's name, its required version (or NULL) and the slot. */
 typedef struct {
-    const char *name;
-    void *wrapper;
-    const char *skip_version; /* version whose imports are left alone, or NULL */
-    int is_sem; /* 0: condition wait, 1: semaphore wait, 2: thread creation, 3: GIL edges */
-} hook_target;
+    uintptr_t base;
+    const ElfW(Phdr) *phdr;
+    int phnum;
+    uintptr_t relro_lo, relro_hi;
+} elf_object;
 
-static const hook_target g_targets[] = {
-    {"pthread_cond_timedwait", (void *)hook_cond_timedwait, "GLIBC_2.2.5", 0},
-    {"pthread_cond_wait", (void *)hook_cond_wait, "GLIBC_2.2.5", 0},
-    {"pthread_cond_signal", (void *)hook_cond_signal, "GLIBC_2.2.5", 3},
-    {"pthread_mutex_lock", (void *)hook_mutex_lock, NULL, 3},
-    {"pthread_mutex_unlock", (void *)hook_mutex_unlock, NULL, 3},
-    {"sem_wait", (void *)hook_sem_wait, NULL, 1},
-    {"sem_timedwait", (void *)hook_sem_timedwait, NULL, 1},
-    {"sem_clockwait", (void *)hook_sem_clockwait, NULL, 1},
-    {"pthread_create", (void *)hook_pthread_create, NULL, 2},
-};
-#define N_TARGETS (sizeof g_targets / sizeof g_targets[0])
-
-#define MAX_PATCHED 64
-typedef struct {
-    void **slot;
-    void *original;
-    int in_relro;
-} patched_slot;
-
-static pthread_mutex_t g_hook_lock = PTHREAD_MUTEX_INITIALIZER;
-static patched_slot g_patched[MAX_PATCHED];
-static int g_npatched;
-static gla_hook_status g_status;
+/* Returns 0 to go on, a negative errno to stop the walk (got_walk returns it). */
+typedef int (*got_visit)(void *ctx, const elf_object *obj, const char *name,
+                         const char *version, void **slot);
 
 typedef struct {
     const void *anchor;
+    got_visit visit;
+    void *ctx;
+    char *object;       /* the object's path, if object_size > 0 */
+    size_t object_size;
     int found;
     int err;
-} install_ctx;
+} walk_ctx;
 
 static uintptr_t dyn_ptr(uintptr_t base, uintptr_t value)
 {
@@ -483,24 +586,44 @@ static const char *symbol_version(const ElfW(Half) *versym, const ElfW(Verneed) 
     return NULL;
 }
 
-static int patch_slot(void **slot, void *value, uintptr_t relro_lo, uintptr_t relro_hi)
+/* 1 if p lies in one of obj's loaded segments (a lazy-binding PLT stub, when a GOT slot
+ * holds it). */
+static int object_holds(const elf_object *obj, const void *p)
 {
-    uintptr_t addr = (uintptr_t)slot;
-    int in_relro = addr >= relro_lo && addr < relro_hi;
-    long page = sysconf(_SC_PAGESIZE);
-    uintptr_t page_start = addr & ~((uintptr_t)page - 1);
-    if (in_relro && mprotect((void *)page_start, (size_t)page, PROT_READ | PROT_WRITE) != 0)
-        return -errno;
-    __atomic_store_n(slot, value, __ATOMIC_RELEASE);
-    if (in_relro)
-        mprotect((void *)page_start, (size_t)page, PROT_READ);
+    uintptr_t a = (uintptr_t)p;
+    for (int i = 0; i < obj->phnum; i++) {
+        const ElfW(Phdr) *ph = &obj->phdr[i];
+        uintptr_t lo = obj->base + ph->p_vaddr;
+        if (ph->p_type == PT_LOAD && a >= lo && a < lo + ph->p_memsz)
+            return 1;
+    }
     return 0;
 }
 
-static void patch_relocs(const ElfW(Rela) *rela, size_t count, uintptr_t base,
-                         const ElfW(Sym) *symtab, const char *strtab,
-                         const ElfW(Half) *versym, const ElfW(Verneed) *verneed,
-                         size_t verneednum, uintptr_t relro_lo, uintptr_t relro_hi, int *err)
+static int in_relro(const elf_object *obj, void **slot)
+{
+    return (uintptr_t)slot >= obj->relro_lo && (uintptr_t)slot < obj->relro_hi;
+}
+
+/* Compare-and-swap on a GOT slot (made writable for the moment if it lies in RELRO):
+ * 1 if it held *expected and now holds desired, 0 if it held something else (then
+ * *expected is that), or -errno. */
+static int slot_cas(void **slot, void **expected, void *desired, int relro)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    uintptr_t page_start = (uintptr_t)slot & ~((uintptr_t)page - 1);
+    if (relro && mprotect((void *)page_start, (size_t)page, PROT_READ | PROT_WRITE) != 0)
+        return -errno;
+    int swapped = __atomic_compare_exchange_n(slot, expected, desired, 0, __ATOMIC_ACQ_REL,
+                                              __ATOMIC_ACQUIRE);
+    if (relro)
+        mprotect((void *)page_start, (size_t)page, PROT_READ);
+    return swapped;
+}
+
+static int visit_relocs(walk_ctx *w, const elf_object *obj, const ElfW(Rela) *rela, size_t count,
+                        const ElfW(Sym) *symtab, const char *strtab, const ElfW(Half) *versym,
+                        const ElfW(Verneed) *verneed, size_t verneednum)
 {
     for (size_t i = 0; i < count; i++) {
         unsigned long type = ELF64_R_TYPE(rela[i].r_info);
@@ -515,65 +638,44 @@ static void patch_relocs(const ElfW(Rela) *rela, size_t count, uintptr_t base,
         continue;
 #endif
         size_t sym = ELF64_R_SYM(rela[i].r_info);
+        if (sym == 0)
+            continue;
         const char *name = strtab + symtab[sym].st_name;
-        for (size_t k = 0; k < N_TARGETS; k++) {
-            if (strcmp(name, g_targets[k].name) != 0)
-                continue;
-            const char *version = symbol_version(versym, verneed, verneednum, strtab, sym);
-            if (g_targets[k].skip_version && version &&
-                strcmp(version, g_targets[k].skip_version) == 0)
-                break;
-            if (g_npatched >= MAX_PATCHED)
-                break;
-            void **slot = (void **)(base + rela[i].r_offset);
-            void *original = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
-            int rc = patch_slot(slot, g_targets[k].wrapper, relro_lo, relro_hi);
-            if (rc < 0) {
-                *err = rc;
-                break;
-            }
-            g_patched[g_npatched].slot = slot;
-            g_patched[g_npatched].original = original;
-            g_patched[g_npatched].in_relro = (uintptr_t)slot >= relro_lo && (uintptr_t)slot < relro_hi;
-            g_npatched++;
-            if (g_targets[k].is_sem == 1)
-                g_status.slots_sem++;
-            else if (g_targets[k].is_sem == 0)
-                g_status.slots_cond++;
-            else if (g_targets[k].is_sem == 2)
-                g_status.slots_create++;
-            break;
-        }
+        const char *version = symbol_version(versym, verneed, verneednum, strtab, sym);
+        int rc = w->visit(w->ctx, obj, name, version, (void **)(obj->base + rela[i].r_offset));
+        if (rc < 0)
+            return rc;
     }
+    return 0;
 }
 
-static int install_in_object(struct dl_phdr_info *info, size_t size, void *data)
+static int walk_object(struct dl_phdr_info *info, size_t size, void *data)
 {
     (void)size;
-    install_ctx *ctx = data;
-    uintptr_t base = info->dlpi_addr;
-    uintptr_t anchor = (uintptr_t)ctx->anchor;
+    walk_ctx *w = data;
+    elf_object obj = {info->dlpi_addr, info->dlpi_phdr, info->dlpi_phnum, 0, 0};
+    uintptr_t anchor = (uintptr_t)w->anchor;
     int contains = 0;
     const ElfW(Dyn) *dyn = NULL;
-    uintptr_t relro_lo = 0, relro_hi = 0;
     for (int i = 0; i < info->dlpi_phnum; i++) {
         const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-        uintptr_t lo = base + ph->p_vaddr, hi = lo + ph->p_memsz;
+        uintptr_t lo = obj.base + ph->p_vaddr, hi = lo + ph->p_memsz;
         if (ph->p_type == PT_LOAD && anchor >= lo && anchor < hi)
             contains = 1;
         else if (ph->p_type == PT_DYNAMIC)
             dyn = (const ElfW(Dyn) *)lo;
         else if (ph->p_type == PT_GNU_RELRO) {
-            relro_lo = lo;
-            relro_hi = hi;
+            obj.relro_lo = lo;
+            obj.relro_hi = hi;
         }
     }
     if (!contains)
         return 0;
-    ctx->found = 1;
-    snprintf(g_status.object, sizeof g_status.object, "%s", info->dlpi_name);
+    w->found = 1;
+    if (w->object_size)
+        snprintf(w->object, w->object_size, "%s", info->dlpi_name);
     if (!dyn) {
-        ctx->err = -ENOENT;
+        w->err = -ENOENT;
         return 1;
     }
     const ElfW(Sym) *symtab = NULL;
@@ -584,43 +686,277 @@ static int install_in_object(struct dl_phdr_info *info, size_t size, void *data)
     const ElfW(Verneed) *verneed = NULL;
     for (const ElfW(Dyn) *d = dyn; d->d_tag != DT_NULL; d++) {
         switch (d->d_tag) {
-        case DT_SYMTAB: symtab = (const ElfW(Sym) *)dyn_ptr(base, d->d_un.d_ptr); break;
-        case DT_STRTAB: strtab = (const char *)dyn_ptr(base, d->d_un.d_ptr); break;
-        case DT_JMPREL: jmprel = (const ElfW(Rela) *)dyn_ptr(base, d->d_un.d_ptr); break;
+        case DT_SYMTAB: symtab = (const ElfW(Sym) *)dyn_ptr(obj.base, d->d_un.d_ptr); break;
+        case DT_STRTAB: strtab = (const char *)dyn_ptr(obj.base, d->d_un.d_ptr); break;
+        case DT_JMPREL: jmprel = (const ElfW(Rela) *)dyn_ptr(obj.base, d->d_un.d_ptr); break;
         case DT_PLTRELSZ: pltrelsz = d->d_un.d_val; break;
-        case DT_RELA: rela = (const ElfW(Rela) *)dyn_ptr(base, d->d_un.d_ptr); break;
+        case DT_RELA: rela = (const ElfW(Rela) *)dyn_ptr(obj.base, d->d_un.d_ptr); break;
         case DT_RELASZ: relasz = d->d_un.d_val; break;
-        case DT_VERSYM: versym = (const ElfW(Half) *)dyn_ptr(base, d->d_un.d_ptr); break;
-        case DT_VERNEED: verneed = (const ElfW(Verneed) *)dyn_ptr(base, d->d_un.d_ptr); break;
+        case DT_VERSYM: versym = (const ElfW(Half) *)dyn_ptr(obj.base, d->d_un.d_ptr); break;
+        case DT_VERNEED: verneed = (const ElfW(Verneed) *)dyn_ptr(obj.base, d->d_un.d_ptr); break;
         case DT_VERNEEDNUM: verneednum = d->d_un.d_val; break;
         default: break;
         }
     }
     if (!symtab || !strtab) {
-        ctx->err = -ENOENT;
+        w->err = -ENOENT;
         return 1;
     }
+    int rc = 0;
     if (jmprel)
-        patch_relocs(jmprel, pltrelsz / sizeof(ElfW(Rela)), base, symtab, strtab, versym,
-                     verneed, verneednum, relro_lo, relro_hi, &ctx->err);
-    if (rela)
-        patch_relocs(rela, relasz / sizeof(ElfW(Rela)), base, symtab, strtab, versym,
-                     verneed, verneednum, relro_lo, relro_hi, &ctx->err);
+        rc = visit_relocs(w, &obj, jmprel, pltrelsz / sizeof(ElfW(Rela)), symtab, strtab, versym,
+                          verneed, verneednum);
+    if (rc == 0 && rela)
+        rc = visit_relocs(w, &obj, rela, relasz / sizeof(ElfW(Rela)), symtab, strtab, versym,
+                          verneed, verneednum);
+    w->err = rc;
     return 1;
 }
 
-static int restore_all(void)
+/* 0, -ENOENT (no loaded object holds anchor, or it has no dynamic symbols), or the
+ * visitor's error; *found (if not NULL): whether an object holds anchor. */
+static int got_walk(const void *anchor, got_visit visit, void *ctx, char *object, size_t object_size,
+                    int *found)
 {
-    int err = 0;
-    for (int i = g_npatched - 1; i >= 0; i--) {
-        uintptr_t slot = (uintptr_t)g_patched[i].slot;
-        uintptr_t relro_lo = g_patched[i].in_relro ? slot : 0;
-        uintptr_t relro_hi = g_patched[i].in_relro ? slot + 1 : 0;
-        int rc = patch_slot(g_patched[i].slot, g_patched[i].original, relro_lo, relro_hi);
-        if (rc < 0)
-            err = rc;
+    walk_ctx w = {anchor, visit, ctx, object, object_size, 0, 0};
+    dl_iterate_phdr(walk_object, &w);
+    if (found)
+        *found = w.found;
+    return w.found ? w.err : -ENOENT;
+}
+
+typedef struct {
+    const char *symbol;
+    void *new_value;
+    void **old_value;
+    int n;
+} got_patch_ctx;
+
+static int got_patch_visit(void *p, const elf_object *obj, const char *name, const char *version,
+                           void **slot)
+{
+    (void)version;
+    got_patch_ctx *c = p;
+    if (strcmp(name, c->symbol) != 0)
+        return 0;
+    void *v = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    if (c->n == 0 && c->old_value)
+        *c->old_value = v;
+    c->n++;
+    while (c->new_value) {
+        int rc = slot_cas(slot, &v, c->new_value, in_relro(obj, slot));
+        if (rc != 0)
+            return rc < 0 ? rc : 0;
     }
-    g_npatched = 0;
+    return 0;
+}
+
+int gla_got_patch(const void *anchor, const char *symbol, void *new_value, void **old_value)
+{
+    if (old_value)
+        *old_value = NULL;
+    if (!symbol)
+        return -EINVAL;
+    got_patch_ctx c = {symbol, new_value, old_value, 0};
+    int rc = got_walk(anchor, got_patch_visit, &c, NULL, 0, NULL);
+    return rc < 0 ? rc : c.n;
+}
+
+/* ---- the hook: which slots, their records ------------------------------------------ */
+
+enum { KIND_COND, KIND_SEM, KIND_CREATE, KIND_EDGE };
+typedef struct {
+    const char *name;
+    void *wrapper;
+    const char *skip_version; /* version whose imports are left alone, or NULL */
+    int kind;                 /* condition wait, semaphore wait, thread creation, GIL edge */
+} hook_target;
+
+static const hook_target g_hooks[N_HOOKS] = {
+    [H_COND_TIMEDWAIT] = {"pthread_cond_timedwait", (void *)hook_cond_timedwait, "GLIBC_2.2.5", KIND_COND},
+    [H_COND_WAIT] = {"pthread_cond_wait", (void *)hook_cond_wait, "GLIBC_2.2.5", KIND_COND},
+    [H_COND_SIGNAL] = {"pthread_cond_signal", (void *)hook_cond_signal, "GLIBC_2.2.5", KIND_EDGE},
+    [H_MUTEX_LOCK] = {"pthread_mutex_lock", (void *)hook_mutex_lock, NULL, KIND_EDGE},
+    [H_MUTEX_UNLOCK] = {"pthread_mutex_unlock", (void *)hook_mutex_unlock, NULL, KIND_EDGE},
+    [H_SEM_WAIT] = {"sem_wait", (void *)hook_sem_wait, NULL, KIND_SEM},
+    [H_SEM_TIMEDWAIT] = {"sem_timedwait", (void *)hook_sem_timedwait, NULL, KIND_SEM},
+    [H_SEM_CLOCKWAIT] = {"sem_clockwait", (void *)hook_sem_clockwait, NULL, KIND_SEM},
+    [H_CREATE] = {"pthread_create", (void *)hook_pthread_create, NULL, KIND_CREATE},
+};
+
+/* One record per GOT slot the hook has pointed at a wrapper, kept across installs while
+ * the slot may still lead to the wrapper:
+ *   REC_OURS  the slot holds the wrapper (written by install); uninstall puts back
+ *             `original` if it still does;
+ *   REC_UNDER installed beneath `left_to`, the hook that replaced the wrapper before an
+ *             uninstall and still holds the slot (it chains to the wrapper);
+ *   REC_LEFT  not installed there: the slot holds another hook (`left_to`, or one that
+ *             replaced it), which may chain to the wrapper. Install never writes such a
+ *             slot (a chain back to that hook could loop); once it holds the wrapper
+ *             again or a plain function, the record goes. */
+enum { REC_OURS = 1, REC_UNDER, REC_LEFT };
+typedef struct {
+    void **slot;
+    void *original;
+    void *left_to;
+    int hook;
+    int state;
+    int in_relro;
+} slot_rec;
+
+#define MAX_SLOTS 64
+static pthread_mutex_t g_hook_lock = PTHREAD_MUTEX_INITIALIZER;
+static slot_rec g_slots[MAX_SLOTS]; /* under g_hook_lock */
+static int g_nslots;
+static gla_hook_status g_status;
+
+/* Appends a function's name to a status note ("a, b, c"), once. */
+static void note_name(char *note, size_t size, const char *name)
+{
+    size_t len = strlen(note), n = strlen(name);
+    for (const char *p = strstr(note, name); p; p = strstr(p + 1, name))
+        if ((p == note || p[-1] == ' ') && (p[n] == ',' || p[n] == '\0'))
+            return;
+    snprintf(note + len, size - len, "%s%s", len ? ", " : "", name);
+}
+
+typedef struct {
+    int settled[N_HOOKS];   /* g_next[h] is fixed for this install */
+    char left[160];         /* functions whose slot holds another hook, left alone */
+    char conflict[160];     /* functions with two slots behind different hooks */
+} install_ctx;
+
+static void count_slot(int h, int chained)
+{
+    switch (g_hooks[h].kind) {
+    case KIND_COND: g_status.slots_cond++; break;
+    case KIND_SEM: g_status.slots_sem++; break;
+    case KIND_CREATE: g_status.slots_create++; break;
+    default: break;
+    }
+    g_status.slots_chained += chained;
+}
+
+static slot_rec *find_rec(void **slot)
+{
+    for (int i = 0; i < g_nslots; i++)
+        if (g_slots[i].slot == slot)
+            return &g_slots[i];
+    return NULL;
+}
+
+/* A slot value that is no other hook: lazy binding's stub (inside the patched object),
+ * libc's function, or nothing. */
+static int plain_value(const elf_object *obj, int h, const void *v)
+{
+    return v == NULL || v == g_real[h] || object_holds(obj, v);
+}
+
+static int install_visit(void *p, const elf_object *obj, const char *name, const char *version,
+                         void **slot)
+{
+    install_ctx *ctx = p;
+    int h = 0;
+    while (h < N_HOOKS && strcmp(name, g_hooks[h].name) != 0)
+        h++;
+    if (h == N_HOOKS)
+        return 0;
+    if (g_hooks[h].skip_version && version && strcmp(version, g_hooks[h].skip_version) == 0)
+        return 0;
+    void *wrapper = g_hooks[h].wrapper;
+    slot_rec *r = find_rec(slot);
+    void *v = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    if (v == wrapper) { /* still ours: a later hook put the wrapper back at its uninstall */
+        if (!r) {
+            if (g_nslots >= MAX_SLOTS)
+                return 0;
+            r = &g_slots[g_nslots++];
+            *r = (slot_rec){slot, g_real[h], NULL, h, REC_OURS, in_relro(obj, slot)};
+        }
+        r->state = REC_OURS;
+        ctx->settled[h] = 1;
+        count_slot(h, atomic_load(&g_next[h]) != g_real[h]);
+        return 0;
+    }
+    if (r && r->state == REC_LEFT && !plain_value(obj, h, v)) {
+        if (v == r->left_to) { /* the hook that replaced the wrapper chains to it */
+            r->state = REC_UNDER;
+            ctx->settled[h] = 1;
+            count_slot(h, atomic_load(&g_next[h]) != g_real[h]);
+        } else {
+            note_name(ctx->left, sizeof ctx->left, name);
+        }
+        return 0;
+    }
+    for (;;) {
+        void *next = plain_value(obj, h, v) ? g_real[h] : v;
+        if (!next)
+            return 0; /* nothing to pass the calls on to (sem_clockwait before glibc 2.30) */
+        if (ctx->settled[h] && next != atomic_load(&g_next[h])) {
+            note_name(ctx->conflict, sizeof ctx->conflict, name);
+            return 0;
+        }
+        if (!r) {
+            if (g_nslots >= MAX_SLOTS)
+                return 0;
+            r = &g_slots[g_nslots++];
+            *r = (slot_rec){slot, NULL, NULL, h, 0, in_relro(obj, slot)};
+        }
+        atomic_store_explicit(&g_next[h], next, memory_order_release);
+        int rc = slot_cas(slot, &v, wrapper, r->in_relro);
+        if (rc < 0) {
+            if (r->state == 0)
+                g_nslots--; /* the record just made (the last one) */
+            return rc;
+        }
+        if (rc == 0)
+            continue; /* changed meanwhile (lazy binding resolved it): again with its value */
+        r->original = v;
+        r->state = REC_OURS;
+        ctx->settled[h] = 1;
+        count_slot(h, next != g_real[h]);
+        return 0;
+    }
+}
+
+static int count_left(void)
+{
+    int n = 0;
+    for (int i = 0; i < g_nslots; i++)
+        n += g_slots[i].state == REC_LEFT;
+    return n;
+}
+
+/* Gives every slot back (under g_hook_lock): a slot that holds the wrapper gets the value
+ * it held before; one that holds another hook keeps it (REC_LEFT, counted and named in
+ * g_status); one that holds a plain function is forgotten. 0 or -errno. */
+static int release_slots(void)
+{
+    int err = 0, kept = 0;
+    char left[160] = "";
+    for (int i = 0; i < g_nslots; i++) {
+        slot_rec r = g_slots[i];
+        void *v = g_hooks[r.hook].wrapper;
+        int rc = slot_cas(r.slot, &v, r.original, r.in_relro);
+        if (rc < 0) {
+            err = rc;
+            g_slots[kept++] = r; /* still holds the wrapper: a later install finds it */
+            continue;
+        }
+        if (rc == 1 || v == g_real[r.hook] || v == r.original || v == NULL)
+            continue;
+        if (r.state != REC_LEFT)
+            r.left_to = v;
+        r.state = REC_LEFT;
+        note_name(left, sizeof left, g_hooks[r.hook].name);
+        g_slots[kept++] = r;
+    }
+    g_nslots = kept;
+    g_status.slots_left = count_left();
+    if (g_status.slots_left > 0)
+        snprintf(g_status.reason, sizeof g_status.reason,
+                 "uninstalled; %d GOT slot(s) now hold another hook and were left to it: %s",
+                 g_status.slots_left, left);
     return err;
 }
 
@@ -665,23 +1001,39 @@ int gla_hook_install(const void *anchor)
     if (!g_atfork_registered)
         g_atfork_registered = pthread_atfork(NULL, NULL, hook_atfork_child) == 0;
     g_status.slots_cond = g_status.slots_sem = g_status.slots_create = 0;
-    install_ctx ctx = {anchor, 0, 0};
-    dl_iterate_phdr(install_in_object, &ctx);
-    if (!ctx.found) {
+    g_status.slots_chained = 0;
+    install_ctx ctx;
+    memset(&ctx, 0, sizeof ctx);
+    int found = 0;
+    int err = got_walk(anchor, install_visit, &ctx, g_status.object, sizeof g_status.object, &found);
+    if (!found) {
         snprintf(g_status.reason, sizeof g_status.reason, "no loaded object contains the interpreter");
         rc = -ENOENT;
-    } else if (ctx.err < 0) {
-        restore_all();
-        snprintf(g_status.reason, sizeof g_status.reason, "patching the GOT failed: %s", strerror(-ctx.err));
-        rc = ctx.err;
+    } else if (err < 0) {
+        release_slots();
+        snprintf(g_status.reason, sizeof g_status.reason, "patching the GOT failed: %s", strerror(-err));
+        rc = err;
     } else if (g_status.slots_cond == 0) {
-        restore_all();
+        release_slots();
         snprintf(g_status.reason, sizeof g_status.reason,
                  "the interpreter does not import pthread_cond_timedwait@GLIBC_2.3.2 through its GOT");
         rc = -ENOENT;
+    }
+    if (rc < 0) {
+        g_status.slots_cond = g_status.slots_sem = g_status.slots_create = 0;
+        g_status.slots_chained = 0;
     } else {
         g_status.installed = 1;
+        g_status.slots_left = count_left();
         g_status.reason[0] = '\0';
+        if (ctx.left[0])
+            snprintf(g_status.reason, sizeof g_status.reason,
+                     "GOT slot(s) held by another hook that may call gil_adapt's earlier wrapper "
+                     "were left alone: %s", ctx.left);
+        else if (ctx.conflict[0])
+            snprintf(g_status.reason, sizeof g_status.reason,
+                     "a second GOT slot behind a different hook was left alone: %s", ctx.conflict);
+        atomic_fetch_add_explicit(&g_epoch, 1, memory_order_acq_rel); /* odd: installed */
     }
 out:
     pthread_mutex_unlock(&g_hook_lock);
@@ -693,9 +1045,15 @@ int gla_hook_uninstall(void)
     pthread_mutex_lock(&g_hook_lock);
     int rc = 0;
     if (g_status.installed) {
-        rc = restore_all();
+        /* Even: every thread's hand-off state is stale from here; wrappers still reached
+         * pass their calls on untimed. */
+        atomic_fetch_add_explicit(&g_epoch, 1, memory_order_acq_rel);
+        atomic_store_explicit(&g_holder, NULL, memory_order_release);
         g_status.installed = 0;
         g_status.slots_cond = g_status.slots_sem = g_status.slots_create = 0;
+        g_status.slots_chained = 0;
+        g_status.reason[0] = '\0';
+        rc = release_slots();
     }
     pthread_mutex_unlock(&g_hook_lock);
     return rc;
@@ -727,7 +1085,9 @@ uint64_t gla_hook_gil_held_ns(const gla_thread *t, uint64_t now_ns)
     uint64_t held = gla_ledger_wait(t, GLA_GIL_HELD); /* acquire: then the record below */
     if (atomic_load_explicit(&g_holder, memory_order_acquire) == t) {
         uint64_t since = atomic_load_explicit(&g_holder_since, memory_order_relaxed);
-        if (since && now_ns > since)
+        unsigned epoch = atomic_load_explicit(&g_holder_epoch, memory_order_relaxed);
+        if (since && now_ns > since && (epoch & 1u) &&
+            epoch == atomic_load_explicit(&g_epoch, memory_order_acquire))
             held += now_ns - since;
     }
     return held;
@@ -738,7 +1098,8 @@ uint64_t gla_hook_self_gil_held_ns(void)
     gla_thread *t = gla_ledger_self_nosys();
     uint64_t held = t ? gla_ledger_wait(t, GLA_GIL_HELD) : 0;
     uint64_t since = tls_held_since;
-    if (since) {
+    unsigned epoch = atomic_load_explicit(&g_epoch, memory_order_acquire);
+    if (since && (epoch & 1u) && tls_epoch == epoch) {
         uint64_t now = mono_ns();
         if (now > since)
             held += now - since;

@@ -10,23 +10,51 @@
  *   sem_wait / sem_timedwait / sem_clockwait     (Python-level lock waits)
  *   pthread_create                               (new threads register in the ledger
  *                                                 before their start routine runs)
- *   pthread_cond_signal / pthread_mutex_lock     (the GIL's hand-offs: signal times for
- *                                                 the wake-up tails, take/drop times for
- *                                                 GLA_GIL_HELD; other objects pass through)
- * The wrappers call libc's functions directly (never the saved slot, which may hold the
- * lazy-binding stub) and add the time spent to the calling thread's ledger record:
+ *   pthread_cond_signal / pthread_mutex_lock /   (the GIL's hand-offs: signal times for
+ *   pthread_mutex_unlock                          the wake-up tails, take/drop times for
+ *                                                 GLA_GIL_HELD, hand-off samples; other
+ *                                                 objects pass through)
+ * Living beside other hooks (a chain, as well-behaved GOT hooks do):
+ *   - each wrapper passes its call on to the value its slot held before install patched
+ *     it (another hook: an LD_PRELOAD tool, memray, a second profiler), or to libc's
+ *     function as this object links it where that value is the patched object's own
+ *     lazy-binding stub (calling it would re-resolve the symbol and overwrite the slot).
+ *     One function has one next value: a second slot of the same function behind a
+ *     different hook is left alone (named in the status reason). slots_chained counts
+ *     the slots whose next is another hook. The hot path's extra cost is one acquire
+ *     load of that pointer;
+ *   - behind another hook the wrappers do not skip it: an uncontended semaphore or
+ *     GIL-mutex acquire, which they otherwise settle with sem_trywait /
+ *     pthread_mutex_trylock, goes to the next hook too (and is timed);
+ *   - uninstall puts a slot's earlier value back only if the slot still holds the
+ *     wrapper (compare-and-swap); a slot that another hook took since is left to it,
+ *     counted in slots_left and named in reason. Such a hook may chain to the wrapper,
+ *     so the wrappers keep working after uninstall: they pass every call on untimed.
+ *     A later install never writes such a slot (a chain back to that hook would loop):
+ *     if the slot still holds the hook that replaced the wrapper, the hook counts as
+ *     installed beneath it; if it holds yet another hook, it stays left (slots_left);
+ *     if it holds the wrapper again or a plain function, it is patched as new.
+ * The wrappers add the time spent to the calling thread's ledger record:
  *   - a condition wait counts as GLA_GIL_WAIT only if its condition variable is the
  *     GIL's (set by gla_hook_set_gil) or the GIL's switch condition; others pass through;
  *   - a semaphore wait counts as GLA_LOCK_WAIT.
  * Inside a GIL wait the wrapper runs with the GIL's mutex held: it does two
  * CLOCK_MONOTONIC reads (vDSO), an atomic add, and nothing else — no system call, no
- * allocation, no lazily allocated TLS.
+ * allocation, no lazily allocated TLS (what a next hook does there is its own).
  *
  * install is idempotent (a second call returns 0 and changes nothing); uninstall
- * restores every patched slot; a thread already inside a wrapper finishes normally
- * (the wrappers live in this object, which is never unloaded). Both serialize on an
- * internal lock. The environment variable GIL_ADAPT_HOOK=0 makes install return
- * -ECANCELED without patching.
+ * restores every slot that still holds a wrapper (above); a thread already inside a
+ * wrapper finishes normally (the wrappers live in this object, which is never
+ * unloaded). Both serialize on an internal lock. The environment variable
+ * GIL_ADAPT_HOOK=0 makes install return -ECANCELED without patching.
+ *
+ * Install, uninstall, install: every install and uninstall starts a new epoch. A
+ * thread's hand-off state (the holding under way, the thinning's wait start, a hand-off
+ * sample) belongs to the epoch it was written in; a thread that finds a newer epoch drops
+ * its own state (no thread writes another's), and readers of the holding under way
+ * ignore one from an earlier epoch. So a holding under way at uninstall is never counted
+ * (its part before the uninstall included): for every thread and interval, GIL_HELD
+ * grows by at most the interval's length plus the holding under way at its start.
  *
  * fork(): in the child (a handler that the first install registers, running after the
  * ledger's) no thread waits for the GIL: the waiter thinning's counts restart at zero,
@@ -56,16 +84,29 @@ typedef struct {
     int slots_cond;         /* GOT slots patched for condition waits */
     int slots_sem;          /* GOT slots patched for semaphore waits */
     int slots_create;       /* GOT slots patched for pthread_create (registration) */
+    int slots_chained;      /* patched slots whose wrapper passes calls on to another hook */
+    int slots_left;         /* slots left to another hook (see "Living beside other hooks") */
     int gil_known;          /* the GIL's condition variable is set */
     char object[256];       /* path of the patched object ("" = main executable) */
-    char reason[256];       /* why not installed / not exact, when applicable */
+    char reason[256];       /* why not installed / not exact, or which slots were left
+                               to another hook, when applicable */
 } gla_hook_status;
 
 /* 0 on success (or already installed); -ECANCELED (GIL_ADAPT_HOOK=0), -ENOENT (no
  * object contains anchor / nothing to patch), or -errno; reason in gla_hook_get_status. */
 int gla_hook_install(const void *anchor);
+/* 0, or -errno where a slot could not be made writable (it keeps the wrapper); a slot
+ * left to another hook is no error (slots_left, reason). */
 int gla_hook_uninstall(void);
 void gla_hook_get_status(gla_hook_status *out);
+
+/* A GOT patcher that knows nothing of what it patches: in the loaded object that holds
+ * `anchor`, every JUMP_SLOT / GLOB_DAT slot of `symbol` (any version) gets new_value
+ * (compare-and-swap against the value read; a NULL new_value only reads). *old_value
+ * (if not NULL): the first slot's value before, NULL if there is none. Returns the
+ * number of slots, or -ENOENT (no object holds anchor) / -errno. Not serialized with
+ * gla_hook_install / gla_hook_uninstall. */
+int gla_got_patch(const void *anchor, const char *symbol, void *new_value, void **old_value);
 
 /* Tells the wrappers which condition variable is the GIL's. The switch condition is
  * derived from CPython's struct _gil_runtime_state layout (cond, mutex, switch_cond). */

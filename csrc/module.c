@@ -203,7 +203,7 @@ static PyObject *py_capabilities(PyObject *self, PyObject *args)
     int gil_exact = st.installed && st.gil_known && !g_free_threaded;
     const char *gil_reason = gil_exact ? "" : (st.installed ? g_gil_reason : (st.reason[0] ? st.reason : g_gil_reason));
     return Py_BuildValue(
-        "{s:s,s:s,s:s,s:s,s:s,s:O,s:i,s:i,s:s}",
+        "{s:s,s:s,s:s,s:s,s:s,s:O,s:i,s:i,s:i,s:i,s:s}",
         "gil_wait", gil_exact ? "exact" : "unavailable",
         "gil_wait_reason", gil_reason,
         "lock_wait", (st.installed && st.slots_sem > 0) ? "exact" : "unavailable",
@@ -212,6 +212,8 @@ static PyObject *py_capabilities(PyObject *self, PyObject *args)
         "free_threaded", g_free_threaded ? Py_True : Py_False,
         "hook_slots_cond", st.slots_cond,
         "hook_slots_sem", st.slots_sem,
+        "hook_slots_chained", st.slots_chained,
+        "hook_slots_left", st.slots_left,
         "hook_object", st.object[0] ? st.object : (st.installed ? "(main executable)" : ""));
 }
 
@@ -427,7 +429,9 @@ static PyMethodDef core_methods[] = {
      "set_calm_above(n) -> previous: thin only while more than n threads wait for the GIL."},
     {"calm", py_calm, METH_NOARGS, "(keep, waits stretched so far, above)."},
     {"install", py_install, METH_NOARGS, "Install the GOT hooks and calibrate; returns 0 or -errno."},
-    {"uninstall", py_uninstall, METH_NOARGS, "Restore every patched GOT slot; returns 0 or -errno."},
+    {"uninstall", py_uninstall, METH_NOARGS,
+     "Restore the GOT slots that still hold gil_adapt's hooks (a slot another hook took\n"
+     "since is left to it: capabilities()['hook_slots_left']); returns 0 or -errno."},
     {"capabilities", py_capabilities, METH_NOARGS, "Which figures are exact, and why not."},
     {"read", py_read, METH_NOARGS,
      "(now_ns, [per-thread sample tuples], exited totals sample tuple as of the same read)"},

@@ -59,13 +59,18 @@ def install() -> bool:
 
 
 def uninstall() -> None:
-    """Removes the hooks; waits already being timed finish normally."""
+    """Removes the hooks; waits already being timed finish normally. A GOT slot that
+    another library hooked after gil_adapt keeps that library's hook (a warning names
+    it): uninstalling never removes someone else's hook."""
     global _install_rc
     with _install_lock:
         rc = _core.uninstall()
         _install_rc = None
         if rc < 0:
             raise OSError(-rc, "gil_adapt: restoring the GOT failed: " + os.strerror(-rc))
+        caps = _core.capabilities()
+        if caps.get("hook_slots_left"):
+            log.warning("gil_adapt: %s", caps.get("gil_wait_reason") or caps.get("reason"))
 
 
 CALM_DEFAULT = 4
