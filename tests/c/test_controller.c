@@ -15,16 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static _Atomic int g_failures;
-#define CHECK(cond, ...)                                                                   \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            g_failures++;                                                                  \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                \
-            fprintf(stderr, __VA_ARGS__);                                                  \
-            fprintf(stderr, "\n");                                                         \
-        }                                                                                  \
-    } while (0)
+#include "testutil.h"
 
 /* One xorshift64 step: a uniform in [0, 1). */
 static double uniform_next(unsigned long long *s)

@@ -21,42 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static int g_failures;
-#define CHECK(cond, ...)                                                                   \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            g_failures++;                                                                  \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                \
-            fprintf(stderr, __VA_ARGS__);                                                  \
-            fprintf(stderr, "\n");                                                         \
-        }                                                                                  \
-    } while (0)
-
-#define MS 1000000ull
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
-static pid_t my_tid(void) { return (pid_t)syscall(SYS_gettid); }
-
-static int find_sample(pid_t tid, gla_sample *out)
-{
-    static gla_sample buf[GLA_MAX_THREADS];
-    size_t n = 0;
-    gla_ledger_read(buf, GLA_MAX_THREADS, &n);
-    int found = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (buf[i].tid == tid && (!found || buf[i].alive)) {
-            *out = buf[i];
-            found = 1;
-        }
-    }
-    return found;
-}
+#include "testutil.h"
 
 /* CPython's struct _gil_runtime_state (3.9-3.13, pycore_gil.h), to stand in for the GIL. */
 static struct {
@@ -95,7 +60,7 @@ static void *cond_waiter(void *p)
     } while (rc == 0); /* spurious wake-ups: wait out the whole timeout */
     pthread_mutex_unlock(&g_mutex);
     arg->timed_out = rc == ETIMEDOUT;
-    gla_sample s;
+    gla_sample s = {0};
     if (find_sample(arg->tid, &s))
         arg->registered = s.registered;
     return NULL;
@@ -112,7 +77,7 @@ static long long gil_wait_of_waiter(int ms, int *registered)
         return -1;
     pthread_join(th, NULL);
     sleep_ms(2);
-    gla_sample s;
+    gla_sample s = {0};
     if (!arg.timed_out || !find_sample(arg.tid, &s))
         return -1;
     if (registered)

@@ -18,43 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static int g_failures;
-#define CHECK(cond, ...)                                                                   \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            g_failures++;                                                                  \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                \
-            fprintf(stderr, __VA_ARGS__);                                                  \
-            fprintf(stderr, "\n");                                                         \
-        }                                                                                  \
-    } while (0)
-
-#define MS 1000000ull
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
-static pid_t my_tid(void) { return (pid_t)syscall(SYS_gettid); }
-
-/* Finds tid's sample (the live one if the tid was reused). */
-static int find_sample(pid_t tid, gla_sample *out)
-{
-    static gla_sample buf[GLA_MAX_THREADS];
-    size_t n = 0;
-    gla_ledger_read(buf, GLA_MAX_THREADS, &n);
-    int found = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (buf[i].tid == tid && (!found || buf[i].alive)) {
-            *out = buf[i];
-            found = 1;
-        }
-    }
-    return found;
-}
+#include "testutil.h"
 
 static uint64_t states_sum(const gla_sample *s)
 {
@@ -75,7 +39,7 @@ static void test_partition_random(void)
 {
     uint64_t seed = 88172645463325252ull;
     for (int i = 0; i < 200000; i++) {
-        gla_sample s;
+        gla_sample s = {0};
         memset(&s, 0, sizeof s);
         s.wall_ns = rnd(&seed) % (10 * 1000 * MS);
         uint64_t span = s.wall_ns + 1 + s.wall_ns / 4; /* inputs may overshoot wall */
@@ -115,7 +79,7 @@ static void test_partition_cases(void)
 {
     /* 4 CPU-bound threads on one core: 25 % cpu, 75 % GIL wait, a little run-queue delay
      * inside the waits: nothing left for I/O, nothing counted twice. */
-    gla_sample s;
+    gla_sample s = {0};
     memset(&s, 0, sizeof s);
     s.wall_ns = 1000 * MS;
     s.raw_cpu_ns = 250 * MS;
@@ -206,7 +170,7 @@ static void test_exit_keeps_totals(void)
         pthread_join(th[i], NULL);
     sleep_ms(5); /* key destructors run before the kernel task ends */
     for (int i = 0; i < N; i++) {
-        gla_sample s;
+        gla_sample s = {0};
         int found = find_sample(args[i].tid, &s);
         CHECK(found, "thread %d not in the ledger", (int)args[i].tid);
         if (!found)
@@ -293,7 +257,7 @@ static void *cond_waiter(void *p)
         rc = waiter_cond_timedwait_ms(arg->cond, &g_mutex, arg->ms);
     } while (rc == 0); /* spurious wake-ups: wait out the whole timeout */
     pthread_mutex_unlock(&g_mutex);
-    gla_sample s;
+    gla_sample s = {0};
     find_sample(arg->tid, &s);
     arg->registered = s.registered;
     return NULL;
@@ -309,7 +273,7 @@ static uint64_t gil_wait_of_waiter(pthread_cond_t *cond, int ms, int via_hooked_
         pthread_create(&th, NULL, cond_waiter, &arg);
     pthread_join(th, NULL);
     sleep_ms(2);
-    gla_sample s;
+    gla_sample s = {0};
     if (!find_sample(arg.tid, &s))
         return (uint64_t)-1;
     if (registered)
@@ -417,7 +381,7 @@ static void test_hook(void)
     sleep_ms(30);
     sem_post(&g_sem);
     pthread_join(th, NULL);
-    gla_sample s;
+    gla_sample s = {0};
     CHECK(find_sample(tid, &s) && s.raw_lock_wait_ns >= 25 * MS, "lock wait %llu",
           (unsigned long long)s.raw_lock_wait_ns);
     /* An uncontended one costs nothing and counts nothing. */
