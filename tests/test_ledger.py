@@ -72,6 +72,22 @@ def test_capabilities_contract():
         assert caps["gil_wait"] == "exact", caps
 
 
+def test_capabilities_as_the_first_call_reports_what_measurements_get():
+    out = _run_py("""
+        import json, gil_adapt
+        first = gil_adapt.capabilities()  # before any install or measurement
+        gil_adapt.uninstall()
+        after = gil_adapt.capabilities()  # an uninstall is respected, not undone
+        print(json.dumps([first["gil_wait"], after["gil_wait"]]))
+    """)
+    assert out.returncode == 0, out.stderr
+    import json
+    first, after = json.loads(out.stdout)
+    if sys.platform == "linux":
+        assert first == "exact"
+    assert after != "exact"
+
+
 def test_snapshot_shape():
     snap = gil_adapt.snapshot()
     assert isinstance(snap["time_ns"], int)

@@ -58,14 +58,18 @@ def install() -> bool:
     return _core.capabilities()["gil_wait"] == "exact"
 
 
+_uninstalled = False
+
+
 def uninstall() -> None:
     """Removes the hooks; waits already being timed finish normally. A GOT slot that
     another library hooked after gil_adapt keeps that library's hook (a warning names
     it): uninstalling never removes someone else's hook."""
-    global _install_rc
+    global _install_rc, _uninstalled
     with _install_lock:
         rc = _core.uninstall()
         _install_rc = None
+        _uninstalled = True
         if rc < 0:
             raise OSError(-rc, "gil_adapt: restoring the GOT failed: " + os.strerror(-rc))
         caps = _core.capabilities()
@@ -176,7 +180,12 @@ def calm_default() -> None:
 
 
 def capabilities() -> Dict[str, Any]:
-    """What the ledger can measure here and how (``exact``/``estimated``/``unavailable``)."""
+    """What the ledger can measure here and how (``exact``/``estimated``/``unavailable``).
+
+    The first call installs the hook (as the first measurement would), so the answer is
+    what measurements will get; after :func:`uninstall` it reports the hook as it is."""
+    if _install_rc is None and not _uninstalled:
+        install()
     caps = dict(_core.capabilities())
     caps["python"] = sys.version.split()[0]
     caps["implementation"] = sys.implementation.name
