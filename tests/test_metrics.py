@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
 
 import pytest
 
@@ -290,9 +291,8 @@ def test_executor_metrics_and_weak_registration():
     assert not [n for n, _ in metrics.executors() if n.startswith("fake-pool")]
 
 
-def test_adaptive_executor_exported():
+def test_adaptive_executor_exported_without_registration():
     with gil_adapt.AdaptiveExecutor(2, thread_name_prefix="metrics-test") as ex:
-        metrics.register_executor(ex)
         list(ex.map(time.sleep, [0.001] * 4))
         fams = families(metrics.metrics_text())
         names = {s.labels["executor"] for s in fams["gil_adapt_executor_workers"].samples}
@@ -300,6 +300,14 @@ def test_adaptive_executor_exported():
         completed = [s.value for s in fams["gil_adapt_executor_tasks_completed"].samples
                      if s.labels["executor"] == "metrics-test"]
         assert completed and completed[0] >= 4
+    # gone once shut down, and a dropped executor is not kept alive by the exporter
+    fams = families(metrics.metrics_text())
+    names = {s.labels["executor"] for s in fams["gil_adapt_executor_workers"].samples} \
+        if "gil_adapt_executor_workers" in fams else set()
+    assert "metrics-test" not in names
+    ref = weakref.ref(gil_adapt.AdaptiveExecutor(2, thread_name_prefix="metrics-dropped"))
+    gc.collect()
+    assert ref() is None
 
 
 def test_register_executor_needs_stats():

@@ -314,6 +314,9 @@ class AdaptiveExecutor(_core.ExecutorBase, concurrent.futures.ThreadPoolExecutor
                                   initializer=initializer, initargs=initargs, name=prefix,
                                   pins=pins)
             self.submit = self._router.submit  # type: ignore[method-assign]
+        from . import metrics  # imported here: metrics imports this module's package
+
+        metrics.register_executor(self)  # weakly: exported while it lives, until shutdown
         log.debug("AdaptiveExecutor %s: mode %s, workers %d..%d, stack %d KiB, controller %s",
                   prefix, mode, min_workers, max_workers, stack_size // 1024,
                   "on" if adaptive else "off (fixed target = max_workers)")
@@ -360,6 +363,9 @@ class AdaptiveExecutor(_core.ExecutorBase, concurrent.futures.ThreadPoolExecutor
         With wait, returns once every task has finished and every worker has left (a task
         that shuts its own executor down waits for the other workers only).
         """
+        from . import metrics
+
+        metrics.unregister_executor(self)
         if self._router is not None:
             self._router.shutdown(wait, cancel_futures)
             return
