@@ -450,3 +450,19 @@ def test_exited_threads_fold_into_one_row():
     assert len(folded) == 1
     assert folded[0]["wall_s"] >= sum(before[f"short-{i}"]["wall_s"] for i in range(5)) * 0.99
     assert folded[0]["shares"]["io_wait"] > 0.5
+
+
+def test_native_threads_named_by_what_they_are():
+    proc = profiler._PROCESS_NAME
+    assert profiler._native_name(123, proc) == "native thread 123"  # inherited name
+    assert profiler._native_name(124, "") == "native thread 124"
+    assert profiler._native_name(125, "OpenBLAS-1") == "OpenBLAS-1"  # a name it set
+
+
+def test_function_rows_without_measured_time_are_left_out():
+    row = {"threads": 1, "wall_ns": 0, "bound": "idle", "function": "Condition.wait",
+           "file": "threading.py", "line": 295}
+    row.update({k: 0 for k in profiler.STATE_KEYS})
+    busy = dict(row, function="work", wall_ns=2 * 10**9, cpu_ns=2 * 10**9, bound="CPU-bound")
+    text = profiler.render_functions([busy, row])
+    assert "work" in text and "Condition.wait" not in text

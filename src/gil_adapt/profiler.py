@@ -380,8 +380,8 @@ class Sampler:
                 continue  # the live record of a reused id, or its latest
             entry = dict(zip(_VEC_KEYS, _vec_of(r)))
             entry.update(serial=key[1], alive=bool(r[_I_ALIVE]), gil_held_ns=r[_I_HELD],
-                         name=self.names.get(key) or self.born.get(tid) or r[_I_OS_NAME]
-                         or str(tid))
+                         name=self.names.get(key) or self.born.get(tid)
+                         or _native_name(tid, r[_I_OS_NAME]))
             threads[tid] = entry
         return {"time_ns": self.now_ns, "threads": threads, "gil_switches": self._switches}
 
@@ -759,7 +759,30 @@ def _where(row: Dict[str, Any]) -> str:
     return f"{row['function']} ({os.path.basename(row['file'])}:{row['line']})"
 
 
+def _process_name() -> str:
+    try:
+        with open("/proc/self/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+_PROCESS_NAME = _process_name()
+
+
+def _native_name(tid: int, os_name: str) -> str:
+    """A thread Python does not know (a native library's: BLAS, ONNX Runtime): its OS name
+    when it set one, else "native thread <tid>" — not the process name it inherited."""
+    if os_name and os_name != _PROCESS_NAME and not (
+            _PROCESS_NAME and _PROCESS_NAME.startswith(os_name)):
+        return os_name
+    return f"native thread {tid}"
+
+
 def render_functions(rows: List[Dict[str, Any]], max_rows: int = 15) -> str:
+    # a function in which no time was measured (a wait that began as the run ended) says
+    # nothing: left out
+    rows = [r for r in rows if r["wall_ns"] >= 5_000_000]
     lines = [f"{'function':<40} {'threads':>7} {'time s':>8} {_HEAD.replace('   beta', '')}"]
     for r in rows[:max_rows]:
         lines.append(f"{_clip(_where(r), 40):<40} {r['threads']:>7} {r['wall_ns'] / 1e9:8.2f} "
