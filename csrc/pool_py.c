@@ -71,6 +71,14 @@ static PyObject *s__condition, *s__lock, *s__state, *s__result, *s__waiters, *s_
 static PoolObject *g_pools;         /* every Pool not yet freed */
 static int g_exiting;               /* _shutdown_all ran: the interpreter is exiting */
 
+/* Executors live in the main interpreter: their workers take its thread states
+ * (PyGILState_*), which know no other. A sub-interpreter that imports the module gets a
+ * clear error at AdaptiveExecutor() and its finalization touches no executor. */
+static int in_main_interpreter(void)
+{
+    return PyInterpreterState_Get() == PyInterpreterState_Main();
+}
+
 static int is_finalizing(void)
 {
 #if PY_VERSION_HEX >= 0x030D0000
@@ -530,6 +538,10 @@ static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                                      &initial, &stack, &name, &start, &stop, &broken,
                                      &idle_timeout, &use_controller, &burst))
         return NULL;
+    if (!in_main_interpreter())
+        return PyErr_Format(PyExc_RuntimeError,
+                            "gil_adapt executors run in the main interpreter only (their "
+                            "worker threads take the main interpreter's thread states)");
     if (min_w < 1 || max_w < min_w)
         return PyErr_Format(PyExc_ValueError,
                             "need 1 <= min_workers <= max_workers (got %d, %d)", min_w, max_w);
@@ -1058,6 +1070,8 @@ static PyObject *py_shutdown_all(PyObject *self, PyObject *args)
 {
     (void)self;
     (void)args;
+    if (!in_main_interpreter()) /* a sub-interpreter's exit: no executor is its own */
+        Py_RETURN_NONE;
     g_exiting = 1;
     PyObject *list = all_pools();
     if (!list)

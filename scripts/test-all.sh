@@ -2,8 +2,9 @@
 # The whole test suite (README's test command runs this through `make test`):
 #  1. the C unit tests, -Wall -Wextra -Werror, plain + ASan/UBSan + TSan;
 #  2. the full pytest suite on the default python3;
-#  3. the build, the ledger and the executor tests on every other CPython >= 3.9 that
-#     pyenv has, and the ledger tests on Debian's statically linked python3.
+#  3. the build and the ledger, executor, fork, sub-interpreter and hook tests on every
+#     other CPython >= 3.9 that pyenv has, and the ledger tests on Debian's statically
+#     linked python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -33,7 +34,8 @@ if command -v pyenv >/dev/null 2>&1; then
     [ "$short" = "$default_ver" ] && continue
     echo "== build + ledger and executor tests on Python $ver"
     venv_for "$py" ".venv-$ver"
-    ".venv-$ver/bin/python" -m pytest -q tests/test_ledger.py tests/test_executor.py tests/test_executor_semantics.py tests/test_executor_modes.py
+    ".venv-$ver/bin/python" -m pytest -q tests/test_ledger.py tests/test_executor.py tests/test_executor_semantics.py tests/test_executor_modes.py \
+      tests/test_fork.py tests/test_subinterpreters.py tests/test_hook_peers.py
   done
 fi
 # Debian's python3 links the interpreter statically: the hook patches the executable.
