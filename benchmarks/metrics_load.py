@@ -72,7 +72,8 @@ PROGRAM = textwrap.dedent("""
 DUMMY_SERVER = textwrap.dedent("""
     import socket, sys
     body = b"x" * int(sys.argv[1])
-    head = b"HTTP/1.0 200 OK\\r\\nContent-Type: text/plain; version=0.0.4\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(body)
+    head = (b"HTTP/1.0 200 OK\\r\\nContent-Type: text/plain; version=0.0.4\\r\\n"
+            b"Content-Length: %d\\r\\n\\r\\n" % len(body))
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     s.listen(64)

@@ -5,10 +5,10 @@ The controller's unit tests judge it against the best fixed pool size *in the si
 (tests/c/test_controller.c). Where the simulator's curve has a shape the interpreter does
 not, a miss there says nothing about the executor. This script measures that for given
 workloads (by default those the simulator test had below 97 % on 2026-12-01 before its
-last controller change, that fit this machine's cores): for each, the simulated curve (tests/c/sim.c through tests/c/sim_curve.c, built by
-`make -C tests/c bin/plain/sim_curve`) and the real one at the same sizes, each pool in a
-fresh process pinned to the first C CPUs, then AdaptiveExecutor(max_workers=2048) in the
-same driver.
+last controller change, that fit this machine's cores): for each, the simulated curve
+(tests/c/sim.c through tests/c/sim_curve.c, built by `make -C tests/c bin/plain/sim_curve`)
+and the real one at the same sizes, each pool in a fresh process pinned to the first C
+CPUs, then AdaptiveExecutor(max_workers=2048) in the same driver.
 
 Real tasks have the simulator's demands exactly: Python CPU by a loop that runs until the
 thread's CPU clock has advanced h ms (it holds the GIL throughout), native CPU with the GIL

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite (README's test command runs this through `make test`):
 #  1. the C unit tests, -Wall -Wextra -Werror, plain + ASan/UBSan + TSan;
-#  2. the full pytest suite on the default python3;
+#  2. the lint check (ruff) and the full pytest suite on the default python3;
 #  3. the build and the ledger, executor, fork, sub-interpreter and hook tests on every
 #     other CPython >= 3.9 that pyenv has, and the ledger tests on Debian's statically
 #     linked python3.
@@ -23,6 +23,8 @@ venv_for() {  # venv_for PYTHON DIR: a venv with gil-adapt (built with -Werror) 
 default_py=${PYTHON:-python3}
 echo "== full suite on $($default_py --version)"
 venv_for "$default_py" .venv-test
+echo "== lint (ruff, configured in pyproject.toml)"
+.venv-test/bin/ruff check src tests benchmarks
 .venv-test/bin/python -m pytest -q tests
 
 default_ver=$($default_py -c 'import sys; print("%d.%d" % sys.version_info[:2])')

@@ -4,7 +4,6 @@ the MobileNetV2 graph, and a tiny end-to-end run of the command. No timing asser
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import threading

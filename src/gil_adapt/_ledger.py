@@ -43,7 +43,8 @@ _install_pid: Optional[int] = None
 def install() -> bool:
     """Installs the GIL/lock hooks (idempotent). Returns True when GIL waits are exact.
 
-    ``GIL_ADAPT_HOOK=0`` (or ``false``/``no``/``off``) in the environment disables the hook; figures that need it are
+    ``GIL_ADAPT_HOOK=0`` (or ``false``/``no``/``off``) in the environment disables the
+    hook; figures that need it are
     then reported as unavailable, never guessed.
     """
     global _install_rc, _install_pid

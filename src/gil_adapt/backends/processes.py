@@ -198,7 +198,8 @@ class ProcessBackend:
     the parent's ``__main__`` as ``__mp_main__`` (as multiprocessing does) so functions
     defined in the main script can run there — the script needs an ``if __name__ ==
     "__main__"`` guard then. The default ``False`` never runs the script again in a
-    worker; functions defined in ``__main__`` are refused (they stay on threads). ``fallback(tasks)`` receives tasks the backend cannot run (pending
+    worker; functions defined in ``__main__`` are refused (they stay on threads).
+    ``fallback(tasks)`` receives tasks the backend cannot run (pending
     futures, see :class:`~gil_adapt.backends.Task`); without it they fail with
     ``BrokenProcessPool``. ``memory_margin_bytes``: kept free under the tightest bound
     (default 1/16 of it, at least 32 MiB).

@@ -9,7 +9,8 @@ Modes:
 
 * ``cell`` — a closed loop keeps ``inflight`` tasks submitted to the strategy;
   throughput and latency (submit -> result) are counted over ``measure_s`` seconds after
-  a warm-up of ``warmup_s`` (longer when no task has completed by then: see ``_Window``). With ``workload2`` and ``switch_at_s`` the task changes at that time
+  a warm-up of ``warmup_s`` (longer when no task has completed by then: see ``_Window``).
+  With ``workload2`` and ``switch_at_s`` the task changes at that time
   (a workload phase change). The executor's state is sampled every ``sample_interval_s``.
 * ``probe`` — the sync task run serially: its wall and CPU time per task.
 * ``overhead-dispatch`` — no-op tasks per second through submit/result.
@@ -194,7 +195,7 @@ class _Window:
 
 
 def _summarise(rec: _Recorder, win: _Window, switch_at: Optional[float]) -> Dict[str, Any]:
-    t0, warmup, measure = win.t0, win.warmup, win.measure
+    t0, measure = win.t0, win.measure
     start = win.start()
     if start is None:
         start = t0 + win.max_warmup

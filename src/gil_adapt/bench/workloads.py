@@ -1,4 +1,5 @@
-"""The ten workloads of the benchmark (docs/bench.md), each with a sync form (for executors) and an async form.
+"""The ten workloads of the benchmark (docs/bench.md), each with a sync form (for executors)
+and an async form.
 
 Every task has a CPU phase and an I/O phase. The I/O is a request to the loopback server
 (:mod:`gil_adapt.bench.loopback`) with the workload's latency, or ``time.sleep`` /
