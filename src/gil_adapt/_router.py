@@ -241,6 +241,7 @@ class Router:
         self._switches: List[Dict[str, Any]] = []
         self._watch: Optional[threading.Thread] = None
         self._shutdown = False
+        self._cancel_futures = False
 
     # ---- submit ----------------------------------------------------------------------
 
@@ -427,7 +428,7 @@ class Router:
             # window's throughput is no baseline for a trial), queued ones included
             k.reason = "GIL-bound Python CPU: measuring every task"
             for future, fn, args, kwargs in self._take_queued(k):
-                self._submit_measured(k, future, fn, args, kwargs)
+                self._requeue(k, future, fn, args, kwargs)
             return
         d = k.chooser.update(now, self._resources(procs_stats, cores),  # type: ignore[union-attr]
                              threads=threads_p, processes=procs_p)
@@ -471,7 +472,7 @@ class Router:
             self._start_watch()
             for future, fn, args, kwargs in self._take_queued(k):  # queued tasks move
                 if not self._to_processes(k, future, fn, args, kwargs):
-                    self._submit_measured(k, future, fn, args, kwargs)
+                    self._requeue(k, future, fn, args, kwargs)
         if old is Backend.PROCESSES and self._procs is not None:
             moved = self._procs.take_queued(lambda t: function_key(t.fn) == k.key)
             self._to_threads(moved)
@@ -492,10 +493,19 @@ class Router:
         """Queues tasks moved from processes on threads; runs them here if threads refuse."""
         for t in tasks:
             k = self._by_key.get(function_key(t.fn)) or self._kind_of(t.fn)
-            try:
-                self._submit_measured(k, t.future, t.fn, t.args, t.kwargs)
-            except RuntimeError:  # the thread pool shut down meanwhile: nothing is lost
-                self._relay(k, t.future, t.fn, t.args, t.kwargs)
+            self._requeue(k, t.future, t.fn, t.args, t.kwargs)
+
+    def _requeue(self, k: _Kind, future: Future, fn: Callable[..., Any],
+                 args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+        """Queues a task taken off one backend on threads. Once the executor is shut down
+        nothing is lost: with cancel_futures the task is cancelled, else it runs here."""
+        try:
+            self._submit_measured(k, future, fn, args, kwargs)
+        except RuntimeError:  # the thread pool shut down meanwhile
+            if self._cancel_futures:
+                cancel_future(future)
+            else:
+                self._relay(k, future, fn, args, kwargs)
 
     def _start_watch(self) -> None:
         """A thread that closes the windows of functions on processes (nothing on threads
@@ -557,6 +567,7 @@ class Router:
 
     def shutdown(self, wait: bool, cancel_futures: bool) -> None:
         """Stops every backend; with cancel_futures, cancels what no backend started."""
+        self._cancel_futures = cancel_futures
         self._shutdown = True
         for b in (self._procs, self._aio):
             if b is not None:
