@@ -314,8 +314,8 @@ def test_controller_switch_accepts_the_usual_spellings(monkeypatch: pytest.Monke
     monkeypatch.setenv("GIL_ADAPT_CONTROLLER", value)
     with AdaptiveExecutor(50) as ex:
         st = ex.stats()
-    # on: the controller's first size (ThreadPoolExecutor's default); off: max_workers
-    assert st["target_workers"] == (min(32, math.ceil(_cores()) + 4) if on else 50), st
+    # on: the controller's first size (one per usable core); off: max_workers
+    assert st["target_workers"] == (max(1, math.ceil(_cores())) if on else 50), st
 
 
 def _cores() -> float:

@@ -390,6 +390,9 @@ class Router:
             if k.backend is Backend.THREADS:
                 if k.n < pol.min_tasks and elapsed < MAX_WINDOW_S:
                     return
+                if k.n == 0:  # nothing measured finished (tasks still queued): no figures,
+                    k._reset(now, None)  # and nothing to change
+                    return
                 if k.n:
                     threads_p = Profile(
                         tasks=k.n, elapsed_s=elapsed,
@@ -415,8 +418,9 @@ class Router:
                         cpu_s=(fig["cpu_s"] - base.get("cpu_s", 0.0)) / n,
                         backlog=bool(procs_stats and procs_stats["queued"] > 0))
             sampled = not k.measure_all and k.backend is Backend.THREADS
-            k.measure_all = k.backend is not Backend.THREADS
-            if threads_p is not None and threads_p.tasks >= pol.min_tasks:
+            if k.backend is not Backend.THREADS:
+                k.measure_all = True
+            elif threads_p is not None and threads_p.tasks >= pol.min_tasks:
                 kind, _ = classify(threads_p, pol)
                 k.measure_all = (kind == "gil_cpu" and threads_p.cpu_s >= pol.min_task_cpu_s
                                  and cores >= pol.min_cores)

@@ -290,10 +290,9 @@ class AdaptiveExecutor(_core.ExecutorBase, concurrent.futures.ThreadPoolExecutor
         start, stop = _thread_hooks(prefix, initializer, initargs)
         cores = _core.limits().get("usable_cores") or 1.0
         adaptive = bool(_core.HAVE_CONTROLLER) and _ledger.env_flag("GIL_ADAPT_CONTROLLER", True)
-        # the controller starts where ThreadPoolExecutor's default size sits and sizes
-        # from there (work that needs fewer threads, GIL-bound Python, shrinks at once)
-        initial = min(max_workers, max(min_workers, min(32, math.ceil(cores) + 4))) \
-            if adaptive else max_workers
+        # one worker per usable core to start; the controller sizes from there
+        initial = min(max_workers, max(min_workers, math.ceil(cores))) if adaptive \
+            else max_workers
         self._pool = _core.Pool(min_workers, max_workers, initial_target=initial,
                                 stack_size=stack_size, name=prefix[:40], thread_start=start,
                                 thread_stop=stop, broken_type=BrokenThreadPool,
