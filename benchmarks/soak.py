@@ -16,15 +16,23 @@ Modes, each with its own share of --tasks (split evenly), run in --rounds rounds
   asyncio    one long-lived AdaptiveExecutor(mode="asyncio"): coroutine tasks on the
              event loops (1 % raising, 1 % cancelled: queued or running), 2 % plain
              functions (threads)
-  auto       a fresh AdaptiveExecutor(mode="auto") a round: the no-op, raising and
-             cancelled tasks, then 1000 tasks of ~4 ms pure-Python CPU (GIL-bound: the
-             executor moves them to worker processes after a second or two) with no-ops
-             between them; when the move is logged, shutdown(cancel_futures=True) lands
-             by turns inside the move (from the logging call, in the thread that moves
-             the queued tasks), racing it (another thread, woken by the log record), or
-             0-300 ms after it; every other three rounds first run 4 tasks of a function
-             pinned to processes (so the process backend exists before the move, and
-             shutdown stops it while the move feeds it); the round ends with
+  auto       a fresh AdaptiveExecutor(mode="auto") a round (rounds of at least 1000
+             tasks): the no-op, raising and cancelled tasks, then up to 1000 tasks of
+             ~4 ms pure-Python CPU (GIL-bound: the executor moves them to worker
+             processes after a second or so) with a no-op after every 8 of them; then
+             shutdown(cancel_futures=True), timed by turns:
+               requeue  the moment the GIL-bound function becomes a candidate for
+                        processes (a thread polls stats()["kinds"]): auto mode then takes
+                        its queued tasks (up to 3000 in these rounds) off the queue and
+                        queues them again, measured — the step before the move; the switch
+                        interval is 0.2 ms during these rounds so that the shutdown can land
+                        inside that step (tasks a shutdown refuses go to the next round)
+               in-move  from the log call that announces the move, in the thread that then
+                        moves the queued tasks
+               racing   from another thread, woken by that log record
+               after    0-300 ms after the move
+             every other round first runs 4 tasks of a function pinned to processes (so
+             the process backend exists before the move); each round ends with
              shutdown(wait=True)
 The last round of each long-lived executor ends with shutdown(wait=True,
 cancel_futures=True) right after its tasks are submitted.
@@ -35,10 +43,11 @@ count; tasks in worker processes append it to a per-process log file (O_APPEND) 
 the round. Every future is then exactly one of completed (its result is its id, recorded
 once), raised (its own SoakError, recorded once), cancelled (future.cancelled(); a
 cancelled task never ran, except a coroutine cancelled while running), died (WorkerDied,
-the killer tasks only); a future not done within --timeout s (auto: 10 s after shutdown
-returned) is lost; an id recorded twice (or after its round was counted) is duplicated;
-any other outcome (a wrong result or exception, WorkerDied of another task, a task that
-completed unrecorded, a fork child that hung, a shutdown that hung) is wrong.
+the killer tasks only); a future not done (done(): finished or cancelled) within
+--timeout s (auto: 5 s after its shutdown(wait=True) returned) is lost; an id recorded
+twice (or after its round was counted) is duplicated; any other outcome (a wrong result
+or exception, WorkerDied of another task, a task that completed unrecorded, a fork child
+that hung, a shutdown that hung) is wrong.
 
 Memory: this process's VmRSS (/proc/self/status) after every round (gc.collect() first);
 the run fails where a mode's last quarter of rounds has a median RSS above the first
@@ -47,7 +56,7 @@ quarter's by more than --rss-ratio (0.20) plus --rss-slack-mib (16 MiB).
 Exit status 0 only with 0 lost, 0 duplicated, 0 wrong and flat memory in every mode. The
 last line: "soak: N tasks, L lost, D duplicated".
 
-  python benchmarks/soak.py                  # 1,000,000 tasks, ~4 min on 2 cores
+  python benchmarks/soak.py                  # 1,000,000 tasks, ~3 min on 2 cores
   python benchmarks/soak.py --quick          # ~20,000 tasks, < 60 s
   python benchmarks/soak.py --tasks 200000 --modes processes,auto -v
       [--rounds 40] [--forks 3] [--kills 2] [--timeout 120] [--seed 1]
@@ -99,13 +108,13 @@ AUTO_SPINS_REQUEUE = 3000
 REQUEUE_SWITCH_S = 0.0002
 AUTO_SPIN_MS = 4.0
 AUTO_GAP = 8
-AUTO_MIN_ROUND = 1250
+AUTO_MIN_ROUND = 1000
 #: auto mode: how long a round waits for the move before it shuts down anyway.
 AUTO_MOVE_WAIT_S = 15.0
 #: auto mode: tasks of the function pinned to processes, run first in the rounds that pin.
 PINNED_TASKS = 4
 #: How the auto rounds time their shutdown, in turn (see the module's docstring).
-AUTO_SHUTDOWNS = ("requeue", "in-move", "racing", "after")
+AUTO_SHUTDOWNS = ("requeue", "in-move", "racing", "requeue", "after")
 #: A fork child that has not exited after this long is killed (its task fails).
 FORK_WAIT_S = 30.0
 #: How long a shutdown(wait=True) may take before it counts as hung.
@@ -135,8 +144,8 @@ class _Seen:
         self.stray: List[int] = []  # ids outside the round (ran after their round)
 
     def start(self, base: int, n: int) -> None:
-        with self.lock:
-            self.base, self.counts, self.stray = base, bytearray(n), []
+        with self.lock:  # strays stay until taken
+            self.base, self.counts = base, bytearray(n)
 
     def add(self, i: int) -> None:
         with self.lock:
@@ -290,6 +299,7 @@ class Tally:
     rounds: int = 0
     notes: Dict[str, int] = field(default_factory=dict)
     problems: List[str] = field(default_factory=list)
+    more_problems: int = 0
     memory_ok: bool = True
     memory_verdict: str = ""
 
@@ -297,9 +307,12 @@ class Tally:
         self.notes[key] = self.notes.get(key, 0) + n
 
     def problem(self, text: str) -> None:
+        """Described (and logged) up to DETAILS times per mode, then only counted."""
         if len(self.problems) < DETAILS:
             self.problems.append(text)
-        log.error("%s: %s", self.mode, text)
+            log.error("%s: %s", self.mode, text)
+        else:
+            self.more_problems += 1
 
     @property
     def ok(self) -> bool:
@@ -343,52 +356,64 @@ def wait_done(futures: Sequence[Future], timeout: float) -> int:
     return sum(1 for f in pending if not f.done())
 
 
+KIND_NAMES = {OK: "ok", RAISE: "raising", KILL: "killer"}
+
+
+def _ids(ids: List[int]) -> str:
+    shown = ", ".join(map(str, ids[:6]))
+    return shown + (f" ... ({len(ids)} in all)" if len(ids) > 6 else "")
+
+
 def account(t: Tally, rnd: Round, counts: bytearray, waited: float) -> bool:
     """Counts each of the round's futures by its outcome (``waited``: how long they were
-    given, for the report); False when some are lost."""
-    complete = True
+    given, for the report); False when some are lost. A task recorded more than once is
+    duplicated whatever its outcome."""
+    lost: List[int] = []
+    twice: List[int] = []
     for j, f in enumerate(rnd.futures):
-        i = rnd.base + j
-        if f is None:  # never submitted (a submit refused): not a task
+        if f is None:  # never submitted (a submit refused after shutdown): not a task
             continue
+        i = rnd.base + j
         t.tasks += 1
         runs = counts[j] if j < len(counts) else 0
         kind = rnd.kinds[j]
+        what = f"task {i} ({KIND_NAMES[kind]}, recorded {runs} times)"
         if runs > 1:
             t.duplicated += 1
-            t.problem(f"task {i} (kind {kind}) ran {runs} times")
+            twice.append(i)
         if not f.done():
             t.lost += 1
-            complete = False
-            if t.lost <= DETAILS:
-                t.problem(f"task {i} (kind {kind}) lost: its future is still "
-                          f"{'running' if f.running() else 'pending'} after {waited:.0f} s")
+            lost.append(i)
             continue
         if f.cancelled():
             t.cancelled += 1
-            if runs and not (t.mode == "asyncio" and runs == 1):  # a coroutine may have
-                # started (and recorded) before it was cancelled
+            # a coroutine may have started (and recorded) before it was cancelled
+            if runs and t.mode != "asyncio":
                 t.wrong += 1
-                t.problem(f"task {i} was cancelled but ran")
+                t.problem(f"{what} was cancelled, but ran")
             continue
         exc = f.exception()
         if exc is None:
             result = f.result()
-            if kind == OK and result == i and runs == 1:
+            if kind == OK and result == i and runs:
                 t.completed += 1
             else:
                 t.wrong += 1
-                t.problem(f"task {i} (kind {kind}) completed with {result!r}, recorded "
-                          f"{runs} times")
-        elif kind == RAISE and type(exc) is SoakError and exc.args == (i,) and runs == 1:
+                t.problem(f"{what} completed with {result!r}")
+        elif kind == RAISE and type(exc) is SoakError and exc.args == (i,) and runs:
             t.raised += 1
-        elif kind == KILL and isinstance(exc, WorkerDied) and runs <= 1:
+        elif kind == KILL and isinstance(exc, WorkerDied):
             t.died += 1
         else:
             t.wrong += 1
-            t.problem(f"task {i} (kind {kind}, recorded {runs} times) failed with "
-                      f"{type(exc).__name__}: {exc}")
-    return complete
+            t.problem(f"{what} failed with {type(exc).__name__}: {exc}")
+    if lost:
+        t.problem(f"round {t.rounds + 1}: {len(lost)} tasks lost (their futures not done "
+                  f"{waited:.0f} s after they should have been): {_ids(lost)}")
+    if twice:
+        t.problem(f"round {t.rounds + 1}: {len(twice)} tasks ran more than once: "
+                  f"{_ids(twice)}")
+    return not lost
 
 
 def merge_counts(rnd: Round, seen: _Seen, logs: Optional[RunLogs], t: Tally) -> bytearray:
@@ -405,10 +430,10 @@ def merge_counts(rnd: Round, seen: _Seen, logs: Optional[RunLogs], t: Tally) -> 
                     counts[j] += 1
             else:
                 stray.append(i)
-    for i in stray:
-        t.duplicated += 1
-        t.problem(f"task {i} ran after its round was counted (a second run, or a run "
-                  f"after it was cancelled or lost)")
+    if stray:
+        t.duplicated += len(stray)
+        t.problem(f"{len(stray)} tasks ran after their round was counted (a second run, or "
+                  f"a run after they were cancelled or lost): {_ids(stray)}")
     return counts
 
 
@@ -631,7 +656,7 @@ def auto_rounds(ctx: Context, sizes: Sequence[int]) -> Tally:
             t0 = time.monotonic()
             lost_before = t.lost
             how = AUTO_SHUTDOWNS[r % len(AUTO_SHUTDOWNS)]
-            pin = (r // len(AUTO_SHUTDOWNS)) % 2 == 1
+            pin = r % 2 == 1
             spins = min(AUTO_SPINS_REQUEUE if how == "requeue" else AUTO_SPINS, n * 4 // 5)
             rnd = Round.new(ctx.ids(n), n)
             ctx.seen.start(rnd.base, n)
@@ -681,7 +706,8 @@ def auto_rounds(ctx: Context, sizes: Sequence[int]) -> Tally:
                 # shut down while this round was still submitting (requeue rounds): the
                 # rest of its tasks go to the next round
                 carry = n - j
-                t.note("tasks moved to the next round (submit after shutdown)", carry)
+                t.note("tasks left to the next round (submits refused after the shutdown)",
+                       carry)
                 if r + 1 < len(todo):
                     todo[r + 1] += carry
                 else:
@@ -698,14 +724,14 @@ def auto_rounds(ctx: Context, sizes: Sequence[int]) -> Tally:
             if poller is not None:
                 stop_poll.set()
                 poller.join()
-                t.note("shutdowns as GIL-bound tasks were requeued" if shut.is_set()
-                       else "requeue rounds that missed it")
+                t.note("shutdown requeue (as the candidate was seen)" if shut.is_set()
+                       else "shutdown requeue (missed: no candidate seen)")
             elif moved:
-                t.note(f"moves, shutdown {how}")
+                t.note(f"shutdown {how} (after a move)")
                 if how == "after":
                     time.sleep(rng.uniform(0.0, 0.3))
             else:
-                t.note("rounds without a move")
+                t.note(f"shutdown {how} (no move within {AUTO_MOVE_WAIT_S:.0f} s)")
             shut_down()
             bounded_shutdown(ex, t, cancel_futures=True)
             st = ex.stats()
@@ -715,13 +741,14 @@ def auto_rounds(ctx: Context, sizes: Sequence[int]) -> Tally:
             complete = account(t, rnd, counts, AFTER_SHUTDOWN_S)
             t.rounds += 1
             kind_st = st.get("kinds", {}).get(spin_key, {})
-            log.info("auto round %d/%d (shutdown %s%s): %d tasks in %.2f s, spin on %s (%s); "
-                     "so far %d completed, %d raised, %d cancelled, %d lost, %d duplicated, "
-                     "%d wrong", r + 1, len(todo), how, ", pinned" if pin else "", j,
-                     time.monotonic() - t0, kind_st.get("backend"), kind_st.get("reason"),
-                     t.completed, t.raised, t.cancelled, t.lost, t.duplicated, t.wrong)
             del rnd, counts, spun, ex, st, shut_down
             sample_rss(t)
+            log.info("auto round %d/%d (shutdown %s%s): %d tasks in %.2f s, spin on %s (%s); "
+                     "so far %d completed, %d raised, %d cancelled, %d lost, %d duplicated, "
+                     "%d wrong; RSS %.1f MiB", r + 1, len(todo), how, ", pinned" if pin else "",
+                     j, time.monotonic() - t0, kind_st.get("backend"), kind_st.get("reason"),
+                     t.completed, t.raised, t.cancelled, t.lost, t.duplicated, t.wrong,
+                     t.rss[-1] / 1024)
             if not complete:  # the next round's executor is a fresh one: go on
                 log.error("auto: round %d (shutdown %s): %d tasks lost (%d in all)", r + 1,
                           how, t.lost - lost_before, t.lost)
@@ -769,6 +796,8 @@ def print_table(tallies: Sequence[Tally]) -> None:
               f"{'flat' if t.memory_ok else 'GREW'}: {t.memory_verdict}")
         for p in t.problems:
             print(f"  {t.mode}: {p}")
+        if t.more_problems:
+            print(f"  {t.mode}: ... and {t.more_problems} more problems")
 
 
 class _QuietFaults(logging.Filter):
@@ -828,6 +857,9 @@ def main() -> int:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_QuietFaults())
 
+    # SIGTERM (a test's timeout, a CI job cancelled) ends the run through the finally
+    # below, which removes the workers' log files
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(128 + signal.SIGTERM))
     run_dir = tempfile.mkdtemp(prefix="gil-adapt-soak-")
     os.environ[RUN_DIR_ENV] = run_dir  # worker processes inherit it
     _SEEN = _Seen()

@@ -15,7 +15,6 @@ SOAK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
 def test_soak_quick_loses_and_duplicates_nothing() -> None:
     try:
         out = subprocess.run([sys.executable, SOAK, "--quick"], capture_output=True,
