@@ -162,6 +162,13 @@ static inline pid_t tid_nosys(void)
  * environment at init (tests shorten it). */
 static uint64_t g_dead_keep_ns = GLA_DEAD_KEEP_NS;
 
+/* The part of the table ever claimed (the slots above were never used). */
+static int used_slots(void)
+{
+    int used = atomic_load_explicit(&g_used, memory_order_acquire);
+    return used > GLA_MAX_THREADS ? GLA_MAX_THREADS : used;
+}
+
 /* A dead record no reader lists any more: its slot may take a new thread. */
 static int recyclable(const struct gla_thread *t, uint64_t now)
 {
@@ -205,9 +212,7 @@ static struct gla_thread *take_slot(struct gla_thread *t, int st, pid_t tid, uin
 static struct gla_thread *claim_slot(pid_t tid, uint64_t now)
 {
     for (;;) {
-        int used = atomic_load_explicit(&g_used, memory_order_acquire);
-        if (used > GLA_MAX_THREADS)
-            used = GLA_MAX_THREADS;
+        int used = used_slots();
         for (int i = 0; i < used; i++) {
             struct gla_thread *t = &g_slots[i];
             int st = atomic_load_explicit(&t->state, memory_order_acquire);
@@ -250,9 +255,7 @@ static struct gla_thread *claim_slot(pid_t tid, uint64_t now)
 
 static struct gla_thread *find_live(pid_t tid)
 {
-    int used = atomic_load_explicit(&g_used, memory_order_acquire);
-    if (used > GLA_MAX_THREADS)
-        used = GLA_MAX_THREADS;
+    int used = used_slots();
     for (int i = 0; i < used; i++) {
         struct gla_thread *t = &g_slots[i];
         if (atomic_load_explicit(&t->state, memory_order_acquire) == SLOT_LIVE &&
@@ -361,9 +364,7 @@ static void atfork_child(void)
         close(tls_schedstat_fd - 1);
         tls_schedstat_fd = 0;
     }
-    int used = atomic_load_explicit(&g_used, memory_order_relaxed);
-    if (used > GLA_MAX_THREADS)
-        used = GLA_MAX_THREADS;
+    int used = used_slots();
     for (int i = 0; i < used; i++) { /* the slots above were never claimed */
         struct gla_thread *t = &g_slots[i];
         if (t != me)
@@ -662,9 +663,7 @@ int gla_ledger_sample_self(gla_sample *out)
 #define EXITING_NS 2000000000ull
 static int exiting(pid_t tid, uint64_t now)
 {
-    int used = atomic_load_explicit(&g_used, memory_order_acquire);
-    if (used > GLA_MAX_THREADS)
-        used = GLA_MAX_THREADS;
+    int used = used_slots();
     for (int i = 0; i < used; i++) {
         struct gla_thread *t = &g_slots[i];
         if (atomic_load_explicit(&t->state, memory_order_acquire) == SLOT_DEAD &&
@@ -716,9 +715,7 @@ int gla_ledger_read_exited(gla_sample *out, size_t cap, size_t *n, gla_sample *e
     uint64_t now = gla_now_ns();
     size_t written = 0;
     int rc = 0;
-    int used = atomic_load_explicit(&g_used, memory_order_acquire);
-    if (used > GLA_MAX_THREADS)
-        used = GLA_MAX_THREADS;
+    int used = used_slots();
     for (int i = 0; i < used; i++) {
         struct gla_thread *t = &g_slots[i];
         int st = atomic_load_explicit(&t->state, memory_order_acquire);

@@ -253,28 +253,6 @@ static void test_peer_after(void)
 
 /* A holding under way at uninstall is not counted, neither while uninstalled nor at its
  * drop after the next install; holdings after it are. */
-typedef struct {
-    const gla_thread *t;
-    uint64_t held;
-} held_read;
-
-static void *held_reader(void *arg)
-{
-    held_read *r = arg;
-    r->held = gla_hook_gil_held_ns(r->t, gla_now_ns());
-    return NULL;
-}
-
-static uint64_t held_from_other_thread(const gla_thread *t)
-{
-    held_read r = {t, 0};
-    pthread_t th;
-    if (pthread_create(&th, NULL, held_reader, &r) != 0)
-        return 0;
-    pthread_join(th, NULL);
-    return r.held;
-}
-
 static void take(void)
 {
     waiter_mutex_lock(&g_fake_gil.mutex);

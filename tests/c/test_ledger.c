@@ -290,30 +290,6 @@ static void *sem_blocker(void *p)
     return NULL;
 }
 
-/* Another thread's view of a record's GIL-held time (the pool's monitor reads its
- * workers' this way). */
-typedef struct {
-    const gla_thread *t;
-    uint64_t held;
-} held_read;
-
-static void *held_reader(void *arg)
-{
-    held_read *r = arg;
-    r->held = gla_hook_gil_held_ns(r->t, gla_now_ns());
-    return NULL;
-}
-
-static uint64_t held_from_other_thread(const gla_thread *t)
-{
-    held_read r = {t, 0};
-    pthread_t th;
-    if (pthread_create(&th, NULL, held_reader, &r) != 0)
-        return 0;
-    pthread_join(th, NULL);
-    return r.held;
-}
-
 static void test_hook(void)
 {
     const void *anchor = (const void *)waiter_anchor;

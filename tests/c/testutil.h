@@ -3,7 +3,10 @@
 #ifndef GIL_ADAPT_TESTUTIL_H
 #define GIL_ADAPT_TESTUTIL_H
 
+#include "gilhook.h"
 #include "ledger.h"
+
+#include <pthread.h>
 
 #include <errno.h>
 #include <stdatomic.h>
@@ -48,6 +51,30 @@ static inline int find_sample(pid_t tid, gla_sample *out)
         }
     }
     return found;
+}
+
+/* Another thread's view of a record's GIL-held time (the pool's monitor reads its
+ * workers' this way). */
+typedef struct {
+    const gla_thread *t;
+    uint64_t held;
+} held_read;
+
+static inline void *held_reader(void *arg)
+{
+    held_read *r = arg;
+    r->held = gla_hook_gil_held_ns(r->t, gla_now_ns());
+    return NULL;
+}
+
+static inline uint64_t held_from_other_thread(const gla_thread *t)
+{
+    held_read r = {t, 0};
+    pthread_t th;
+    if (pthread_create(&th, NULL, held_reader, &r) != 0)
+        return 0;
+    pthread_join(th, NULL);
+    return r.held;
 }
 
 #endif
