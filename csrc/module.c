@@ -1,8 +1,18 @@
 /* module.c — the Python binding gil_adapt._core (the only ledger file with Python.h).
  *
  * Exposes the ledger and the hook to Python: install/uninstall with GIL calibration,
- * capabilities, raw per-thread samples, GIL switch count, core and memory limits.
- * Everything is computed in C; the Python layer only shapes dicts.
+ * capabilities, per-thread records, GIL switch count, core and memory limits. Everything
+ * is computed in C; the Python layer only shapes dicts.
+ *
+ * Per-thread figures cross as named records (ThreadSample, a PyStructSequence) whose
+ * fields, and the keyword inputs of finish(), come from one table (SAMPLE_TABLE); Python
+ * reads the names from SAMPLE_FIELDS / SAMPLE_INPUTS instead of repeating an order.
+ *
+ * Multi-phase initialisation: each interpreter that imports the module gets its own module
+ * object and state (the record type, the executor's types and cached objects, see
+ * pool_py.h). What the hook and the ledger measure is process-wide, and so is what this
+ * file keeps outside the state (the calibration's outcome, whether the build is
+ * free-threaded).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -11,6 +21,7 @@
 #include "ledger.h"
 #include "procstat.h"
 #include "pool_py.h"
+#include "pycompat.h"
 
 #include <dlfcn.h>
 #include <elf.h>
@@ -18,6 +29,7 @@
 #include <link.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <string.h>
 #include <time.h>
 
@@ -217,26 +229,121 @@ static PyObject *py_capabilities(PyObject *self, PyObject *args)
         "hook_object", st.object[0] ? st.object : (st.installed ? "(main executable)" : ""));
 }
 
-#define U(x) ((unsigned long long)(x))
-static PyObject *sample_tuple(const gla_sample *s)
+/* ---- per-thread records -------------------------------------------------------------
+ *
+ * One table names every field of a gla_sample as Python sees it: the named record type
+ * (ThreadSample, a PyStructSequence), the field list Python reads (SAMPLE_FIELDS), and the
+ * keyword arguments of finish() (the inputs of the partition, SAMPLE_INPUTS). */
+
+enum { F_PID, F_INT, F_U64, F_NAME };
+
+/* X(python name, gla_sample member, kind, input of the partition, doc) */
+#define SAMPLE_TABLE(X)                                                                          \
+    X(tid, tid, F_PID, 0, "native thread id")                                                    \
+    X(alive, alive, F_INT, 0, "0 once the thread has exited (figures are its final totals)")     \
+    X(registered, registered, F_INT, 0, "1 if the thread registered itself (exact start/exit)")  \
+    X(os_name, name, F_NAME, 0, "the thread's name as the kernel knows it")                      \
+    X(start_ns, start_ns, F_U64, 0, "CLOCK_MONOTONIC when its accounting started")              \
+    X(wall_ns, wall_ns, F_U64, 1, "time accounted")                                              \
+    X(cpu_ns, cpu_ns, F_U64, 0, "on a core, outside lock waits")                                 \
+    X(runq_wait_ns, runq_ns, F_U64, 0, "runnable, waiting for a core, outside waits")            \
+    X(gil_wait_ns, gil_wait_ns, F_U64, 0, "waiting for the GIL")                                 \
+    X(lock_wait_ns, lock_wait_ns, F_U64, 0, "waiting for a Python-level lock")                   \
+    X(idle_ns, idle_ns, F_U64, 0, "an idle worker waiting for work")                             \
+    X(io_wait_ns, io_wait_ns, F_U64, 0, "the rest of the wall time (I/O, sleep, native waits)")  \
+    X(overlap_ns, overlap_ns, F_U64, 0, "kernel cpu+runq found inside waits, counted once")      \
+    X(raw_cpu_ns, raw_cpu_ns, F_U64, 1, "kernel cpu total")                                      \
+    X(raw_runq_ns, raw_runq_ns, F_U64, 1, "kernel run-queue total")                              \
+    X(raw_gil_wait_ns, raw_gil_wait_ns, F_U64, 1, "GIL waits as timed by the hook")              \
+    X(raw_lock_wait_ns, raw_lock_wait_ns, F_U64, 1, "lock waits as timed by the hook")           \
+    X(raw_idle_ns, raw_idle_ns, F_U64, 1, "idle waits as timed")                                 \
+    X(gil_tail_ns, gil_tail_ns, F_U64, 1, "wake-up-to-return part of the GIL waits")             \
+    X(lock_cpu_ns, lock_cpu_ns, F_U64, 1, "kernel cpu inside lock waits")                        \
+    X(lock_runq_ns, lock_runq_ns, F_U64, 1, "kernel run-queue time inside lock waits")           \
+    X(serial, serial, F_U64, 0, "unique per record life (tells a reused tid apart)")             \
+    X(waiting, waiting, F_INT, 0, "the wait under way: a gla_wait_kind, or -1")                  \
+    X(gil_held_ns, gil_held_ns, F_U64, 0, "time holding the GIL (overlaps cpu and runq)")        \
+    X(gil_takes, gil_takes, F_U64, 1, "contended GIL takes")                                     \
+    X(take_samples, take_samples, F_U64, 1, "process-wide takes sampled exactly")                \
+    X(take_sample_cpu_ns, take_sample_cpu_ns, F_U64, 1, "their cpu")                             \
+    X(take_sample_runq_ns, take_sample_runq_ns, F_U64, 1, "their run-queue time")                \
+    X(take_sample_tail_ns, take_sample_tail_ns, F_U64, 1, "their wake-up tails")                 \
+    X(switch_tail_ns, switch_tail_ns, F_U64, 1, "wake-up tails of switch waits")                 \
+    X(gil_drops, gil_drops, F_U64, 1, "this thread's GIL drops")                                 \
+    X(drop_samples, drop_samples, F_U64, 1, "process-wide drops sampled")                        \
+    X(drop_sample_runq_ns, drop_sample_runq_ns, F_U64, 1, "their run-queue time")
+
+typedef struct {
+    const char *name;
+    int kind;
+    size_t offset;
+    int input;
+} sample_field;
+
+#define FIELD_ROW(py, member, kind, input, doc) {#py, kind, offsetof(gla_sample, member), input},
+static const sample_field sample_fields[] = {SAMPLE_TABLE(FIELD_ROW)};
+#undef FIELD_ROW
+#define N_SAMPLE_FIELDS ((int)(sizeof sample_fields / sizeof sample_fields[0]))
+
+#define SEQ_ROW(py, member, kind, input, doc) {#py, doc},
+static PyStructSequence_Field sample_seq_fields[] = {SAMPLE_TABLE(SEQ_ROW){NULL, NULL}};
+#undef SEQ_ROW
+
+static PyStructSequence_Desc sample_desc = {
+    "gil_adapt._core.ThreadSample",
+    "One thread's cumulative figures at one instant (ns). wall = cpu + runq_wait + gil_wait"
+    " + lock_wait + idle + io_wait; the input fields (SAMPLE_INPUTS) are what finish()"
+    " partitions.",
+    sample_seq_fields,
+    N_SAMPLE_FIELDS,
+};
+
+typedef struct {
+    gla_pool_py_state pool; /* first: the executor's types find it at the state's start */
+    PyTypeObject *sample_type;
+} core_state;
+
+static core_state *state_of(PyObject *module)
 {
-    return Py_BuildValue("(iiisKKKKKKKKKKKKKKKKKKiKKKKKKKKKK)", (int)s->tid, s->alive, s->registered, s->name,
-                         U(s->start_ns), U(s->wall_ns), U(s->cpu_ns), U(s->runq_ns),
-                         U(s->gil_wait_ns), U(s->lock_wait_ns), U(s->idle_ns), U(s->io_wait_ns),
-                         U(s->overlap_ns), U(s->raw_cpu_ns), U(s->raw_runq_ns),
-                         U(s->raw_gil_wait_ns), U(s->raw_lock_wait_ns), U(s->raw_idle_ns),
-                         U(s->gil_tail_ns), U(s->lock_cpu_ns), U(s->lock_runq_ns), U(s->serial), s->waiting, U(s->gil_held_ns),
-                         U(s->gil_takes), U(s->take_samples), U(s->take_sample_cpu_ns),
-                         U(s->take_sample_runq_ns), U(s->take_sample_tail_ns),
-                         U(s->switch_tail_ns), U(s->gil_drops), U(s->drop_samples),
-                         U(s->drop_sample_runq_ns));
+    return (core_state *)PyModule_GetState(module);
 }
 
-/* read() -> (now_ns, [sample tuples]) ; tuple fields as in SAMPLE_FIELDS (Python side). */
+static PyObject *field_value(const gla_sample *s, const sample_field *f)
+{
+    const char *p = (const char *)s + f->offset;
+    switch (f->kind) {
+    case F_PID:
+        return PyLong_FromLong((long)*(const pid_t *)p);
+    case F_INT:
+        return PyLong_FromLong(*(const int *)p);
+    case F_NAME:
+        return PyUnicode_DecodeFSDefault(p);
+    default:
+        return PyLong_FromUnsignedLongLong(*(const uint64_t *)p);
+    }
+}
+
+static PyObject *sample_record(PyTypeObject *type, const gla_sample *s)
+{
+    PyObject *rec = PyStructSequence_New(type);
+    if (!rec)
+        return NULL;
+    for (int i = 0; i < N_SAMPLE_FIELDS; i++) {
+        PyObject *v = field_value(s, &sample_fields[i]);
+        if (!v) {
+            Py_DECREF(rec);
+            return NULL;
+        }
+        PyStructSequence_SetItem(rec, i, v);
+    }
+    return rec;
+}
+
+/* read() -> (now_ns, [ThreadSample], exited totals as a ThreadSample of the same read) */
 static PyObject *py_read(PyObject *self, PyObject *args)
 {
-    (void)self;
     (void)args;
+    PyTypeObject *type = state_of(self)->sample_type;
     size_t cap = 256, n = 0;
     gla_sample *buf = NULL;
     uint64_t now = 0;
@@ -263,7 +370,7 @@ static PyObject *py_read(PyObject *self, PyObject *args)
         return NULL;
     }
     for (size_t i = 0; i < n; i++) {
-        PyObject *t = sample_tuple(&buf[i]);
+        PyObject *t = sample_record(type, &buf[i]);
         if (!t) {
             Py_DECREF(list);
             PyMem_RawFree(buf);
@@ -272,7 +379,7 @@ static PyObject *py_read(PyObject *self, PyObject *args)
         PyList_SET_ITEM(list, (Py_ssize_t)i, t);
     }
     PyMem_RawFree(buf);
-    PyObject *ex = sample_tuple(&exited);
+    PyObject *ex = sample_record(type, &exited);
     if (!ex) {
         Py_DECREF(list);
         return NULL;
@@ -282,46 +389,38 @@ static PyObject *py_read(PyObject *self, PyObject *args)
 
 static PyObject *py_exited(PyObject *self, PyObject *args)
 {
-    (void)self;
     (void)args;
     gla_sample s;
     gla_ledger_exited(&s);
-    return sample_tuple(&s);
+    return sample_record(state_of(self)->sample_type, &s);
 }
 
-static PyObject *py_finish(PyObject *self, PyObject *args)
+/* finish(**inputs) -> ThreadSample: the partition of the given inputs (SAMPLE_INPUTS, by
+ * name; a missing one is 0). */
+static PyObject *py_finish(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    (void)self;
+    if (PyTuple_GET_SIZE(args) != 0)
+        return PyErr_Format(PyExc_TypeError,
+                            "finish() takes keyword arguments only (the names in SAMPLE_INPUTS)");
     gla_sample s;
     memset(&s, 0, sizeof s);
-    unsigned long long wall, cpu, runq, gil, lock, idle, tail, lock_cpu, lock_runq, takes,
-        samples, sample_cpu, sample_runq, sample_tail, switch_tail, drops, drop_samples,
-        drop_runq;
-    if (!PyArg_ParseTuple(args, "KKKKKKKKKKKKKKKKKK", &wall, &cpu, &runq, &gil, &lock, &idle,
-                          &tail, &lock_cpu, &lock_runq, &takes, &samples, &sample_cpu,
-                          &sample_runq, &sample_tail, &switch_tail, &drops, &drop_samples,
-                          &drop_runq))
-        return NULL;
-    s.gil_drops = drops;
-    s.drop_samples = drop_samples;
-    s.drop_sample_runq_ns = drop_runq;
-    s.switch_tail_ns = switch_tail;
-    s.take_sample_tail_ns = sample_tail;
-    s.gil_takes = takes;
-    s.take_samples = samples;
-    s.take_sample_cpu_ns = sample_cpu;
-    s.take_sample_runq_ns = sample_runq;
-    s.gil_tail_ns = tail;
-    s.lock_cpu_ns = lock_cpu;
-    s.lock_runq_ns = lock_runq;
-    s.wall_ns = wall;
-    s.raw_cpu_ns = cpu;
-    s.raw_runq_ns = runq;
-    s.raw_gil_wait_ns = gil;
-    s.raw_lock_wait_ns = lock;
-    s.raw_idle_ns = idle;
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (kwargs && PyDict_Next(kwargs, &pos, &key, &value)) {
+        const sample_field *f = NULL;
+        for (int i = 0; i < N_SAMPLE_FIELDS && !f; i++) {
+            if (sample_fields[i].input && PyUnicode_CompareWithASCIIString(key, sample_fields[i].name) == 0)
+                f = &sample_fields[i];
+        }
+        if (!f)
+            return PyErr_Format(PyExc_TypeError, "finish() got an unexpected keyword argument %R", key);
+        unsigned long long v = PyLong_AsUnsignedLongLong(value);
+        if (v == (unsigned long long)-1 && PyErr_Occurred())
+            return NULL;
+        *(uint64_t *)((char *)&s + f->offset) = (uint64_t)v;
+    }
     gla_sample_finish(&s);
-    return sample_tuple(&s);
+    return sample_record(state_of(self)->sample_type, &s);
 }
 
 static PyObject *py_register_thread(PyObject *self, PyObject *args)
@@ -434,9 +533,10 @@ static PyMethodDef core_methods[] = {
      "since is left to it: capabilities()['hook_slots_left']); returns 0 or -errno."},
     {"capabilities", py_capabilities, METH_NOARGS, "Which figures are exact, and why not."},
     {"read", py_read, METH_NOARGS,
-     "(now_ns, [per-thread sample tuples], exited totals sample tuple as of the same read)"},
-    {"exited", py_exited, METH_NOARGS, "Sample tuple of the totals of all exited threads."},
-    {"finish", py_finish, METH_VARARGS, "finish(wall, <the raw inputs in _ledger._RAW order>) -> partitioned sample tuple."},
+     "(now_ns, [ThreadSample per thread], the exited threads' totals as a ThreadSample)"},
+    {"exited", py_exited, METH_NOARGS, "ThreadSample of the totals of all exited threads."},
+    {"finish", (PyCFunction)(void (*)(void))py_finish, METH_VARARGS | METH_KEYWORDS,
+     "finish(**inputs) -> ThreadSample: the partition of the inputs named in SAMPLE_INPUTS."},
     {"register_thread", py_register_thread, METH_NOARGS, "Register the calling thread in the ledger."},
     {"gil_switches", py_gil_switches, METH_NOARGS, "GIL hand-offs so far, or -1."},
     {"self_times", py_self_times, METH_NOARGS, "(now_ns, thread_cpu_ns, gil_wait_ns, gil_held_ns) of the calling thread; -1 where unknown."},
@@ -446,22 +546,90 @@ static PyMethodDef core_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *name_tuple(int inputs_only)
+{
+    PyObject *list = PyList_New(0);
+    for (int i = 0; list && i < N_SAMPLE_FIELDS; i++) {
+        if (inputs_only && !sample_fields[i].input)
+            continue;
+        PyObject *name = PyUnicode_FromString(sample_fields[i].name);
+        if (!name || PyList_Append(list, name) < 0)
+            Py_CLEAR(list);
+        Py_XDECREF(name);
+    }
+    PyObject *t = list ? PyList_AsTuple(list) : NULL;
+    Py_XDECREF(list);
+    return t;
+}
+
+static int core_exec(PyObject *m)
+{
+    core_state *st = state_of(m);
+    g_free_threaded = detect_free_threaded();
+    st->sample_type = PyStructSequence_NewType(&sample_desc);
+    if (!st->sample_type || PyModule_AddObjectRef(m, "ThreadSample", (PyObject *)st->sample_type) < 0)
+        return -1;
+    PyObject *fields = name_tuple(0), *inputs = name_tuple(1);
+    int rc = fields && inputs && PyModule_AddObjectRef(m, "SAMPLE_FIELDS", fields) == 0 &&
+                     PyModule_AddObjectRef(m, "SAMPLE_INPUTS", inputs) == 0
+                 ? 0
+                 : -1;
+    Py_XDECREF(fields);
+    Py_XDECREF(inputs);
+    if (rc < 0 || PyModule_AddIntConstant(m, "MAX_THREADS", GLA_MAX_THREADS) < 0)
+        return -1;
+    return gla_pool_py_exec(m, &st->pool); /* the executor's types and functions */
+}
+
+static int core_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    core_state *st = state_of(m);
+    Py_VISIT(st->sample_type);
+    return gla_pool_py_traverse(&st->pool, visit, arg);
+}
+
+static int core_clear(PyObject *m)
+{
+    core_state *st = state_of(m);
+    Py_CLEAR(st->sample_type);
+    gla_pool_py_clear(&st->pool);
+    return 0;
+}
+
+static void core_free(void *m)
+{
+    core_clear((PyObject *)m);
+    gla_pool_py_free(&state_of((PyObject *)m)->pool);
+}
+
+/* Multi-phase initialisation: one module object and state per interpreter. The ledger and
+ * the hook are process-wide (they patch the process's GOT and time its threads), so
+ * interpreters sharing the main GIL (legacy sub-interpreters) may import the module, and
+ * interpreters with a GIL of their own are refused at import (ImportError). */
+static PyModuleDef_Slot core_slots[] = {
+    {Py_mod_exec, (void *)core_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_SUPPORTED},
+#endif
+#if PY_VERSION_HEX >= 0x030D0000
+    {Py_mod_gil, Py_MOD_GIL_USED},
+#endif
+    {0, NULL},
+};
+
 static struct PyModuleDef core_module = {
-    PyModuleDef_HEAD_INIT, "gil_adapt._core", "gil-adapt's C core.", -1, core_methods,
-    NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "gil_adapt._core",
+    .m_doc = "gil-adapt's C core.",
+    .m_size = sizeof(core_state),
+    .m_methods = core_methods,
+    .m_slots = core_slots,
+    .m_traverse = core_traverse,
+    .m_clear = core_clear,
+    .m_free = core_free,
 };
 
 PyMODINIT_FUNC PyInit__core(void)
 {
-    PyObject *m = PyModule_Create(&core_module);
-    if (!m)
-        return NULL;
-    g_free_threaded = detect_free_threaded();
-    if (PyModule_AddIntConstant(m, "MAX_THREADS", GLA_MAX_THREADS) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    /* Executor binding (pool_py.c) registers itself here. */
-    if (gla_pool_py_init(m) < 0) { Py_DECREF(m); return NULL; }
-    return m;
+    return PyModuleDef_Init(&core_module);
 }

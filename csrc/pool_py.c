@@ -21,6 +21,7 @@
 
 #include "pool_py.h"
 #include "pool.h"
+#include "pycompat.h"
 
 #include "gilhook.h"
 #include "ledger.h"
@@ -40,34 +41,10 @@
 #define GLA_HAVE_CONTROLLER 0
 #endif
 
-#if PY_VERSION_HEX < 0x030A0000
-static inline PyObject *Py_NewRef(PyObject *o)
-{
-    Py_INCREF(o);
-    return o;
-}
-static int PyModule_AddObjectRef(PyObject *m, const char *name, PyObject *o)
-{
-    Py_INCREF(o);
-    if (PyModule_AddObject(m, name, o) < 0) {
-        Py_DECREF(o);
-        return -1;
-    }
-    return 0;
-}
-#endif
-
-/* ---- module state (all touched with the GIL held) ------------------------------------ */
+/* ---- process-wide state (all touched with the GIL held, main interpreter only) -------- */
 
 typedef struct PoolObject PoolObject;
 
-static PyObject *g_future_type;     /* concurrent.futures.Future */
-static PyObject *s_set_running, *s_set_result, *s_set_exception, *s_cancel;
-/* Future's internals for the fast path (see future_fast_init). */
-static int g_future_fast;
-static PyObject *g_PENDING, *g_RUNNING, *g_FINISHED;
-static PyObject *s__condition, *s__lock, *s__state, *s__result, *s__waiters, *s__done_callbacks,
-    *s__invoke_callbacks, *s_acquire, *s_release;
 static PoolObject *g_pools;         /* every Pool not yet freed */
 static int g_exiting;               /* _shutdown_all ran: the interpreter is exiting */
 
@@ -152,33 +129,38 @@ static void future_call(PyObject *future, PyObject *name, PyObject *arg)
  * set_result does. Anything else (cancelled, waiters, an unexpected layout) goes through
  * the Future's methods. future_fast_init checks the layout once against a real Future. */
 
-static int future_fast_init(void)
+static int future_fast_init(gla_pool_py_state *st)
 {
     PyObject *base = PyImport_ImportModule("concurrent.futures._base");
     if (!base)
         return -1;
-    g_PENDING = PyObject_GetAttrString(base, "PENDING");
-    g_RUNNING = PyObject_GetAttrString(base, "RUNNING");
-    g_FINISHED = PyObject_GetAttrString(base, "FINISHED");
+    st->future_type = PyObject_GetAttrString(base, "Future");
+    if (!st->future_type) {
+        Py_DECREF(base);
+        return -1;
+    }
+    st->PENDING = PyObject_GetAttrString(base, "PENDING");
+    st->RUNNING = PyObject_GetAttrString(base, "RUNNING");
+    st->FINISHED = PyObject_GetAttrString(base, "FINISHED");
     Py_DECREF(base);
-    if (!g_PENDING || !g_RUNNING || !g_FINISHED) {
+    if (!st->PENDING || !st->RUNNING || !st->FINISHED) {
         PyErr_Clear();
         return 0;
     }
-    PyObject *f = PyObject_CallNoArgs(g_future_type);
+    PyObject *f = PyObject_CallNoArgs(st->future_type);
     if (!f)
         return -1;
-    PyObject *cond = PyObject_GetAttr(f, s__condition);
-    PyObject *lock = cond ? PyObject_GetAttr(cond, s__lock) : NULL;
-    PyObject *cw = cond ? PyObject_GetAttr(cond, s__waiters) : NULL;
-    PyObject *state = PyObject_GetAttr(f, s__state);
-    PyObject *fw = PyObject_GetAttr(f, s__waiters);
-    PyObject *cbs = PyObject_GetAttr(f, s__done_callbacks);
-    PyObject *res = PyObject_GetAttr(f, s__result);
-    int ok = lock && cw && state == g_PENDING && fw && PyList_CheckExact(fw) &&
+    PyObject *cond = PyObject_GetAttr(f, st->s__condition);
+    PyObject *lock = cond ? PyObject_GetAttr(cond, st->s__lock) : NULL;
+    PyObject *cw = cond ? PyObject_GetAttr(cond, st->s__waiters) : NULL;
+    PyObject *state = PyObject_GetAttr(f, st->s__state);
+    PyObject *fw = PyObject_GetAttr(f, st->s__waiters);
+    PyObject *cbs = PyObject_GetAttr(f, st->s__done_callbacks);
+    PyObject *res = PyObject_GetAttr(f, st->s__result);
+    int ok = lock && cw && state == st->PENDING && fw && PyList_CheckExact(fw) &&
              PyList_GET_SIZE(fw) == 0 && cbs && PyList_CheckExact(cbs) && res &&
-             PyObject_HasAttr(lock, s_acquire) && PyObject_HasAttr(lock, s_release) &&
-             PyObject_HasAttr(f, s__invoke_callbacks);
+             PyObject_HasAttr(lock, st->s_acquire) && PyObject_HasAttr(lock, st->s_release) &&
+             PyObject_HasAttr(f, st->s__invoke_callbacks);
     if (ok) {
         Py_ssize_t n = PyObject_Size(cw);
         ok = n == 0;
@@ -191,24 +173,24 @@ static int future_fast_init(void)
     Py_XDECREF(fw);
     Py_XDECREF(cbs);
     Py_XDECREF(res);
-    g_future_fast = ok && !getenv("GIL_ADAPT_NO_FAST_FUTURE");
+    st->future_fast = ok && !getenv("GIL_ADAPT_NO_FAST_FUTURE");
     Py_DECREF(f);
     return 0;
 }
 
 /* Takes the future's condition lock: returns the lock (new reference) and the
  * condition (*cond, new reference), or NULL with an exception set. */
-static PyObject *future_lock(PyObject *f, PyObject **cond)
+static PyObject *future_lock(const gla_pool_py_state *st, PyObject *f, PyObject **cond)
 {
-    *cond = PyObject_GetAttr(f, s__condition);
+    *cond = PyObject_GetAttr(f, st->s__condition);
     if (!*cond)
         return NULL;
-    PyObject *lock = PyObject_GetAttr(*cond, s__lock);
+    PyObject *lock = PyObject_GetAttr(*cond, st->s__lock);
     if (!lock) {
         Py_CLEAR(*cond);
         return NULL;
     }
-    PyObject *r = PyObject_CallMethodNoArgs(lock, s_acquire);
+    PyObject *r = PyObject_CallMethodNoArgs(lock, st->s_acquire);
     if (!r) {
         Py_DECREF(lock);
         Py_CLEAR(*cond);
@@ -218,9 +200,9 @@ static PyObject *future_lock(PyObject *f, PyObject **cond)
     return lock;
 }
 
-static int future_unlock(PyObject *lock, PyObject *cond)
+static int future_unlock(const gla_pool_py_state *st, PyObject *lock, PyObject *cond)
 {
-    PyObject *r = PyObject_CallMethodNoArgs(lock, s_release);
+    PyObject *r = PyObject_CallMethodNoArgs(lock, st->s_release);
     Py_DECREF(lock);
     Py_DECREF(cond);
     if (!r)
@@ -230,22 +212,22 @@ static int future_unlock(PyObject *lock, PyObject *cond)
 }
 
 /* set_running_or_notify_cancel(): 1 run it, 0 cancelled, -1 error (exception set). */
-static int future_set_running(PyObject *f)
+static int future_set_running(const gla_pool_py_state *st, PyObject *f)
 {
-    if (g_future_fast) {
-        PyObject *cond, *lock = future_lock(f, &cond);
+    if (st->future_fast) {
+        PyObject *cond, *lock = future_lock(st, f, &cond);
         if (!lock)
             return -1;
-        PyObject *state = PyObject_GetAttr(f, s__state);
-        int done = state == g_PENDING && PyObject_SetAttr(f, s__state, g_RUNNING) == 0;
+        PyObject *state = PyObject_GetAttr(f, st->s__state);
+        int done = state == st->PENDING && PyObject_SetAttr(f, st->s__state, st->RUNNING) == 0;
         Py_XDECREF(state);
         int err = PyErr_Occurred() != NULL;
-        if (future_unlock(lock, cond) < 0 || err)
+        if (future_unlock(st, lock, cond) < 0 || err)
             return -1;
         if (done)
             return 1;
     }
-    PyObject *go = PyObject_CallMethodNoArgs(f, s_set_running);
+    PyObject *go = PyObject_CallMethodNoArgs(f, st->s_set_running);
     if (!go)
         return -1;
     int run = go == Py_True;
@@ -254,13 +236,13 @@ static int future_set_running(PyObject *f)
 }
 
 /* 1 when nobody waits on the future (its lock held). */
-static int future_unwatched(PyObject *f, PyObject *cond)
+static int future_unwatched(const gla_pool_py_state *st, PyObject *f, PyObject *cond)
 {
-    PyObject *fw = PyObject_GetAttr(f, s__waiters);
+    PyObject *fw = PyObject_GetAttr(f, st->s__waiters);
     int ok = fw && PyList_CheckExact(fw) && PyList_GET_SIZE(fw) == 0;
     Py_XDECREF(fw);
     if (ok) {
-        PyObject *cw = PyObject_GetAttr(cond, s__waiters);
+        PyObject *cw = PyObject_GetAttr(cond, st->s__waiters);
         ok = cw && PyObject_Size(cw) == 0;
         Py_XDECREF(cw);
     }
@@ -269,34 +251,34 @@ static int future_unwatched(PyObject *f, PyObject *cond)
 }
 
 /* set_result(res); errors go to sys.unraisablehook. */
-static void future_set_result(PyObject *f, PyObject *res)
+static void future_set_result(const gla_pool_py_state *st, PyObject *f, PyObject *res)
 {
-    if (g_future_fast) {
-        PyObject *cond, *lock = future_lock(f, &cond);
+    if (st->future_fast) {
+        PyObject *cond, *lock = future_lock(st, f, &cond);
         if (!lock) {
             PyErr_WriteUnraisable(f);
             return;
         }
-        PyObject *state = PyObject_GetAttr(f, s__state);
-        int done = state == g_RUNNING && future_unwatched(f, cond) &&
-                   PyObject_SetAttr(f, s__result, res) == 0 &&
-                   PyObject_SetAttr(f, s__state, g_FINISHED) == 0;
+        PyObject *state = PyObject_GetAttr(f, st->s__state);
+        int done = state == st->RUNNING && future_unwatched(st, f, cond) &&
+                   PyObject_SetAttr(f, st->s__result, res) == 0 &&
+                   PyObject_SetAttr(f, st->s__state, st->FINISHED) == 0;
         Py_XDECREF(state);
         if (PyErr_Occurred())
             PyErr_WriteUnraisable(f);
-        if (future_unlock(lock, cond) < 0)
+        if (future_unlock(st, lock, cond) < 0)
             PyErr_WriteUnraisable(f);
         if (done) {
-            PyObject *cbs = PyObject_GetAttr(f, s__done_callbacks);
+            PyObject *cbs = PyObject_GetAttr(f, st->s__done_callbacks);
             int any = cbs && PyList_CheckExact(cbs) ? PyList_GET_SIZE(cbs) > 0 : 1;
             Py_XDECREF(cbs);
             PyErr_Clear();
             if (any)
-                future_call(f, s__invoke_callbacks, NULL);
+                future_call(f, st->s__invoke_callbacks, NULL);
             return;
         }
     }
-    future_call(f, s_set_result, res);
+    future_call(f, st->s_set_result, res);
 }
 
 /* ---- Pool object ------------------------------------------------------------------------ */
@@ -308,6 +290,7 @@ struct PoolObject {
     PyObject *thread_stop;  /* callable(token) */
     PyObject *broken_type;  /* exception class for a broken pool */
     PyObject *broken_msg;   /* NULL until broken */
+    gla_pool_py_state *st;  /* its module's state (the type holds the module) */
     PyObject *keepalive;    /* self, until drained */
     int has_controller;
 #if GLA_HAVE_CONTROLLER
@@ -315,8 +298,6 @@ struct PoolObject {
 #endif
     PoolObject *prev, *next; /* g_pools */
 };
-
-static PyTypeObject Pool_Type;
 
 static void drop_keepalive(PoolObject *po)
 {
@@ -335,12 +316,13 @@ static void maybe_drained(PoolObject *po)
 /* Fails the futures of tasks that a broken pool gave back. */
 static void fail_broken(PoolObject *po, gla_pool_task *list)
 {
+    const gla_pool_py_state *st = po->st;
     while (list) {
         pytask *t = (pytask *)list;
         list = list->next;
         PyObject *exc = PyObject_CallOneArg(po->broken_type, po->broken_msg);
         if (exc) {
-            PyObject *r = PyObject_CallMethodOneArg(t->future, s_set_exception, exc);
+            PyObject *r = PyObject_CallMethodOneArg(t->future, st->s_set_exception, exc);
             Py_DECREF(exc);
             if (r)
                 Py_DECREF(r);
@@ -353,12 +335,12 @@ static void fail_broken(PoolObject *po, gla_pool_task *list)
     }
 }
 
-static void cancel_list(gla_pool_task *list)
+static void cancel_list(const gla_pool_py_state *st, gla_pool_task *list)
 {
     while (list) {
         pytask *t = (pytask *)list;
         list = list->next;
-        future_call(t->future, s_cancel, NULL);
+        future_call(t->future, st->s_cancel, NULL);
         task_free(t);
     }
 }
@@ -431,21 +413,21 @@ static int py_resume(void *ctx, void *wdata)
 
 static void py_run(void *ctx, void *wdata, gla_pool_task *task)
 {
-    (void)ctx;
+    const gla_pool_py_state *st = ((PoolObject *)ctx)->st;
     (void)wdata;
     pytask *t = (pytask *)task;
-    int go = future_set_running(t->future);
+    int go = future_set_running(st, t->future);
     if (go < 0) {
         PyErr_WriteUnraisable(t->future);
     } else if (go) {
         PyObject *res = PyObject_Vectorcall(t->fn, t->args, (size_t)t->nargs, t->kwnames);
         if (res) {
-            future_set_result(t->future, res);
+            future_set_result(st, t->future, res);
             Py_DECREF(res);
         } else {
             PyObject *exc = fetch_exception();
             if (exc) {
-                future_call(t->future, s_set_exception, exc);
+                future_call(t->future, st->s_set_exception, exc);
                 Py_DECREF(exc);
             }
         }
@@ -545,26 +527,17 @@ static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (min_w < 1 || max_w < min_w)
         return PyErr_Format(PyExc_ValueError,
                             "need 1 <= min_workers <= max_workers (got %d, %d)", min_w, max_w);
-    if (PyInterpreterState_Get() != PyInterpreterState_Main())
-        /* Workers attach with PyGILState_Ensure, which knows the main interpreter only. */
-        return PyErr_Format(PyExc_RuntimeError,
-                            "gil_adapt executor pools run in the main interpreter only");
     if (stack < 0)
         return PyErr_Format(PyExc_ValueError, "stack_size must be >= 0");
     if (burst < 0)
         return PyErr_Format(PyExc_ValueError, "start_burst must be >= 0 (0: the default)");
-    if (!g_future_type) {
-        PyObject *mod = PyImport_ImportModule("concurrent.futures");
-        if (!mod)
-            return NULL;
-        g_future_type = PyObject_GetAttrString(mod, "Future");
-        Py_DECREF(mod);
-        if (!g_future_type || future_fast_init() < 0)
-            return NULL;
-    }
+    gla_pool_py_state *st = PyType_GetModuleState(type);
+    if (!st)
+        return NULL;
     PoolObject *po = (PoolObject *)type->tp_alloc(type, 0);
     if (!po)
         return NULL;
+    po->st = st;
     po->thread_start = start == Py_None ? NULL : Py_NewRef(start);
     po->thread_stop = stop == Py_None ? NULL : Py_NewRef(stop);
     po->broken_type = Py_NewRef(broken ? broken : PyExc_RuntimeError);
@@ -635,7 +608,9 @@ static void Pool_dealloc(PoolObject *po)
     Py_CLEAR(po->thread_stop);
     Py_CLEAR(po->broken_type);
     Py_CLEAR(po->broken_msg);
-    Py_TYPE(po)->tp_free((PyObject *)po);
+    PyTypeObject *tp = Py_TYPE(po);
+    tp->tp_free((PyObject *)po);
+    Py_DECREF(tp); /* instances of a heap type hold a reference to it */
 }
 
 static PyObject *Pool_shutdown(PoolObject *po, PyObject *args, PyObject *kwds)
@@ -646,7 +621,7 @@ static PyObject *Pool_shutdown(PoolObject *po, PyObject *args, PyObject *kwds)
         return NULL;
     gla_pool_task *list = NULL;
     gla_pool_shutdown(po->pool, cancel, &list);
-    cancel_list(list);
+    cancel_list(po->st, list);
     maybe_drained(po);
     Py_RETURN_NONE;
 }
@@ -835,6 +810,7 @@ static int same_fn(void *fn, const gla_pool_task *t)
  * from the queue with their futures still pending, for the caller to run elsewhere. */
 static PyObject *Pool_take(PoolObject *po, PyObject *fn)
 {
+    const gla_pool_py_state *st = po->st;
     gla_pool_task *list;
     Py_BEGIN_ALLOW_THREADS /* never wait for the pool's mutex holding the GIL */
     list = gla_pool_take(po->pool, same_fn, fn);
@@ -868,7 +844,7 @@ static PyObject *Pool_take(PoolObject *po, PyObject *fn)
             Py_XDECREF(item);
         }
         if (!out) /* out of memory: the task cannot move; its future says why */
-            future_call(t->future, s_set_exception, err ? err : PyExc_MemoryError);
+            future_call(t->future, st->s_set_exception, err ? err : PyExc_MemoryError);
         task_free(t);
     }
     if (!out) {
@@ -901,16 +877,26 @@ static PyMethodDef Pool_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyTypeObject Pool_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "gil_adapt._core.Pool",
-    .tp_basicsize = sizeof(PoolObject),
-    .tp_dealloc = (destructor)Pool_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "The executor's C pool: work queue, worker threads, controller.",
-    .tp_methods = Pool_methods,
-    .tp_new = Pool_new,
+static PyType_Slot Pool_slots[] = {
+    {Py_tp_dealloc, (void *)Pool_dealloc},
+    {Py_tp_doc, (void *)"The executor's C pool: work queue, worker threads, controller."},
+    {Py_tp_methods, Pool_methods},
+    {Py_tp_new, (void *)Pool_new},
+    {0, NULL},
 };
+
+static PyType_Spec Pool_spec = {
+    .name = "gil_adapt._core.Pool",
+    .basicsize = sizeof(PoolObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = Pool_slots,
+};
+
+/* Any Pool, whichever interpreter's module made its type. */
+static int is_pool(PyObject *o)
+{
+    return Py_TYPE(o)->tp_dealloc == (destructor)Pool_dealloc;
+}
 
 /* ---- ExecutorBase -------------------------------------------------------------------------- */
 
@@ -957,7 +943,7 @@ static PyObject *Exec_submit(ExecObject *self, PyObject *const *args, Py_ssize_t
     pytask *t = PyMem_Malloc(sizeof *t + (size_t)(npos + nkw) * sizeof(PyObject *));
     if (!t)
         return PyErr_NoMemory();
-    PyObject *future = PyObject_CallNoArgs(g_future_type);
+    PyObject *future = PyObject_CallNoArgs(po->st->future_type);
     if (!future) {
         PyMem_Free(t);
         return NULL;
@@ -999,7 +985,9 @@ static void Exec_dealloc(ExecObject *self)
         maybe_drained(po);
         Py_DECREF(po);
     }
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    PyTypeObject *tp = Py_TYPE(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
 }
 
 static PyObject *Exec_get_pool(ExecObject *self, void *closure)
@@ -1013,7 +1001,7 @@ static PyObject *Exec_get_pool(ExecObject *self, void *closure)
 static int Exec_set_pool(ExecObject *self, PyObject *value, void *closure)
 {
     (void)closure;
-    if (!value || !PyObject_TypeCheck(value, &Pool_Type)) {
+    if (!value || !is_pool(value)) {
         PyErr_SetString(PyExc_TypeError, "_pool must be a gil_adapt._core.Pool");
         return -1;
     }
@@ -1037,16 +1025,20 @@ static PyGetSetDef Exec_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject Exec_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "gil_adapt._core.ExecutorBase",
-    .tp_basicsize = sizeof(ExecObject),
-    .tp_dealloc = (destructor)Exec_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "C base of gil_adapt.AdaptiveExecutor (submit without a Python frame).",
-    .tp_methods = Exec_methods,
-    .tp_getset = Exec_getset,
-    .tp_new = PyType_GenericNew,
+static PyType_Slot Exec_slots[] = {
+    {Py_tp_dealloc, (void *)Exec_dealloc},
+    {Py_tp_doc, (void *)"C base of gil_adapt.AdaptiveExecutor (submit without a Python frame)."},
+    {Py_tp_methods, Exec_methods},
+    {Py_tp_getset, Exec_getset},
+    {Py_tp_new, (void *)PyType_GenericNew},
+    {0, NULL},
+};
+
+static PyType_Spec Exec_spec = {
+    .name = "gil_adapt._core.ExecutorBase",
+    .basicsize = sizeof(ExecObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = Exec_slots,
 };
 
 /* ---- process-wide ------------------------------------------------------------------------- */
@@ -1135,34 +1127,47 @@ static PyMethodDef pool_functions[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int gla_pool_py_init(PyObject *m)
+#define STATE_OBJECTS(X)                                                                     \
+    X(pool_type) X(exec_type) X(future_type) X(PENDING) X(RUNNING) X(FINISHED) X(s_set_running)  \
+    X(s_set_result) X(s_set_exception) X(s_cancel) X(s__condition) X(s__lock) X(s__state)         \
+    X(s__result) X(s__waiters) X(s__done_callbacks) X(s__invoke_callbacks) X(s_acquire)           \
+    X(s_release)
+
+int gla_pool_py_exec(PyObject *m, gla_pool_py_state *st)
 {
     static const struct {
-        PyObject **slot;
+        size_t offset;
         const char *text;
     } names[] = {
-        {&s_set_running, "set_running_or_notify_cancel"},
-        {&s_set_result, "set_result"},
-        {&s_set_exception, "set_exception"},
-        {&s_cancel, "cancel"},
-        {&s__condition, "_condition"},
-        {&s__lock, "_lock"},
-        {&s__state, "_state"},
-        {&s__result, "_result"},
-        {&s__waiters, "_waiters"},
-        {&s__done_callbacks, "_done_callbacks"},
-        {&s__invoke_callbacks, "_invoke_callbacks"},
-        {&s_acquire, "acquire"},
-        {&s_release, "release"},
+        {offsetof(gla_pool_py_state, s_set_running), "set_running_or_notify_cancel"},
+        {offsetof(gla_pool_py_state, s_set_result), "set_result"},
+        {offsetof(gla_pool_py_state, s_set_exception), "set_exception"},
+        {offsetof(gla_pool_py_state, s_cancel), "cancel"},
+        {offsetof(gla_pool_py_state, s__condition), "_condition"},
+        {offsetof(gla_pool_py_state, s__lock), "_lock"},
+        {offsetof(gla_pool_py_state, s__state), "_state"},
+        {offsetof(gla_pool_py_state, s__result), "_result"},
+        {offsetof(gla_pool_py_state, s__waiters), "_waiters"},
+        {offsetof(gla_pool_py_state, s__done_callbacks), "_done_callbacks"},
+        {offsetof(gla_pool_py_state, s__invoke_callbacks), "_invoke_callbacks"},
+        {offsetof(gla_pool_py_state, s_acquire), "acquire"},
+        {offsetof(gla_pool_py_state, s_release), "release"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        if (!*names[i].slot && !(*names[i].slot = PyUnicode_InternFromString(names[i].text)))
+        PyObject **slot = (PyObject **)((char *)st + names[i].offset);
+        if (!(*slot = PyUnicode_InternFromString(names[i].text)))
             return -1;
     }
-    if (PyType_Ready(&Pool_Type) < 0 || PyType_Ready(&Exec_Type) < 0)
+    if (future_fast_init(st) < 0)
         return -1;
-    if (PyModule_AddObjectRef(m, "Pool", (PyObject *)&Pool_Type) < 0 ||
-        PyModule_AddObjectRef(m, "ExecutorBase", (PyObject *)&Exec_Type) < 0)
+    st->pool_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Pool_spec, NULL);
+    if (!st->pool_type)
+        return -1;
+    st->exec_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Exec_spec, NULL);
+    if (!st->exec_type)
+        return -1;
+    if (PyModule_AddObjectRef(m, "Pool", (PyObject *)st->pool_type) < 0 ||
+        PyModule_AddObjectRef(m, "ExecutorBase", (PyObject *)st->exec_type) < 0)
         return -1;
     if (PyModule_AddFunctions(m, pool_functions) < 0)
         return -1;
@@ -1170,4 +1175,28 @@ int gla_pool_py_init(PyObject *m)
         PyModule_AddIntConstant(m, "HAVE_CONTROLLER", GLA_HAVE_CONTROLLER) < 0)
         return -1;
     return 0;
+}
+
+int gla_pool_py_traverse(gla_pool_py_state *st, visitproc visit, void *arg)
+{
+#define VISIT(f) Py_VISIT(st->f);
+    STATE_OBJECTS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+void gla_pool_py_clear(gla_pool_py_state *st)
+{
+    /* The types reference the module (a cycle through the state): break it. The rest
+     * stays until the module is freed, which no Pool outlives (a Pool holds its type,
+     * which holds the module): a worker still finishing a task may use them. */
+    Py_CLEAR(st->pool_type);
+    Py_CLEAR(st->exec_type);
+}
+
+void gla_pool_py_free(gla_pool_py_state *st)
+{
+#define CLEAR(f) Py_CLEAR(st->f);
+    STATE_OBJECTS(CLEAR)
+#undef CLEAR
 }

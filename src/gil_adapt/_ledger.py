@@ -20,20 +20,12 @@ from . import _core
 log = logging.getLogger("gil_adapt")
 
 STATES = ("cpu_ns", "runq_wait_ns", "gil_wait_ns", "lock_wait_ns", "idle_ns", "io_wait_ns")
-_FIELDS = ("tid", "alive", "registered", "os_name", "start_ns", "wall_ns", "cpu_ns",
-           "runq_wait_ns", "gil_wait_ns", "lock_wait_ns", "idle_ns", "io_wait_ns", "overlap_ns",
-           "raw_cpu_ns", "raw_runq_ns", "raw_gil_wait_ns", "raw_lock_wait_ns", "raw_idle_ns",
-           "gil_tail_ns", "lock_cpu_ns", "lock_runq_ns", "serial", "waiting", "gil_held_ns",
-           "gil_takes", "take_samples", "take_sample_cpu_ns", "take_sample_runq_ns",
-           "take_sample_tail_ns", "switch_tail_ns", "gil_drops", "drop_samples",
-           "drop_sample_runq_ns")
+# Fields of the C core's per-thread records (_core.ThreadSample), named by the core itself.
+_FIELDS = _core.SAMPLE_FIELDS
 # What a thread is waiting for at the instant of a snapshot (the "waiting" field).
 WAITING = {-1: None, 0: "gil", 1: "lock", 2: "idle"}
-# Inputs of the partition, in the order _core.finish takes them (after wall_ns).
-_RAW = ("raw_cpu_ns", "raw_runq_ns", "raw_gil_wait_ns", "raw_lock_wait_ns", "raw_idle_ns",
-        "gil_tail_ns", "lock_cpu_ns", "lock_runq_ns", "gil_takes", "take_samples",
-        "take_sample_cpu_ns", "take_sample_runq_ns", "take_sample_tail_ns", "switch_tail_ns",
-        "gil_drops", "drop_samples", "drop_sample_runq_ns")
+# Inputs of the partition besides wall_ns (the keyword arguments of _core.finish).
+_RAW = tuple(k for k in _core.SAMPLE_INPUTS if k != "wall_ns")
 
 _install_lock = threading.Lock()
 _install_rc: Optional[int] = None
@@ -259,6 +251,11 @@ def _derive(d: Dict[str, Any]) -> None:
 _KEYS = ("wall_ns",) + _RAW + ("gil_held_ns",)  # what _unlisted sums; finish() takes all but the last
 
 
+def _partition(inputs: Dict[str, int]) -> Dict[str, Any]:
+    """The C core's partition of one thread's inputs over an interval (negatives as 0)."""
+    return dict(zip(_FIELDS, _core.finish(**{k: max(0, int(v)) for k, v in inputs.items()})))
+
+
 def _unlisted(before: Dict[str, Any], after: Dict[str, Any]) -> Optional[List[int]]:
     """Raw figures, over the interval, of the threads that exited in it and are no longer
     listed in ``after`` (records are listed a few seconds after exit, then only in the
@@ -297,8 +294,7 @@ def diff(before: Dict[str, Any], after: Dict[str, Any]) -> Dict[str, Any]:
             b = None  # a different thread that reused the id
         if b is not None and not b["alive"]:
             continue  # exited before the interval began
-        delta = [max(0, a[k] - (b[k] if b else 0)) for k in ("wall_ns",) + _RAW]
-        row = dict(zip(_FIELDS, _core.finish(*delta)))
+        row = _partition({k: a[k] - (b[k] if b else 0) for k in ("wall_ns",) + _RAW})
         entry = {k: row[k] for k in ("wall_ns", "overlap_ns") + STATES}
         entry["gil_held_ns"] = max(0, a["gil_held_ns"] - (b["gil_held_ns"] if b else 0))
         entry["name"] = a["name"]
@@ -309,7 +305,7 @@ def diff(before: Dict[str, Any], after: Dict[str, Any]) -> Dict[str, Any]:
     unlisted = _unlisted(before, after)
     extra: Optional[Dict[str, Any]] = None
     if unlisted is not None:
-        row = dict(zip(_FIELDS, _core.finish(*unlisted[:-1])))
+        row = _partition(dict(zip(_KEYS[:-1], unlisted[:-1])))
         extra = {k: row[k] for k in ("wall_ns", "overlap_ns") + STATES}
         extra["gil_held_ns"] = min(unlisted[-1], extra["wall_ns"])
         _derive(extra)

@@ -245,7 +245,7 @@ def _add(a: Tuple[int, ...], b: Tuple[int, ...]) -> Tuple[int, ...]:
 
 def _states(vec: Sequence[int]) -> Dict[str, int]:
     """The ledger's partition of one accumulated raw vector (wall + raw inputs)."""
-    row = dict(zip(_F, _core.finish(*(max(0, int(v)) for v in vec))))
+    row = _ledger._partition(dict(zip(_VEC_KEYS, vec)))
     out = {k: row[k] for k in ("wall_ns",) + _ledger.STATES}
     return out
 
