@@ -1,4 +1,11 @@
-/* controller.c — see controller.h for the contract and the method. */
+/* controller.c — see controller.h for the contract and the method.
+ *
+ * gla_ctl_step runs decide(): observe() takes in the window's figures, then the stages
+ * of the method run in order, each a function that returns 1 when it decided (the first
+ * that does ends the step): 0. step_up_collapsed, collapse_lifted; 1. size_from_demands,
+ * follow_demands, ramp_to_goal, too_few; 2. refine, by phase: settle, judge_up and
+ * propose_up, probe_down (judge_down), steady. The target decided is c->target.
+ */
 #include "controller.h"
 
 #include <errno.h>
@@ -78,17 +85,17 @@ int gla_ctl_init(gla_ctl *c, int min_workers, int max_workers, double usable_cor
     return 0;
 }
 
+void gla_ctl_start_at(gla_ctl *c, int target)
+{
+    c->target = c->base = clamp(c, target);
+}
+
 /* The smallest pool that keeps the bottleneck (demand d per task, seconds) `fill` busy,
  * the rest of a task's cycle (z) being time away from it: mean-value analysis of the
  * closed network of one processor-shared station (the GIL hands over round-robin; the
  * cores share time) and a delay station. Little's law alone, x*(d + z) with x = 1/d,
  * ignores that tasks arrive at the bottleneck unevenly: at that size it is idle 15-20 %
  * of the time (a 10 ms CPU + 50 ms I/O task: 81 % busy at 6 workers, 98 % at 12). */
-void gla_ctl_start_at(gla_ctl *c, int target)
-{
-    c->target = c->base = clamp(c, target);
-}
-
 static double queue_size(double d, double z, double fill)
 {
     if (!(d > 0))
@@ -109,7 +116,7 @@ static double queue_size(double d, double z, double fill)
 
 /* A task's demands from a window: GIL-held time, native CPU and I/O (seconds). 0 when
  * unknown. */
-static int demands(const gla_ctl_window *w, double *held_out, double *native_out, double *io_out)
+static int demands(const gla_window *w, double *held_out, double *native_out, double *io_out)
 {
     if (w->completed < 1 || !(w->task_wall_s > 0) || !(w->task_cpu_s >= 0))
         return 0;
@@ -144,12 +151,12 @@ static double bottleneck_of(double held, double native, double cores)
     return (held + native) / cores > held ? (held + native) / cores : held;
 }
 
-static double window_cores(const gla_ctl_window *w, double usable_cores)
+static double window_cores(const gla_window *w, double usable_cores)
 {
     return w->usable_cores > 0 ? w->usable_cores : usable_cores;
 }
 
-double gla_ctl_little_size(const gla_ctl_window *w, double usable_cores)
+double gla_ctl_little_size(const gla_window *w, double usable_cores)
 {
     double held, native, io;
     if (!demands(w, &held, &native, &io))
@@ -174,7 +181,7 @@ static double noise(const gla_ctl *c, double a, double b, double least)
     return 2 * sd > least ? 2 * sd : least;
 }
 
-static void say(gla_ctl_decision *d, gla_ctl_action a, const char *fmt, double x, double y)
+static void say(gla_decision *d, gla_action a, const char *fmt, double x, double y)
 {
     d->action = a;
     snprintf(d->reason, sizeof d->reason, fmt, x, y);
@@ -193,8 +200,6 @@ static void set_base(gla_ctl *c, int n)
     c->u_again = 0;
     c->phase = GLA_CTL_SETTLE;
 }
-
-static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w);
 
 /* The usable cores, at least one: the per-core limits on thread counts scale with it. */
 static double cores_for_limits(const gla_ctl *c)
@@ -245,7 +250,7 @@ static void limit_collapse(gla_ctl *c, int back, double rate, double done)
  * limit if throughput came back there (by more than the noise); if not, the machine
  * slowed for a spell (seen on this VM: one core, 0.1 ms tasks, 12,000 tasks/s for a
  * second, then 6,700 at the same size), and the limit goes. Returns 1 if lifted. */
-static int collapse_lifted(gla_ctl *c, const gla_ctl_window *w, double rate)
+static int collapse_lifted(gla_ctl *c, const gla_window *w, double rate)
 {
     if (!c->collapse_check || c->fresh || w->completed < MIN_TASKS || w->workers > c->veto_above)
         return 0;
@@ -262,7 +267,7 @@ static int collapse_lifted(gla_ctl *c, const gla_ctl_window *w, double rate)
 }
 
 /* A step up from the size in force to n: remember the rate it had, to catch a collapse. */
-static void note_step(gla_ctl *c, const gla_ctl_window *w, double rate, int n)
+static void note_step(gla_ctl *c, const gla_window *w, double rate, int n)
 {
     c->ramp_rate = n > c->target && w->completed >= MIN_TASKS && w->workers >= c->target ? rate : 0;
     c->ramp_size = c->target;
@@ -272,19 +277,13 @@ static void note_step(gla_ctl *c, const gla_ctl_window *w, double rate, int n)
     c->ramp_done = w->completed;
 }
 
-gla_ctl_decision gla_ctl_step(gla_ctl *c, const gla_ctl_window *w)
-{
-    int before = c->target;
-    gla_ctl_decision d = step(c, w);
-    c->fresh = d.target != before;
-    return d;
-}
+/* ---- one step: the window's figures, then the method's stages in order ------------- */
 
-static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
+/* Takes in one window's figures: the usable cores, the demands per task, the smoothed
+ * task rate and wall time (window sizing); a veto's windows run down. Returns the
+ * window's throughput (tasks/s). */
+static double observe(gla_ctl *c, const gla_window *w)
 {
-    gla_ctl_decision d;
-    memset(&d, 0, sizeof d);
-    d.action = GLA_CTL_HOLD;
     if (w->usable_cores > 0)
         c->usable_cores = w->usable_cores;
     if (c->veto_windows > 0 && --c->veto_windows == 0 && !c->collapse_veto)
@@ -296,176 +295,200 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
         c->held_s = held;
         c->cores_s = (held + native) / window_cores(w, c->usable_cores);
     }
-    /* The GIL-busy share: where the GIL is the bottleneck, the work the pool gets done
-     * (tasks/s x GIL time per task), measured over the whole window, tasks in flight
-     * included: far steadier than the count of tasks finished in it (2 cores, 6 ms of
-     * Python per task, 64 workers, windows of ~30 tasks: counts +-1.6 %, the share
-     * +-0.05 %; below saturation both spread more, the share less). Not on one core:
-     * there the holder shares its core with every thread that wakes (I/O returns,
-     * waiters' timeouts, the submitter) and holds the GIL longer for the same work
-     * (simulator, 1.54 ms Python, one core: the share 0.955 from 128 to 250 workers while
-     * throughput falls 5 %). Nor where the cores are loaded nearly as much as the GIL:
-     * there the GIL idles while the next holder waits for a core, and more threads do
-     * not fill it (simulator, workload 347: 0.54 ms Python + 0.58 native, 2 cores: the
-     * share flat at 0.88 from 270 to 660 workers, best 257; held 529, 0.966; with
-     * U_CORES 0.9 the same, 0.8 not). */
-    double u = w->gil_busy >= 0 && c->held_s > 0 && c->cores_s <= c->held_s * U_CORES && c->usable_cores >= 2
-                   ? w->gil_busy : -1;
     if (w->completed >= 1) {
         c->rate_ewma = c->rate_ewma > 0 ? 0.7 * c->rate_ewma + 0.3 * rate : rate;
         if (w->task_wall_s > 0)
             c->wall_ewma = c->wall_ewma > 0 ? 0.7 * c->wall_ewma + 0.3 * w->task_wall_s : w->task_wall_s;
     }
-    /* 0. A step up that made throughput collapse (thousands of threads starving the
-     * interpreter finish a trickle, not nothing): back, and no growth past there. */
-    if (c->ramp_rate > 0) {
-        double before = c->ramp_rate;
-        int from = c->ramp_size;
-        c->ramp_rate = 0;
-        /* Not a phase change: the tasks hold the GIL about as long as they did (in a
-         * collapse their wall time explodes, and their CPU too: waiters burn it waking
-         * up, but not the time they hold the GIL). */
-        double held = w->task_gil_held_s > 0 ? w->task_gil_held_s : w->task_cpu_s;
-        int same_work = w->completed < 1 ||
-                        (held > 0 && c->ramp_held > 0 && held < c->ramp_held * 2 &&
-                         held * 2 > c->ramp_held);
-        /* Or the step only lengthened each task's wait outside the GIL and the cores:
-         * throughput no higher while that wait grew with the pool. */
-        double h2, n2, io2;
-        double grew = from > 0 ? (double)w->workers / from : 1;
-        double longer = 1 + CONTENDED * (grew - 1);
-        int contended = c->ramp_io > 0 && w->completed >= MIN_TASKS && grew >= 1.5 &&
-                        demands(w, &h2, &n2, &io2) &&
-                        io2 >= c->ramp_io * (longer > 1.8 ? longer : 1.8) && rate < before * GAIN;
-        int fell = same_work && w->workers > from && w->queue_length > 0 &&
-                   (collapsed(before, c->ramp_done, rate, w->completed) || contended);
-        if (fell && w->completed >= 1 && c->ramp_strikes == 0) {
-            /* One window can be the machine's (a slow spell of the CPU, a burst of thread
-             * starts): look again before a limit that lasts. */
-            c->ramp_strikes = 1;
-            c->ramp_rate = before;
-            d.action = GLA_CTL_HOLD;
-            snprintf(d.reason, sizeof d.reason,
-                     contended ? "no gain from %.0f to %.0f tasks/s at %d workers, each task "
-                                 "waiting longer: checking again"
-                               : "throughput fell from %.0f to %.0f tasks/s at %d workers: "
-                                 "checking again",
-                     before, rate, w->workers);
-            d.target = c->target;
-            return d;
-        }
-        c->ramp_strikes = 0;
-        if (fell) {
-            int was = w->workers;
-            if (from > was / 2)
-                from = clamp(c, was / 2); /* the edge is not sharp: keep clear of it */
-            set_base(c, from);
-            c->little_goal = 0;
-            limit_collapse(c, from, rate, w->completed);
-            c->collapse_contended = contended;
-            d.action = GLA_CTL_VETO;
-            snprintf(d.reason, sizeof d.reason,
-                     contended ? "no gain from %.0f to %.0f tasks/s at %d workers while each "
-                                 "task's wait grew: contention, back to %d"
-                               : "throughput fell from %.0f to %.0f tasks/s at %d workers: "
-                                 "back to %d",
-                     before, rate, was, from);
-            d.target = c->target;
-            return d;
-        }
+    return rate;
+}
+
+/* The GIL-busy share the steps are judged on, or -1 where they are judged on the count of
+ * tasks. Where the GIL is the bottleneck, the share is the work the pool gets done
+ * (tasks/s x GIL time per task), measured over the whole window, tasks in flight
+ * included: far steadier than the count of tasks finished in it (2 cores, 6 ms of
+ * Python per task, 64 workers, windows of ~30 tasks: counts +-1.6 %, the share
+ * +-0.05 %; below saturation both spread more, the share less). Not on one core:
+ * there the holder shares its core with every thread that wakes (I/O returns,
+ * waiters' timeouts, the submitter) and holds the GIL longer for the same work
+ * (simulator, 1.54 ms Python, one core: the share 0.955 from 128 to 250 workers while
+ * throughput falls 5 %). Nor where the cores are loaded nearly as much as the GIL:
+ * there the GIL idles while the next holder waits for a core, and more threads do
+ * not fill it (simulator, workload 347: 0.54 ms Python + 0.58 native, 2 cores: the
+ * share flat at 0.88 from 270 to 660 workers, best 257; held 529, 0.966; with
+ * U_CORES 0.9 the same, 0.8 not). */
+static double gil_share(const gla_ctl *c, const gla_window *w)
+{
+    return w->gil_busy >= 0 && c->held_s > 0 && c->cores_s <= c->held_s * U_CORES && c->usable_cores >= 2
+               ? w->gil_busy : -1;
+}
+
+/* 0. A step up that made throughput collapse (thousands of threads starving the
+ * interpreter finish a trickle, not nothing): back, and no growth past there. Looked at
+ * in the window after each step up (note_step). 1 when it decided. */
+static int step_up_collapsed(gla_ctl *c, const gla_window *w, double rate, gla_decision *d)
+{
+    if (!(c->ramp_rate > 0))
+        return 0;
+    double before = c->ramp_rate;
+    int from = c->ramp_size;
+    c->ramp_rate = 0;
+    /* Not a phase change: the tasks hold the GIL about as long as they did (in a
+     * collapse their wall time explodes, and their CPU too: waiters burn it waking
+     * up, but not the time they hold the GIL). */
+    double held = w->task_gil_held_s > 0 ? w->task_gil_held_s : w->task_cpu_s;
+    int same_work = w->completed < 1 ||
+                    (held > 0 && c->ramp_held > 0 && held < c->ramp_held * 2 &&
+                     held * 2 > c->ramp_held);
+    /* Or the step only lengthened each task's wait outside the GIL and the cores:
+     * throughput no higher while that wait grew with the pool. */
+    double h2, n2, io2;
+    double grew = from > 0 ? (double)w->workers / from : 1;
+    double longer = 1 + CONTENDED * (grew - 1);
+    int contended = c->ramp_io > 0 && w->completed >= MIN_TASKS && grew >= 1.5 &&
+                    demands(w, &h2, &n2, &io2) &&
+                    io2 >= c->ramp_io * (longer > 1.8 ? longer : 1.8) && rate < before * GAIN;
+    int fell = same_work && w->workers > from && w->queue_length > 0 &&
+               (collapsed(before, c->ramp_done, rate, w->completed) || contended);
+    if (fell && w->completed >= 1 && c->ramp_strikes == 0) {
+        /* One window can be the machine's (a slow spell of the CPU, a burst of thread
+         * starts): look again before a limit that lasts. */
+        c->ramp_strikes = 1;
+        c->ramp_rate = before;
+        d->action = GLA_HOLD;
+        snprintf(d->reason, sizeof d->reason,
+                 contended ? "no gain from %.0f to %.0f tasks/s at %d workers, each task "
+                             "waiting longer: checking again"
+                           : "throughput fell from %.0f to %.0f tasks/s at %d workers: "
+                             "checking again",
+                 before, rate, w->workers);
+        return 1;
     }
-    if (collapse_lifted(c, w, rate)) {
-        snprintf(d.reason, sizeof d.reason,
-                 "%.0f tasks/s at %d workers, no more than at the larger size (%.0f): no collapse, "
-                 "growth allowed again", rate, w->workers, c->collapse_rate);
-        d.target = c->target;
-        return d;
+    c->ramp_strikes = 0;
+    if (!fell)
+        return 0;
+    int was = w->workers;
+    if (from > was / 2)
+        from = clamp(c, was / 2); /* the edge is not sharp: keep clear of it */
+    set_base(c, from);
+    c->little_goal = 0;
+    limit_collapse(c, from, rate, w->completed);
+    c->collapse_contended = contended;
+    d->action = GLA_VETO;
+    snprintf(d->reason, sizeof d->reason,
+             contended ? "no gain from %.0f to %.0f tasks/s at %d workers while each "
+                         "task's wait grew: contention, back to %d"
+                       : "throughput fell from %.0f to %.0f tasks/s at %d workers: "
+                         "back to %d",
+             before, rate, was, from);
+    return 1;
+}
+
+/* Folds one window's demand-based size into its moving average and into the spread of
+ * one window's size about it, and follows its moves away from the size last sized to.
+ * 1 when the demands changed (a phase change), or on the first size. */
+static int demands_changed(gla_ctl *c, double little)
+{
+    double prev = c->little_ref;
+    /* How far one window's size strays from the average: the spread of the demands
+     * over a window's tasks (log scale; winsorized at the limit, so a phase change's
+     * own step does not blind the detector to the next one). Kept across phases. */
+    double lim = log(PHASE_CHANGE);
+    if (c->little_var_n >= 4 && PHASE_SD * sqrt(c->little_var) > lim)
+        lim = PHASE_SD * sqrt(c->little_var);
+    if (c->little_smooth > 0) {
+        double dev = log(little / c->little_smooth);
+        dev = dev > lim ? lim : dev < -lim ? -lim : dev;
+        /* the mean of the first 20 windows, then a moving one over ~20 (a moving
+         * one over ~5 let the limit dip: one false re-size in test_noisy_demands) */
+        c->little_var_n++;
+        c->little_var += (dev * dev - c->little_var) / (c->little_var_n < 20 ? c->little_var_n : 20);
     }
-    /* 1. Little's law: size at once on start and on a phase change (one finished task
-     * is enough to know the demands roughly; the estimate sharpens as more finish). */
+    c->little_size = little;
+    c->little_smooth = c->little_smooth > 0 ? 0.7 * c->little_smooth + 0.3 * little : little;
+    /* A phase change must hold for PHASE_WINDOWS windows in one direction: the window
+     * after a resize (threads starting, a burst of GIL hand-offs) moves the demands
+     * for a moment, and re-sizing on it alone oscillates between two sizes. It must
+     * also be more than the demands' noise: with exponential demands a window's size
+     * strays by a third now and then, twice in a row once in a few hundred windows,
+     * and each such re-size loses what the probes had found (simulator, workload 245:
+     * 51 -> 31 workers at 13 s). */
+    double moved = prev > 0 ? log(little / prev) : 0;
+    int dir = moved > lim ? 1 : moved < -lim ? -1 : 0;
+    if (dir == 0 || (c->little_moved != 0 && (c->little_moved > 0) != (dir > 0)))
+        c->little_moved = dir;
+    else
+        c->little_moved += dir;
+    int changed = prev <= 0 || c->little_moved >= PHASE_WINDOWS ||
+                  c->little_moved <= -PHASE_WINDOWS;
+    /* While no change is under way the reference is the average, not the one window
+     * that was sized on (during a ramp, one window of 16 workers read 40 where the
+     * demands' mean is 30: two windows at 27 re-sized the pool 16 s later, workload
+     * 568) */
+    if (!changed && dir == 0)
+        c->little_ref = c->little_smooth;
+    return changed;
+}
+
+/* New demands: what was learned at the old ones goes, and the goal is the new
+ * demand-based size `little`, no further than a collapse's limit. */
+static void new_demands(gla_ctl *c, double little)
+{
+    c->little_ref = little;
+    c->little_smooth = little;
+    c->model_cap = 0;
+    c->idle_floor = 0;
+    c->rate_var_n = 0;
+    c->little_moved = 0;
+    c->little_goal = clamp(c, ceil(model_cap_size(c, little)));
+    /* Contention is the workload's: its limit goes with it. */
+    if (c->collapse_contended) {
+        c->collapse_veto = c->collapse_check = c->collapse_contended = 0;
+        c->veto_above = c->veto_windows = 0;
+    }
+    /* A collapse's limit is the interpreter's on this machine, not the workload's:
+     * it outlives phase changes. */
+    if (c->collapse_veto && c->veto_above && c->little_goal > c->veto_above)
+        c->little_goal = c->veto_above;
+}
+
+/* 1. Little's law: size at once on start and on a phase change (one finished task
+ * is enough to know the demands roughly; the estimate sharpens as more finish). 1 when
+ * it decided. */
+static int size_from_demands(gla_ctl *c, const gla_window *w, double rate, gla_decision *d)
+{
     double little = gla_ctl_little_size(w, c->usable_cores);
-    if (little > 0) {
-        double prev = c->little_ref;
-        /* How far one window's size strays from the average: the spread of the demands
-         * over a window's tasks (log scale; winsorized at the limit, so a phase change's
-         * own step does not blind the detector to the next one). Kept across phases. */
-        double lim = log(PHASE_CHANGE);
-        if (c->little_var_n >= 4 && PHASE_SD * sqrt(c->little_var) > lim)
-            lim = PHASE_SD * sqrt(c->little_var);
-        if (c->little_smooth > 0) {
-            double dev = log(little / c->little_smooth);
-            dev = dev > lim ? lim : dev < -lim ? -lim : dev;
-            /* the mean of the first 20 windows, then a moving one over ~20 (a moving
-             * one over ~5 let the limit dip: one false re-size in test_noisy_demands) */
-            c->little_var_n++;
-            c->little_var += (dev * dev - c->little_var) / (c->little_var_n < 20 ? c->little_var_n : 20);
-        }
-        c->little_size = little;
-        c->little_smooth = c->little_smooth > 0 ? 0.7 * c->little_smooth + 0.3 * little : little;
-        /* A phase change must hold for PHASE_WINDOWS windows in one direction: the window
-         * after a resize (threads starting, a burst of GIL hand-offs) moves the demands
-         * for a moment, and re-sizing on it alone oscillates between two sizes. It must
-         * also be more than the demands' noise: with exponential demands a window's size
-         * strays by a third now and then, twice in a row once in a few hundred windows,
-         * and each such re-size loses what the probes had found (simulator, workload 245:
-         * 51 -> 31 workers at 13 s). */
-        double moved = prev > 0 ? log(little / prev) : 0;
-        int dir = moved > lim ? 1 : moved < -lim ? -1 : 0;
-        if (dir == 0 || (c->little_moved != 0 && (c->little_moved > 0) != (dir > 0)))
-            c->little_moved = dir;
-        else
-            c->little_moved += dir;
-        int changed = prev <= 0 || c->little_moved >= PHASE_WINDOWS ||
-                      c->little_moved <= -PHASE_WINDOWS;
-        /* While no change is under way the reference is the average, not the one window
-         * that was sized on (during a ramp, one window of 16 workers read 40 where the
-         * demands' mean is 30: two windows at 27 re-sized the pool 16 s later, workload
-         * 568) */
-        if (!changed && dir == 0)
-            c->little_ref = c->little_smooth;
-        if (changed) {
-            c->little_ref = little;
-            c->little_smooth = little;
-            c->model_cap = 0;
-            c->idle_floor = 0;
-            c->rate_var_n = 0;
-            c->little_moved = 0;
-            c->little_goal = clamp(c, ceil(model_cap_size(c, little)));
-            /* Contention is the workload's: its limit goes with it. */
-            if (c->collapse_contended) {
-                c->collapse_veto = c->collapse_check = c->collapse_contended = 0;
-                c->veto_above = c->veto_windows = 0;
-            }
-            /* A collapse's limit is the interpreter's on this machine, not the workload's:
-             * it outlives phase changes. */
-            if (c->collapse_veto && c->veto_above && c->little_goal > c->veto_above)
-                c->little_goal = c->veto_above;
-            int n = c->little_goal;
-            /* Ramp: a window at each size on the way shows whether the interpreter
-             * still completes tasks there (thousands of threads on one core may not). */
-            if (n > c->target * ramp(c))
-                n = clamp(c, c->target * ramp(c));
-            if (n >= c->little_goal)
-                c->little_goal = 0; /* reached: no ramp pending */
-            if (n != c->target) {
-                int grew = n > c->target;
-                note_step(c, w, rate, n);
-                set_base(c, n);
-                if (!c->collapse_veto)
-                    c->veto_above = 0;
-                say(&d, grew ? GLA_CTL_GROW : GLA_CTL_SHRINK,
-                    prev <= 0 ? "sized from task demands (Little's law): %.1f workers (was %.0f)"
-                              : "task demands changed: re-sized to %.1f workers (was %.0f)",
-                    little, prev > 0 ? prev : 0.0);
-                d.target = c->target;
-                return d;
-            }
-        }
-    }
-    if (w->completed >= MIN_TASKS && w->workers > c->good_size)
-        c->good_size = w->workers;
-    /* The demand-based size, averaged, rose past the size in force: follow it (no probe
-     * needed; a probe's window could not see the few per cent it is worth). */
+    if (!(little > 0))
+        return 0;
+    double prev = c->little_ref;
+    if (!demands_changed(c, little))
+        return 0;
+    new_demands(c, little);
+    int n = c->little_goal;
+    /* Ramp: a window at each size on the way shows whether the interpreter
+     * still completes tasks there (thousands of threads on one core may not). */
+    if (n > c->target * ramp(c))
+        n = clamp(c, c->target * ramp(c));
+    if (n >= c->little_goal)
+        c->little_goal = 0; /* reached: no ramp pending */
+    if (n == c->target)
+        return 0;
+    int grew = n > c->target;
+    note_step(c, w, rate, n);
+    set_base(c, n);
+    if (!c->collapse_veto)
+        c->veto_above = 0;
+    say(d, grew ? GLA_GROW : GLA_SHRINK,
+        prev <= 0 ? "sized from task demands (Little's law): %.1f workers (was %.0f)"
+                  : "task demands changed: re-sized to %.1f workers (was %.0f)",
+        little, prev > 0 ? prev : 0.0);
+    return 1;
+}
+
+/* The demand-based size, averaged, rose past the size in force: follow it (no probe
+ * needed; a probe's window could not see the few per cent it is worth). 1 when it grew. */
+static int follow_demands(gla_ctl *c, const gla_window *w, double rate, gla_decision *d)
+{
     int model = clamp(c, ceil(model_cap_size(c, c->little_smooth * FLOOR)));
     if (c->little_goal == 0 && c->target == c->base && w->completed >= MIN_TASKS &&
         model > c->target * 1.1 &&
@@ -474,294 +497,391 @@ static gla_ctl_decision step(gla_ctl *c, const gla_ctl_window *w)
         int from = c->target;
         note_step(c, w, rate, model);
         set_base(c, model);
-        say(&d, GLA_CTL_GROW, "demand-based size %.0f above the %.0f workers in force: grown",
+        say(d, GLA_GROW, "demand-based size %.0f above the %.0f workers in force: grown",
             (double)model, (double)from);
-        d.target = c->target;
-        return d;
+        return 1;
     }
-    /* Each step of the ramp waits for a window that shows tasks finishing there; a full
-     * window's worth (MIN_TASKS) only where a collapse could be near (past RAMP_SLOW
-     * threads per core): below that one finished task will do (simulator workload 325,
-     * 0.2 s tasks: the first window at 4 workers finished 6, and the ramp waited there
-     * until 1.41 s) */
+    return 0;
+}
+
+/* The next step of a ramp toward the demand-based size (little_goal). Each step waits
+ * for a window that shows tasks finishing there; a full window's worth (MIN_TASKS)
+ * only where a collapse could be near (past RAMP_SLOW threads per core): below that one
+ * finished task will do (simulator workload 325, 0.2 s tasks: the first window at 4
+ * workers finished 6, and the ramp waited there until 1.41 s). 1 when it stepped. */
+static int ramp_to_goal(gla_ctl *c, const gla_window *w, double rate, gla_decision *d)
+{
     int shown = w->completed >= MIN_TASKS ||
                 (w->completed >= 1 && c->target * ramp(c) <= RAMP_SLOW * cores_for_limits(c));
-    if (c->target < c->little_goal && shown && !(c->veto_above && c->target >= c->veto_above)) {
-        int n = c->little_goal < c->target * ramp(c) ? c->little_goal : clamp(c, c->target * ramp(c));
-        if (c->veto_above && n > c->veto_above)
-            n = c->veto_above;
-        if (n > c->target) {
-            note_step(c, w, rate, n);
-            set_base(c, n);
-            say(&d, GLA_CTL_GROW, "ramping toward the demand-based size %.0f: %.0f workers",
-                (double)c->little_goal, (double)n);
-            if (n >= c->little_goal)
-                c->little_goal = 0;
-            d.target = c->target;
-            return d;
-        }
-    }
-    if (w->completed >= 1)
-        c->stalls = 0;
-    if (w->completed < MIN_TASKS) {
-        /* Too little finished to compare throughputs. Nothing finished in two windows
-         * (each at least twice a task's wall time) while tasks wait, after windows that
-         * did finish tasks: too many threads for this interpreter (they starve each
-         * other; the state is sticky: more threads deepen it): back to half, and no
-         * growth past that. Before any task finished, the size may be far too small
-         * for long tasks: double it. (Blocked workers with idle cores are the pool's
-         * liveness rule's to grow.) */
-        int stalled = w->queue_length > 0 && w->completed < 1 && c->good_size > 0 &&
-                      w->workers > c->min_workers;
-        c->stalls = stalled ? c->stalls + 1 : 0;
-        c->stall_s = stalled ? c->stall_s + w->window_s : 0;
-        /* Starved by its own threads only when there are many (the cliff needs hundreds
-         * per core) and for a while: a submitter holding the GIL for a burst of submits,
-         * or threads starting, empty a window or two of short tasks at any size. */
-        double long_stall = 4 * c->wall_ewma > STALL_MIN_S ? 4 * c->wall_ewma : STALL_MIN_S;
-        if (stalled && c->stalls >= 2 && c->stall_s >= long_stall &&
-            w->workers >= STALL_THREADS * cores_for_limits(c)) {
-            c->stalls = 0;
-            c->stall_s = 0;
-            int from = w->workers;
-            /* the edge is not sharp (a size that completed tasks once may not again) */
-            int back = c->good_size < from / 2 ? c->good_size : clamp(c, from / 2);
-            c->good_size = back;
-            set_base(c, back);
-            c->little_goal = 0;
-            limit_collapse(c, back, rate, w->completed);
-            say(&d, GLA_CTL_VETO, "no task finished at %.0f workers: back to %.0f",
-                (double)from, (double)back);
-        } else if (c->good_size == 0 && w->queue_length > 0 && w->completed < 1 &&
-                   c->target < c->max_workers && w->busy >= c->target) {
-            int n = clamp(c, c->target * 2.0);
-            set_base(c, n);
-            say(&d, GLA_CTL_GROW, "tasks queued and none finished in %.2f s: doubling to %.0f",
-                w->window_s, (double)n);
-        } else {
-            snprintf(d.reason, sizeof d.reason, "%.0f tasks in the window: too few to judge", w->completed);
-        }
-        d.target = c->target;
-        return d;
-    }
-    int demand_limited = w->queue_length <= 0 && w->busy < w->workers;
+    if (!(c->target < c->little_goal && shown && !(c->veto_above && c->target >= c->veto_above)))
+        return 0;
+    int n = c->little_goal < c->target * ramp(c) ? c->little_goal : clamp(c, c->target * ramp(c));
+    if (c->veto_above && n > c->veto_above)
+        n = c->veto_above;
+    if (n <= c->target)
+        return 0;
+    note_step(c, w, rate, n);
+    set_base(c, n);
+    say(d, GLA_GROW, "ramping toward the demand-based size %.0f: %.0f workers",
+        (double)c->little_goal, (double)n);
+    if (n >= c->little_goal)
+        c->little_goal = 0;
+    return 1;
+}
 
-    /* 2. Refine on measured throughput (only while tasks wait: otherwise the rate is
-     * the demand's, not the pool's). */
-    if (demand_limited) {
+/* Too little finished to compare throughputs (fewer than MIN_TASKS). Nothing finished in
+ * two windows (each at least twice a task's wall time) while tasks wait, after windows
+ * that did finish tasks: too many threads for this interpreter (they starve each other;
+ * the state is sticky: more threads deepen it): back to half, and no growth past that.
+ * Before any task finished, the size may be far too small for long tasks: double it.
+ * (Blocked workers with idle cores are the pool's liveness rule's to grow.) */
+static void too_few(gla_ctl *c, const gla_window *w, double rate, gla_decision *d)
+{
+    int stalled = w->queue_length > 0 && w->completed < 1 && c->good_size > 0 &&
+                  w->workers > c->min_workers;
+    c->stalls = stalled ? c->stalls + 1 : 0;
+    c->stall_s = stalled ? c->stall_s + w->window_s : 0;
+    /* Starved by its own threads only when there are many (the cliff needs hundreds
+     * per core) and for a while: a submitter holding the GIL for a burst of submits,
+     * or threads starting, empty a window or two of short tasks at any size. */
+    double long_stall = 4 * c->wall_ewma > STALL_MIN_S ? 4 * c->wall_ewma : STALL_MIN_S;
+    if (stalled && c->stalls >= 2 && c->stall_s >= long_stall &&
+        w->workers >= STALL_THREADS * cores_for_limits(c)) {
+        c->stalls = 0;
+        c->stall_s = 0;
+        int from = w->workers;
+        /* the edge is not sharp (a size that completed tasks once may not again) */
+        int back = c->good_size < from / 2 ? c->good_size : clamp(c, from / 2);
+        c->good_size = back;
+        set_base(c, back);
+        c->little_goal = 0;
+        limit_collapse(c, back, rate, w->completed);
+        say(d, GLA_VETO, "no task finished at %.0f workers: back to %.0f",
+            (double)from, (double)back);
+    } else if (c->good_size == 0 && w->queue_length > 0 && w->completed < 1 &&
+               c->target < c->max_workers && w->busy >= c->target) {
+        int n = clamp(c, c->target * 2.0);
+        set_base(c, n);
+        say(d, GLA_GROW, "tasks queued and none finished in %.2f s: doubling to %.0f",
+            w->window_s, (double)n);
+    } else {
+        snprintf(d->reason, sizeof d->reason, "%.0f tasks in the window: too few to judge", w->completed);
+    }
+}
+
+/* The base's figures from this window: its throughput and, GIL-bound, its GIL-busy share
+ * (the mean of one window so far). */
+static void measure_base(gla_ctl *c, const gla_window *w, double rate, double u)
+{
+    c->base_rate = rate;
+    c->base_done = w->completed;
+    c->base_u = u > 0 ? u : 0;
+    c->base_u_n = u > 0;
+    c->base_u_var = 0;
+}
+
+/* Probing is over for now: the size holds, and the next probe waits twice as long as
+ * this one did (up to STEADY_MAX windows). */
+static void back_off(gla_ctl *c)
+{
+    c->phase = GLA_CTL_STEADY;
+    c->steady_windows = c->steady_backoff;
+    if (c->steady_backoff < STEADY_MAX)
+        c->steady_backoff *= 2;
+}
+
+/* SETTLE: the first judged window at a new base measures it. 1 when it takes one more
+ * window (GIL-bound: the base is the mean of two). */
+static int settle(gla_ctl *c, const gla_window *w, double rate, double u, gla_decision *d)
+{
+    if (u > 0 && c->base_u_n == 1) {
+        /* GIL-bound: the base is the mean of two windows (below saturation one
+         * window's GIL-busy share spreads a few per cent: it can read saturated) */
+        double tasks = c->base_done + w->completed;
+        c->base_rate = tasks > 0 ? (c->base_rate * c->base_done + rate * w->completed) / tasks : rate;
+        c->base_done = tasks;
+        c->base_u_var = (c->base_u - u) * (c->base_u - u) / 2;
+        c->base_u = (c->base_u + u) / 2;
+        c->base_u_n = 2;
+        return 0;
+    }
+    measure_base(c, w, rate, u);
+    if (!(u > 0))
+        return 0;
+    snprintf(d->reason, sizeof d->reason, "%d workers: the GIL busy %.1f %% of the time: one more window",
+             c->target, u * 100);
+    return 1;
+}
+
+/* PROBE_UP, the window after a step up from the base: kept if throughput rose by more
+ * than the noise, or if it lost nothing while the bottleneck was idle at the base: the
+ * demand-based size assumes the GIL hands over at once, in order; CPython's waiters wait
+ * for a timeout or a signal that can go to a later one, and throughput rises slowly
+ * toward the GIL's limit past that size (sim.h; one task of 13.4 ms Python on 2 cores:
+ * 69 tasks/s at 26 workers, 95 % of the GIL's 72.8). Kept: the step is the new base (0).
+ * Else 1: one more window, or back to the base (a VETO). */
+static int judge_up(gla_ctl *c, const gla_window *w, double rate, double u, gla_decision *d)
+{
+    int by_u = u > 0 && c->base_u > 0;
+    double u_step = c->u_again && by_u ? (c->u_first + u) / 2 : u;
+    double fill = c->base_rate * c->bneck_s;
+    int idle = !by_u && fill > 0 && fill < IDLE_FILL && c->held_s >= IDLE_TASK_S && c->little_smooth > 0 &&
+               c->target <= IDLE_CAP * c->little_smooth && rate >= c->base_rate * KEEP;
+    /* GIL-bound (2+ cores) with the GIL idle part of the time at the base (its
+     * busy share under U_SAT): kept unless the workers hold it less of the time
+     * (the count of tasks cannot show the few per cent a step is worth) or the
+     * count fell by more than its noise (a holder that shares its core holds
+     * the GIL longer for the same work) */
+    double spread = noise(c, c->base_done, w->completed, GAIN - 1);
+    int may_fill = by_u && c->base_u < U_SAT && c->little_smooth > 0 &&
+                   c->target <= IDLE_CAP * c->little_smooth && rate >= c->base_rate * (1 - spread);
+    /* judged on two windows, a fall inside the windows' own spread is no fall
+     * (convoys: workload 776, 13.8 ms Python on 3 cores, base 0.960 / 0.918,
+     * the step 0.870 / 0.987) */
+    double step_var = c->u_again ? (c->u_first - u) * (c->u_first - u) / 2 : 0;
+    int in_noise = c->u_again && c->base_u_var > 0 && c->base_u_n >= 2 &&
+                   c->base_u - u_step <= 2 * sqrt(c->base_u_var / c->base_u_n + step_var / 2);
+    int filled = may_fill && (u_step >= c->base_u * (1 - U_KEEP) || in_noise);
+    int gained = rate > c->base_rate * (1 + spread);
+    if (may_fill && !filled && !gained && !c->u_again) {
+        /* below saturation one window's share spreads a few per cent (convoys
+         * of waiters come and go): judged on the mean of two */
+        c->u_again = 1;
+        c->u_first = u;
+        snprintf(d->reason, sizeof d->reason, "%d workers: the GIL busy %.1f %% of the time (was %.1f %%): one more window",
+                 c->target, u * 100, c->base_u * 100);
+        return 1;
+    }
+    c->u_again = 0;
+    if (gained || idle || filled) {
+        if (idle || filled)
+            c->idle_floor = c->target;
+        c->base = c->target;
+        measure_base(c, w, rate, u);
+        c->steady_backoff = STEADY_FIRST;
+        return 0;
+    }
+    if (collapsed(c->base_rate, c->base_done, rate, w->completed)) {
+        /* the step up collapsed the interpreter: a lasting limit */
+        limit_collapse(c, c->base, rate, w->completed);
+    } else if (by_u && c->base_u < U_SAT) {
+        /* the GIL idles at the base: one window of the step said no, the
+         * next probe may say otherwise (no veto) */
+    } else if (!c->collapse_veto) { /* a collapse's limit stays */
+        c->veto_above = c->base;
+        c->veto_windows = VETO_WINDOWS;
+    }
+    c->target = c->base;
+    c->phase = GLA_CTL_PROBE_DOWN;
+    say(d, GLA_VETO, "growth to more workers raised throughput only %.1f %% (beta %.2f): kept the size",
+        c->base_rate > 0 ? (rate / c->base_rate - 1) * 100 : 0, w->beta);
+    return 1;
+}
+
+/* PROBE_UP: a step up (x1.25) from the base, unless growth past there was refused
+ * lately. 1 when it decided; 0 when there is no step to take: on to probing down. */
+static int propose_up(gla_ctl *c, double u, gla_decision *d)
+{
+    int up = clamp(c, ceil(c->base * 1.25));
+    /* GIL-bound and the GIL idle at this size over several windows: growth is worth
+     * another look, whatever one window said before (not past a collapse) */
+    int gil_idle = u > 0 && c->base_u_n >= 3 && c->base_u < U_SAT && !c->collapse_veto;
+    if (up == c->base) {
+        c->phase = GLA_CTL_PROBE_DOWN;
+        return 0;
+    }
+    if (c->veto_above && up > c->veto_above && !gil_idle) {
+        c->phase = GLA_CTL_PROBE_DOWN;
+        say(d, GLA_VETO, "growth past %.0f workers refused %.0f windows ago",
+            (double)c->veto_above, (double)(VETO_WINDOWS - c->veto_windows));
+        return 1;
+    }
+    c->target = up;
+    say(d, GLA_GROW, "probing %.0f workers (throughput %.1f tasks/s)", (double)up, c->base_rate);
+    return 1;
+}
+
+/* PROBE_DOWN, the window after a step down from the base (`soft`: the size below which
+ * a step down must show a gain): kept when the throughput held, or, GIL-bound, the
+ * workers kept the GIL as busy; the step is the new base (0). Else back to the base, and
+ * the probes back off: 1. */
+static int judge_down(gla_ctl *c, const gla_window *w, double rate, double u, int soft,
+                      gla_decision *d)
+{
+    int below = c->target < soft;
+    double need = below ? 1 + noise(c, c->base_done, w->completed, GAIN - 1) : KEEP;
+    /* GIL-bound: fewer workers that keep the GIL as busy lose nothing; that leave
+     * it idle more lose what the count may not show */
+    int kept = !below && u > 0 && c->base_u > 0 ? u >= c->base_u * (1 - U_GAIN)
+                                                 : rate >= c->base_rate * need;
+    if (kept) {
+        if (below)
+            c->model_cap = c->little_smooth;
+        c->base = c->target;
+        if (rate > c->base_rate) {
+            c->base_rate = rate;
+            c->base_done = w->completed;
+        }
+        if (u > c->base_u)
+            c->base_u = u;
+        return 0;
+    }
+    c->target = c->base;
+    back_off(c);
+    say(d, GLA_GROW, below ? "fewer workers did not raise throughput (%.1f %%): back to %.0f"
+                           : "fewer workers lost throughput (%.1f %%): back to %.0f",
+        c->base_rate > 0 ? (1 - rate / c->base_rate) * 100 : 0, (double)c->base);
+    return 1;
+}
+
+/* PROBE_DOWN: judges a step down, then takes the next (x0.8). Down to the demand-based
+ * size freely (fewer threads for the same throughput); below it only on evidence (the
+ * model says the bottleneck would idle, but cores shared with native code can make the
+ * surplus threads cost more than they give), and never below LOW of it. 1 when it
+ * decided; 0 when there is no step to take: the size holds. */
+static int probe_down(gla_ctl *c, const gla_window *w, double rate, double u, gla_decision *d)
+{
+    int soft = clamp(c, ceil(c->little_smooth * FLOOR));
+    int hard = clamp(c, ceil(c->little_smooth * LOW));
+    if (c->model_cap > 0 && soft > c->base)
+        soft = c->base; /* an earlier step below the model paid */
+    if (c->idle_floor > hard)
+        soft = hard = c->idle_floor; /* grown into an idle bottleneck: not back */
+    if (c->target != c->base && judge_down(c, w, rate, u, soft, d))
+        return 1;
+    int down = clamp(c, floor(c->base * 0.8));
+    if (c->base > soft && down < soft)
+        down = soft;
+    if (down < hard)
+        down = hard;
+    if (down >= c->base) {
+        back_off(c);
+        return 0;
+    }
+    c->target = down;
+    say(d, GLA_SHRINK, "probing %.0f workers (throughput %.1f tasks/s)", (double)down, c->base_rate);
+    return 1;
+}
+
+/* STEADY: the size holds. Its throughput and GIL-busy share are averaged (the base the
+ * next probe is judged against; the windows' spread is the noise) until the next probe. */
+static void steady(gla_ctl *c, const gla_window *w, double rate, double u)
+{
+    if (c->base_rate > 0) {
+        double dev = rate / c->base_rate - 1;
+        c->rate_var = c->rate_var_n > 0 ? 0.8 * c->rate_var + 0.2 * dev * dev : dev * dev;
+        c->rate_var_n++;
+    }
+    c->base_rate = c->base_rate > 0 ? 0.8 * c->base_rate + 0.2 * rate : rate;
+    if (u > 0) { /* the mean of the windows at this size (the last 16) */
+        if (c->base_u_n < 16)
+            c->base_u_n++;
+        c->base_u += (u - c->base_u) / c->base_u_n;
+        c->base_u_var += ((u - c->base_u) * (u - c->base_u) - c->base_u_var) / c->base_u_n;
+    }
+    c->base_done = 0.8 * c->base_done + w->completed; /* ~ the tasks the average spans */
+    if (--c->steady_windows <= 0)
+        c->phase = GLA_CTL_PROBE_UP;
+}
+
+/* 2. Refine on measured throughput (only while tasks wait: otherwise the rate is the
+ * demand's, not the pool's): the phases in turn, SETTLE, PROBE_UP, PROBE_DOWN, STEADY.
+ * 1 when it decided; 0: the size holds. */
+static int refine(gla_ctl *c, const gla_window *w, double rate, double u, gla_decision *d)
+{
+    if (w->queue_length <= 0 && w->busy < w->workers) {
         c->phase = GLA_CTL_STEADY;
         c->steady_windows = c->steady_backoff;
         c->base_rate = 0;
         if (c->target != c->base)
             c->target = c->base;
-        snprintf(d.reason, sizeof d.reason, "demand below capacity (%d of %d workers busy, queue empty)",
+        snprintf(d->reason, sizeof d->reason, "demand below capacity (%d of %d workers busy, queue empty)",
                  w->busy, w->workers);
-        d.target = c->target;
-        return d;
+        return 1;
     }
     if (c->fresh) {
-        /* The first window at a new size is not judged: threads retiring finish their
-         * tasks in it (a shrink looks faster than it is), new ones have not finished
-         * their first (a growth looks slower). */
-        snprintf(d.reason, sizeof d.reason, "first window at %d workers: not judged", c->target);
-        d.target = c->target;
-        return d;
+        /* 3. Damp: the first window at a new size is not judged: threads retiring finish
+         * their tasks in it (a shrink looks faster than it is), new ones have not
+         * finished their first (a growth looks slower). */
+        snprintf(d->reason, sizeof d->reason, "first window at %d workers: not judged", c->target);
+        return 1;
     }
     switch (c->phase) {
     case GLA_CTL_SETTLE:
-        if (u > 0 && c->base_u_n == 1) {
-            /* GIL-bound: the base is the mean of two windows (below saturation one
-             * window's GIL-busy share spreads a few per cent: it can read saturated) */
-            double tasks = c->base_done + w->completed;
-            c->base_rate = tasks > 0 ? (c->base_rate * c->base_done + rate * w->completed) / tasks : rate;
-            c->base_done = tasks;
-            c->base_u_var = (c->base_u - u) * (c->base_u - u) / 2;
-            c->base_u = (c->base_u + u) / 2;
-            c->base_u_n = 2;
-        } else {
-            c->base_rate = rate;
-            c->base_done = w->completed;
-            c->base_u = u > 0 ? u : 0;
-            c->base_u_n = u > 0;
-            c->base_u_var = 0;
-            if (u > 0) {
-                snprintf(d.reason, sizeof d.reason, "%d workers: the GIL busy %.1f %% of the time: one more window",
-                         c->target, u * 100);
-                d.target = c->target;
-                return d;
-            }
-        }
+        if (settle(c, w, rate, u, d))
+            return 1;
         c->phase = GLA_CTL_PROBE_UP;
         __attribute__((fallthrough)); /* probe at once */
-    case GLA_CTL_PROBE_UP: {
-        if (c->target != c->base) {
-            /* judge the step up: kept if throughput rose by more than the noise, or if it
-             * lost nothing while the bottleneck was idle at the base: the demand-based
-             * size assumes the GIL hands over at once, in order; CPython's waiters wait
-             * for a timeout or a signal that can go to a later one, and throughput rises
-             * slowly toward the GIL's limit past that size (sim.h; one task of 13.4 ms
-             * Python on 2 cores: 69 tasks/s at 26 workers, 95 % of the GIL's 72.8). */
-            int by_u = u > 0 && c->base_u > 0;
-            double u_step = c->u_again && by_u ? (c->u_first + u) / 2 : u;
-            double fill = c->base_rate * c->bneck_s;
-            int idle = !by_u && fill > 0 && fill < IDLE_FILL && c->held_s >= IDLE_TASK_S && c->little_smooth > 0 &&
-                       c->target <= IDLE_CAP * c->little_smooth && rate >= c->base_rate * KEEP;
-            /* GIL-bound (2+ cores) with the GIL idle part of the time at the base (its
-             * busy share under U_SAT): kept unless the workers hold it less of the time
-             * (the count of tasks cannot show the few per cent a step is worth) or the
-             * count fell by more than its noise (a holder that shares its core holds
-             * the GIL longer for the same work) */
-            double spread = noise(c, c->base_done, w->completed, GAIN - 1);
-            int may_fill = by_u && c->base_u < U_SAT && c->little_smooth > 0 &&
-                           c->target <= IDLE_CAP * c->little_smooth && rate >= c->base_rate * (1 - spread);
-            /* judged on two windows, a fall inside the windows' own spread is no fall
-             * (convoys: workload 776, 13.8 ms Python on 3 cores, base 0.960 / 0.918,
-             * the step 0.870 / 0.987) */
-            double step_var = c->u_again ? (c->u_first - u) * (c->u_first - u) / 2 : 0;
-            int in_noise = c->u_again && c->base_u_var > 0 && c->base_u_n >= 2 &&
-                           c->base_u - u_step <= 2 * sqrt(c->base_u_var / c->base_u_n + step_var / 2);
-            int filled = may_fill && (u_step >= c->base_u * (1 - U_KEEP) || in_noise);
-            int gained = rate > c->base_rate * (1 + spread);
-            if (may_fill && !filled && !gained && !c->u_again) {
-                /* below saturation one window's share spreads a few per cent (convoys
-                 * of waiters come and go): judged on the mean of two */
-                c->u_again = 1;
-                c->u_first = u;
-                snprintf(d.reason, sizeof d.reason, "%d workers: the GIL busy %.1f %% of the time (was %.1f %%): one more window",
-                         c->target, u * 100, c->base_u * 100);
-                d.target = c->target;
-                return d;
-            }
-            c->u_again = 0;
-            if (gained || idle || filled) {
-                if (idle || filled)
-                    c->idle_floor = c->target;
-                c->base = c->target;
-                c->base_rate = rate;
-                c->base_done = w->completed;
-                c->base_u = u > 0 ? u : 0;
-                c->base_u_n = u > 0;
-                c->base_u_var = 0;
-                c->steady_backoff = STEADY_FIRST;
-            } else {
-                if (collapsed(c->base_rate, c->base_done, rate, w->completed)) {
-                    /* the step up collapsed the interpreter: a lasting limit */
-                    limit_collapse(c, c->base, rate, w->completed);
-                } else if (by_u && c->base_u < U_SAT) {
-                    /* the GIL idles at the base: one window of the step said no, the
-                     * next probe may say otherwise (no veto) */
-                } else if (!c->collapse_veto) { /* a collapse's limit stays */
-                    c->veto_above = c->base;
-                    c->veto_windows = VETO_WINDOWS;
-                }
-                c->target = c->base;
-                c->phase = GLA_CTL_PROBE_DOWN;
-                say(&d, GLA_CTL_VETO, "growth to more workers raised throughput only %.1f %% (beta %.2f): kept the size",
-                    c->base_rate > 0 ? (rate / c->base_rate - 1) * 100 : 0, w->beta);
-                d.target = c->target;
-                return d;
-            }
-        }
-        int up = clamp(c, ceil(c->base * 1.25));
-        /* GIL-bound and the GIL idle at this size over several windows: growth is worth
-         * another look, whatever one window said before (not past a collapse) */
-        int gil_idle = u > 0 && c->base_u_n >= 3 && c->base_u < U_SAT && !c->collapse_veto;
-        if (up == c->base) {
-            c->phase = GLA_CTL_PROBE_DOWN;
-        } else if (c->veto_above && up > c->veto_above && !gil_idle) {
-            c->phase = GLA_CTL_PROBE_DOWN;
-            say(&d, GLA_CTL_VETO, "growth past %.0f workers refused %.0f windows ago",
-                (double)c->veto_above, (double)(VETO_WINDOWS - c->veto_windows));
-            d.target = c->target;
-            return d;
-        } else {
-            c->target = up;
-            say(&d, GLA_CTL_GROW, "probing %.0f workers (throughput %.1f tasks/s)", (double)up, c->base_rate);
-            d.target = c->target;
-            return d;
-        }
+    case GLA_CTL_PROBE_UP:
+        if (c->target != c->base && judge_up(c, w, rate, u, d))
+            return 1;
+        if (propose_up(c, u, d))
+            return 1;
         __attribute__((fallthrough));
-    }
-    case GLA_CTL_PROBE_DOWN: {
-        /* Down to the demand-based size freely (fewer threads for the same throughput);
-         * below it only on evidence (the model says the bottleneck would idle, but cores
-         * shared with native code can make the surplus threads cost more than they give),
-         * and never below LOW of it. */
-        int soft = clamp(c, ceil(c->little_smooth * FLOOR));
-        int hard = clamp(c, ceil(c->little_smooth * LOW));
-        if (c->model_cap > 0 && soft > c->base)
-            soft = c->base; /* an earlier step below the model paid */
-        if (c->idle_floor > hard)
-            soft = hard = c->idle_floor; /* grown into an idle bottleneck: not back */
-        if (c->target != c->base) {
-            int below = c->target < soft;
-            double need = below ? 1 + noise(c, c->base_done, w->completed, GAIN - 1) : KEEP;
-            /* GIL-bound: fewer workers that keep the GIL as busy lose nothing; that leave
-             * it idle more lose what the count may not show */
-            int kept = !below && u > 0 && c->base_u > 0 ? u >= c->base_u * (1 - U_GAIN)
-                                                         : rate >= c->base_rate * need;
-            if (kept) {
-                if (below)
-                    c->model_cap = c->little_smooth;
-                c->base = c->target;
-                if (rate > c->base_rate) {
-                    c->base_rate = rate;
-                    c->base_done = w->completed;
-                }
-                if (u > c->base_u)
-                    c->base_u = u;
-            } else {
-                c->target = c->base;
-                c->phase = GLA_CTL_STEADY;
-                c->steady_windows = c->steady_backoff;
-                if (c->steady_backoff < STEADY_MAX)
-                    c->steady_backoff *= 2;
-                say(&d, GLA_CTL_GROW, below ? "fewer workers did not raise throughput (%.1f %%): back to %.0f"
-                                            : "fewer workers lost throughput (%.1f %%): back to %.0f",
-                    c->base_rate > 0 ? (1 - rate / c->base_rate) * 100 : 0, (double)c->base);
-                d.target = c->target;
-                return d;
-            }
-        }
-        int down = clamp(c, floor(c->base * 0.8));
-        if (c->base > soft && down < soft)
-            down = soft;
-        if (down < hard)
-            down = hard;
-        if (down >= c->base) {
-            c->phase = GLA_CTL_STEADY;
-            c->steady_windows = c->steady_backoff;
-            if (c->steady_backoff < STEADY_MAX)
-                c->steady_backoff *= 2;
-            break;
-        }
-        c->target = down;
-        say(&d, GLA_CTL_SHRINK, "probing %.0f workers (throughput %.1f tasks/s)", (double)down, c->base_rate);
-        d.target = c->target;
-        return d;
-    }
+    case GLA_CTL_PROBE_DOWN:
+        return probe_down(c, w, rate, u, d);
     case GLA_CTL_STEADY:
-        if (c->base_rate > 0) {
-            double dev = rate / c->base_rate - 1;
-            c->rate_var = c->rate_var_n > 0 ? 0.8 * c->rate_var + 0.2 * dev * dev : dev * dev;
-            c->rate_var_n++;
-        }
-        c->base_rate = c->base_rate > 0 ? 0.8 * c->base_rate + 0.2 * rate : rate;
-        if (u > 0) { /* the mean of the windows at this size (the last 16) */
-            if (c->base_u_n < 16)
-                c->base_u_n++;
-            c->base_u += (u - c->base_u) / c->base_u_n;
-            c->base_u_var += ((u - c->base_u) * (u - c->base_u) - c->base_u_var) / c->base_u_n;
-        }
-        c->base_done = 0.8 * c->base_done + w->completed; /* ~ the tasks the average spans */
-        if (--c->steady_windows <= 0)
-            c->phase = GLA_CTL_PROBE_UP;
+        steady(c, w, rate, u);
         break;
     }
-    snprintf(d.reason, sizeof d.reason, "holding %d workers (%.1f tasks/s)", c->target, rate);
+    return 0;
+}
+
+/* One window's decision: its action and reason into *d (the target is c->target after
+ * it). The stages in the order of the method (controller.h); the first that decides
+ * ends the step. */
+static void decide(gla_ctl *c, const gla_window *w, gla_decision *d)
+{
+    double rate = observe(c, w);
+    double u = gil_share(c, w);
+    if (step_up_collapsed(c, w, rate, d))
+        return;
+    if (collapse_lifted(c, w, rate)) {
+        snprintf(d->reason, sizeof d->reason,
+                 "%.0f tasks/s at %d workers, no more than at the larger size (%.0f): no collapse, "
+                 "growth allowed again", rate, w->workers, c->collapse_rate);
+        return;
+    }
+    if (size_from_demands(c, w, rate, d))
+        return;
+    if (w->completed >= MIN_TASKS && w->workers > c->good_size)
+        c->good_size = w->workers;
+    if (follow_demands(c, w, rate, d) || ramp_to_goal(c, w, rate, d))
+        return;
+    if (w->completed >= 1)
+        c->stalls = 0;
+    if (w->completed < MIN_TASKS) {
+        too_few(c, w, rate, d);
+        return;
+    }
+    if (refine(c, w, rate, u, d))
+        return;
+    snprintf(d->reason, sizeof d->reason, "holding %d workers (%.1f tasks/s)", c->target, rate);
+}
+
+gla_decision gla_ctl_step(gla_ctl *c, const gla_window *w)
+{
+    int before = c->target;
+    gla_decision d;
+    memset(&d, 0, sizeof d);
+    d.action = GLA_HOLD;
+    decide(c, w, &d);
     d.target = c->target;
+    c->fresh = d.target != before;
     return d;
 }
+
+double gla_ctl_policy(void *ctl, const gla_window *w, gla_decision *d)
+{
+    gla_ctl *c = ctl;
+    *d = gla_ctl_step(c, w);
+    return gla_ctl_window_s(c);
+}
+
+/* gla_ctl_policy is what a pool calls: it must stay a gla_policy_fn. */
+_Static_assert(_Generic(&gla_ctl_policy, gla_policy_fn: 1, default: 0),
+               "gla_ctl_policy has the signature of gla_policy_fn");
+
 
 double gla_ctl_window_s(const gla_ctl *c)
 {

@@ -3,9 +3,12 @@
  *
  * Contract
  * --------
- * The executor's monitor calls gla_ctl_step once per measurement window with what the
- * window measured (gla_ctl_window; seconds and tasks/s; negative = unknown) and applies
- * the returned target. Guarantees:
+ * The controller is the executor pool's policy: gla_ctl_policy is a gla_policy_fn
+ * (window.h) whose context is the gla_ctl, so the pool calls it directly once per
+ * measurement window with what the window measured (gla_window, the pool's own type;
+ * seconds and tasks/s; negative = unknown). It takes one step (gla_ctl_step, which the
+ * tests and the simulator call directly), and returns the next window's length
+ * (gla_ctl_window_s); the pool applies the decision's target. Guarantees:
  *   - the target is always within [min_workers, max_workers];
  *   - the same inputs in the same order give the same decisions;
  *   - each decision carries an action and a reason in plain words:
@@ -32,10 +35,11 @@
  *      which throughput collapses for two windows in a row (one can be the machine's
  *      noise) goes back too, with a limit that lasts, unless throughput does not come
  *      back at the size gone back to (the machine slowed for a spell): then it is lifted.
-      So does a step up after which throughput did not rise while each task's wait
-      outside the GIL and the cores grew nearly in proportion to the pool (CONTENDED of
-      the step, for two windows): that wait is contention for something the threads share — a native
-      library's locks, a server at its capacity — not latency that more threads overlap.
+ *      So does a step up after which throughput did not rise while each task's wait
+ *      outside the GIL and the cores grew nearly in proportion to the pool (CONTENDED of
+ *      the step, for two windows): that wait is contention for something the threads
+ *      share — a native library's locks, a server at its capacity — not latency that
+ *      more threads overlap.
  *   2. Refine on measured throughput while tasks are queued: probe one step up (x1.25) and
  *      then down; a step up is kept if throughput rose by more than the noise
  *      (two standard deviations of the difference of two windows: from the spread of
@@ -72,37 +76,11 @@
 #ifndef GIL_ADAPT_CONTROLLER_H
 #define GIL_ADAPT_CONTROLLER_H
 
+#include "window.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-typedef struct {
-    double window_s;        /* length of the window just ended, seconds */
-    double completed;       /* tasks finished in the window */
-    double task_cpu_s;      /* mean thread-CPU time per finished task (s); <0 unknown */
-    double task_gil_wait_s; /* mean GIL wait per finished task (s); <0 unknown */
-    double task_wall_s;     /* mean wall time per finished task on its worker (s) */
-    double task_gil_held_s; /* mean time holding the GIL per task (s); <0 unknown */
-    double task_io_s;       /* mean I/O per task (s), run-queue time outside GIL waits
-                               excluded (the ledger's partition); <0 unknown: then
-                               wall - cpu - GIL wait */
-    double beta;            /* workers' gil_wait/(gil_wait+io_wait) over the window; <0 unknown */
-    double runq_share;      /* workers' run-queue wait / wall over the window; <0 unknown */
-    double gil_busy;        /* share of the window the pool's workers held the GIL (0-1),
-                               tasks in flight included; <0 unknown */
-    int workers;            /* live workers now */
-    int busy;               /* workers running a task at the end of the window */
-    long queue_length;      /* tasks waiting in the queue at the end of the window */
-    double usable_cores;    /* affinity ∩ cgroup CPU quota, may be fractional */
-} gla_ctl_window;
-
-typedef enum { GLA_CTL_HOLD = 0, GLA_CTL_GROW, GLA_CTL_SHRINK, GLA_CTL_VETO } gla_ctl_action;
-
-typedef struct {
-    int target;
-    gla_ctl_action action;
-    char reason[160];
-} gla_ctl_decision;
 
 typedef enum { GLA_CTL_SETTLE = 0, GLA_CTL_PROBE_UP, GLA_CTL_PROBE_DOWN, GLA_CTL_STEADY } gla_ctl_phase;
 
@@ -164,11 +142,15 @@ int gla_ctl_init(gla_ctl *c, int min_workers, int max_workers, double usable_cor
 /* The size in force when the pool starts (after init; clamped to [min, max]): the first
  * decisions ramp from there instead of from min_workers. */
 void gla_ctl_start_at(gla_ctl *c, int target);
-gla_ctl_decision gla_ctl_step(gla_ctl *c, const gla_ctl_window *w);
+/* One window's decision (its target: the size in force from now on). */
+gla_decision gla_ctl_step(gla_ctl *c, const gla_window *w);
 /* How long the next window should be, in seconds. */
 double gla_ctl_window_s(const gla_ctl *c);
+/* The controller as a pool policy (a gla_policy_fn; ctl: the gla_ctl): *d = gla_ctl_step,
+ * and the next window's length from gla_ctl_window_s. */
+double gla_ctl_policy(void *ctl, const gla_window *w, gla_decision *d);
 /* Little's-law size for one window's figures (exposed for tests): 0 when unknown. */
-double gla_ctl_little_size(const gla_ctl_window *w, double usable_cores);
+double gla_ctl_little_size(const gla_window *w, double usable_cores);
 
 #ifdef __cplusplus
 }

@@ -1,12 +1,19 @@
-/* gilhook.c — see gilhook.h for the contract. */
+/* gilhook.c — the GIL hook; see gilhook.h for the contract.
+ *
+ * Sections: the hooked functions' tables (from hooks.h) and the per-thread state; the
+ * wrappers, which feed the ledger (GIL waits, held time, hand-off samples, lock waits,
+ * thread registration); the slot records and install / uninstall (through got.h's
+ * walk); status, GIL reads and calibration. The GIL's layout is gil_layout.h's, the
+ * waiter thinning calm.h's. */
 #include "gilhook.h"
+#include "calm.h"
+#include "gil_layout.h"
+#include "got.h"
+#include "hooks.h"
 #include "ledger.h"
 #include "procstat.h"
 
-#include <dlfcn.h>
-#include <elf.h>
 #include <errno.h>
-#include <link.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <stdatomic.h>
@@ -14,60 +21,30 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/mman.h>
 #include <time.h>
-#include <unistd.h>
 
-/* sem_clockwait appeared in glibc 2.30: bind weakly so older systems still load us. */
-#pragma weak sem_clockwait
-
-/* CPython's struct _gil_runtime_state, 3.9–3.13 (pycore_gil.h), without Py_GIL_DISABLED:
- *   unsigned long interval; void *last_holder; int locked; unsigned long switch_number;
- *   pthread_cond_t cond; pthread_mutex_t mutex; pthread_cond_t switch_cond; ... */
-#define GIL_COND_TO_INTERVAL (-(ptrdiff_t)(4 * sizeof(unsigned long)))
-#define GIL_COND_TO_LOCKED (-(ptrdiff_t)(2 * sizeof(unsigned long)))
-#define GIL_COND_TO_SWITCH_NUMBER (-(ptrdiff_t)sizeof(unsigned long))
-#define GIL_COND_TO_SWITCH_COND ((ptrdiff_t)(sizeof(pthread_cond_t) + sizeof(pthread_mutex_t)))
-
-/* The hooked functions: one index each in g_real (libc's function, as this object links
- * it: an LD_PRELOAD interposer if there is one), g_next (what the wrapper calls: the
- * previous hook found in the slot, else g_real) and g_hooks (name, wrapper). */
+/* The hooked functions (hooks.h): one index each in g_real (libc's function, as this
+ * object links it: an LD_PRELOAD interposer if there is one; NULL for sem_clockwait before
+ * glibc 2.30), g_next (what the wrapper calls: the previous hook found in the slot, else
+ * g_real) and g_hooks (name, wrapper, version left alone, kind; built below the wrappers). */
 enum {
-    H_COND_TIMEDWAIT,
-    H_COND_WAIT,
-    H_COND_SIGNAL,
-    H_MUTEX_LOCK,
-    H_MUTEX_UNLOCK,
-    H_SEM_WAIT,
-    H_SEM_TIMEDWAIT,
-    H_SEM_CLOCKWAIT,
-    H_CREATE,
+#define X(id, symbol, skip_version, kind, wrapper, real) H_##id,
+    GLA_HOOKS(X)
+#undef X
     N_HOOKS
 };
 static void *const g_real[N_HOOKS] = {
-    [H_COND_TIMEDWAIT] = (void *)pthread_cond_timedwait,
-    [H_COND_WAIT] = (void *)pthread_cond_wait,
-    [H_COND_SIGNAL] = (void *)pthread_cond_signal,
-    [H_MUTEX_LOCK] = (void *)pthread_mutex_lock,
-    [H_MUTEX_UNLOCK] = (void *)pthread_mutex_unlock,
-    [H_SEM_WAIT] = (void *)sem_wait,
-    [H_SEM_TIMEDWAIT] = (void *)sem_timedwait,
-    [H_SEM_CLOCKWAIT] = (void *)sem_clockwait, /* NULL before glibc 2.30 */
-    [H_CREATE] = (void *)pthread_create,
+#define X(id, symbol, skip_version, kind, wrapper, real) [H_##id] = (void *)real,
+    GLA_HOOKS(X)
+#undef X
 };
 /* Set under g_hook_lock before a slot is pointed at the wrapper; never cleared, so a
  * wrapper still reached after uninstall (through a later hook that chained to it) keeps
  * passing its calls on. The hot path's one extra cost: this acquire load. */
 static _Atomic(void *) g_next[N_HOOKS] = {
-    [H_COND_TIMEDWAIT] = (void *)pthread_cond_timedwait,
-    [H_COND_WAIT] = (void *)pthread_cond_wait,
-    [H_COND_SIGNAL] = (void *)pthread_cond_signal,
-    [H_MUTEX_LOCK] = (void *)pthread_mutex_lock,
-    [H_MUTEX_UNLOCK] = (void *)pthread_mutex_unlock,
-    [H_SEM_WAIT] = (void *)sem_wait,
-    [H_SEM_TIMEDWAIT] = (void *)sem_timedwait,
-    [H_SEM_CLOCKWAIT] = (void *)sem_clockwait,
-    [H_CREATE] = (void *)pthread_create,
+#define X(id, symbol, skip_version, kind, wrapper, real) [H_##id] = (void *)real,
+    GLA_HOOKS(X)
+#undef X
 };
 #define NEXT(h, type) ((type)atomic_load_explicit(&g_next[h], memory_order_acquire))
 typedef int (*cond_timedwait_fn)(pthread_cond_t *, pthread_mutex_t *, const struct timespec *);
@@ -80,10 +57,10 @@ typedef int (*sem_clockwait_fn)(sem_t *, clockid_t, const struct timespec *);
 typedef int (*create_fn)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
 
 /* Installation epoch: odd while installed; every install and uninstall adds one. A
- * thread's hand-off state (holding since, wanted since, sample under way) belongs to the
- * epoch it was last written in (tls_epoch): a thread finding a newer epoch drops it, so
- * a holding that began before an uninstall never reaches the ledger after the next
- * install, and nothing is written into another thread's TLS. */
+ * thread's hand-off state (holding since, the thinning's wanted since, sample under way)
+ * belongs to the epoch it was last written in (tls_epoch): a thread finding a newer
+ * epoch drops it, so a holding that began before an uninstall never reaches the ledger
+ * after the next install, and nothing is written into another thread's TLS. */
 static _Atomic unsigned g_epoch;
 static __thread unsigned tls_epoch __attribute__((tls_model("initial-exec")));
 
@@ -99,8 +76,6 @@ static __thread uint64_t tls_held_since __attribute__((tls_model("initial-exec")
 /* GIL hand-off samples (see sample_begin). */
 enum { SAMPLE_NONE = 0, SAMPLE_TAKE = 1, SAMPLE_DROP = 2 };
 static __thread int tls_sample_kind __attribute__((tls_model("initial-exec")));
-/* Waiter thinning: when the calling thread began wanting the GIL (0: it does not). */
-static __thread uint64_t tls_gil_wanted_since __attribute__((tls_model("initial-exec")));
 
 /* Brings the calling thread's hand-off state to the current epoch (see g_epoch); returns
  * 1 while installed. Only the GIL's paths call it. */
@@ -110,7 +85,7 @@ static inline int thread_sync(void)
     if (__builtin_expect(tls_epoch != e, 0)) {
         tls_epoch = e;
         tls_held_since = 0;
-        tls_gil_wanted_since = 0;
+        gla_calm_forget();
         tls_sample_kind = SAMPLE_NONE;
     }
     return (int)(e & 1u);
@@ -154,12 +129,6 @@ static inline gla_thread *gil_begin(uint64_t *t0)
     return t;
 }
 
-static inline int gil_locked(const void *gil_cond)
-{
-    return __atomic_load_n((const int *)(const void *)((const char *)gil_cond + GIL_COND_TO_LOCKED),
-                           __ATOMIC_RELAXED);
-}
-
 /* tail_kind: GLA_GIL_TAIL for the GIL's condition, GLA_SWITCH_TAIL for the switch
  * condition (a dropping thread woken once the next holder took the GIL). */
 static inline uint64_t gil_end(gla_thread *t, uint64_t t0, uint64_t wake_ns, gla_wait_kind tail_kind)
@@ -195,7 +164,7 @@ static _Atomic unsigned g_holder_epoch;
 static inline void gil_taken(gla_thread *t, uint64_t now)
 {
     tls_held_since = now;
-    tls_gil_wanted_since = 0; /* waiter thinning: this take ends the thread's wait */
+    gla_calm_forget(); /* waiter thinning: this take ends the thread's wait */
     atomic_store_explicit(&g_holder_since, now, memory_order_relaxed);
     atomic_store_explicit(&g_holder_epoch, tls_epoch, memory_order_relaxed);
     atomic_store_explicit(&g_holder, t, memory_order_release);
@@ -218,17 +187,6 @@ static inline uint64_t ts_ns(const struct timespec *ts)
     return (uint64_t)ts->tv_sec * 1000000000ull + (uint64_t)ts->tv_nsec;
 }
 
-/* Waiter thinning (see gilhook.h): how many GIL waiters keep CPython's timed wait; the
- * others wait CALM_STRETCH times as long, while more than g_calm_above threads wait.
- * g_short_waiters and g_gil_waiters are guarded by the GIL's mutex (the wrapper runs
- * with it held before and after the wait). */
-#define CALM_STRETCH 20
-static _Atomic int g_calm_keep;
-static _Atomic int g_calm_above;
-static int g_short_waiters;
-static int g_gil_waiters;
-static _Atomic uint64_t g_calm_stretched;
-
 static int hook_cond_timedwait(pthread_cond_t *cond, pthread_mutex_t *mutex,
                                const struct timespec *abstime)
 {
@@ -244,39 +202,15 @@ static int hook_cond_timedwait(pthread_cond_t *cond, pthread_mutex_t *mutex,
                                       ? &g_gil_signal_ns : &g_switch_signal_ns;
     uint64_t t0;
     gla_thread *t = gil_begin(&t0);
-    int keep = atomic_load_explicit(&g_calm_keep, memory_order_relaxed);
-    int counted = 0, waiting = signal_ns == &g_gil_signal_ns;
-    struct timespec later;
-    g_gil_waiters += waiting;
-    if (keep > 0 && waiting) {
-        uint64_t due = ts_ns(abstime);
-        if (!tls_gil_wanted_since)
-            tls_gil_wanted_since = t0;
-        /* The hand-off's signal reaches the longest-waiting waiters first (glibc's
-         * condition groups), so a waiter that re-waits every interval is always among
-         * the youngest and can starve: a waiter that has waited a stretched wait's
-         * length already waits stretched from then on (new arrivals keep the count). */
-        int starving = t0 - tls_gil_wanted_since >= (due - t0) * CALM_STRETCH;
-        if (due <= t0 || due - t0 > 1000000000ull ||
-            g_gil_waiters <= atomic_load_explicit(&g_calm_above, memory_order_relaxed) ||
-            (g_short_waiters < keep && !starving)) {
-            g_short_waiters++;
-            counted = 1;
-        } else {
-            uint64_t at = t0 + (due - t0) * CALM_STRETCH;
-            later.tv_sec = (time_t)(at / 1000000000ull);
-            later.tv_nsec = (long)(at % 1000000000ull);
-            abstime = &later;
-            atomic_fetch_add_explicit(&g_calm_stretched, 1, memory_order_relaxed);
-        }
-    }
+    /* Waiter thinning (calm.h): a wait for the GIL may get a later deadline. */
+    gla_calm_wait calm;
+    abstime = gla_calm_begin(&calm, signal_ns == &g_gil_signal_ns, t0, abstime);
     int rc = next(cond, mutex, abstime);
-    g_short_waiters -= counted;
-    g_gil_waiters -= waiting;
+    gla_calm_end(&calm);
     uint64_t wake = rc == ETIMEDOUT ? ts_ns(abstime)
                                     : atomic_load_explicit(signal_ns, memory_order_relaxed);
     uint64_t t1 = gil_end(t, t0, wake, tail_kind_of(signal_ns));
-    if (signal_ns == &g_gil_signal_ns && !gil_locked(cond))
+    if (signal_ns == &g_gil_signal_ns && !gla_gil_locked(cond))
         gil_taken(t, t1);
     return rc;
 }
@@ -366,7 +300,7 @@ static int hook_mutex_lock(pthread_mutex_t *mutex)
         if (tls_held_since) {
             gla_ledger_add_wait(self, GLA_GIL_DROPS, 1);
             sample_begin(self, SAMPLE_DROP);
-        } else if (gil_locked(cond)) {
+        } else if (gla_gil_locked(cond)) {
             gla_ledger_add_wait(self, GLA_GIL_TAKES, 1);
             sample_begin(self, SAMPLE_TAKE);
         }
@@ -380,7 +314,7 @@ static int hook_mutex_lock(pthread_mutex_t *mutex)
         rc = next(mutex);
         gil_end(t, t0, 0, GLA_GIL_TAIL);
     }
-    if (rc == 0 && cond && !tls_held_since && !gil_locked(cond))
+    if (rc == 0 && cond && !tls_held_since && !gla_gil_locked(cond))
         gil_taken(self, mono_ns());
     return rc;
 }
@@ -530,238 +464,6 @@ static int hook_pthread_create(pthread_t *thread, const pthread_attr_t *attr,
     return rc;
 }
 
-/* ---- GOT patching ------------------------------------------------------------------- */
-
-/* The loaded ELF object that holds an address. got_walk knows nothing of what is patched:
- * it calls `visit` once per JUMP_SLOT / GLOB_DAT relocation of that object with the
- * symbol's name, its required version (or NULL) and the slot. */
-typedef struct {
-    uintptr_t base;
-    const ElfW(Phdr) *phdr;
-    int phnum;
-    uintptr_t relro_lo, relro_hi;
-} elf_object;
-
-/* Returns 0 to go on, a negative errno to stop the walk (got_walk returns it). */
-typedef int (*got_visit)(void *ctx, const elf_object *obj, const char *name,
-                         const char *version, void **slot);
-
-typedef struct {
-    const void *anchor;
-    got_visit visit;
-    void *ctx;
-    char *object;       /* the object's path, if object_size > 0 */
-    size_t object_size;
-    int found;
-    int err;
-} walk_ctx;
-
-static uintptr_t dyn_ptr(uintptr_t base, uintptr_t value)
-{
-    /* glibc relocates most d_ptr entries in place; some loaders do not. */
-    return (base != 0 && value < base) ? value + base : value;
-}
-
-/* Name of symbol index sym's required version, or NULL (unversioned / local). */
-static const char *symbol_version(const ElfW(Half) *versym, const ElfW(Verneed) *verneed,
-                                  size_t verneednum, const char *strtab, size_t sym)
-{
-    if (!versym || !verneed)
-        return NULL;
-    ElfW(Half) idx = versym[sym] & 0x7fff;
-    if (idx <= 1)
-        return NULL;
-    const ElfW(Verneed) *vn = verneed;
-    for (size_t i = 0; i < verneednum; i++) {
-        const ElfW(Vernaux) *aux = (const ElfW(Vernaux) *)(const void *)((const char *)vn + vn->vn_aux);
-        for (ElfW(Half) j = 0; j < vn->vn_cnt; j++) {
-            if (aux->vna_other == idx)
-                return strtab + aux->vna_name;
-            aux = (const ElfW(Vernaux) *)(const void *)((const char *)aux + aux->vna_next);
-        }
-        if (vn->vn_next == 0)
-            break;
-        vn = (const ElfW(Verneed) *)(const void *)((const char *)vn + vn->vn_next);
-    }
-    return NULL;
-}
-
-/* 1 if p lies in one of obj's loaded segments (a lazy-binding PLT stub, when a GOT slot
- * holds it). */
-static int object_holds(const elf_object *obj, const void *p)
-{
-    uintptr_t a = (uintptr_t)p;
-    for (int i = 0; i < obj->phnum; i++) {
-        const ElfW(Phdr) *ph = &obj->phdr[i];
-        uintptr_t lo = obj->base + ph->p_vaddr;
-        if (ph->p_type == PT_LOAD && a >= lo && a < lo + ph->p_memsz)
-            return 1;
-    }
-    return 0;
-}
-
-static int in_relro(const elf_object *obj, void **slot)
-{
-    return (uintptr_t)slot >= obj->relro_lo && (uintptr_t)slot < obj->relro_hi;
-}
-
-/* Compare-and-swap on a GOT slot (made writable for the moment if it lies in RELRO):
- * 1 if it held *expected and now holds desired, 0 if it held something else (then
- * *expected is that), or -errno. */
-static int slot_cas(void **slot, void **expected, void *desired, int relro)
-{
-    long page = sysconf(_SC_PAGESIZE);
-    uintptr_t page_start = (uintptr_t)slot & ~((uintptr_t)page - 1);
-    if (relro && mprotect((void *)page_start, (size_t)page, PROT_READ | PROT_WRITE) != 0)
-        return -errno;
-    int swapped = __atomic_compare_exchange_n(slot, expected, desired, 0, __ATOMIC_ACQ_REL,
-                                              __ATOMIC_ACQUIRE);
-    if (relro)
-        mprotect((void *)page_start, (size_t)page, PROT_READ);
-    return swapped;
-}
-
-static int visit_relocs(walk_ctx *w, const elf_object *obj, const ElfW(Rela) *rela, size_t count,
-                        const ElfW(Sym) *symtab, const char *strtab, const ElfW(Half) *versym,
-                        const ElfW(Verneed) *verneed, size_t verneednum)
-{
-    for (size_t i = 0; i < count; i++) {
-        unsigned long type = ELF64_R_TYPE(rela[i].r_info);
-#if defined(__x86_64__)
-        if (type != R_X86_64_JUMP_SLOT && type != R_X86_64_GLOB_DAT)
-            continue;
-#elif defined(__aarch64__)
-        if (type != R_AARCH64_JUMP_SLOT && type != R_AARCH64_GLOB_DAT)
-            continue;
-#else
-        (void)type;
-        continue;
-#endif
-        size_t sym = ELF64_R_SYM(rela[i].r_info);
-        if (sym == 0)
-            continue;
-        const char *name = strtab + symtab[sym].st_name;
-        const char *version = symbol_version(versym, verneed, verneednum, strtab, sym);
-        int rc = w->visit(w->ctx, obj, name, version, (void **)(obj->base + rela[i].r_offset));
-        if (rc < 0)
-            return rc;
-    }
-    return 0;
-}
-
-static int walk_object(struct dl_phdr_info *info, size_t size, void *data)
-{
-    (void)size;
-    walk_ctx *w = data;
-    elf_object obj = {info->dlpi_addr, info->dlpi_phdr, info->dlpi_phnum, 0, 0};
-    uintptr_t anchor = (uintptr_t)w->anchor;
-    int contains = 0;
-    const ElfW(Dyn) *dyn = NULL;
-    for (int i = 0; i < info->dlpi_phnum; i++) {
-        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-        uintptr_t lo = obj.base + ph->p_vaddr, hi = lo + ph->p_memsz;
-        if (ph->p_type == PT_LOAD && anchor >= lo && anchor < hi)
-            contains = 1;
-        else if (ph->p_type == PT_DYNAMIC)
-            dyn = (const ElfW(Dyn) *)lo;
-        else if (ph->p_type == PT_GNU_RELRO) {
-            obj.relro_lo = lo;
-            obj.relro_hi = hi;
-        }
-    }
-    if (!contains)
-        return 0;
-    w->found = 1;
-    if (w->object_size)
-        snprintf(w->object, w->object_size, "%s", info->dlpi_name);
-    if (!dyn) {
-        w->err = -ENOENT;
-        return 1;
-    }
-    const ElfW(Sym) *symtab = NULL;
-    const char *strtab = NULL;
-    const ElfW(Rela) *jmprel = NULL, *rela = NULL;
-    size_t pltrelsz = 0, relasz = 0, verneednum = 0;
-    const ElfW(Half) *versym = NULL;
-    const ElfW(Verneed) *verneed = NULL;
-    for (const ElfW(Dyn) *d = dyn; d->d_tag != DT_NULL; d++) {
-        switch (d->d_tag) {
-        case DT_SYMTAB: symtab = (const ElfW(Sym) *)dyn_ptr(obj.base, d->d_un.d_ptr); break;
-        case DT_STRTAB: strtab = (const char *)dyn_ptr(obj.base, d->d_un.d_ptr); break;
-        case DT_JMPREL: jmprel = (const ElfW(Rela) *)dyn_ptr(obj.base, d->d_un.d_ptr); break;
-        case DT_PLTRELSZ: pltrelsz = d->d_un.d_val; break;
-        case DT_RELA: rela = (const ElfW(Rela) *)dyn_ptr(obj.base, d->d_un.d_ptr); break;
-        case DT_RELASZ: relasz = d->d_un.d_val; break;
-        case DT_VERSYM: versym = (const ElfW(Half) *)dyn_ptr(obj.base, d->d_un.d_ptr); break;
-        case DT_VERNEED: verneed = (const ElfW(Verneed) *)dyn_ptr(obj.base, d->d_un.d_ptr); break;
-        case DT_VERNEEDNUM: verneednum = d->d_un.d_val; break;
-        default: break;
-        }
-    }
-    if (!symtab || !strtab) {
-        w->err = -ENOENT;
-        return 1;
-    }
-    int rc = 0;
-    if (jmprel)
-        rc = visit_relocs(w, &obj, jmprel, pltrelsz / sizeof(ElfW(Rela)), symtab, strtab, versym,
-                          verneed, verneednum);
-    if (rc == 0 && rela)
-        rc = visit_relocs(w, &obj, rela, relasz / sizeof(ElfW(Rela)), symtab, strtab, versym,
-                          verneed, verneednum);
-    w->err = rc;
-    return 1;
-}
-
-/* 0, -ENOENT (no loaded object holds anchor, or it has no dynamic symbols), or the
- * visitor's error; *found (if not NULL): whether an object holds anchor. */
-static int got_walk(const void *anchor, got_visit visit, void *ctx, char *object, size_t object_size,
-                    int *found)
-{
-    walk_ctx w = {anchor, visit, ctx, object, object_size, 0, 0};
-    dl_iterate_phdr(walk_object, &w);
-    if (found)
-        *found = w.found;
-    return w.found ? w.err : -ENOENT;
-}
-
-typedef struct {
-    const char *symbol;
-    void *new_value;
-    void **old_value;
-    int n;
-} got_patch_ctx;
-
-static int got_patch_visit(void *p, const elf_object *obj, const char *name, const char *version,
-                           void **slot)
-{
-    (void)version;
-    got_patch_ctx *c = p;
-    if (strcmp(name, c->symbol) != 0)
-        return 0;
-    void *v = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
-    if (c->n == 0 && c->old_value)
-        *c->old_value = v;
-    c->n++;
-    while (c->new_value) {
-        int rc = slot_cas(slot, &v, c->new_value, in_relro(obj, slot));
-        if (rc != 0)
-            return rc < 0 ? rc : 0;
-    }
-    return 0;
-}
-
-int gla_got_patch(const void *anchor, const char *symbol, void *new_value, void **old_value)
-{
-    if (old_value)
-        *old_value = NULL;
-    if (!symbol)
-        return -EINVAL;
-    got_patch_ctx c = {symbol, new_value, old_value, 0};
-    int rc = got_walk(anchor, got_patch_visit, &c, NULL, 0, NULL);
-    return rc < 0 ? rc : c.n;
-}
-
 /* ---- the hook: which slots, their records ------------------------------------------ */
 
 enum { KIND_COND, KIND_SEM, KIND_CREATE, KIND_EDGE };
@@ -773,15 +475,10 @@ typedef struct {
 } hook_target;
 
 static const hook_target g_hooks[N_HOOKS] = {
-    [H_COND_TIMEDWAIT] = {"pthread_cond_timedwait", (void *)hook_cond_timedwait, "GLIBC_2.2.5", KIND_COND},
-    [H_COND_WAIT] = {"pthread_cond_wait", (void *)hook_cond_wait, "GLIBC_2.2.5", KIND_COND},
-    [H_COND_SIGNAL] = {"pthread_cond_signal", (void *)hook_cond_signal, "GLIBC_2.2.5", KIND_EDGE},
-    [H_MUTEX_LOCK] = {"pthread_mutex_lock", (void *)hook_mutex_lock, NULL, KIND_EDGE},
-    [H_MUTEX_UNLOCK] = {"pthread_mutex_unlock", (void *)hook_mutex_unlock, NULL, KIND_EDGE},
-    [H_SEM_WAIT] = {"sem_wait", (void *)hook_sem_wait, NULL, KIND_SEM},
-    [H_SEM_TIMEDWAIT] = {"sem_timedwait", (void *)hook_sem_timedwait, NULL, KIND_SEM},
-    [H_SEM_CLOCKWAIT] = {"sem_clockwait", (void *)hook_sem_clockwait, NULL, KIND_SEM},
-    [H_CREATE] = {"pthread_create", (void *)hook_pthread_create, NULL, KIND_CREATE},
+#define X(id, symbol, skip_version, kind, wrapper, real) \
+    [H_##id] = {symbol, (void *)wrapper, skip_version, KIND_##kind},
+    GLA_HOOKS(X)
+#undef X
 };
 
 /* One record per GOT slot the hook has pointed at a wrapper, kept across installs while
@@ -847,12 +544,12 @@ static slot_rec *find_rec(void **slot)
 
 /* A slot value that is no other hook: lazy binding's stub (inside the patched object),
  * libc's function, or nothing. */
-static int plain_value(const elf_object *obj, int h, const void *v)
+static int plain_value(const gla_got_object *obj, int h, const void *v)
 {
-    return v == NULL || v == g_real[h] || object_holds(obj, v);
+    return v == NULL || v == g_real[h] || gla_got_object_holds(obj, v);
 }
 
-static int install_visit(void *p, const elf_object *obj, const char *name, const char *version,
+static int install_visit(void *p, const gla_got_object *obj, const char *name, const char *version,
                          void **slot)
 {
     install_ctx *ctx = p;
@@ -871,7 +568,7 @@ static int install_visit(void *p, const elf_object *obj, const char *name, const
             if (g_nslots >= MAX_SLOTS)
                 return 0;
             r = &g_slots[g_nslots++];
-            *r = (slot_rec){slot, g_real[h], NULL, h, REC_OURS, in_relro(obj, slot)};
+            *r = (slot_rec){slot, g_real[h], NULL, h, REC_OURS, gla_got_in_relro(obj, slot)};
         }
         r->state = REC_OURS;
         ctx->settled[h] = 1;
@@ -900,10 +597,10 @@ static int install_visit(void *p, const elf_object *obj, const char *name, const
             if (g_nslots >= MAX_SLOTS)
                 return 0;
             r = &g_slots[g_nslots++];
-            *r = (slot_rec){slot, NULL, NULL, h, 0, in_relro(obj, slot)};
+            *r = (slot_rec){slot, NULL, NULL, h, 0, gla_got_in_relro(obj, slot)};
         }
         atomic_store_explicit(&g_next[h], next, memory_order_release);
-        int rc = slot_cas(slot, &v, wrapper, r->in_relro);
+        int rc = gla_got_slot_cas(slot, &v, wrapper, r->in_relro);
         if (rc < 0) {
             if (r->state == 0)
                 g_nslots--; /* the record just made (the last one) */
@@ -937,7 +634,7 @@ static int release_slots(void)
     for (int i = 0; i < g_nslots; i++) {
         slot_rec r = g_slots[i];
         void *v = g_hooks[r.hook].wrapper;
-        int rc = slot_cas(r.slot, &v, r.original, r.in_relro);
+        int rc = gla_got_slot_cas(r.slot, &v, r.original, r.in_relro);
         if (rc < 0) {
             err = rc;
             g_slots[kept++] = r; /* still holds the wrapper: a later install finds it */
@@ -969,10 +666,8 @@ static int g_atfork_registered; /* under g_hook_lock */
 static void hook_atfork_child(void)
 {
     pthread_mutex_init(&g_hook_lock, NULL);
-    g_short_waiters = 0;
-    g_gil_waiters = 0;
+    gla_calm_atfork_child();
     tls_held_since = 0;
-    tls_gil_wanted_since = 0;
     tls_sample_kind = SAMPLE_NONE;
     atomic_store_explicit(&g_holder, NULL, memory_order_relaxed);
     atomic_store_explicit(&g_holder_since, 0, memory_order_relaxed);
@@ -1005,7 +700,7 @@ int gla_hook_install(const void *anchor)
     install_ctx ctx;
     memset(&ctx, 0, sizeof ctx);
     int found = 0;
-    int err = got_walk(anchor, install_visit, &ctx, g_status.object, sizeof g_status.object, &found);
+    int err = gla_got_walk(anchor, install_visit, &ctx, g_status.object, sizeof g_status.object, &found);
     if (!found) {
         snprintf(g_status.reason, sizeof g_status.reason, "no loaded object contains the interpreter");
         rc = -ENOENT;
@@ -1069,8 +764,8 @@ void gla_hook_get_status(gla_hook_status *out)
 
 void gla_hook_set_gil(void *gil_cond)
 {
-    void *sw = gil_cond ? (void *)((char *)gil_cond + GIL_COND_TO_SWITCH_COND) : NULL;
-    void *mx = gil_cond ? (void *)((char *)gil_cond + sizeof(pthread_cond_t)) : NULL;
+    void *sw = gil_cond ? (void *)gla_gil_switch_cond(gil_cond) : NULL;
+    void *mx = gil_cond ? (void *)gla_gil_mutex(gil_cond) : NULL;
     atomic_store(&g_switch_cond, sw);
     atomic_store(&g_gil_mutex, mx);
     atomic_store(&g_gil_cond, gil_cond);
@@ -1109,11 +804,10 @@ uint64_t gla_hook_self_gil_held_ns(void)
 
 long long gla_gil_switches(void)
 {
-    const char *cond = atomic_load(&g_gil_cond);
+    const void *cond = atomic_load(&g_gil_cond);
     if (!cond)
         return -1;
-    return (long long)__atomic_load_n((const unsigned long *)(const void *)(cond + GIL_COND_TO_SWITCH_NUMBER),
-                                      __ATOMIC_RELAXED);
+    return (long long)gla_gil_switch_number(cond);
 }
 
 void gla_hook_calibrate_begin(void)
@@ -1129,42 +823,4 @@ int gla_hook_calibrate_end(void **conds, int cap)
     for (int i = 0; i < n; i++)
         conds[i] = tls_cal_conds[i];
     return n;
-}
-
-int gla_gil_layout_ok(const void *cond, unsigned long switch_interval_us, const void *lo, const void *hi)
-{
-    const char *c = cond;
-    if (!c)
-        return 0;
-    if (hi > lo && ((const char *)cond < (const char *)lo || (const char *)cond >= (const char *)hi))
-        return 0;
-    unsigned long interval = __atomic_load_n((const unsigned long *)(const void *)(c + GIL_COND_TO_INTERVAL), __ATOMIC_RELAXED);
-    int locked = __atomic_load_n((const int *)(const void *)(c + GIL_COND_TO_LOCKED), __ATOMIC_RELAXED);
-    return interval == switch_interval_us && (locked == 0 || locked == 1);
-}
-
-int gla_hook_set_calm(int keep)
-{
-    if (keep < 0)
-        keep = 0;
-    return atomic_exchange(&g_calm_keep, keep);
-}
-
-int gla_hook_set_calm_above(int above)
-{
-    if (above < 0)
-        above = 0;
-    return atomic_exchange(&g_calm_above, above);
-}
-
-int gla_hook_calm_above(void)
-{
-    return atomic_load_explicit(&g_calm_above, memory_order_relaxed);
-}
-
-int gla_hook_calm(uint64_t *stretched)
-{
-    if (stretched)
-        *stretched = atomic_load_explicit(&g_calm_stretched, memory_order_relaxed);
-    return atomic_load_explicit(&g_calm_keep, memory_order_relaxed);
 }

@@ -4,16 +4,20 @@
  * --------
  * gla_hook_install(anchor) patches, in the one loaded ELF object that contains the
  * address `anchor` (the interpreter: the object defining PyEval_SaveThread), the GOT
- * slots (JUMP_SLOT and GLOB_DAT relocations) of:
- *   pthread_cond_timedwait / pthread_cond_wait  (only the GLIBC_2.3.2 ABI, never the old
- *                                                GLIBC_2.2.5 one)
- *   sem_wait / sem_timedwait / sem_clockwait     (Python-level lock waits)
- *   pthread_create                               (new threads register in the ledger
- *                                                 before their start routine runs)
- *   pthread_cond_signal / pthread_mutex_lock /   (the GIL's hand-offs: signal times for
- *   pthread_mutex_unlock                          the wake-up tails, take/drop times for
- *                                                 GLA_GIL_HELD, hand-off samples; other
- *                                                 objects pass through)
+ * slots (JUMP_SLOT and GLOB_DAT relocations) of the functions listed in hooks.h (condition
+ * waits and signals, the GIL's mutex lock and unlock, semaphore waits, pthread_create),
+ * pointing them at wrappers. The parts, one file pair each:
+ *   hooks.h         the one list of hooked functions (name, version left alone, wrapper,
+ *                   real function)
+ *   got.h/.c        the GOT patcher: walks the object's relocations, compare-and-swap of
+ *                   a slot; knows nothing of what it patches (gla_got_patch)
+ *   gil_layout.h/.c CPython's GIL state layout, read from the GIL's condition variable
+ *                   (gla_gil_layout_ok)
+ *   calm.h/.c       the GIL waiter thinning (gla_hook_set_calm ...)
+ *   gilhook.c       the wrappers, which feed the ledger, and install / uninstall / status
+ * This header includes got.h, gil_layout.h and calm.h, so its users see the whole API;
+ * hooks.h is gilhook.c's alone.
+ *
  * Living beside other hooks (a chain, as well-behaved GOT hooks do):
  *   - each wrapper passes its call on to the value its slot held before install patched
  *     it (another hook: an LD_PRELOAD tool, memray, a second profiler), or to libc's
@@ -70,6 +74,10 @@
 #ifndef GIL_ADAPT_GILHOOK_H
 #define GIL_ADAPT_GILHOOK_H
 
+#include "calm.h"
+#include "gil_layout.h"
+#include "got.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -100,16 +108,8 @@ int gla_hook_install(const void *anchor);
 int gla_hook_uninstall(void);
 void gla_hook_get_status(gla_hook_status *out);
 
-/* A GOT patcher that knows nothing of what it patches: in the loaded object that holds
- * `anchor`, every JUMP_SLOT / GLOB_DAT slot of `symbol` (any version) gets new_value
- * (compare-and-swap against the value read; a NULL new_value only reads). *old_value
- * (if not NULL): the first slot's value before, NULL if there is none. Returns the
- * number of slots, or -ENOENT (no object holds anchor) / -errno. Not serialized with
- * gla_hook_install / gla_hook_uninstall. */
-int gla_got_patch(const void *anchor, const char *symbol, void *new_value, void **old_value);
-
-/* Tells the wrappers which condition variable is the GIL's. The switch condition is
- * derived from CPython's struct _gil_runtime_state layout (cond, mutex, switch_cond). */
+/* Tells the wrappers which condition variable is the GIL's. Its mutex and switch
+ * condition are derived from CPython's GIL state layout (gil_layout.h). */
 void gla_hook_set_gil(void *gil_cond);
 void *gla_hook_gil(void);
 
@@ -126,40 +126,8 @@ uint64_t gla_hook_gil_held_ns(const struct gla_thread *t, uint64_t now_ns);
 /* Number of GIL hand-offs so far (CPython's gil->switch_number), or -1 if unknown. */
 long long gla_gil_switches(void);
 
-/* Waiter thinning (act): CPython's GIL waiters each wake every switch interval (5 ms)
- * to ask the holder to drop the GIL; with hundreds of waiters on a few cores those
- * wake-ups take the cores from the holder, and past a point the interpreter finishes
- * almost nothing (the saturation cliff: 2,048 threads sleeping 50 ms on one core went
- * from 20,000 tasks/s to 0-8,000). With keep > 0, only `keep` waiters at a time wait the
- * interpreter's interval; any further waiter waits CALM_STRETCH (20) times as long. The
- * hand-off order is unchanged (drop_gil's signal still wakes a waiter at once) and the
- * holder is still asked to drop within an interval while a short waiter exists (a
- * dropped holder waiting again is one); a stretched waiter that times out does what a
- * short one does. glibc's condition variable signals its longest waiters first, so a
- * waiter re-waiting every interval is always among the youngest: a waiter that has
- * waited CALM_STRETCH intervals in one take waits stretched from then on, however few
- * short waiters there are (else it could starve: seen with one short waiter and four
- * GIL-bound threads). Applies to every thread of the process while the hook is installed.
- * Returns the previous setting (0 = off, the default; keep < 0 counts as 0). */
-int gla_hook_set_calm(int keep);
-/* The setting, and (if stretched != NULL) how many waits were stretched so far. */
-int gla_hook_calm(uint64_t *stretched);
-/* Thinning applies only while more than `above` threads wait for the GIL (counting the
- * one about to wait): below that every waiter waits the interpreter's interval, so a
- * small pool's hand-offs are CPython's own (thinning 25 GIL-bound workers on 2 cores cost
- * ~5 % of their throughput; the cliff comes with hundreds of waiters). 0 (the default)
- * thins at any count; above < 0 counts as 0. Returns the previous setting. */
-int gla_hook_set_calm_above(int above);
-int gla_hook_calm_above(void);
-
 void gla_hook_calibrate_begin(void);
 int gla_hook_calibrate_end(void **conds, int cap);
-
-/* Checks a candidate GIL condition variable against CPython's struct layout: the
- * `interval` field (cond - 4 words) must equal switch_interval_us and `locked`
- * (cond - 2 words) must be 0 or 1; and it must lie inside [lo, hi) when hi > lo. */
-int gla_gil_layout_ok(const void *cond, unsigned long switch_interval_us,
-                      const void *lo, const void *hi);
 
 #ifdef __cplusplus
 }

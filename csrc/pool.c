@@ -102,10 +102,10 @@ struct gla_pool {
     totals gone; /* figures of workers that have left */
 
     /* results of the monitor (under mu) */
-    uint64_t decisions[GLA_POOL_NACTIONS];
-    char last_reason[GLA_POOL_REASON_LEN];
-    gla_pool_action last_action;
-    gla_pool_window last_window;
+    uint64_t decisions[GLA_NACTIONS];
+    char last_reason[GLA_REASON_LEN];
+    gla_action last_action;
+    gla_window last_window;
     uint64_t windows;
     double usable_cores;
     uint64_t created_ns;
@@ -476,38 +476,35 @@ static void unregister_locked(gla_pool *p, worker *w)
     pthread_cond_broadcast(&p->done_cond);
 }
 
-static void *worker_main(void *arg)
-{
-    worker *w = arg;
-    gla_pool *p = w->pool;
-    /* Copies: after unregistering, the pool may be freed under our feet. */
-    const gla_pool_hooks hooks = p->cfg.hooks;
-    const gla_pool_hooks *h = &hooks;
-    void *ctx = p->cfg.ctx;
-    tls_worker = w;
-    set_os_name(p, NULL, w->index);
-    w->tid = (pid_t)syscall(SYS_gettid);
-    gla_thread *rec = gla_ledger_self();
+/* A worker thread's own state (on its stack) while it serves. */
+typedef struct {
+    worker *w;
+    gla_pool *p;
+    gla_pool_hooks h; /* copies: after unregistering, the pool may be freed under our feet */
+    void *ctx;
+    void *wdata;      /* the hooks' per-worker slot */
+    gla_thread *rec;  /* the thread's ledger record */
+    int holding;      /* holds what enter took (a binding's interpreter lock) */
+    edge e;           /* the clocks at the last task edge */
+    cpu_clock cc;
+} worker_run;
 
-    void *wdata = NULL;
-    int rc = h->enter ? h->enter(ctx, &wdata, w->index) : 0;
-    if (rc == 0)
-        gla_pool_worker_entered(); /* if enter did not say so itself */
-    pthread_mutex_lock(&p->mu);
-    p->starting--;
-    if (rc < 0) {
-        mark_entered_locked(p, w);
-        atomic_fetch_sub_explicit(&p->serving, 1, memory_order_relaxed);
-        forget_owed_locked(p); /* they would fail as this one did (interpreter going away) */
-        w->all_next = p->spare;
-        p->spare = w;
-        pthread_cond_broadcast(&p->done_cond);
-        pthread_mutex_unlock(&p->mu);
-        tls_worker = NULL;
-        if (h->leave)
-            h->leave(ctx, wdata, rc == GLA_POOL_ENTER_FAIL_HELD);
-        return NULL;
-    }
+/* enter failed (mu held): w never served; its struct goes back to the spare list. The
+ * owed starts would fail as this one did (the interpreter going away). */
+static void enter_failed_locked(gla_pool *p, worker *w)
+{
+    mark_entered_locked(p, w);
+    atomic_fetch_sub_explicit(&p->serving, 1, memory_order_relaxed);
+    forget_owed_locked(p);
+    w->all_next = p->spare;
+    p->spare = w;
+    pthread_cond_broadcast(&p->done_cond);
+}
+
+/* w is through enter (mu held): counted live, on the all list, its GIL-held time counted
+ * from now. */
+static void register_locked(gla_pool *p, worker *w, gla_thread *rec)
+{
     p->live++;
     w->registered = 1;
     w->rec = rec;
@@ -517,22 +514,195 @@ static void *worker_main(void *arg)
     if (p->all)
         p->all->all_prev = w;
     p->all = w;
+}
 
-    int holding = 1;
-    w->pass_wake = 0; /* woken for queued tasks: pass the wake on once running */
-    edge e;
-    cpu_clock cc;
-    read_edge(rec, &e);
-    cpu_start(&cc, e.mono);
-    for (;;) { /* mu held at the top */
-        if (w->retire)
-            break;
-        if (p->retire_pending > 0 && !p->shutdown) {
-            p->retire_pending--;
-            p->retiring++;
-            w->retire = 1;
-            break;
+/* 1 when w is to leave (mu held): told to retire, or it takes a pending leave request. */
+static inline int must_leave_locked(gla_pool *p, worker *w)
+{
+    if (w->retire)
+        return 1;
+    if (p->retire_pending > 0 && !p->shutdown) {
+        p->retire_pending--;
+        p->retiring++;
+        w->retire = 1;
+        return 1;
+    }
+    return 0;
+}
+
+/* w was woken for queued tasks and holds the GIL now, or leaves (mu held): its wake is
+ * spent, and the next idle worker may come if tasks still wait. Returns that worker, for
+ * the caller to signal (wake_next_locked). */
+static inline worker *pass_wake_locked(gla_pool *p, worker *w)
+{
+    p->wakes_in_flight--;
+    w->pass_wake = 0;
+    return wake_next_locked(p);
+}
+
+static inline void signal_worker(worker *w)
+{
+    if (w)
+        pthread_cond_signal(&w->cond);
+}
+
+/* Releases what enter took (hooks->pause), its CPU booked first. mu not held. */
+static inline void worker_pause(worker_run *r)
+{
+    cpu_flush(r->w, &r->cc, gla_now_ns());
+    if (r->h.pause)
+        r->h.pause(r->ctx, r->wdata);
+    r->holding = 0;
+}
+
+/* Takes back what pause released (hooks->resume), starting a run of tasks' clocks. mu
+ * not held. < 0: the process is going away. */
+static inline int worker_resume(worker_run *r)
+{
+    read_edge(r->rec, &r->e);
+    cpu_start(&r->cc, r->e.mono);
+    if (r->h.resume && r->h.resume(r->ctx, r->wdata) < 0)
+        return -1;
+    r->holding = 1;
+    return 0;
+}
+
+/* No task, nothing held (mu held): waits on w's own condition until someone takes it off
+ * the idle stack (a wake for queued tasks, a retire, shutdown), or, past the idle
+ * timeout above min_workers, retires itself. The wait is booked as GLA_IDLE. */
+static void idle_wait_locked(gla_pool *p, worker *w, gla_thread *rec)
+{
+    idle_push(p, w);
+    w->woken = 0;
+    uint64_t t0 = gla_now_ns();
+    if (rec)
+        gla_ledger_wait_begin(rec, GLA_IDLE, t0);
+    uint64_t idle_deadline = p->cfg.idle_timeout_s > 0
+        ? t0 + (uint64_t)(p->cfg.idle_timeout_s * 1e9) : 0;
+    while (!w->woken) {
+        if (!idle_deadline) {
+            pthread_cond_wait(&w->cond, &p->mu);
+            continue;
         }
+        struct timespec ts = abs_mono(idle_deadline);
+        int wr = pthread_cond_timedwait(&w->cond, &p->mu, &ts);
+        if (wr != ETIMEDOUT || w->woken)
+            continue;
+        if (effective_locked(p) > p->cfg.min_workers && !p->shutdown) {
+            idle_remove(p, w);
+            w->retire = 1;
+            p->retiring++;
+            w->woken = 1;
+        } else {
+            idle_deadline = 0; /* at the floor: wait without a timeout */
+        }
+    }
+    uint64_t t1 = gla_now_ns();
+    if (rec)
+        gla_ledger_wait_end(rec, t1);
+    add_owned(&w->idle_ns, t1 - t0);
+    w->pass_wake = w->wake_for_work;
+    w->wake_for_work = 0;
+}
+
+/* Runs t, taken off the queue (mu not held): takes back what pause released, passes a
+ * wake on once holding it, runs the task and books its figures. Returns with mu held: 0,
+ * or -1 when resume failed (t is back at the front of the queue: the worker leaves). */
+static inline int run_task(worker_run *r, gla_pool_task *t)
+{
+    worker *w = r->w;
+    gla_pool *p = r->p;
+    if (!r->holding && worker_resume(r) < 0) {
+        pthread_mutex_lock(&p->mu);
+        queue_push_front(p, t);
+        return -1;
+    }
+    if (w->pass_wake && pthread_mutex_trylock(&p->mu) == 0) {
+        /* We hold the GIL now: the next idle worker may come if tasks wait. (When
+         * the mutex is busy this is done after the task, under its lock.) */
+        worker *next = pass_wake_locked(p, w);
+        pthread_mutex_unlock(&p->mu);
+        signal_worker(next);
+    }
+    if (r->h.run)
+        r->h.run(r->ctx, r->wdata, t);
+    edge e2;
+    read_edge(r->rec, &e2);
+    account_task(w, &r->e, &e2);
+    cpu_edge(w, &r->cc, e2.mono);
+    r->e = e2;
+    if (pthread_mutex_trylock(&p->mu) != 0) {
+        /* Never sleep on the pool's mutex holding what enter took (the GIL): if its
+         * holder is preempted, every thread would queue behind us (a convoy). */
+        worker_pause(r);
+        pthread_mutex_lock(&p->mu);
+    }
+    if (w->pass_wake)
+        signal_worker(pass_wake_locked(p, w));
+    if (!p->cfg.policy)
+        p->idle_credit++;
+    return 0;
+}
+
+/* Leaving (mu held; released here). Takes back what pause released before
+ * unregistering, so that a thread waiting for the pool to empty cannot go on before we
+ * are done with it; then hooks->leave, which may free the pool. */
+static void worker_exit_locked(worker_run *r)
+{
+    worker *w = r->w;
+    gla_pool *p = r->p;
+    if (w->pass_wake) /* leaving with a wake we did not use: pass it on */
+        signal_worker(pass_wake_locked(p, w));
+    if (r->holding)
+        cpu_flush(w, &r->cc, gla_now_ns());
+    if (!r->holding && r->h.resume) {
+        pthread_mutex_unlock(&p->mu);
+        r->holding = r->h.resume(r->ctx, r->wdata) == 0;
+        pthread_mutex_lock(&p->mu);
+    } else if (!r->h.resume) {
+        r->holding = 1;
+    }
+    unregister_locked(p, w); /* w is the pool's again: not touched after this */
+    pthread_mutex_unlock(&p->mu);
+    tls_worker = NULL;
+    if (r->h.leave)
+        r->h.leave(r->ctx, r->wdata, r->holding);
+}
+
+/* A worker's life: enter, register, serve tasks (pausing and idling when there are
+ * none) until told to leave or the pool shuts down, leave. */
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    gla_pool *p = w->pool;
+    worker_run r = {.w = w, .p = p, .h = p->cfg.hooks, .ctx = p->cfg.ctx};
+    tls_worker = w;
+    set_os_name(p, NULL, w->index);
+    w->tid = (pid_t)syscall(SYS_gettid);
+    r.rec = gla_ledger_self();
+
+    int rc = r.h.enter ? r.h.enter(r.ctx, &r.wdata, w->index) : 0;
+    if (rc == 0)
+        gla_pool_worker_entered(); /* if enter did not say so itself */
+    pthread_mutex_lock(&p->mu);
+    p->starting--;
+    if (rc < 0) {
+        enter_failed_locked(p, w);
+        pthread_mutex_unlock(&p->mu);
+        tls_worker = NULL;
+        if (r.h.leave)
+            r.h.leave(r.ctx, r.wdata, rc == GLA_POOL_ENTER_FAIL_HELD);
+        return NULL;
+    }
+    register_locked(p, w, r.rec);
+
+    r.holding = 1;
+    w->pass_wake = 0; /* woken for queued tasks: pass the wake on once running */
+    read_edge(r.rec, &r.e);
+    cpu_start(&r.cc, r.e.mono);
+    for (;;) { /* mu held at the top */
+        if (must_leave_locked(p, w))
+            break;
         gla_pool_task *t = queue_pop(p);
         if (!t) {
             if (w->pass_wake) { /* a running worker took it first */
@@ -541,119 +711,20 @@ static void *worker_main(void *arg)
             }
             if (p->shutdown)
                 break;
-            if (holding) {
+            if (r.holding) { /* release what enter took before waiting */
                 pthread_mutex_unlock(&p->mu);
-                cpu_flush(w, &cc, gla_now_ns());
-                if (h->pause)
-                    h->pause(ctx, wdata);
-                holding = 0;
+                worker_pause(&r);
                 pthread_mutex_lock(&p->mu);
                 continue;
             }
-            /* Idle: wait on our own condition until someone takes us off the stack. */
-            idle_push(p, w);
-            w->woken = 0;
-            uint64_t t0 = gla_now_ns();
-            if (rec)
-                gla_ledger_wait_begin(rec, GLA_IDLE, t0);
-            uint64_t idle_deadline = p->cfg.idle_timeout_s > 0
-                ? t0 + (uint64_t)(p->cfg.idle_timeout_s * 1e9) : 0;
-            while (!w->woken) {
-                if (idle_deadline) {
-                    struct timespec ts = abs_mono(idle_deadline);
-                    int wr = pthread_cond_timedwait(&w->cond, &p->mu, &ts);
-                    if (wr == ETIMEDOUT && !w->woken) {
-                        if (effective_locked(p) > p->cfg.min_workers && !p->shutdown) {
-                            idle_remove(p, w);
-                            w->retire = 1;
-                            p->retiring++;
-                            w->woken = 1;
-                        } else {
-                            idle_deadline = 0; /* at the floor: wait without a timeout */
-                        }
-                    }
-                } else {
-                    pthread_cond_wait(&w->cond, &p->mu);
-                }
-            }
-            uint64_t t1 = gla_now_ns();
-            if (rec)
-                gla_ledger_wait_end(rec, t1);
-            add_owned(&w->idle_ns, t1 - t0);
-            w->pass_wake = w->wake_for_work;
-            w->wake_for_work = 0;
+            idle_wait_locked(p, w, r.rec);
             continue; /* take a task, or leave: decided at the top */
         }
         pthread_mutex_unlock(&p->mu);
-        if (!holding) {
-            read_edge(rec, &e);
-            cpu_start(&cc, e.mono);
-            if (h->resume && h->resume(ctx, wdata) < 0) {
-                pthread_mutex_lock(&p->mu);
-                queue_push_front(p, t);
-                break;
-            }
-            holding = 1;
-        }
-        if (w->pass_wake && pthread_mutex_trylock(&p->mu) == 0) {
-            /* We hold the GIL now: the next idle worker may come if tasks wait. (When
-             * the mutex is busy this is done after the task, under its lock.) */
-            p->wakes_in_flight--;
-            w->pass_wake = 0;
-            worker *next = wake_next_locked(p);
-            pthread_mutex_unlock(&p->mu);
-            if (next)
-                pthread_cond_signal(&next->cond);
-        }
-        if (h->run)
-            h->run(ctx, wdata, t);
-        edge e2;
-        read_edge(rec, &e2);
-        account_task(w, &e, &e2);
-        cpu_edge(w, &cc, e2.mono);
-        e = e2;
-        if (pthread_mutex_trylock(&p->mu) != 0) {
-            /* Never sleep on the pool's mutex holding what enter took (the GIL): if its
-             * holder is preempted, every thread would queue behind us (a convoy). */
-            cpu_flush(w, &cc, gla_now_ns());
-            if (h->pause)
-                h->pause(ctx, wdata);
-            holding = 0;
-            pthread_mutex_lock(&p->mu);
-        }
-        if (w->pass_wake) {
-            p->wakes_in_flight--;
-            w->pass_wake = 0;
-            worker *next = wake_next_locked(p);
-            if (next)
-                pthread_cond_signal(&next->cond);
-        }
-        if (!p->cfg.policy)
-            p->idle_credit++;
+        if (run_task(&r, t) < 0)
+            break;
     }
-    if (w->pass_wake) { /* leaving with a wake we did not use: pass it on */
-        w->pass_wake = 0;
-        p->wakes_in_flight--;
-        worker *next = wake_next_locked(p);
-        if (next)
-            pthread_cond_signal(&next->cond);
-    }
-    /* Leaving (mu held). Take back what pause released before unregistering, so that a
-     * thread waiting for the pool to empty cannot go on before we are done with it. */
-    if (holding)
-        cpu_flush(w, &cc, gla_now_ns());
-    if (!holding && h->resume) {
-        pthread_mutex_unlock(&p->mu);
-        holding = h->resume(ctx, wdata) == 0;
-        pthread_mutex_lock(&p->mu);
-    } else if (!h->resume) {
-        holding = 1;
-    }
-    unregister_locked(p, w); /* w is the pool's again: not touched after this */
-    pthread_mutex_unlock(&p->mu);
-    tls_worker = NULL;
-    if (h->leave)
-        h->leave(ctx, wdata, holding);
+    worker_exit_locked(&r);
     return NULL;
 }
 
@@ -847,7 +918,7 @@ static int stall_target_locked(const gla_pool *p, int stalled, double cpu_share,
 }
 
 static void fill_window(const gla_pool *p, const totals *a, const totals *b, double span_s,
-                        double rq_share, gla_pool_window *win)
+                        double rq_share, gla_window *win)
 {
     memset(win, 0, sizeof *win);
     win->window_s = span_s;
@@ -977,14 +1048,14 @@ static void *monitor_main(void *arg)
 
         pthread_mutex_lock(&p->mu);
         p->usable_cores = cores;
-        gla_pool_window win;
+        gla_window win;
         fill_window(p, &last, &cur, (double)(now - win_start) / 1e9, share, &win);
         pthread_mutex_unlock(&p->mu);
 
-        gla_pool_decision d;
+        gla_decision d;
         memset(&d, 0, sizeof d);
         d.target = win.target;
-        d.action = GLA_POOL_HOLD;
+        d.action = GLA_HOLD;
         next_s = p->cfg.policy(p->cfg.policy_ctx, &win, &d);
         if (!(next_s > 0.001))
             next_s = 0.001;
@@ -994,9 +1065,9 @@ static void *monitor_main(void *arg)
         pthread_mutex_lock(&p->mu);
         p->last_window = win;
         p->windows++;
-        if ((unsigned)d.action >= GLA_POOL_NACTIONS)
-            d.action = GLA_POOL_HOLD;
-        d.reason[GLA_POOL_REASON_LEN - 1] = '\0';
+        if ((unsigned)d.action >= GLA_NACTIONS)
+            d.action = GLA_HOLD;
+        d.reason[GLA_REASON_LEN - 1] = '\0';
         if (cur.completed == last.completed && p->queue_len > 0) {
             if (stall_windows++ == 0)
                 stall_since = win_start;
@@ -1014,7 +1085,7 @@ static void *monitor_main(void *arg)
                      "%ld queued: %d",
                      p->live, cpu_share * 100, stalled_s, p->queue_len, stall);
             d.target = stall;
-            d.action = GLA_POOL_GROW;
+            d.action = GLA_GROW;
         }
         p->decisions[d.action]++;
         p->last_action = d.action;
@@ -1116,7 +1187,7 @@ gla_pool *gla_pool_create(const gla_pool_config *cfg)
         double quota, usable;
         p->usable_cores = gla_read_usable_cores(&aff, &quota, &usable) == 0 ? usable : 1.0;
     }
-    p->last_action = GLA_POOL_HOLD;
+    p->last_action = GLA_HOLD;
     snprintf(p->last_reason, sizeof p->last_reason, "no window closed yet");
     return p;
 }

@@ -44,7 +44,9 @@
  * and ledger/hook loads per task edge: GIL wait, GIL held, lock wait; the thread CPU
  * clock, a system call, at most every 50 us or 16 edges and around idle waits, exact in
  * sum), samples the run-queue delay and CPU of up to GLA_POOL_RUNQ_SAMPLE workers from
- * /proc, calls the policy, and applies its target: new workers start only while tasks
+ * /proc, calls the policy with that window (gla_window, window.h: the type a policy
+ * reads, so the controller's gla_ctl_policy plugs in as it is, and so does any function
+ * of type gla_policy_fn), and applies its target: new workers start only while tasks
  * wait (lazily, as ThreadPoolExecutor does), excess workers retire — idle ones at once
  * (longest idle first), busy ones when they finish their current task. Liveness comes
  * first: windows in which nothing completed while tasks wait and no worker is idle grow
@@ -82,6 +84,8 @@
 #ifndef GIL_ADAPT_POOL_H
 #define GIL_ADAPT_POOL_H
 
+#include "window.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -89,7 +93,6 @@
 extern "C" {
 #endif
 
-#define GLA_POOL_REASON_LEN 160
 #define GLA_POOL_NAME_LEN 48
 #define GLA_POOL_RUNQ_SAMPLE 16
 #define GLA_POOL_DEFAULT_STACK (2u * 1024u * 1024u) /* holds CPython's default recursion limit */
@@ -117,48 +120,6 @@ typedef struct {
     void (*leave)(void *ctx, void *wdata, int holding);
 } gla_pool_hooks;
 
-/* What the pool measured over one window (input of the policy). Per-task figures are
- * means over the tasks completed in the window; < 0 where unknown. */
-typedef struct {
-    double window_s;        /* length of the window */
-    double completed;       /* tasks completed in the window */
-    double task_cpu_s;      /* mean thread CPU per task */
-    double task_gil_wait_s; /* mean GIL wait per task (< 0: no exact GIL figure) */
-    double task_wall_s;     /* mean wall per task, from the worker taking it to its end */
-    double task_gil_held_s; /* mean time holding the GIL per task (< 0: unknown) */
-    double task_io_s;       /* mean I/O per task by the ledger's partition: wall less CPU,
-                               GIL and lock waits and run-queue time outside the GIL waits
-                               (< 0: unknown) */
-    double beta;            /* gil_wait / (gil_wait + io_wait) of the workers' busy time */
-    double runq_share;      /* run-queue delay / busy time of the sampled workers */
-    double gil_busy;        /* share of the window the workers held the GIL, tasks in
-                               flight included (< 0: no exact GIL figure) */
-    int workers;            /* live workers at the window's end */
-    int busy;               /* workers not idle at the window's end */
-    long queue_length;      /* tasks waiting at the window's end */
-    double usable_cores;
-    int target;             /* the target in force during the window */
-} gla_pool_window;
-
-typedef enum {
-    GLA_POOL_HOLD = 0,
-    GLA_POOL_GROW = 1,
-    GLA_POOL_SHRINK = 2,
-    GLA_POOL_VETO = 3,
-    GLA_POOL_NACTIONS = 4
-} gla_pool_action;
-
-typedef struct {
-    int target;
-    gla_pool_action action;
-    char reason[GLA_POOL_REASON_LEN];
-} gla_pool_decision;
-
-/* The policy: called by the monitor thread only (never concurrently with itself), with
- * no lock held. Fills *d and returns the length of the next window in seconds. */
-typedef double (*gla_pool_policy_fn)(void *policy_ctx, const gla_pool_window *w,
-                                     gla_pool_decision *d);
-
 typedef struct {
     int min_workers;           /* >= 1 */
     int max_workers;           /* >= min_workers */
@@ -173,9 +134,11 @@ typedef struct {
     char name[GLA_POOL_NAME_LEN]; /* OS thread names: "<name>_<index>", cut to 15 chars */
     gla_pool_hooks hooks;
     void *ctx;
-    gla_pool_policy_fn policy; /* NULL: hold the target, grow as ThreadPoolExecutor
-                                  (a worker per submit not matched by a completion) */
-    void *policy_ctx;
+    gla_policy_fn policy;      /* called by the monitor thread only (never concurrently with
+                                  itself), with no lock held; NULL: hold the target, grow as
+                                  ThreadPoolExecutor (a worker per submit not matched by a
+                                  completion) */
+    void *policy_ctx;          /* the policy's first argument */
 } gla_pool_config;
 
 /* One window's decision, for the history in gla_pool_stats. */
@@ -185,8 +148,8 @@ typedef struct {
     double window_s, completed;  /* the window's length and the tasks it finished */
     int workers, queue_nonempty; /* live workers then; tasks were waiting */
     int target;                  /* the target decided */
-    gla_pool_action action;
-    char reason[GLA_POOL_REASON_LEN];
+    gla_action action;
+    char reason[GLA_REASON_LEN];
 } gla_pool_history_entry;
 
 typedef struct {
@@ -197,10 +160,10 @@ typedef struct {
     uint64_t taken;              /* removed from the queue by gla_pool_take */
     int last_start_errno;
     int shutdown, broken;
-    uint64_t decisions[GLA_POOL_NACTIONS];
-    char last_reason[GLA_POOL_REASON_LEN];
-    gla_pool_action last_action;
-    gla_pool_window last_window; /* zeros before the first window */
+    uint64_t decisions[GLA_NACTIONS];
+    char last_reason[GLA_REASON_LEN];
+    gla_action last_action;
+    gla_window last_window;      /* zeros before the first window */
     double throughput;           /* completed / window_s of the last window */
     size_t stack_size;
     uint64_t windows;

@@ -461,49 +461,6 @@ static void py_leave(void *ctx, void *wdata, int holding)
     PyGILState_Release(g);
 }
 
-/* ---- policy: the controller (monitor thread, no GIL) ------------------------------------- */
-
-#if GLA_HAVE_CONTROLLER
-static double py_policy(void *pctx, const gla_pool_window *w, gla_pool_decision *d)
-{
-    PoolObject *po = pctx;
-    gla_ctl_window cw;
-    memset(&cw, 0, sizeof cw);
-    cw.window_s = w->window_s;
-    cw.completed = w->completed;
-    cw.task_cpu_s = w->task_cpu_s;
-    cw.task_gil_wait_s = w->task_gil_wait_s;
-    cw.task_wall_s = w->task_wall_s;
-    cw.task_gil_held_s = w->task_gil_held_s;
-    cw.task_io_s = w->task_io_s;
-    cw.beta = w->beta;
-    cw.runq_share = w->runq_share;
-    cw.gil_busy = w->gil_busy;
-    cw.workers = w->workers;
-    cw.busy = w->busy;
-    cw.queue_length = w->queue_length;
-    cw.usable_cores = w->usable_cores;
-    gla_ctl_decision cd = gla_ctl_step(&po->ctl, &cw);
-    d->target = cd.target;
-    switch (cd.action) {
-    case GLA_CTL_GROW:
-        d->action = GLA_POOL_GROW;
-        break;
-    case GLA_CTL_SHRINK:
-        d->action = GLA_POOL_SHRINK;
-        break;
-    case GLA_CTL_VETO:
-        d->action = GLA_POOL_VETO;
-        break;
-    default:
-        d->action = GLA_POOL_HOLD;
-        break;
-    }
-    snprintf(d->reason, sizeof d->reason, "%s", cd.reason);
-    return gla_ctl_window_s(&po->ctl);
-}
-#endif
-
 /* ---- Pool methods -------------------------------------------------------------------------- */
 
 static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -562,8 +519,8 @@ static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     cfg.ctx = po;
 #if GLA_HAVE_CONTROLLER
     if (use_controller) {
-        cfg.policy = py_policy;
-        cfg.policy_ctx = po;
+        cfg.policy = gla_ctl_policy;
+        cfg.policy_ctx = &po->ctl;
         po->has_controller = 1;
     }
 #else
@@ -685,14 +642,14 @@ static PyObject *Pool_wait(PoolObject *po, PyObject *args, PyObject *kwds)
     return PyBool_FromLong(done);
 }
 
-static const char *action_name(gla_pool_action a)
+static const char *action_name(gla_action a)
 {
     switch (a) {
-    case GLA_POOL_GROW:
+    case GLA_GROW:
         return "grow";
-    case GLA_POOL_SHRINK:
+    case GLA_SHRINK:
         return "shrink";
-    case GLA_POOL_VETO:
+    case GLA_VETO:
         return "veto";
     default:
         return "hold";
@@ -711,12 +668,12 @@ static PyObject *Pool_stats(PoolObject *po, PyObject *unused)
     (void)unused;
     gla_pool_stats s;
     gla_pool_get_stats(po->pool, &s);
-    const gla_pool_window *w = &s.last_window;
+    const gla_window *w = &s.last_window;
     PyObject *decisions = Py_BuildValue(
-        "{s:K,s:K,s:K,s:K}", "grow", (unsigned long long)s.decisions[GLA_POOL_GROW], "shrink",
-        (unsigned long long)s.decisions[GLA_POOL_SHRINK], "veto",
-        (unsigned long long)s.decisions[GLA_POOL_VETO], "hold",
-        (unsigned long long)s.decisions[GLA_POOL_HOLD]);
+        "{s:K,s:K,s:K,s:K}", "grow", (unsigned long long)s.decisions[GLA_GROW], "shrink",
+        (unsigned long long)s.decisions[GLA_SHRINK], "veto",
+        (unsigned long long)s.decisions[GLA_VETO], "hold",
+        (unsigned long long)s.decisions[GLA_HOLD]);
     if (!decisions)
         return NULL;
     PyObject *window;

@@ -81,7 +81,7 @@ def calm_gil(keep: int = CALM_DEFAULT, *, above: int = CALM_ABOVE_DEFAULT) -> in
     for the GIL; the others wait 20 intervals (or until the GIL is handed to them, as
     before). Removes the wake-up storm behind the saturation cliff of many I/O threads
     (2,048 threads sleeping 50 ms on one core: 0-8,000 tasks/s without, 17,000-28,000
-    with; see gilhook.h). With ``above`` or fewer waiters CPython's own waits are left
+    with; see csrc/calm.h). With ``above`` or fewer waiters CPython's own waits are left
     alone (thinning 25 GIL-bound workers on 2 cores cost them ~5 %); ``above=0`` thins at
     any count. ``keep=0`` turns it off. Installs the hook (the thinning needs it);
     process-wide. Returns the previous ``keep``.

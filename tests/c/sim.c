@@ -491,7 +491,7 @@ void sim_set_demands(sim *s, const sim_params *p)
     s->p.seed = seed;
 }
 
-void sim_run(sim *s, double seconds, gla_ctl_window *out)
+void sim_run(sim *s, double seconds, gla_window *out)
 {
     double end = s->now + seconds;
     s->w_done = s->w_wall = s->w_cpu = s->w_held = s->w_gwait = s->w_io = s->w_runq = s->w_iop = 0;
@@ -611,7 +611,7 @@ double sim_fixed_rate(const sim_params *p, int workers, double warm, double seco
     sim *s = sim_new(p, workers);
     if (!s)
         return 0;
-    gla_ctl_window w;
+    gla_window w;
     sim_run(s, warm, &w);
     /* A large pool takes several of its cycles (workers / rate) to leave its start-up
      * pattern (all threads began with their CPU phase at once): warm up and measure over

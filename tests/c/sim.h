@@ -4,7 +4,7 @@
  * --------
  * sim_new(p, workers) builds a pool of `workers` threads with an endless queue of tasks;
  * sim_run(s, seconds, &w) advances simulated time and fills `w` with what the executor's
- * ledger would have measured over that stretch (a gla_ctl_window); sim_set_workers(s, n)
+ * ledger would have measured over that stretch (a gla_window); sim_set_workers(s, n)
  * changes the pool size as the executor does (new threads start at once, surplus threads
  * retire after their current task). Deterministic: the same parameters, seed and calls give
  * the same figures. Task i's demands depend only on (seed, i), so two runs at different
@@ -67,7 +67,7 @@ void sim_set_workers(sim *s, int workers);
 /* A phase change: tasks started from now on draw from p's demands (seed kept). */
 void sim_set_demands(sim *s, const sim_params *p);
 /* Advances `seconds` of simulated time; fills *out (queue_length: a large backlog). */
-void sim_run(sim *s, double seconds, gla_ctl_window *out);
+void sim_run(sim *s, double seconds, gla_window *out);
 double sim_now(const sim *s);
 long long sim_completed(const sim *s);
 void sim_free(sim *s);

@@ -70,7 +70,7 @@ int main(int argc, char **argv)
         return 1;
     for (double t = 0; t < 20.0;) {
         double win = gla_ctl_window_s(&c);
-        gla_ctl_window wd;
+        gla_window wd;
         sim_run(s, win, &wd);
         t += win;
         sim_set_workers(s, gla_ctl_step(&c, &wd).target);

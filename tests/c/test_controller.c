@@ -174,7 +174,7 @@ static run_result run(gla_ctl *c, sim *s, int max_workers, double seconds, doubl
         if (t + win > seconds)
             win = seconds - t;
         int n = c->target;
-        gla_ctl_window w;
+        gla_window w;
         sim_run(s, win, &w);
         t = sim_now(s) - t0;
         double x = eval_rate(n);
@@ -199,7 +199,7 @@ static run_result run(gla_ctl *c, sim *s, int max_workers, double seconds, doubl
             worth += x * win;
             worth_t += win;
         }
-        gla_ctl_decision d = gla_ctl_step(c, &w);
+        gla_decision d = gla_ctl_step(c, &w);
         CHECK(d.target >= 1 && d.target <= max_workers, "target %d out of bounds", d.target);
         sim_set_workers(s, d.target);
         if (tail_from < 0 && t >= seconds - MEASURE_S - 1e-9) {
@@ -233,9 +233,9 @@ static void test_bounds_and_bad_input(void)
     sim *s = sim_new(&io, c.target);
     CHECK(s != NULL, "sim_new");
     for (int i = 0; s && i < 50; i++) {
-        gla_ctl_window w;
+        gla_window w;
         sim_run(s, gla_ctl_window_s(&c), &w);
-        gla_ctl_decision d = gla_ctl_step(&c, &w);
+        gla_decision d = gla_ctl_step(&c, &w);
         CHECK(d.target >= 2 && d.target <= 3, "target %d outside [2,3]", d.target);
         sim_set_workers(s, d.target);
     }
@@ -244,7 +244,7 @@ static void test_bounds_and_bad_input(void)
 
 /* A window of 40 tasks of `held` s of Python CPU (all of their CPU), `wall` s on the worker,
  * I/O `io` (< 0: unknown), on `cores` cores, with a deep queue; nothing else known. */
-static void task_window(gla_ctl_window *w, double held, double wall, double io, double cores)
+static void task_window(gla_window *w, double held, double wall, double io, double cores)
 {
     memset(w, 0, sizeof *w);
     w->window_s = 0.5;
@@ -261,7 +261,7 @@ static void task_window(gla_ctl_window *w, double held, double wall, double io, 
 static void test_directions(void)
 {
     /* More I/O per task -> more workers; GIL-bound (no I/O) -> few. */
-    gla_ctl_window w;
+    gla_window w;
     task_window(&w, 0.01, 0.06, -1, 1);
     double mixed = gla_ctl_little_size(&w, 1);
     w.task_wall_s = 0.21;
@@ -298,10 +298,10 @@ static void test_directions(void)
     sim *s = sim_new(&gil, c.target);
     int vetoes = 0;
     for (int i = 0; s && i < 200; i++) {
-        gla_ctl_window mw;
+        gla_window mw;
         sim_run(s, gla_ctl_window_s(&c), &mw);
-        gla_ctl_decision d = gla_ctl_step(&c, &mw);
-        vetoes += d.action == GLA_CTL_VETO;
+        gla_decision d = gla_ctl_step(&c, &mw);
+        vetoes += d.action == GLA_VETO;
         sim_set_workers(s, d.target);
     }
     sim_free(s);
@@ -489,7 +489,7 @@ static void test_phase_change(void)
 
 /* A controller on one core and the windows of an I/O task (0.1 ms CPU, 0.2 s wall: Little's
  * law asks for ~2000 workers) with a deep queue; the caller sets workers and completions. */
-static void io_task_setup(gla_ctl *c, gla_ctl_window *w)
+static void io_task_setup(gla_ctl *c, gla_window *w)
 {
     gla_ctl_init(c, 1, 2048, 1);
     task_window(w, 0.0001, 0.2, -1, 1);
@@ -503,15 +503,15 @@ static void io_task_setup(gla_ctl *c, gla_ctl_window *w)
 static void test_collapse_case(double trickle)
 {
     gla_ctl c;
-    gla_ctl_window w;
+    gla_window w;
     io_task_setup(&c, &w);
     int collapsed = 0, max_after = 0;
     for (int i = 0; i < 120; i++) {
         int n = c.target;
         w.workers = w.busy = n;
         w.completed = n * w.window_s / w.task_wall_s * (n > 600 ? trickle : 1); /* dead above 600 */
-        gla_ctl_decision d = gla_ctl_step(&c, &w);
-        if (d.action == GLA_CTL_VETO && n > 600 && d.target <= 600)
+        gla_decision d = gla_ctl_step(&c, &w);
+        if (d.action == GLA_VETO && n > 600 && d.target <= 600)
             collapsed = 1;
         if (collapsed && d.target > max_after)
             max_after = d.target;
@@ -527,7 +527,7 @@ static void test_collapse_case(double trickle)
 static void test_dip_is_not_collapse(int slow_windows)
 {
     gla_ctl c;
-    gla_ctl_window w;
+    gla_window w;
     io_task_setup(&c, &w);
     int last = 0, dips = 0, went_back = 0, peak = 0;
     for (int i = 0; i < 60; i++) {
@@ -538,8 +538,8 @@ static void test_dip_is_not_collapse(int slow_windows)
         /* the first window(s) at each size above 256 (steps of x1.5 there) run at 40 % */
         double slow = n > 256 && dips < slow_windows ? 0.4 : 1;
         w.completed = n * w.window_s / w.task_wall_s * slow;
-        gla_ctl_decision d = gla_ctl_step(&c, &w);
-        if (d.action == GLA_CTL_VETO && d.target < n)
+        gla_decision d = gla_ctl_step(&c, &w);
+        if (d.action == GLA_VETO && d.target < n)
             went_back = 1;
         if (d.target > peak)
             peak = d.target;
@@ -559,7 +559,7 @@ static void test_dip_is_not_collapse(int slow_windows)
 static void test_slow_spell_is_not_collapse(void)
 {
     gla_ctl c;
-    gla_ctl_window w;
+    gla_window w;
     io_task_setup(&c, &w);
     int spell = -1, went_back = 0, lifted = 0, peak_before = 0, peak_after = 0;
     for (int i = 0; i < 80; i++) {
@@ -569,8 +569,8 @@ static void test_slow_spell_is_not_collapse(void)
             spell = i;
         double slow = spell >= 0 && i < spell + 8 ? 0.4 : 1;
         w.completed = n * w.window_s / w.task_wall_s * slow;
-        gla_ctl_decision d = gla_ctl_step(&c, &w);
-        if (d.action == GLA_CTL_VETO && d.target < n && spell >= 0 && !went_back) {
+        gla_decision d = gla_ctl_step(&c, &w);
+        if (d.action == GLA_VETO && d.target < n && spell >= 0 && !went_back) {
             went_back = 1;
             peak_before = n;
         }
@@ -591,7 +591,7 @@ static void test_ramp_on_few_tasks(void)
 {
     gla_ctl c;
     gla_ctl_init(&c, 1, 2048, 1);
-    gla_ctl_window w;
+    gla_window w;
     task_window(&w, 0.0004, 0.1904, 0.190, 1);
     w.completed = 1;
     w.workers = w.busy = 1;
@@ -615,7 +615,7 @@ static int noisy_demands_case(int *caught)
 {
     gla_ctl c;
     gla_ctl_init(&c, 1, 2048, 2);
-    gla_ctl_window w;
+    gla_window w;
     unsigned long long x = 88172645463325252ull; /* its own stream: urand's feeds the workloads */
     int resizes = 0;
     *caught = -1;
@@ -629,7 +629,7 @@ static int noisy_demands_case(int *caught)
         int n = c.target;
         w.workers = w.busy = n;
         w.completed = n * w.window_s / w.task_wall_s;
-        gla_ctl_decision d = gla_ctl_step(&c, &w);
+        gla_decision d = gla_ctl_step(&c, &w);
         int resized = strstr(d.reason, "task demands changed") != NULL;
         if (resized && i >= 20 && i < 300)
             resizes++;
@@ -656,7 +656,7 @@ static double gil_fill_case(int share_known)
 {
     gla_ctl c;
     gla_ctl_init(&c, 1, 2048, 2);
-    gla_ctl_window w;
+    gla_window w;
     task_window(&w, 0.010, 0.115, 0.100, 2);
     w.task_gil_wait_s = 0.005;
     w.beta = 0.05;
@@ -669,7 +669,7 @@ static double gil_fill_case(int share_known)
         w.completed = w.window_s * 80 * (x > 1 ? pow(x, -0.135) : x);
         double u = x < 1 ? 0.80 * x : 0.80 + 0.36 * (x - 1);
         w.gil_busy = share_known ? (u > 0.98 ? 0.98 : u) : -1;
-        gla_ctl_decision d = gla_ctl_step(&c, &w);
+        gla_decision d = gla_ctl_step(&c, &w);
         CHECK(d.target >= 1 && d.target <= 2048, "target %d", d.target);
     }
     return c.target / L;
@@ -691,7 +691,7 @@ static void test_gil_fill(void)
 static int contention_peak(int contended, int *final_target, int *said)
 {
     gla_ctl c;
-    gla_ctl_window w;
+    gla_window w;
     gla_ctl_init(&c, 1, 2048, 1);
     task_window(&w, 0.0002, 0.005, -1, 1);
     int peak = 0;
@@ -704,7 +704,7 @@ static int contention_peak(int contended, int *final_target, int *said)
         w.task_wall_s = wall;
         w.window_s = 0.5;
         w.completed = rate * w.window_s;
-        gla_ctl_decision d = gla_ctl_step(&c, &w);
+        gla_decision d = gla_ctl_step(&c, &w);
         if (strstr(d.reason, "contention"))
             *said = 1;
         if (d.target > peak)

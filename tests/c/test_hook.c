@@ -23,18 +23,10 @@
 
 #include "testutil.h"
 
-/* CPython's struct _gil_runtime_state (3.9-3.13, pycore_gil.h), to stand in for the GIL. */
-static struct {
-    unsigned long interval;
-    void *last_holder;
-    int locked;
-    unsigned long switch_number;
-    pthread_cond_t cond;
-    pthread_mutex_t mutex;
-    pthread_cond_t switch_cond;
-    pthread_mutex_t switch_mutex;
-} g_fake_gil = {5000, NULL, 0, 0, PTHREAD_COND_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
-                PTHREAD_COND_INITIALIZER, PTHREAD_MUTEX_INITIALIZER};
+/* CPython's GIL state (gil_layout.h), to stand in for the GIL. */
+static gla_gil_state g_fake_gil = {5000, NULL, 0, 0, PTHREAD_COND_INITIALIZER,
+                                   PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
+                                   PTHREAD_MUTEX_INITIALIZER};
 static pthread_mutex_t g_mutex = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_other = PTHREAD_COND_INITIALIZER;
 

@@ -405,7 +405,7 @@ static void test_enter_failure(void)
 static _Atomic int g_policy_calls;
 static _Atomic int g_policy_saw_tasks;
 static _Atomic int g_policy_bad;
-static double script_policy(void *ctx, const gla_pool_window *w, gla_pool_decision *d)
+static double script_policy(void *ctx, const gla_window *w, gla_decision *d)
 {
     (void)ctx;
     int k = atomic_fetch_add(&g_policy_calls, 1);
@@ -420,7 +420,7 @@ static double script_policy(void *ctx, const gla_pool_window *w, gla_pool_decisi
         atomic_fetch_add(&g_policy_bad, 1);
     static const int script[] = {4, 4, 2, 6, 1, 3};
     d->target = script[k % 6];
-    d->action = k % 3 == 0 ? GLA_POOL_GROW : (k % 3 == 1 ? GLA_POOL_SHRINK : GLA_POOL_VETO);
+    d->action = k % 3 == 0 ? GLA_GROW : (k % 3 == 1 ? GLA_SHRINK : GLA_VETO);
     snprintf(d->reason, sizeof d->reason, "script step %d", k);
     return 0.01;
 }
@@ -458,12 +458,12 @@ static void test_policy(void)
 
 /* 6b. Liveness: a policy that holds one worker while that worker waits for a task queued
  *     behind it; the pool grows by itself (blocked workers, nothing done, work queued). */
-static double hold_one(void *ctx, const gla_pool_window *w, gla_pool_decision *d)
+static double hold_one(void *ctx, const gla_window *w, gla_decision *d)
 {
     (void)ctx;
     (void)w;
     d->target = 1;
-    d->action = GLA_POOL_HOLD;
+    d->action = GLA_HOLD;
     snprintf(d->reason, sizeof d->reason, "hold one");
     return 0.01;
 }
@@ -483,8 +483,8 @@ static void test_liveness(void)
     CHECK(atomic_load(&g_gate_open), "the queued opener ran");
     gla_pool_stats s;
     gla_pool_get_stats(p, &s);
-    CHECK(s.decisions[GLA_POOL_GROW] >= 1, "grow decisions %llu",
-          (unsigned long long)s.decisions[GLA_POOL_GROW]);
+    CHECK(s.decisions[GLA_GROW] >= 1, "grow decisions %llu",
+          (unsigned long long)s.decisions[GLA_GROW]);
     drain_and_check(p, 1);
     gla_pool_destroy(p);
 }
