@@ -469,13 +469,42 @@ static PyObject *py_limits(PyObject *self, PyObject *args)
     (void)args;
     int affinity = 0;
     double quota = 0, usable = 0;
-    uint64_t limit = 0, avail = 0;
+    uint64_t limit = 0, avail = 0, threads_max = 0, pid_max = 0, nproc = 0;
     gla_read_usable_cores(&affinity, &quota, &usable);
     gla_read_memory(&limit, &avail);
-    return Py_BuildValue("{s:i,s:d,s:d,s:K,s:K}", "affinity_cores", affinity,
+    gla_read_thread_limits(&threads_max, &pid_max, &nproc);
+    return Py_BuildValue("{s:i,s:d,s:d,s:K,s:K,s:K,s:K,s:K}", "affinity_cores", affinity,
                          "cpu_quota_cores", quota, "usable_cores", usable,
                          "memory_limit_bytes", (unsigned long long)limit,
-                         "memory_available_bytes", (unsigned long long)avail);
+                         "memory_available_bytes", (unsigned long long)avail,
+                         "threads_max", (unsigned long long)threads_max,
+                         "pid_max", (unsigned long long)pid_max,
+                         "nproc_limit", (unsigned long long)nproc);
+}
+
+static PyObject *py_memory_groups(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    gla_mem_group *groups = PyMem_RawMalloc(GLA_MEM_GROUPS_MAX * sizeof *groups);
+    if (!groups)
+        return PyErr_NoMemory();
+    int n;
+    Py_BEGIN_ALLOW_THREADS
+    n = gla_read_memory_groups(groups, GLA_MEM_GROUPS_MAX);
+    Py_END_ALLOW_THREADS
+    if (n == -ENOSPC)
+        n = GLA_MEM_GROUPS_MAX;
+    PyObject *list = PyList_New(0);
+    for (int i = 0; list && i < n; i++) {
+        PyObject *item = Py_BuildValue("(sKK)", groups[i].path, (unsigned long long)groups[i].limit,
+                                       (unsigned long long)groups[i].working_set);
+        if (!item || PyList_Append(list, item) < 0)
+            Py_CLEAR(list);
+        Py_XDECREF(item);
+    }
+    PyMem_RawFree(groups);
+    return list;
 }
 
 static PyObject *py_dropped(PyObject *self, PyObject *args)
@@ -541,7 +570,11 @@ static PyMethodDef core_methods[] = {
     {"gil_switches", py_gil_switches, METH_NOARGS, "GIL hand-offs so far, or -1."},
     {"self_times", py_self_times, METH_NOARGS, "(now_ns, thread_cpu_ns, gil_wait_ns, gil_held_ns) of the calling thread; -1 where unknown."},
     {"now_ns", py_now_ns, METH_NOARGS, "CLOCK_MONOTONIC in ns (the ledger's clock)."},
-    {"limits", py_limits, METH_NOARGS, "Usable cores and memory budget as read from affinity, cgroups and /proc."},
+    {"limits", py_limits, METH_NOARGS,
+     "Usable cores, memory budget and thread limits as read from affinity, cgroups and /proc."},
+    {"memory_groups", py_memory_groups, METH_NOARGS,
+     "[(path, limit_bytes, working_set_bytes)]: the memory cgroups from this process's own\n"
+     "up to the root that set a limit, nearest first."},
     {"dropped", py_dropped, METH_NOARGS, "Threads not recorded because the table was full."},
     {NULL, NULL, 0, NULL},
 };

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -197,18 +198,104 @@ int gla_read_usable_cores(int *affinity, double *quota, double *usable)
     return 0;
 }
 
+/* A number from a cgroup or /proc file: 1 with *v set, 0 for "max"/unreadable. */
+static int read_u64(const char *dir, const char *leaf, uint64_t *v)
+{
+    char buf[64];
+    if (read_in(dir, leaf, buf, sizeof buf) <= 0 || strncmp(buf, "max", 3) == 0)
+        return 0;
+    char *end;
+    unsigned long long x = strtoull(buf, &end, 10);
+    if (end == buf)
+        return 0;
+    *v = x;
+    return 1;
+}
+
+/* The value of `name` in a flat-keyed file (memory.stat), 0 when absent. */
+static uint64_t stat_field(const char *dir, const char *leaf, const char *name)
+{
+    char buf[8192];
+    if (read_in(dir, leaf, buf, sizeof buf) <= 0)
+        return 0;
+    size_t len = strlen(name);
+    for (char *line = buf; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+        if (strncmp(line, name, len) == 0 && line[len] == ' ')
+            return strtoull(line + len + 1, NULL, 10);
+    }
+    return 0;
+}
+
+int gla_read_memory_groups(gla_mem_group *out, int cap)
+{
+    char dir[GLA_MEM_PATH_LEN], base[64];
+    int v2 = 1;
+    if (cgroup_dir("", dir, sizeof dir) == 0) {
+        char ctrls[512];
+        v2 = read_small("/sys/fs/cgroup/cgroup.controllers", ctrls, sizeof ctrls) > 0 &&
+             strstr(ctrls, "memory") != NULL;
+    } else {
+        v2 = 0;
+    }
+    if (v2) {
+        snprintf(base, sizeof base, "/sys/fs/cgroup");
+    } else {
+        if (cgroup_dir("memory", dir, sizeof dir) != 0)
+            return 0; /* no memory cgroup: no limit from one */
+        snprintf(base, sizeof base, "/sys/fs/cgroup/memory");
+    }
+    size_t base_len = strlen(base);
+    int n = 0;
+    for (;;) {
+        uint64_t limit = 0, usage = 0;
+        int limited = v2 ? read_u64(dir, "memory.max", &limit)
+                         : read_u64(dir, "memory.limit_in_bytes", &limit) && limit < (1ull << 62);
+        if (limited && limit > 0 && read_u64(dir, v2 ? "memory.current" : "memory.usage_in_bytes", &usage)) {
+            uint64_t inactive = stat_field(dir, "memory.stat", v2 ? "inactive_file" : "total_inactive_file");
+            if (n < cap) {
+                snprintf(out[n].path, sizeof out[n].path, "%s", dir);
+                out[n].limit = limit;
+                out[n].working_set = usage > inactive ? usage - inactive : 0;
+            }
+            n++;
+        }
+        size_t len = strlen(dir);
+        if (len <= base_len)
+            break;
+        char *slash = strrchr(dir, '/');
+        if (!slash || (size_t)(slash - dir) < base_len)
+            break;
+        *slash = '\0'; /* the parent group */
+        if (strlen(dir) < base_len)
+            break;
+    }
+    return n > cap ? -ENOSPC : n;
+}
+
+int gla_read_thread_limits(uint64_t *threads_max, uint64_t *pid_max, uint64_t *nproc)
+{
+    uint64_t t = 0, p = 0;
+    read_u64("/proc/sys/kernel", "threads-max", &t);
+    read_u64("/proc/sys/kernel", "pid_max", &p);
+    struct rlimit rl;
+    uint64_t np = 0;
+    if (getrlimit(RLIMIT_NPROC, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        np = (uint64_t)rl.rlim_cur;
+    *threads_max = t;
+    *pid_max = p;
+    *nproc = np;
+    return 0;
+}
+
 int gla_read_memory(uint64_t *limit, uint64_t *available)
 {
-    char dir[4096], buf[4096];
+    char buf[4096];
     uint64_t lim = 0;
-    if (cgroup_dir("", dir, sizeof dir) == 0 && read_in(dir, "memory.max", buf, sizeof buf) > 0) {
-        if (strncmp(buf, "max", 3) != 0)
-            lim = strtoull(buf, NULL, 10);
-    } else if (cgroup_dir("memory", dir, sizeof dir) == 0 &&
-               read_in(dir, "memory.limit_in_bytes", buf, sizeof buf) > 0) {
-        unsigned long long v = strtoull(buf, NULL, 10);
-        if (v < (1ull << 62)) /* v1 reports "no limit" as a huge page-rounded number */
-            lim = v;
+    gla_mem_group groups[GLA_MEM_GROUPS_MAX];
+    int n = gla_read_memory_groups(groups, GLA_MEM_GROUPS_MAX);
+    for (int i = 0; i < n; i++) {
+        if (lim == 0 || groups[i].limit < lim)
+            lim = groups[i].limit;
     }
     uint64_t avail = 0;
     if (read_small("/proc/meminfo", buf, sizeof buf) > 0) {

@@ -171,3 +171,36 @@ def test_processes_stay_within_a_512_mib_cgroup(memory_group) -> None:
     peak = stats["functions"]["backend_tasks:allocate"]["peak_rss_bytes"]
     assert peak >= TASK_MIB << 20  # the measured task peak is what sized the pool
     assert stats["memory_limits"] and stats["memory_limits"][0]["limit_bytes"] == LIMIT
+
+
+NESTED_CHILD = textwrap.dedent(r"""
+    import json
+    from gil_adapt import _core
+    print(json.dumps({"groups": _core.memory_groups(), "limits": _core.limits()}))
+""")
+
+
+def test_the_core_reads_a_limit_set_by_an_ancestor_group(memory_group) -> None:
+    """A process in an unlimited child of a 512 MiB group is limited by the parent: the one
+    reader of kernel facts (the C core) walks every ancestor, and the executor's budget
+    (limits()) and the process backend's (memory_groups()) agree on it."""
+    path, version = memory_group
+    if version == "v2":
+        _write(os.path.join(path, "cgroup.subtree_control"), "+memory")
+    inner = os.path.join(path, "inner")
+    os.mkdir(inner)
+    try:
+        procs = os.path.join(inner, "cgroup.procs")
+        cmd = ["sh", "-c", f'echo $$ > "{procs}" && exec "$0" -c "$1"', sys.executable,
+               NESTED_CHILD]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        _remove_group(inner)
+    groups = report["groups"]
+    assert [os.path.normpath(g[0]) for g in groups][:1] == [os.path.normpath(path)], groups
+    assert groups[0][1] == LIMIT and 0 <= groups[0][2] <= LIMIT, groups
+    assert report["limits"]["memory_limit_bytes"] == LIMIT, report["limits"]
+    limits = report["limits"]
+    assert limits["threads_max"] > 0 and limits["pid_max"] > 0, limits

@@ -51,14 +51,6 @@ RESIDENT_PER_WORKER = 128 * 1024
 _counter = itertools.count().__next__
 
 
-def _read_int(path: str) -> Optional[int]:
-    try:
-        with open(path) as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def worker_stack_size() -> int:
     """Stack reserved for each worker thread.
 
@@ -93,18 +85,10 @@ def default_max_workers(stack_size: Optional[int] = None) -> int:
                           limits.get("memory_available_bytes", 0)) if b > 0]
     if memory:
         bounds.append(min(memory) // 4 // RESIDENT_PER_WORKER)
-    for path in ("/proc/sys/kernel/threads-max", "/proc/sys/kernel/pid_max"):
-        value = _read_int(path)
-        if value:
+    for key in ("threads_max", "pid_max", "nproc_limit"):
+        value = limits.get(key, 0)
+        if value > 0:
             bounds.append(value // 2)
-    try:
-        import resource
-
-        soft, _hard = resource.getrlimit(resource.RLIMIT_NPROC)
-        if soft != resource.RLIM_INFINITY and soft > 0:
-            bounds.append(soft // 2)
-    except (ImportError, OSError, ValueError, AttributeError):
-        pass
     if sys.maxsize <= 2**32:
         bounds.append((1 << 31) // (stack_size + RESIDENT_PER_WORKER))
     return max(1, min(bounds))

@@ -5,8 +5,8 @@ its other children, the kernel's charges) is read too, for the process's own mem
 cgroup and every ancestor that sets a limit (v2 ``memory.max``/``memory.current``, v1
 ``memory.limit_in_bytes``/``memory.usage_in_bytes``), less the inactive file cache the
 kernel reclaims before it kills anything. Without any cgroup limit the host's
-``MemAvailable`` bounds the budget. ``gil_adapt._core.limits()`` supplies MemAvailable and
-the own group's limit (the same readers the controller uses).
+``MemAvailable`` bounds the budget. The C core reads these facts (``_core.memory_groups()``,
+``_core.limits()``: the same readers the executor uses); this module only combines them.
 """
 from __future__ import annotations
 
@@ -14,9 +14,6 @@ import os
 from typing import List, NamedTuple, Optional, Sequence
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
-CGROUP_ROOT = "/sys/fs/cgroup"
-#: v1 reports "no limit" as a huge page-rounded number.
-_V1_UNLIMITED = 1 << 62
 MIB = 1 << 20
 #: Least safety margin kept free under the tightest bound.
 MIN_MARGIN = 32 * MIB
@@ -58,62 +55,13 @@ def _stat_field(text: Optional[str], name: str) -> int:
     return 0
 
 
-def _own_dirs() -> List[str]:
-    """Own memory cgroup directory and its ancestors up to the hierarchy's root."""
-    text = _read("/proc/self/cgroup") or ""
-    v2 = "memory" in (_read(os.path.join(CGROUP_ROOT, "cgroup.controllers")) or "").split()
-    start = base = None
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, path = parts
-        if v2 and controllers == "":
-            base, start = CGROUP_ROOT, CGROUP_ROOT + path
-            break
-        if not v2 and "memory" in controllers.split(","):
-            base = os.path.join(CGROUP_ROOT, "memory")
-            start = base + path
-            if not os.path.isdir(start):  # a namespaced mount shows the group at its root
-                start = base
-            break
-    if base is None or start is None:
-        return []
-    dirs = []
-    current = os.path.normpath(start)
-    base = os.path.normpath(base)
-    while current.startswith(base):
-        dirs.append(current)
-        if current == base:
-            break
-        current = os.path.dirname(current)
-    return dirs
-
-
 def cgroup_groups() -> List[GroupMemory]:
-    """Every memory cgroup on the way to the root that sets a limit, with its usage now."""
-    groups = []
-    for d in _own_dirs():
-        if os.path.exists(os.path.join(d, "memory.max")) or \
-                os.path.exists(os.path.join(d, "memory.current")):
-            limit_text = _read(os.path.join(d, "memory.max"))
-            usage_text = _read(os.path.join(d, "memory.current"))
-            inactive = _stat_field(_read(os.path.join(d, "memory.stat")), "inactive_file")
-            if not limit_text or limit_text.strip() == "max":
-                continue
-        else:
-            limit_text = _read(os.path.join(d, "memory.limit_in_bytes"))
-            usage_text = _read(os.path.join(d, "memory.usage_in_bytes"))
-            inactive = _stat_field(_read(os.path.join(d, "memory.stat")), "total_inactive_file")
-        try:
-            limit = int((limit_text or "").strip())
-            usage = int((usage_text or "").strip())
-        except ValueError:
-            continue
-        if limit <= 0 or limit >= _V1_UNLIMITED:
-            continue
-        groups.append(GroupMemory(d, limit, max(0, usage - inactive)))
-    return groups
+    """Every memory cgroup on the way to the root that sets a limit, with its usage now
+    (read by the C core: ``gil_adapt._core.memory_groups()``)."""
+    from .. import _core
+
+    return [GroupMemory(path, limit, working_set)
+            for path, limit, working_set in _core.memory_groups()]
 
 
 def oom_kills(path: str) -> Optional[int]:
