@@ -33,8 +33,19 @@
 #include <string.h>
 #include <time.h>
 
+/* Why GIL waits are not exact (empty when they are): process-wide, like the hook; written
+ * by install/uninstall, read by capabilities, under g_reason_lock (no GIL to rely on in
+ * the free-threaded build). */
 static char g_gil_reason[320] = "not calibrated";
-static int g_free_threaded;
+static pthread_mutex_t g_reason_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_int g_free_threaded; /* the GIL is disabled in this process */
+
+static void set_reason(const char *fmt, const char *arg)
+{
+    pthread_mutex_lock(&g_reason_lock);
+    snprintf(g_gil_reason, sizeof g_gil_reason, fmt, arg);
+    pthread_mutex_unlock(&g_reason_lock);
+}
 
 /* ---- calibration ------------------------------------------------------------------ */
 
@@ -144,8 +155,8 @@ static void calibrate(void)
 {
     if (gla_hook_gil())
         return;
-    if (g_free_threaded) {
-        snprintf(g_gil_reason, sizeof g_gil_reason, "free-threaded build: the GIL is disabled");
+    if (atomic_load(&g_free_threaded)) {
+        set_reason("%s", "not applicable: free-threaded build, the GIL is disabled");
         return;
     }
     unsigned long interval_us = switch_interval_us();
@@ -154,8 +165,7 @@ static void calibrate(void)
     void *first = calibrate_once(interval_us, lo, hi);
     void *second = first ? calibrate_once(interval_us, lo, hi) : NULL;
     if (!first || first != second) {
-        snprintf(g_gil_reason, sizeof g_gil_reason,
-                 "calibration did not find the GIL's condition variable (unknown layout)");
+        set_reason("%s", "calibration did not find the GIL's condition variable (unknown layout)");
         return;
     }
     gla_hook_set_gil(first);
@@ -163,11 +173,10 @@ static void calibrate(void)
     calibrate_once(interval_us, lo, hi);
     if (gla_gil_switches() <= before) {
         gla_hook_set_gil(NULL);
-        snprintf(g_gil_reason, sizeof g_gil_reason,
-                 "calibration candidate failed the switch-counter check");
+        set_reason("%s", "calibration candidate failed the switch-counter check");
         return;
     }
-    g_gil_reason[0] = '\0';
+    set_reason("%s", "");
 }
 
 /* ---- Python functions --------------------------------------------------------------- */
@@ -186,7 +195,7 @@ static PyObject *py_install(PyObject *self, PyObject *args)
     else {
         gla_hook_status st;
         gla_hook_get_status(&st);
-        snprintf(g_gil_reason, sizeof g_gil_reason, "hook not installed: %s", st.reason);
+        set_reason("hook not installed: %s", st.reason);
     }
     return PyLong_FromLong(rc);
 }
@@ -200,7 +209,7 @@ static PyObject *py_uninstall(PyObject *self, PyObject *args)
     rc = gla_hook_uninstall();
     Py_END_ALLOW_THREADS
     if (rc == 0)
-        snprintf(g_gil_reason, sizeof g_gil_reason, "hook uninstalled");
+        set_reason("%s", "hook uninstalled");
     return PyLong_FromLong(rc);
 }
 
@@ -212,16 +221,23 @@ static PyObject *py_capabilities(PyObject *self, PyObject *args)
     gla_hook_get_status(&st);
     uint64_t cpu, runq;
     int sched_ok = gla_read_schedstat(0, &cpu, &runq) == 0;
-    int gil_exact = st.installed && st.gil_known && !g_free_threaded;
-    const char *gil_reason = gil_exact ? "" : (st.installed ? g_gil_reason : (st.reason[0] ? st.reason : g_gil_reason));
+    int free_threaded = atomic_load(&g_free_threaded);
+    int gil_exact = st.installed && st.gil_known && !free_threaded;
+    char reason[sizeof g_gil_reason];
+    pthread_mutex_lock(&g_reason_lock);
+    snprintf(reason, sizeof reason, "%s", g_gil_reason);
+    pthread_mutex_unlock(&g_reason_lock);
+    const char *gil_reason = gil_exact ? "" : (st.installed ? reason : (st.reason[0] ? st.reason : reason));
+    if (free_threaded)
+        gil_reason = "not applicable: free-threaded build, the GIL is disabled";
     return Py_BuildValue(
         "{s:s,s:s,s:s,s:s,s:s,s:O,s:i,s:i,s:i,s:i,s:s}",
-        "gil_wait", gil_exact ? "exact" : "unavailable",
+        "gil_wait", gil_exact ? "exact" : (free_threaded ? "not applicable" : "unavailable"),
         "gil_wait_reason", gil_reason,
         "lock_wait", (st.installed && st.slots_sem > 0) ? "exact" : "unavailable",
         "runq_wait", sched_ok ? "exact" : "unavailable",
         "runq_wait_reason", sched_ok ? "" : "/proc/thread-self/schedstat is not readable",
-        "free_threaded", g_free_threaded ? Py_True : Py_False,
+        "free_threaded", free_threaded ? Py_True : Py_False,
         "hook_slots_cond", st.slots_cond,
         "hook_slots_sem", st.slots_sem,
         "hook_slots_chained", st.slots_chained,
@@ -598,7 +614,7 @@ static PyObject *name_tuple(int inputs_only)
 static int core_exec(PyObject *m)
 {
     core_state *st = state_of(m);
-    g_free_threaded = detect_free_threaded();
+    atomic_store(&g_free_threaded, detect_free_threaded());
     st->sample_type = PyStructSequence_NewType(&sample_desc);
     if (!st->sample_type || PyModule_AddObjectRef(m, "ThreadSample", (PyObject *)st->sample_type) < 0)
         return -1;
@@ -638,14 +654,17 @@ static void core_free(void *m)
 /* Multi-phase initialisation: one module object and state per interpreter. The ledger and
  * the hook are process-wide (they patch the process's GOT and time its threads), so
  * interpreters sharing the main GIL (legacy sub-interpreters) may import the module, and
- * interpreters with a GIL of their own are refused at import (ImportError). */
+ * interpreters with a GIL of their own are refused at import (ImportError). The module runs
+ * without the GIL (Py_mod_gil): the C state that the GIL used to guard has its own locks
+ * (the reason text here, the pool list in pool_py.c), a per-object critical section, or is
+ * set once before it is shared; the ledger, hook and pool were always thread-safe C. */
 static PyModuleDef_Slot core_slots[] = {
     {Py_mod_exec, (void *)core_exec},
 #if PY_VERSION_HEX >= 0x030C0000
     {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_SUPPORTED},
 #endif
 #if PY_VERSION_HEX >= 0x030D0000
-    {Py_mod_gil, Py_MOD_GIL_USED},
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
 #endif
     {0, NULL},
 };

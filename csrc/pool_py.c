@@ -28,6 +28,8 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -45,8 +47,40 @@
 
 typedef struct PoolObject PoolObject;
 
-static PoolObject *g_pools;         /* every Pool not yet freed */
-static int g_exiting;               /* _shutdown_all ran: the interpreter is exiting */
+/* Every Pool not yet drained: the list holds each one's keepalive reference, so a pool in
+ * it is never freed; g_pools_lock guards it (no Python call is made under the lock: the
+ * free-threaded build has no GIL to do it). */
+static PoolObject *g_pools;
+static pthread_mutex_t g_pools_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_int g_exiting; /* _shutdown_all ran: the interpreter is exiting */
+
+/* Workers attached to the interpreter: from their PyGILState_Ensure in enter to the
+ * PyGILState_Release that ends leave. A worker counts as gone from its pool before leave
+ * runs (leave may free the pool); with a GIL the exiting thread could not run on until
+ * that leave was over, without one (free-threaded build) it can, so interpreter exit
+ * waits for this count to reach zero (attached_wait) before finalization starts. */
+static int g_attached;
+static pthread_mutex_t g_attached_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_attached_cond = PTHREAD_COND_INITIALIZER;
+
+static void attached_add(int d)
+{
+    pthread_mutex_lock(&g_attached_lock);
+    g_attached += d;
+    if (g_attached == 0)
+        pthread_cond_broadcast(&g_attached_cond);
+    pthread_mutex_unlock(&g_attached_lock);
+}
+
+/* Waits until at most `floor` workers are attached (1 where the caller is one). Called
+ * without the GIL / detached. */
+static void attached_wait(int floor)
+{
+    pthread_mutex_lock(&g_attached_lock);
+    while (g_attached > floor)
+        pthread_cond_wait(&g_attached_cond, &g_attached_lock);
+    pthread_mutex_unlock(&g_attached_lock);
+}
 
 /* Executors live in the main interpreter: their workers take its thread states
  * (PyGILState_*), which know no other. A sub-interpreter that imports the module gets a
@@ -289,9 +323,9 @@ struct PoolObject {
     PyObject *thread_start; /* callable(index) -> (ok, token) */
     PyObject *thread_stop;  /* callable(token) */
     PyObject *broken_type;  /* exception class for a broken pool */
-    PyObject *broken_msg;   /* NULL until broken */
+    PyObject *broken_msg;   /* what a broken pool's error says (set at creation) */
     gla_pool_py_state *st;  /* its module's state (the type holds the module) */
-    PyObject *keepalive;    /* self, until drained */
+    PyObject *keepalive;    /* self, until drained (while in g_pools) */
     int has_controller;
 #if GLA_HAVE_CONTROLLER
     gla_ctl ctl;
@@ -299,9 +333,35 @@ struct PoolObject {
     PoolObject *prev, *next; /* g_pools */
 };
 
+static void pools_link(PoolObject *po)
+{
+    pthread_mutex_lock(&g_pools_lock);
+    po->prev = NULL;
+    po->next = g_pools;
+    if (g_pools)
+        g_pools->prev = po;
+    g_pools = po;
+    pthread_mutex_unlock(&g_pools_lock);
+}
+
+static void pools_unlink(PoolObject *po)
+{
+    pthread_mutex_lock(&g_pools_lock);
+    if (po->prev)
+        po->prev->next = po->next;
+    else if (g_pools == po)
+        g_pools = po->next;
+    if (po->next)
+        po->next->prev = po->prev;
+    po->prev = po->next = NULL;
+    pthread_mutex_unlock(&g_pools_lock);
+}
+
 static void drop_keepalive(PoolObject *po)
 {
-    /* Drained: no worker will call the hooks again. */
+    /* Drained (claimed once, gla_pool_claim_drained): no worker will call the hooks
+     * again, and neither exit nor fork needs the pool any more. */
+    pools_unlink(po);
     Py_CLEAR(po->thread_start);
     Py_CLEAR(po->thread_stop);
     Py_CLEAR(po->keepalive); /* may free po */
@@ -360,10 +420,12 @@ static int py_enter(void *ctx, void **wdata, unsigned index)
     if (is_finalizing())
         return GLA_POOL_ENTER_FAIL;
     PyGILState_STATE g = PyGILState_Ensure();
+    attached_add(1);
     gla_pool_worker_entered(); /* the next worker may start: this one has the GIL */
     wstate *ws = PyMem_RawCalloc(1, sizeof *ws);
     if (!ws) {
         PyGILState_Release(g);
+        attached_add(-1);
         return GLA_POOL_ENTER_FAIL;
     }
     ws->gstate = g;
@@ -382,13 +444,6 @@ static int py_enter(void *ctx, void **wdata, unsigned index)
     if (ok)
         return 0;
     /* The initializer failed (thread_start logged it): the pool is broken. */
-    if (!po->broken_msg)
-        po->broken_msg = PyUnicode_FromString(
-            "A thread initializer failed, the thread pool is not usable anymore");
-    if (!po->broken_msg) {
-        PyErr_Clear();
-        po->broken_msg = Py_NewRef(Py_None);
-    }
     fail_broken(po, gla_pool_break(po->pool));
     return GLA_POOL_ENTER_FAIL_HELD;
 }
@@ -441,8 +496,10 @@ static void py_leave(void *ctx, void *wdata, int holding)
     wstate *ws = wdata;
     if (!ws)
         return;
-    if (!holding)
+    if (!holding) {
+        attached_add(-1);
         return; /* finalizing: leave the thread state alone (as CPython does) */
+    }
     PoolObject *po = ws->po;
     if (ws->token) {
         if (po->thread_stop) {
@@ -459,6 +516,7 @@ static void py_leave(void *ctx, void *wdata, int holding)
     PyGILState_STATE g = ws->gstate;
     PyMem_RawFree(ws);
     PyGILState_Release(g);
+    attached_add(-1);
 }
 
 /* ---- Pool methods -------------------------------------------------------------------------- */
@@ -498,6 +556,12 @@ static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     po->thread_start = start == Py_None ? NULL : Py_NewRef(start);
     po->thread_stop = stop == Py_None ? NULL : Py_NewRef(stop);
     po->broken_type = Py_NewRef(broken ? broken : PyExc_RuntimeError);
+    po->broken_msg = PyUnicode_FromString(
+        "A thread initializer failed, the thread pool is not usable anymore");
+    if (!po->broken_msg) {
+        Py_DECREF(po);
+        return NULL;
+    }
 
     gla_pool_config cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -540,10 +604,7 @@ static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
 #endif
     po->keepalive = Py_NewRef((PyObject *)po);
-    po->next = g_pools;
-    if (g_pools)
-        g_pools->prev = po;
-    g_pools = po;
+    pools_link(po);
     return (PyObject *)po;
 }
 
@@ -555,12 +616,6 @@ static void Pool_dealloc(PoolObject *po)
         gla_pool_destroy(po->pool);
         po->pool = NULL;
     }
-    if (po->prev)
-        po->prev->next = po->next;
-    else if (g_pools == po)
-        g_pools = po->next;
-    if (po->next)
-        po->next->prev = po->prev;
     Py_CLEAR(po->thread_start);
     Py_CLEAR(po->thread_stop);
     Py_CLEAR(po->broken_type);
@@ -865,13 +920,12 @@ typedef struct {
 static PyObject *raise_refused(PoolObject *po, int rc)
 {
     if (rc == -EPIPE) {
-        PyObject *msg = po->broken_msg ? po->broken_msg : Py_None;
-        PyErr_SetObject(po->broken_type, msg);
+        PyErr_SetObject(po->broken_type, po->broken_msg);
         return NULL;
     }
     if (rc == -ESHUTDOWN) {
         PyErr_SetString(PyExc_RuntimeError,
-                        g_exiting ? "cannot schedule new futures after interpreter shutdown"
+                        atomic_load(&g_exiting) ? "cannot schedule new futures after interpreter shutdown"
                                   : "cannot schedule new futures after shutdown");
         return NULL;
     }
@@ -889,7 +943,7 @@ static PyObject *Exec_submit(ExecObject *self, PyObject *const *args, Py_ssize_t
     if (nargs < 1)
         return PyErr_Format(PyExc_TypeError,
                             "submit() missing 1 required positional argument: 'fn'");
-    if (g_exiting)
+    if (atomic_load_explicit(&g_exiting, memory_order_relaxed))
         return raise_refused(po, -ESHUTDOWN); /* as ThreadPoolExecutor: no new threads now */
     PyObject *fn = args[0];
     if (!PyCallable_Check(fn))
@@ -962,12 +1016,16 @@ static int Exec_set_pool(ExecObject *self, PyObject *value, void *closure)
         PyErr_SetString(PyExc_TypeError, "_pool must be a gil_adapt._core.Pool");
         return -1;
     }
+    int rc = 0;
+    Py_BEGIN_CRITICAL_SECTION(self);
     if (self->core) {
         PyErr_SetString(PyExc_AttributeError, "_pool is set once");
-        return -1;
+        rc = -1;
+    } else {
+        self->core = (PoolObject *)Py_NewRef(value);
     }
-    self->core = (PoolObject *)Py_NewRef(value);
-    return 0;
+    Py_END_CRITICAL_SECTION();
+    return rc;
 }
 
 static PyMethodDef Exec_methods[] = {
@@ -1003,16 +1061,30 @@ static PyType_Spec Exec_spec = {
 /* A new list of every live Pool (strong references). */
 static PyObject *all_pools(void)
 {
-    PyObject *list = PyList_New(0);
-    if (!list)
-        return NULL;
-    for (PoolObject *po = g_pools; po; po = po->next) {
-        if (PyList_Append(list, (PyObject *)po) < 0) {
-            Py_DECREF(list);
-            return NULL;
+    for (Py_ssize_t cap = 16;; cap *= 2) {
+        /* References taken under the lock (each listed pool holds one already); the list
+         * is built outside it. */
+        PoolObject **found = PyMem_RawMalloc((size_t)cap * sizeof *found);
+        if (!found)
+            return PyErr_NoMemory();
+        Py_ssize_t n = 0;
+        pthread_mutex_lock(&g_pools_lock);
+        PoolObject *po = g_pools;
+        for (; po && n < cap; po = po->next)
+            found[n++] = (PoolObject *)Py_NewRef((PyObject *)po);
+        int more = po != NULL;
+        pthread_mutex_unlock(&g_pools_lock);
+        PyObject *list = more ? NULL : PyList_New(n);
+        for (Py_ssize_t k = 0; k < n; k++) {
+            if (list)
+                PyList_SET_ITEM(list, k, (PyObject *)found[k]);
+            else
+                Py_DECREF(found[k]);
         }
+        PyMem_RawFree(found);
+        if (!more)
+            return list; /* NULL with MemoryError where PyList_New failed */
     }
-    return list;
 }
 
 static PyObject *py_shutdown_all(PyObject *self, PyObject *args)
@@ -1021,19 +1093,26 @@ static PyObject *py_shutdown_all(PyObject *self, PyObject *args)
     (void)args;
     if (!in_main_interpreter()) /* a sub-interpreter's exit: no executor is its own */
         Py_RETURN_NONE;
-    g_exiting = 1;
+    atomic_store(&g_exiting, 1);
     PyObject *list = all_pools();
     if (!list)
         return NULL;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++)
         gla_pool_shutdown(((PoolObject *)PyList_GET_ITEM(list, i))->pool, 0, NULL);
+    int self_worker = 0;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
-        if (pool_wait_impl((PoolObject *)PyList_GET_ITEM(list, i), -1.0) < 0) {
+        PoolObject *po = (PoolObject *)PyList_GET_ITEM(list, i);
+        self_worker |= gla_pool_is_worker(po->pool);
+        if (pool_wait_impl(po, -1.0) < 0) {
             Py_DECREF(list);
             return NULL;
         }
     }
     Py_DECREF(list);
+    /* and until every worker is through its leave (see g_attached) */
+    Py_BEGIN_ALLOW_THREADS
+    attached_wait(self_worker);
+    Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 

@@ -1,7 +1,8 @@
-/* pycompat.h — the few CPython C-API calls of 3.10+ that the binding uses, for 3.9.
+/* pycompat.h — the few newer CPython C-API calls the binding uses, for older versions.
  *
  * Py_NewRef and PyModule_AddObjectRef exist from 3.10; on 3.9 these static inline
- * equivalents stand in (same semantics: a new reference; add without stealing). */
+ * equivalents stand in (same semantics: a new reference; add without stealing).
+ * Py_BEGIN/END_CRITICAL_SECTION exist from 3.13; before, they are a plain block. */
 #ifndef GIL_ADAPT_PYCOMPAT_H
 #define GIL_ADAPT_PYCOMPAT_H
 
@@ -23,6 +24,13 @@ static inline int PyModule_AddObjectRef(PyObject *m, const char *name, PyObject 
     }
     return 0;
 }
+#endif
+
+/* Per-object critical sections (3.13): a lock on the object in the free-threaded build,
+ * nothing with the GIL. Before 3.13 the GIL is the lock. */
+#ifndef Py_BEGIN_CRITICAL_SECTION
+#define Py_BEGIN_CRITICAL_SECTION(op) {
+#define Py_END_CRITICAL_SECTION() }
 #endif
 
 #endif

@@ -3,8 +3,9 @@
 #  1. the C unit tests, -Wall -Wextra -Werror, plain + ASan/UBSan + TSan;
 #  2. the lint check (ruff) and the full pytest suite on the default python3;
 #  3. the build and the ledger, executor, fork, sub-interpreter and hook tests on every
-#     other CPython >= 3.9 that pyenv has, and the ledger tests on Debian's statically
-#     linked python3.
+#     other CPython >= 3.9 that pyenv has, on a free-threaded CPython 3.13t (built once,
+#     see scripts/build-python.sh), and the ledger tests on Debian's statically linked
+#     python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -39,6 +40,27 @@ if command -v pyenv >/dev/null 2>&1; then
     ".venv-$ver/bin/python" -m pytest -q tests/test_ledger.py tests/test_executor.py tests/test_executor_semantics.py tests/test_executor_modes.py \
       tests/test_fork.py tests/test_subinterpreters.py tests/test_hook_peers.py
   done
+fi
+# A free-threaded CPython (no GIL): scripts/build-python.sh builds 3.13t once from Debian's
+# source package into ~/.cache/gil-adapt (minutes on 2 cores) and reuses it afterwards.
+# Where it cannot be built (no network to Debian's mirror, no root for its build
+# dependencies) the leg is skipped with a warning, unless GIL_ADAPT_REQUIRE_FT=1.
+echo "== free-threaded CPython 3.13t: build (once) + ledger, executor and profiler tests"
+if ft_py=$(scripts/build-python.sh 3.13t | tail -n 1) && [ -x "$ft_py" ]; then
+  [ -x .venv-3.13t/bin/python ] || "$ft_py" -m venv .venv-3.13t
+  .venv-3.13t/bin/python -m pip install -q --upgrade pip >/dev/null
+  GIL_ADAPT_WERROR=1 .venv-3.13t/bin/python -m pip install -q --force-reinstall --no-deps . >/dev/null
+  .venv-3.13t/bin/python -m pip install -q "pytest>=7" "pytest-timeout>=2" >/dev/null
+  # -W error::RuntimeWarning: importing gil_adapt must never turn the GIL back on
+  .venv-3.13t/bin/python -W error::RuntimeWarning -c 'import sys, gil_adapt; assert not sys._is_gil_enabled(), "gil_adapt enabled the GIL"'
+  .venv-3.13t/bin/python -m pytest -q -p no:cacheprovider tests/test_ledger.py tests/test_executor.py \
+    tests/test_executor_semantics.py tests/test_executor_modes.py tests/test_profiler.py \
+    tests/test_fork.py tests/test_subinterpreters.py tests/test_hook_peers.py
+elif [ "${GIL_ADAPT_REQUIRE_FT:-0}" = 1 ]; then
+  echo "free-threaded CPython could not be built (GIL_ADAPT_REQUIRE_FT=1)" >&2
+  exit 1
+else
+  echo "WARNING: free-threaded leg SKIPPED: scripts/build-python.sh 3.13t failed (see its log in ~/.cache/gil-adapt)"
 fi
 # Debian's python3 links the interpreter statically: the hook patches the executable.
 if [ -x /usr/bin/python3 ] && ! readelf -d "$(readlink -f /usr/bin/python3)" 2>/dev/null | grep -q 'NEEDED.*libpython'; then

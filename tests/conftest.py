@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Iterator
 
 import pytest
+
+#: This process runs without a GIL (a free-threaded build with the GIL disabled).
+FREE_THREADED = not getattr(sys, "_is_gil_enabled", lambda: True)()
+#: For tests of what only exists with a GIL (GIL waits, GIL-bound verdicts).
+needs_gil = pytest.mark.skipif(FREE_THREADED, reason="measures the GIL: this build runs without one")
 
 
 def _spin(n: int) -> int:

@@ -107,7 +107,7 @@ def test_default_max_workers_is_bounded() -> None:
 def test_stats_contents() -> None:
     with AdaptiveExecutor(4) as ex:
         list(ex.map(abs, range(100)))
-        s = ex.stats()
+    s = ex.stats()  # after shutdown(wait=True): every worker is through its last task
     for key in ("workers", "target_workers", "beta", "throughput", "queue_length",
                 "decisions", "last_reason", "last_decision", "mode", "stack_size"):
         assert key in s, key

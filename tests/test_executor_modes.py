@@ -17,6 +17,8 @@ import weakref
 
 import pytest
 
+from conftest import needs_gil
+
 import gil_adapt
 from gil_adapt import AdaptiveExecutor
 from gil_adapt.backends import WorkerDied
@@ -85,6 +87,7 @@ def test_threads_mode_returns_coroutine_objects_like_threadpool():
     assert asyncio.run(coro) == 2
 
 
+@needs_gil
 def test_auto_moves_gil_bound_cpu_to_processes_and_back_or_stays(tmp_path, caplog):
     if (gil_adapt._core.limits().get("usable_cores") or 1) < 2 or len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs 2 usable cores (processes cannot help on one)")

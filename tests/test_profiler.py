@@ -14,6 +14,8 @@ import pytest
 
 from gil_adapt import profiler
 
+from conftest import needs_gil
+
 RUN = [sys.executable, "-m", "gil_adapt", "run", "--no-live"]
 
 MIXED = textwrap.dedent("""
@@ -70,6 +72,7 @@ def mixed_report(tmp_path_factory):
     return plain, prof, report
 
 
+@needs_gil
 def test_mixed_threads_named_gil_and_io_bound(mixed_report):
     _, prof, report = mixed_report
     assert report["capabilities"]["gil_wait"] == "exact", report["capabilities"]
@@ -99,6 +102,7 @@ def test_mixed_threads_named_gil_and_io_bound(mixed_report):
     assert "I/O-bound: sleep-" in prof.stderr
 
 
+@needs_gil
 def test_functions_attributed(mixed_report):
     _, _, report = mixed_report
     f = report["functions"]

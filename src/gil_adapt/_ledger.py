@@ -5,7 +5,8 @@ States of a thread (ns) partition its wall time::
 
     wall = cpu + runq_wait + gil_wait + lock_wait + idle + io_wait
 
-``beta = gil_wait / (gil_wait + io_wait)`` (None when the thread did not wait at all).
+``beta = gil_wait / (gil_wait + io_wait)`` (None when the thread did not wait at all); without
+a GIL (free-threaded build) ``beta = (runq_wait + lock_wait) / (runq_wait + lock_wait + io_wait)``.
 """
 from __future__ import annotations
 
@@ -240,8 +241,18 @@ def _beta(gil: int, io: int) -> Optional[float]:
     return gil / total if total > 0 else None
 
 
+def free_threaded() -> bool:
+    """True while this process runs without a GIL (a free-threaded build, GIL disabled)."""
+    return not getattr(sys, "_is_gil_enabled", lambda: True)()
+
+
 def _derive(d: Dict[str, Any]) -> None:
-    d["beta"] = _beta(d["gil_wait_ns"], d["io_wait_ns"])
+    if free_threaded():
+        # No GIL: the contention a thread meets is the run queue (too few cores) and the
+        # locks; they stand where the GIL wait stood.
+        d["beta"] = _beta(d["runq_wait_ns"] + d["lock_wait_ns"], d["io_wait_ns"])
+    else:
+        d["beta"] = _beta(d["gil_wait_ns"], d["io_wait_ns"])
     contention = d["gil_wait_ns"] + d["runq_wait_ns"]
     denom = contention + d["io_wait_ns"]
     d["contention"] = contention / denom if denom > 0 else None
@@ -325,7 +336,8 @@ class measure:
     """Context manager: ``with gil_adapt.measure() as m: ...`` then ``m.result``.
 
     ``result["threads"][native_id]`` holds each thread's ``*_ns`` states over the block
-    and its ``beta``; ``result["total"]`` their sums with ``beta``, ``beta_legacy``
+    and its ``beta`` (free-threaded: run-queue and lock waits in the GIL wait's place);
+    ``result["total"]`` their sums with ``beta``, ``beta_legacy``
     (1 - cpu/wall), ``contention`` ((gil + runq) / (gil + runq + io)) and
     ``gil_utilisation`` (time some thread held the GIL / the block's length).
     ``gil_held_ns`` (time holding the GIL) overlaps cpu and runq: it is not a state.
