@@ -24,8 +24,15 @@
 
 enum { SLOT_FREE = 0, SLOT_CLAIMED = 1, SLOT_LIVE = 2, SLOT_DEAD = 3 };
 
+/* A slot's state word: the state in the low byte, above it the number of times the slot
+ * was claimed. Taking a record from another party (a twin, below) compares the whole word,
+ * so a slot freed and claimed again meanwhile (by another thread) is never taken by
+ * mistake. */
+static inline int st_of(uint64_t w) { return (int)(w & 0xffu); }
+static inline uint64_t with_st(uint64_t w, int st) { return (w & ~(uint64_t)0xffu) | (uint64_t)st; }
+
 struct gla_thread {
-    _Atomic int state;
+    _Atomic uint64_t state; /* see st_of */
     _Atomic int tid;
     _Atomic int registered;
     _Atomic uint64_t generation;
@@ -95,6 +102,8 @@ static void add_exited(struct gla_thread *t)
 static __thread struct gla_thread *tls_self __attribute__((tls_model("initial-exec")));
 static __thread uint64_t tls_generation __attribute__((tls_model("initial-exec")));
 static __thread int tls_schedstat_fd __attribute__((tls_model("initial-exec"))); /* fd + 1 */
+/* The state word of the slot this thread claimed last (take_slot), as it published it. */
+static __thread uint64_t tls_claimed_word __attribute__((tls_model("initial-exec")));
 
 uint64_t gla_now_ns(void)
 {
@@ -196,12 +205,31 @@ static void reset_record(struct gla_thread *t, pid_t tid, uint64_t start_ns)
                           memory_order_relaxed);
 }
 
+static inline int slot_state(struct gla_thread *t, memory_order mo)
+{
+    return st_of(atomic_load_explicit(&t->state, mo));
+}
+
+/* Moves t from state `from` to `to` if it is in `from` (keeping its claim count). */
+static int slot_move(struct gla_thread *t, int from, int to)
+{
+    uint64_t w = atomic_load(&t->state);
+    while (st_of(w) == from) {
+        if (atomic_compare_exchange_weak(&t->state, &w, with_st(w, to)))
+            return 1;
+    }
+    return 0;
+}
+
 static struct gla_thread *take_slot(struct gla_thread *t, int st, pid_t tid, uint64_t now)
 {
-    if (!atomic_compare_exchange_strong(&t->state, &st, SLOT_CLAIMED))
+    uint64_t w = atomic_load(&t->state);
+    uint64_t claimed = (((w >> 8) + 1) << 8) | SLOT_CLAIMED;
+    if (st_of(w) != st || !atomic_compare_exchange_strong(&t->state, &w, claimed))
         return NULL;
     reset_record(t, tid, now);
-    atomic_store(&t->state, SLOT_LIVE); /* seq_cst: see find_twin */
+    tls_claimed_word = with_st(claimed, SLOT_LIVE);
+    atomic_store(&t->state, tls_claimed_word); /* seq_cst: see find_twin */
     return t;
 }
 
@@ -215,7 +243,7 @@ static struct gla_thread *claim_slot(pid_t tid, uint64_t now)
         int used = used_slots();
         for (int i = 0; i < used; i++) {
             struct gla_thread *t = &g_slots[i];
-            int st = atomic_load_explicit(&t->state, memory_order_acquire);
+            int st = slot_state(t, memory_order_acquire);
             if ((st == SLOT_FREE || (st == SLOT_DEAD && recyclable(t, now))) &&
                 take_slot(t, st, tid, now))
                 return t;
@@ -235,7 +263,7 @@ static struct gla_thread *claim_slot(pid_t tid, uint64_t now)
         uint64_t oldest_end = UINT64_MAX;
         for (int i = 0; i < GLA_MAX_THREADS; i++) {
             struct gla_thread *t = &g_slots[i];
-            int st = atomic_load_explicit(&t->state, memory_order_acquire);
+            int st = slot_state(t, memory_order_acquire);
             if (st == SLOT_FREE && take_slot(t, st, tid, now))
                 return t;
             uint64_t end = atomic_load_explicit(&t->end_ns, memory_order_relaxed);
@@ -258,7 +286,7 @@ static struct gla_thread *find_live(pid_t tid)
     int used = used_slots();
     for (int i = 0; i < used; i++) {
         struct gla_thread *t = &g_slots[i];
-        if (atomic_load_explicit(&t->state, memory_order_acquire) == SLOT_LIVE &&
+        if (slot_state(t, memory_order_acquire) == SLOT_LIVE &&
             atomic_load_explicit(&t->tid, memory_order_relaxed) == tid)
             return t;
     }
@@ -270,22 +298,26 @@ static struct gla_thread *find_live(pid_t tid)
  * consistent: at least one sees the other): the thread frees the other live records of
  * its tid (a discovered twin holds only kernel figures, never waits); the reader frees
  * its own when another exists. A freed twin is never folded into the exited totals. */
-static void free_twin(struct gla_thread *twin)
+static void free_twin(struct gla_thread *twin, uint64_t seen)
 {
-    int expect = SLOT_LIVE;
-    atomic_compare_exchange_strong(&twin->state, &expect, SLOT_FREE);
+    /* only the life seen: a slot freed and claimed again since has a new claim count */
+    atomic_compare_exchange_strong(&twin->state, &seen, with_st(seen, SLOT_FREE));
 }
 
-static struct gla_thread *find_twin(const struct gla_thread *t, pid_t tid)
+/* Another live record of tid; *seen: its state word as read. */
+static struct gla_thread *find_twin(const struct gla_thread *t, pid_t tid, uint64_t *seen)
 {
     int used = atomic_load(&g_used);
     if (used > GLA_MAX_THREADS)
         used = GLA_MAX_THREADS;
     for (int i = 0; i < used; i++) {
         struct gla_thread *o = &g_slots[i];
-        if (o != t && atomic_load(&o->state) == SLOT_LIVE &&
-            atomic_load_explicit(&o->tid, memory_order_relaxed) == tid)
+        uint64_t w = atomic_load(&o->state);
+        if (o != t && st_of(w) == SLOT_LIVE &&
+            atomic_load_explicit(&o->tid, memory_order_relaxed) == tid) {
+            *seen = w;
             return o;
+        }
     }
     return NULL;
 }
@@ -293,15 +325,16 @@ static struct gla_thread *find_twin(const struct gla_thread *t, pid_t tid)
 static void thread_drops_twins(struct gla_thread *t, pid_t tid)
 {
     struct gla_thread *o;
-    while ((o = find_twin(t, tid)) != NULL)
-        free_twin(o);
+    uint64_t seen;
+    for (int i = 0; i < 64 && (o = find_twin(t, tid, &seen)) != NULL; i++)
+        free_twin(o, seen);
 }
 
 static inline struct gla_thread *tls_record(void)
 {
     struct gla_thread *t = tls_self;
     if (t && atomic_load_explicit(&t->generation, memory_order_relaxed) == tls_generation &&
-        atomic_load_explicit(&t->state, memory_order_relaxed) == SLOT_LIVE)
+        slot_state(t, memory_order_relaxed) == SLOT_LIVE)
         return t;
     return NULL;
 }
@@ -322,7 +355,7 @@ static void on_thread_exit(void *arg)
         close(tls_schedstat_fd - 1);
         tls_schedstat_fd = 0;
     }
-    if (!t || atomic_load_explicit(&t->state, memory_order_acquire) != SLOT_LIVE)
+    if (!t || slot_state(t, memory_order_acquire) != SLOT_LIVE)
         return;
     uint64_t cpu, runq, start;
     if (!atomic_load_explicit(&t->start_known, memory_order_relaxed) &&
@@ -336,8 +369,8 @@ static void on_thread_exit(void *arg)
     }
     pthread_mutex_lock(&g_reader_lock);
     atomic_store_explicit(&t->end_ns, gla_now_ns(), memory_order_relaxed);
-    atomic_store_explicit(&t->state, SLOT_DEAD, memory_order_release);
-    add_exited(t);
+    if (slot_move(t, SLOT_LIVE, SLOT_DEAD)) /* unless a reader found it gone first */
+        add_exited(t);
     pthread_mutex_unlock(&g_reader_lock);
     tls_self = NULL;
 }
@@ -367,8 +400,9 @@ static void atfork_child(void)
     int used = used_slots();
     for (int i = 0; i < used; i++) { /* the slots above were never claimed */
         struct gla_thread *t = &g_slots[i];
-        if (t != me)
-            atomic_store_explicit(&t->state, SLOT_FREE, memory_order_relaxed);
+        if (t != me) /* alone in the child: no other party */
+            atomic_store_explicit(&t->state, with_st(atomic_load(&t->state), SLOT_FREE),
+                                  memory_order_relaxed);
     }
     memset(&g_exited, 0, sizeof g_exited);
     pthread_mutex_init(&g_reader_lock, NULL);
@@ -381,7 +415,8 @@ static void atfork_child(void)
         atomic_store_explicit(&me->start_known, 1, memory_order_relaxed);
         atomic_store_explicit(&me->cpu_base_ns, cpu, memory_order_relaxed);
         atomic_store_explicit(&me->runq_base_ns, runq, memory_order_relaxed);
-        atomic_store_explicit(&me->state, SLOT_LIVE, memory_order_release);
+        atomic_store_explicit(&me->state, with_st(atomic_load(&me->state), SLOT_LIVE),
+                              memory_order_release);
         bind_tls(me, 1);
     }
 }
@@ -591,7 +626,7 @@ static void sample_record(struct gla_thread *t, gla_sample *s, uint64_t now)
     memset(s, 0, sizeof *s);
     s->tid = atomic_load_explicit(&t->tid, memory_order_relaxed);
     s->serial = atomic_load_explicit(&t->serial, memory_order_relaxed);
-    s->alive = atomic_load_explicit(&t->state, memory_order_acquire) == SLOT_LIVE;
+    s->alive = slot_state(t, memory_order_acquire) == SLOT_LIVE;
     s->registered = atomic_load_explicit(&t->registered, memory_order_relaxed);
     memcpy(s->name, t->name, GLA_NAME_LEN);
     s->start_ns = atomic_load_explicit(&t->start_ns, memory_order_relaxed);
@@ -666,7 +701,7 @@ static int exiting(pid_t tid, uint64_t now)
     int used = used_slots();
     for (int i = 0; i < used; i++) {
         struct gla_thread *t = &g_slots[i];
-        if (atomic_load_explicit(&t->state, memory_order_acquire) == SLOT_DEAD &&
+        if (slot_state(t, memory_order_acquire) == SLOT_DEAD &&
             atomic_load_explicit(&t->tid, memory_order_relaxed) == tid &&
             now - atomic_load_explicit(&t->end_ns, memory_order_relaxed) < EXITING_NS)
             return 1;
@@ -688,8 +723,9 @@ static void discover_threads(void)
         struct gla_thread *t = claim_slot(tid, gla_now_ns());
         if (!t)
             continue;
-        if (find_twin(t, tid)) { /* the thread registered itself meanwhile */
-            free_twin(t);
+        uint64_t mine = tls_claimed_word, seen;
+        if (find_twin(t, tid, &seen)) { /* the thread registered itself meanwhile */
+            free_twin(t, mine); /* unless the thread freed it first (then it is not ours) */
             continue;
         }
         /* Unregistered thread: its kernel totals count from its birth. */
@@ -718,7 +754,7 @@ int gla_ledger_read_exited(gla_sample *out, size_t cap, size_t *n, gla_sample *e
     int used = used_slots();
     for (int i = 0; i < used; i++) {
         struct gla_thread *t = &g_slots[i];
-        int st = atomic_load_explicit(&t->state, memory_order_acquire);
+        int st = slot_state(t, memory_order_acquire);
         if (st != SLOT_LIVE && (st != SLOT_DEAD || recyclable(t, now)))
             continue; /* a record dead long enough is in the exited aggregate only */
         pid_t tid = atomic_load_explicit(&t->tid, memory_order_relaxed);
@@ -737,9 +773,8 @@ int gla_ledger_read_exited(gla_sample *out, size_t cap, size_t *n, gla_sample *e
                 atomic_store_explicit(&t->runq_ns, runq, memory_order_relaxed);
             } else {
                 /* Gone without telling us (not registered): last figures are final. */
-                int expect = SLOT_LIVE;
                 atomic_store_explicit(&t->end_ns, now, memory_order_relaxed);
-                if (atomic_compare_exchange_strong(&t->state, &expect, SLOT_DEAD))
+                if (slot_move(t, SLOT_LIVE, SLOT_DEAD))
                     add_exited(t);
             }
         }
