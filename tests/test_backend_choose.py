@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from dataclasses import replace
+
 import pytest
 
 from gil_adapt.backends.choose import (Backend, Chooser, Policy, Profile, Resources, classify,
@@ -202,6 +204,22 @@ def test_other_work_on_processes_goes_back_to_be_measured(cpu_ms: float) -> None
         d = c.update(t + 4.0 + k, TWO, processes=on_processes(2000.0, cpu_ms=cpu_ms))
     assert d.backend == Backend.THREADS and "work changed" in d.reason and d.switched
     assert c.failed_trials == 0 and c.retry_at <= t + 5.0
+
+
+def test_work_that_releases_the_gil_on_processes_goes_back_to_threads() -> None:
+    # NumPy after Python CPU, with about the same CPU a task (the work-change rule cannot
+    # tell them apart): the workers measure how much of that CPU held their GIL
+    c = Chooser("m:f")
+    t = to_processes(c)
+    c.update(t + 2.0, TWO, processes=on_processes(380.0))  # the trial pays
+    python = replace(on_processes(2000.0, cpu_ms=5.0), gil_held_s=0.0049)
+    assert c.update(t + 3.0, TWO, processes=python).reason == "processes pay"
+    numpy = replace(on_processes(2000.0, cpu_ms=4.4), gil_held_s=0.0006)
+    for k in range(2):
+        d = c.update(t + 4.0 + k, TWO, processes=numpy)
+    assert d.backend == Backend.THREADS and d.switched
+    assert "no longer holds the GIL (14% of its CPU" in d.reason
+    assert c.failed_trials == 0 and c.retry_at <= t + 5.0  # no back-off: other work
 
 
 def test_resources_gone_send_it_back_at_once() -> None:

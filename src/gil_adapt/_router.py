@@ -412,10 +412,14 @@ class Router:
                 if n < pol.min_tasks and elapsed < MAX_WINDOW_S:
                     return
                 if n > 0:
+                    held_n = fig.get("held_tasks", 0) - base.get("held_tasks", 0)
+                    held = (fig.get("gil_held_s") or 0.0) - (base.get("gil_held_s") or 0.0)
                     procs_p = Profile(
                         tasks=n, elapsed_s=elapsed,
                         wall_s=(fig["wall_s"] - base.get("wall_s", 0.0)) / n,
                         cpu_s=(fig["cpu_s"] - base.get("cpu_s", 0.0)) / n,
+                        # every task of the window measured its worker's GIL, or unknown
+                        gil_held_s=held / n if held_n == n else None,
                         backlog=bool(procs_stats and procs_stats["queued"] > 0))
             sampled = not k.measure_all and k.backend is Backend.THREADS
             if k.backend is not Backend.THREADS:

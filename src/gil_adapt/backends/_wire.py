@@ -1,8 +1,9 @@
 """Messages between the parent and a worker process: one frame = header + body.
 
 Header ``!BQQ``: kind, task id, body length. Result and error bodies start with the
-task's figures (``!QQQQ``: cpu ns, wall ns, peak RSS bytes, RSS bytes, all measured in the
-worker) followed by the payload. Used by both sides; nothing here imports the backends.
+task's figures (``!QQQQq``: cpu ns, wall ns, peak RSS bytes, RSS bytes, ns the task held
+the worker's GIL or -1 where the worker cannot measure it, all measured in the worker)
+followed by the payload. Used by both sides; nothing here imports the backends.
 """
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ import struct
 from typing import Optional, Tuple
 
 HEADER = struct.Struct("!BQQ")
-FIGURES = struct.Struct("!QQQQ")
+FIGURES = struct.Struct("!QQQQq")
 
 # parent -> worker
 PREPARE = 1    # body: pickle of (preparation data, initializer, initargs)
 TASK = 2       # body: pickle of (fn, args, kwargs)
 STOP = 3       # no body: finish and exit 0
 # worker -> parent
-HELLO = 10     # body: FIGURES (0, 0, peak RSS, RSS) once prepared
+HELLO = 10     # body: FIGURES (0, 0, peak RSS, RSS, -1) once prepared
 RESULT = 11    # body: FIGURES + pickled result
 ERROR = 12     # body: FIGURES + pickle of (exception, traceback text)
 ERROR_TEXT = 13        # body: FIGURES + utf-8 "type: text\n\ntraceback" (exception not picklable)

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Tuple
+from typing import Any, Tuple
 
 
 from . import _wire
@@ -32,6 +32,8 @@ OOM_SCORE_ADJ = 500
 _TB_LEN = struct.Struct("!I")
 #: True while this worker imports the parent's main module (ProcessBackend refuses to start).
 BOOTSTRAPPING = False
+#: The C core once its hook measures this worker's GIL (see _install_hook), else None.
+_core: Any = None
 
 
 def rss_now() -> int:
@@ -70,9 +72,32 @@ def reset_peak() -> None:
         pass
 
 
-def _figures(cpu0: int, wall0: int) -> bytes:
+def _gil_held_ns() -> int:
+    """This thread's time holding the GIL so far (the C core's hook), -1 where unknown."""
+    if _core is None:
+        return -1
+    return int(_core.self_times()[3])
+
+
+def _figures(cpu0: int, wall0: int, held0: int) -> bytes:
+    held1 = _gil_held_ns() if held0 >= 0 else -1
     return _wire.FIGURES.pack(max(0, time.process_time_ns() - cpu0),
-                              max(0, time.perf_counter_ns() - wall0), peak_rss(), rss_now())
+                              max(0, time.perf_counter_ns() - wall0), peak_rss(), rss_now(),
+                              max(0, held1 - held0) if held1 >= 0 else -1)
+
+
+def _install_hook() -> None:
+    """Measures how much of each task's CPU holds this worker's GIL (Python) and how much
+    does not (native code that releases it): the parent moves work whose CPU no longer
+    holds the GIL back to threads. Without the hook the figure is -1 (unknown)."""
+    global _core
+    try:
+        from gil_adapt import _core as core
+
+        if core.install() == 0 and core.self_times()[3] >= 0:
+            _core = core
+    except Exception:  # no C core here: the figure stays unknown
+        _core = None
 
 
 def _raise_oom_score() -> None:
@@ -105,20 +130,20 @@ def _describe(exc: BaseException) -> str:
 
 def _run(sock: socket.socket, task_id: int, body: bytearray) -> None:
     reset_peak()
-    cpu0, wall0 = time.process_time_ns(), time.perf_counter_ns()
+    cpu0, wall0, held0 = time.process_time_ns(), time.perf_counter_ns(), _gil_held_ns()
     try:
         fn, args, kwargs = pickle.loads(body)
     except BaseException as exc:  # the function's module not importable here, ...
         text = f"{_describe(exc)}\n\n{traceback.format_exc()}"
         _wire.send(sock, _wire.TASK_UNPICKLABLE, task_id, text.encode("utf-8", "replace"),
-                   prefix=_figures(cpu0, wall0))
+                   prefix=_figures(cpu0, wall0, held0))
         return
     del body
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
         tb = traceback.format_exc()
-        figures = _figures(cpu0, wall0)
+        figures = _figures(cpu0, wall0, held0)
         try:
             payload = pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
         except BaseException:
@@ -131,7 +156,7 @@ def _run(sock: socket.socket, task_id: int, body: bytearray) -> None:
                    prefix=figures + _TB_LEN.pack(len(tb_bytes)) + tb_bytes)
         return
     del fn, args, kwargs
-    figures = _figures(cpu0, wall0)
+    figures = _figures(cpu0, wall0, held0)
     try:
         payload = pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
     except BaseException as exc:
@@ -178,7 +203,8 @@ def main(argv: Tuple[str, ...] = ()) -> None:
         finally:
             os._exit(4)
     del frame
-    _wire.send(sock, _wire.HELLO, 0, _wire.FIGURES.pack(0, 0, peak_rss(), rss_now()))
+    _install_hook()
+    _wire.send(sock, _wire.HELLO, 0, _wire.FIGURES.pack(0, 0, peak_rss(), rss_now(), -1))
     while True:
         frame = _wire.recv(sock)
         if frame is None or frame[0] == _wire.STOP:

@@ -27,7 +27,9 @@ The rules, in order:
 * on processes it goes back to threads when it stops paying (throughput under
   ``keep_ratio`` times the threads figure: the next trial backs off as after a failed
   one) or it turned I/O-bound (no back-off: the work changed, and when it turns
-  GIL-bound again it may move again at once) or its task CPU moved out of
+  GIL-bound again it may move again at once) or its CPU no longer holds the worker's GIL
+  (under ``python_share`` of it: native code that releases the GIL, which threads run in
+  parallel; no back-off) or its task CPU moved out of
   [1/``work_change``, ``work_change``] times the CPU that made the move (other work, whose
   GIL-boundness only threads can measure; no back-off either) for ``confirm`` windows, or
   at once when cores or memory no longer allow processes.
@@ -54,8 +56,8 @@ class Backend(str, enum.Enum):
 class Profile:
     """One function over one window, where it ran: per-task means in seconds.
 
-    ``gil_held_s``: time holding the GIL (Python CPU), None when unknown (in processes
-    it is not measured: there each worker holds its own GIL). ``io_wait_s``: the
+    ``gil_held_s``: time holding the GIL (Python CPU), None when unknown (in a worker
+    process it is that worker's own GIL: the share of the task's CPU that is Python). ``io_wait_s``: the
     ledger's I/O wait; when None, whatever of the wall time is neither CPU nor GIL wait
     counts as I/O (right for a worker process, not for a thread that also waited for a
     core or a lock, or idled). ``backlog``: tasks of this function waited in a queue
@@ -281,6 +283,12 @@ class Chooser:
         changed = True
         if share < pol.io_share_back:
             reason = f"turned I/O bound on processes (CPU {share:.0%})"
+        elif p.gil_held_s is not None and p.cpu_s >= pol.min_task_cpu_s and \
+                p.gil_held_s < pol.python_share * p.cpu_s:
+            # its CPU no longer holds the GIL (native code that releases it): threads run
+            # such work in parallel without a process's round trip
+            reason = (f"the work no longer holds the GIL ({p.gil_held_s / p.cpu_s:.0%} of "
+                      f"its CPU on processes): measuring it on threads")
         elif moved_cpu > 0 and not (moved_cpu / pol.work_change <= p.cpu_s
                                     <= moved_cpu * pol.work_change):
             # other work now: whether it is GIL-bound is only measurable on threads

@@ -172,11 +172,12 @@ class _Worker:
 
 
 class _FnFigures:
-    __slots__ = ("tasks", "errors", "cpu_ns", "wall_ns", "roundtrip_ns", "peak_rss")
+    __slots__ = ("tasks", "errors", "cpu_ns", "wall_ns", "roundtrip_ns", "peak_rss",
+                 "gil_held_ns", "held_tasks")
 
     def __init__(self) -> None:
         self.tasks = self.errors = self.cpu_ns = self.wall_ns = self.roundtrip_ns = 0
-        self.peak_rss = 0
+        self.peak_rss = self.gil_held_ns = self.held_tasks = 0
 
     def as_dict(self) -> Dict[str, Any]:
         n = max(1, self.tasks)
@@ -184,7 +185,11 @@ class _FnFigures:
                 "wall_s": self.wall_ns / 1e9, "mean_cpu_s": self.cpu_ns / n / 1e9,
                 "mean_wall_s": self.wall_ns / n / 1e9,
                 "mean_overhead_s": max(0, self.roundtrip_ns - self.wall_ns) / n / 1e9,
-                "peak_rss_bytes": self.peak_rss}
+                "peak_rss_bytes": self.peak_rss,
+                # time the tasks held their worker's GIL: over the tasks whose worker
+                # measured it (held_tasks), None before any
+                "gil_held_s": self.gil_held_ns / 1e9 if self.held_tasks else None,
+                "held_tasks": self.held_tasks}
 
 
 _live_backends: "weakref.WeakSet[ProcessBackend]" = weakref.WeakSet()
@@ -557,7 +562,7 @@ class ProcessBackend:
 
     def _on_frame(self, w: _Worker, kind: int, task_id: int, body: bytes) -> None:
         if kind == _wire.HELLO:
-            _cpu, _wall, peak, rss = _wire.FIGURES.unpack_from(body, 0)
+            _cpu, _wall, peak, rss, _held = _wire.FIGURES.unpack_from(body, 0)
             with self._lock:
                 if w.state == _STARTING:
                     w.state = _IDLE
@@ -575,7 +580,7 @@ class ProcessBackend:
             log.error("gil_adapt: worker %d sent an unexpected frame (kind %d, task %d)",
                       w.pid, kind, task_id)
             return
-        cpu_ns, wall_ns, peak, rss = _wire.FIGURES.unpack_from(body, 0)
+        cpu_ns, wall_ns, peak, rss, held_ns = _wire.FIGURES.unpack_from(body, 0)
         payload = body[_wire.FIGURES.size:]
         now = time.monotonic_ns()
         with self._lock:
@@ -594,6 +599,9 @@ class ProcessBackend:
             fig.tasks += 1
             fig.cpu_ns += cpu_ns
             fig.wall_ns += wall_ns
+            if held_ns >= 0:
+                fig.gil_held_ns += held_ns
+                fig.held_tasks += 1
             fig.roundtrip_ns += max(0, now - entry.sent_ns)
             fig.peak_rss = max(fig.peak_rss, peak)
             if kind != _wire.RESULT:
