@@ -88,6 +88,7 @@ struct gla_pool {
     int owed;     /* starts decided, thread not created yet (counted in starting) */
     int entering; /* threads created, enter not yet through (counted in starting) */
     _Atomic int serving; /* written under mu: workers through enter, not yet left */
+    int take_waiters;    /* callers in gla_pool_await_taken (a pop wakes them) */
     long idle_credit; /* without a policy: completions not yet matched by a submit */
     int shutdown, broken;
     unsigned next_index;
@@ -704,6 +705,8 @@ static void *worker_main(void *arg)
         if (must_leave_locked(p, w))
             break;
         gla_pool_task *t = queue_pop(p);
+        if (t && p->take_waiters)
+            pthread_cond_broadcast(&p->done_cond); /* gla_pool_await_taken */
         if (!t) {
             if (w->pass_wake) { /* a running worker took it first */
                 p->wakes_in_flight--;
@@ -1449,6 +1452,28 @@ void gla_pool_await_serving(gla_pool *p)
     while (atomic_load_explicit(&p->serving, memory_order_relaxed) == 0 && p->starting > 0 &&
            !p->shutdown && !p->broken)
         pthread_cond_wait(&p->done_cond, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
+
+static int queued_locked(const gla_pool *p, const gla_pool_task *task)
+{
+    for (const gla_pool_task *c = p->head; c; c = c->next)
+        if (c == task)
+            return 1;
+    return 0;
+}
+
+void gla_pool_await_taken(gla_pool *p, const gla_pool_task *task, double timeout_s)
+{
+    struct timespec until = abs_mono(gla_now_ns() + (uint64_t)(timeout_s * 1e9));
+    pthread_mutex_lock(&p->mu);
+    p->take_waiters++;
+    while (queued_locked(p, task) && atomic_load_explicit(&p->serving, memory_order_relaxed) > 0 &&
+           !p->shutdown && !p->broken) {
+        if (pthread_cond_timedwait(&p->done_cond, &p->mu, &until) == ETIMEDOUT)
+            break;
+    }
+    p->take_waiters--;
     pthread_mutex_unlock(&p->mu);
 }
 

@@ -231,6 +231,14 @@ int gla_pool_serving(gla_pool *p);
  * leaves that task running). It never waits for an initializer to finish. */
 void gla_pool_await_serving(gla_pool *p);
 
+/* Waits, at most timeout_s, until `task` (submitted by the caller) is no longer queued: a
+ * worker took it, or it was taken or cancelled; returns at once when no worker is through
+ * enter, or the pool is shut down or broken. Without an interpreter lock (a free-threaded
+ * build) the worker that gla_pool_await_serving waited for may not yet have taken the
+ * task when the submit returns; this closes that window, bounded so that a submit never
+ * waits for workers busy with other tasks or for an initializer. */
+void gla_pool_await_taken(gla_pool *p, const gla_pool_task *task, double timeout_s);
+
 /* Returns 1 exactly once: the first time it is called after shutdown with no worker
  * left or starting (a binding drops its keep-alive reference then). */
 int gla_pool_claim_drained(gla_pool *p);

@@ -43,6 +43,10 @@
 #define GLA_HAVE_CONTROLLER 0
 #endif
 
+/* Free-threaded build: how long a submit that started the first worker waits for it to
+ * take the task (gla_pool_await_taken); an initializer outlasting it is not waited for. */
+#define FIRST_TAKE_WAIT_S 0.05
+
 /* ---- process-wide state (all touched with the GIL held, main interpreter only) -------- */
 
 typedef struct PoolObject PoolObject;
@@ -978,9 +982,14 @@ static PyObject *Exec_submit(ExecObject *self, PyObject *const *args, Py_ssize_t
         return raise_refused(po, rc);
     }
     if (gla_pool_serving(po->pool) == 0) {
-        /* No worker yet: wait for the one this submit started to get going (see pool.h) */
+        /* No worker yet: wait for the one this submit started to get going (see pool.h);
+         * without a GIL, also for it to take the task (with one, it holds the GIL until
+         * it has: this thread cannot run on before) */
         Py_BEGIN_ALLOW_THREADS
         gla_pool_await_serving(po->pool);
+#ifdef Py_GIL_DISABLED
+        gla_pool_await_taken(po->pool, &t->link, FIRST_TAKE_WAIT_S);
+#endif
         Py_END_ALLOW_THREADS
     }
     return future;

@@ -20,8 +20,6 @@ from typing import Any, Callable, List
 
 import pytest
 
-from conftest import FREE_THREADED
-
 from gil_adapt import AdaptiveExecutor
 
 HANG = 30.0  # seconds: a guard against hangs, never a performance bound
@@ -314,9 +312,6 @@ def test_cancel_futures_right_after_submit_leaves_started_ones_running(make):
         assert f.done() and f.exception() is None
 
 
-@pytest.mark.xfail(FREE_THREADED, strict=False,
-                   reason="without a GIL a new worker may not have taken the first task when "
-                   "submit returns (a known gap on free-threaded builds)")
 def test_first_task_starts_before_submit_returns_to_an_idle_pool(make):
     ex = make(3)
     started = threading.Event()

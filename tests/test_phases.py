@@ -4,10 +4,14 @@ One executor in mode "auto" (where a function's backend may change, the routing 
 the work) runs CPU-bound Python, then NumPy, then tasks that sleep 50 ms, twice over, all
 through one function (as dask's threaded scheduler sends every task through one); fresh
 executors run each phase alone, once before and once after the long-lived sequence (their
-mean is the reference: the machine's speed drifts). Measured from 3 s to 6 s after each
+mean is the reference: the machine's speed drifts). Measured from 4 s to 10 s after each
 phase starts, the long-lived one reaches at least 90 % of the fresh ones' completions on
-that phase. Both sides run the same driver (64 tasks in flight) in the same process; the
-bound is a ratio of the two, never an absolute speed.
+that phase. (A move needs two windows of evidence, up to 1.5 s each when the function's
+tasks are only sampled, as after an I/O phase, and then worker processes to start: a
+fresh executor measures every task from its first, so it may move sooner; and on a 2-CPU
+VM a 3 s window's rate varies by about 10 % from run to run.) Both sides run the same
+driver (64 tasks in flight) in the same process; the bound is a ratio of the two, never an
+absolute speed.
 """
 from __future__ import annotations
 
@@ -26,8 +30,8 @@ import backend_tasks as bt  # noqa: E402  (importable in worker processes too)
 
 np = pytest.importorskip("numpy", reason="the NumPy phase needs numpy (test extra)")
 
-PHASE_S = 6.0
-FROM_S, TO_S = 3.0, 6.0
+PHASE_S = 10.0
+FROM_S, TO_S = 4.0, 10.0
 IN_FLIGHT = 64
 PHASES = ["cpu", "numpy", "sleep"]
 
