@@ -214,6 +214,15 @@ def test_fork_inside_an_initializer() -> None:
 _FORK_WITH_BUSY_WORKERS = '''
     from gil_adapt import AdaptiveExecutor
     ex = AdaptiveExecutor(3)
+    # Three workers, each started by a task that blocks (a fixed pool starts a worker only
+    # when no finished task left one idle, as ThreadPoolExecutor does); then finished tasks.
+    warm = threading.Event()
+    first = [ex.submit(warm.wait, 60) for _ in range(3)]
+    deadline = time.monotonic() + 20
+    while ex.stats()["busy"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    warm.set()
+    [f.result(timeout=30) for f in first]
     list(ex.map(abs, range(-50, 0)))
     closed = AdaptiveExecutor(1)
     closed.shutdown()
