@@ -22,12 +22,23 @@ def _spin(n: int) -> int:
     return x
 
 
-def calibrate_spin() -> Callable[[float], None]:
-    """Returns work(ms): pure-Python CPU work of about ms milliseconds."""
-    n = 200_000
-    t0 = time.thread_time()
-    _spin(n)
-    per_ms = max(1, int(n / ((time.thread_time() - t0) * 1000.0)))
+def calibrate_spin(warm_s: float = 0.5) -> Callable[[float], None]:
+    """Returns work(ms): pure-Python CPU work of about ms milliseconds.
+
+    A loop timed cold runs markedly slower than the same loop once the CPU reaches its
+    sustained clock and the interpreter's caches are warm, so the loop first runs for
+    ``warm_s`` of CPU time and is then timed as the median of several short runs.
+    """
+    n = 20_000
+    t_end = time.thread_time() + warm_s
+    while time.thread_time() < t_end:
+        _spin(n)
+    rates = []
+    for _ in range(7):
+        t0 = time.thread_time()
+        _spin(n * 10)
+        rates.append(n * 10 / max(time.thread_time() - t0, 1e-9))
+    per_ms = max(1, int(sorted(rates)[len(rates) // 2] / 1000.0))
     return lambda ms: _spin(int(per_ms * ms))
 
 
@@ -56,7 +67,10 @@ def run_mixed(threads: int, tasks_per_thread: int, cpu_ms: float = 10.0,
     ids = {t.native_id for t in ts}
     tot = {k: sum(m.result["threads"][i][k] for i in ids) for k in ("wall_ns",) + STATES}
     _derive(tot)
-    out: Dict[str, float] = {"threads": threads, "tasks_per_s": threads * tasks_per_thread / elapsed}
+    tasks = threads * tasks_per_thread
+    out: Dict[str, float] = {"threads": threads, "tasks_per_s": tasks / elapsed,
+                             "cpu_ms_per_task": tot["cpu_ns"] / tasks / 1e6,
+                             "cores_used": tot["cpu_ns"] / 1e9 / elapsed}
     for k in STATES:
         out[k[:-3] + "_share"] = tot[k] / tot["wall_ns"]
     out["beta"] = tot["beta"] if tot["beta"] is not None else float("nan")
@@ -90,17 +104,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           + (f" ({caps['reason']})" if caps["gil_wait"] != "exact" else "")
           + f", run-queue: {caps['runq_wait']}, pinned to {args.cores} core(s)")
     print("task: ~10 ms pure-Python CPU + 50 ms sleep\n")
-    cols = ["threads", "tasks/s", "cpu", "gil_wait", "runq", "lock", "io_wait", "beta", "beta_legacy"]
+    cols = ["threads", "tasks/s", "cpu ms/task", "cores used", "cpu", "gil_wait", "runq", "lock",
+            "io_wait", "beta", "beta_legacy"]
     print("  ".join(f"{c:>11}" for c in cols))
     rows: List[Dict[str, float]] = []
     for n in counts:
         r = run_mixed(n, args.tasks)
         rows.append(r)
-        vals = [f"{n:>11d}", f"{r['tasks_per_s']:>11.1f}", f"{r['cpu_share']:>11.1%}",
+        vals = [f"{n:>11d}", f"{r['tasks_per_s']:>11.1f}", f"{r['cpu_ms_per_task']:>11.2f}",
+                f"{r['cores_used']:>11.2f}", f"{r['cpu_share']:>11.1%}",
                 f"{r['gil_wait_share']:>11.1%}", f"{r['runq_wait_share']:>11.1%}",
                 f"{r['lock_wait_share']:>11.1%}", f"{r['io_wait_share']:>11.1%}",
                 f"{r['beta']:>11.2f}", f"{r['beta_legacy']:>11.2f}"]
         print("  ".join(vals))
-    print("\nbeta = gil_wait / (gil_wait + io_wait): high means threads wait for the interpreter,"
+    print("\ncpu ms/task is the CPU the threads used per task, measured under load; cores used is"
+          f"\nthat CPU over the run's wall time (at most {args.cores} here)."
+          "\nbeta = gil_wait / (gil_wait + io_wait): high means threads wait for the interpreter,"
           "\nnot for I/O, so adding threads cannot help; beta_legacy (1 - cpu/wall) is high in both.")
     return 0
