@@ -145,3 +145,47 @@ def test_efficiency_means_and_worst_cell_per_strategy():
     assert ga["mean_pct_oracle"] == 0.5 and ga["mean_pct_best_any"] == 0.45
     assert ga["worst_pct_best_any"] == 0.0 and ga["worst_cell"] == "1c/b"
     assert eff[1]["mean_pct_best_any"] == 0.4
+
+
+def test_soundness_flags_cpu_above_the_cores():
+    cell = scoring.summarise_cell([ok(100.0, cpu_utilisation=0.97),
+                                   ok(101.0, cpu_utilisation=1.30)])
+    assert cell["cpu_utilisation_max"] == 1.30
+    flags = scoring.soundness(cell, "threads-4", cores=1, measure_s=6.0, cpu_ms_alone=None)
+    assert len(flags) == 1 and "above what they allow" in flags[0]
+    fine = scoring.summarise_cell([ok(100.0, cpu_utilisation=0.99)])
+    assert scoring.soundness(fine, "threads-4", cores=1, measure_s=6.0, cpu_ms_alone=None) == []
+
+
+def test_soundness_flags_completions_the_cores_could_not_run():
+    # 167 tasks/s of 11.16 ms CPU each on one core: 1.86 cores' worth
+    cell = scoring.summarise_cell([ok(167.0, cpu_utilisation=0.99)])
+    flags = scoring.soundness(cell, "threads-4", cores=1, measure_s=60.0, cpu_ms_alone=11.16)
+    assert len(flags) == 1 and "186%" in flags[0]
+    # the same rate on two cores is possible
+    assert scoring.soundness(cell, "threads-4", cores=2, measure_s=60.0,
+                             cpu_ms_alone=11.16) == []
+
+
+def test_soundness_flags_windows_of_too_few_waves():
+    # 256 tasks at once x 11 ms on one core: waves 2.8 s apart; 6 s is about two
+    cell = scoring.summarise_cell([ok(90.0)])
+    flags = scoring.soundness(cell, "asyncio-256", cores=1, measure_s=6.0, cpu_ms_alone=11.0)
+    assert len(flags) == 1 and "waves" in flags[0]
+    assert scoring.soundness(cell, "asyncio-256", cores=1, measure_s=9.0, cpu_ms_alone=11.0) == []
+    assert scoring.soundness(cell, "asyncio-16", cores=1, measure_s=6.0, cpu_ms_alone=11.0) == []
+    # an adaptive strategy's size is the workers it held
+    held = scoring.summarise_cell([ok(90.0, workers_final=400)])
+    assert scoring.soundness(held, "gil-adapt", cores=1, measure_s=6.0, cpu_ms_alone=11.0)
+
+
+def test_flagged_cells_are_neither_oracle_nor_best_any():
+    cells = {"threads-4": scoring.summarise_cell([ok(100.0)]),
+             "threads-256": scoring.summarise_cell([ok(150.0)]),
+             "asyncio-256": scoring.summarise_cell([ok(160.0)])}
+    cells["threads-256"]["flags"] = ["window too short"]
+    cells["asyncio-256"]["flags"] = ["window too short"]
+    s = scoring.score_cells(cells)
+    assert s["oracle"]["strategy"] == "threads-4"
+    assert s["best_any"]["strategy"] == "threads-4"
+    assert cells["asyncio-256"]["pct_best_any"] == pytest.approx(1.6)  # still reported

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import threading
+import time
 from typing import Iterator, Tuple
 
 import pytest
@@ -147,6 +148,24 @@ def test_tiny_end_to_end_run(tmp_path, capsys):
         assert c["status"] in ("ok", "failed", "partial", "skipped")
         if c["status"] == "ok":
             assert c["throughput"] > 0 and c["reps"] == 1
+            # the CPU the cell's processes used in its window fits its one core
+            assert c["cpu_source"] == "proc"
+            assert 0 < c["cpu_utilisation"] <= 1.02, c
     assert res["workloads"]["micro"]["probe"]["cpu_ms"] > 0
     assert "| 1c-512m | micro |" in capsys.readouterr().out
     assert os.path.exists(out / "report.md")
+
+
+def test_tree_cpu_counts_the_session_and_interpolates():
+    from gil_adapt.bench import child
+    cpu = child._TreeCpu(own_cgroup=False)
+    a = cpu.read()
+    t_end = time.thread_time() + 0.2
+    while time.thread_time() < t_end:
+        pass
+    b = cpu.read()
+    assert a is not None and b is not None and b - a >= 0.15
+    marks = [(0.0, 1.0), (1.0, 2.0), (3.0, 2.0)]
+    assert child._cpu_at(marks, 0.5) == pytest.approx(1.5)
+    assert child._cpu_at(marks, 2.0) == pytest.approx(2.0)
+    assert child._cpu_at(marks, 4.0) is None

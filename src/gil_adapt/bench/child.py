@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import loopback, workloads
 from .strategies import Strategy, parse_strategy
@@ -144,17 +144,92 @@ class _Recorder:
         self.latency.append(now - t_submit)
 
 
+class _TreeCpu:
+    """CPU seconds used so far by this process and its descendants.
+
+    From the group the harness made for this run when ``own_cgroup`` (cgroup v2
+    ``cpu.stat`` ``usage_usec``, v1 ``cpuacct.usage``: exact, and it includes exited
+    worker processes), otherwise from ``/proc``: every process of this session (the
+    harness starts each child as a session leader), its own and its reaped children's user
+    + system time.
+    """
+
+    def __init__(self, own_cgroup: bool = False) -> None:
+        self.path: Optional[str] = None
+        self.source = "proc"
+        lines: List[str] = []
+        if own_cgroup:
+            try:
+                with open("/proc/self/cgroup") as f:
+                    lines = f.read().splitlines()
+            except OSError:
+                pass
+        for line in lines:
+            hier, _, rest = line.partition(":")
+            ctrls, _, path = rest.partition(":")
+            if hier == "0" and not ctrls:
+                cand, kind = f"/sys/fs/cgroup{path}/cpu.stat", "cgroup v2 cpu.stat"
+            elif "cpuacct" in ctrls.split(","):
+                cand, kind = f"/sys/fs/cgroup/{ctrls}{path}/cpuacct.usage", "cgroup v1 cpuacct"
+            else:
+                continue
+            if path not in ("", "/") and os.access(cand, os.R_OK):
+                self.path, self.source = cand, kind
+                break
+        self.sid = os.getsid(0)
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def read(self) -> Optional[float]:
+        try:
+            if self.path is not None:
+                with open(self.path) as f:
+                    text = f.read()
+                if self.path.endswith("cpu.stat"):
+                    for line in text.splitlines():
+                        if line.startswith("usage_usec "):
+                            return int(line.split()[1]) / 1e6
+                    return None
+                return int(text) / 1e9
+            return self._proc()
+        except (OSError, ValueError):
+            return None
+
+    def _proc(self) -> float:
+        total = 0
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[3]) == self.sid:  # session id (field 6 of stat)
+                total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+        return total / self.tick
+
+
 class _Sampler(threading.Thread):
     def __init__(self, interval: float, t0: float, rec: _Recorder,
-                 sample: Callable[[], Dict[str, Any]]) -> None:
+                 sample: Callable[[], Dict[str, Any]], own_cgroup: bool = False) -> None:
         super().__init__(name="bench-sampler", daemon=True)
         self.interval, self.t0, self.rec, self.fn = interval, t0, rec, sample
         self.series: List[Dict[str, Any]] = []
         self.stop = threading.Event()
         self.error: Optional[str] = None
+        self.cpu = _TreeCpu(own_cgroup)
+        self.cpu_marks: List[Tuple[float, float]] = []
+        self.mark_cpu()
+
+    def mark_cpu(self) -> None:
+        """Notes (time, tree CPU) now; the sampler does at each interval."""
+        c = self.cpu.read()
+        if c is not None:
+            self.cpu_marks.append((time.monotonic(), c))
 
     def run(self) -> None:
         while not self.stop.wait(self.interval):
+            self.mark_cpu()
             try:
                 s = self.fn()
             except Exception as e:  # noqa: BLE001 - keep the run going, say why
@@ -194,7 +269,34 @@ class _Window:
         return start + self.measure
 
 
-def _summarise(rec: _Recorder, win: _Window, switch_at: Optional[float]) -> Dict[str, Any]:
+def _cpu_at(marks: Sequence[Tuple[float, float]], t: float) -> Optional[float]:
+    """Tree CPU at time t, interpolated between the marks around it (None: not covered)."""
+    for (ta, ca), (tb, cb) in zip(marks, marks[1:]):
+        if ta <= t <= tb:
+            return ca if tb == ta else ca + (cb - ca) * (t - ta) / (tb - ta)
+    return None
+
+
+def _cpu_figures(sampler: "_Sampler", start: float, end: float, measure: float,
+                 completed: int) -> Dict[str, Any]:
+    """The CPU the process tree used in the measured window and what it implies."""
+    sampler.stop.set()
+    sampler.join(5.0)
+    sampler.mark_cpu()
+    marks = sorted(sampler.cpu_marks)
+    c0, c1 = _cpu_at(marks, start), _cpu_at(marks, end)
+    out: Dict[str, Any] = {"cpu_source": sampler.cpu.source}
+    if c0 is None or c1 is None:
+        return out
+    cores = len(os.sched_getaffinity(0))
+    used = max(0.0, c1 - c0)
+    out.update(cpu_window_s=used, cpu_utilisation=used / (cores * measure),
+               cpu_ms_per_task_window=used / completed * 1e3 if completed else None)
+    return out
+
+
+def _summarise(rec: _Recorder, win: _Window, switch_at: Optional[float],
+               sampler: Optional["_Sampler"] = None) -> Dict[str, Any]:
     t0, measure = win.t0, win.measure
     start = win.start()
     if start is None:
@@ -221,6 +323,8 @@ def _summarise(rec: _Recorder, win: _Window, switch_at: Optional[float]) -> Dict
     }
     if switch_at is not None:
         out["switch_at_s"] = switch_at
+    if sampler is not None:
+        out.update(_cpu_figures(sampler, start, end, measure, len(window)))
     return out
 
 
@@ -252,7 +356,8 @@ def run_executor(spec: Dict[str, Any], strategy: Strategy, task: Callable[[], An
 
     t0 = time.monotonic()
     win = _Window(t0, warmup, measure, rec)
-    sampler = _Sampler(float(spec.get("sample_interval_s", 0.25)), t0, rec, pool.sample)
+    sampler = _Sampler(float(spec.get("sample_interval_s", 0.25)), t0, rec, pool.sample,
+                       bool(spec.get("own_cgroup")))
     sampler.start()
     t_switch = t0 + switch_at if switch_at is not None else None
     submit_error: Optional[str] = None
@@ -284,7 +389,7 @@ def run_executor(spec: Dict[str, Any], strategy: Strategy, task: Callable[[], An
         final = pool.sample()
     except Exception as e:  # noqa: BLE001
         final = {"error": f"{type(e).__name__}: {e}"}
-    out = _summarise(rec, win, switch_at)
+    out = _summarise(rec, win, switch_at, sampler)
     out.update(backend=final.get("backend", pool.backend), workers_final=final.get("workers"),
                target_workers_final=final.get("target_workers"), beta_final=final.get("beta"),
                decisions=final.get("decisions"), live_threads_at_start=pool.live_at_start,
@@ -315,7 +420,7 @@ def run_asyncio(spec: Dict[str, Any], strategy: Strategy, task: Callable[[], Any
         t_switch = t0 + switch_at if switch_at is not None else None
         tasks: set = set()
         sampler = _Sampler(float(spec.get("sample_interval_s", 0.25)), t0, rec,
-                           lambda: {"workers": state["running"]})
+                           lambda: {"workers": state["running"]}, bool(spec.get("own_cgroup")))
         sampler.start()
         holder["win"], holder["sampler"] = win, sampler
 
@@ -353,16 +458,20 @@ def run_asyncio(spec: Dict[str, Any], strategy: Strategy, task: Callable[[], Any
         loop.run_until_complete(main())
     finally:
         pass  # tasks still in flight are abandoned (os._exit next)
-    out = _summarise(rec, holder["win"], switch_at)
+    out = _summarise(rec, holder["win"], switch_at, holder["sampler"])
     out.update(backend="asyncio", workers_final=limit, series=holder["sampler"].series,
                max_workers=limit, threads_final=threading.active_count())
     return out
 
 
 def run_probe(spec: Dict[str, Any], task: Callable[[], Any]) -> Dict[str, Any]:
-    """The task alone, serially: median wall and CPU time per task."""
+    """The task alone, serially: median wall and CPU time per task, measured once the
+    task has run for a while (a cold interpreter and CPU clock read slower)."""
     duration = float(spec.get("duration_s", 1.0))
     task()  # first call builds per-process state
+    t_warm = time.monotonic() + min(1.0, duration / 2)
+    while time.monotonic() < t_warm:
+        task()
     walls, cpus = [], []
     t_end = time.monotonic() + duration
     while time.monotonic() < t_end or len(walls) < 3:

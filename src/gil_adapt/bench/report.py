@@ -331,10 +331,23 @@ def markdown(results: Dict[str, Any], plots: Dict[str, Dict[str, str]],
           "throughput); when the windows are shorter than the queue's turnover (quick mode) "
           "it reflects the start-up, not a steady state.",
           "- Phase change (mixed → micro): at the switch, queued tasks of the first phase "
-          "are cancelled and the closed loop submits the second workload."]
+          "are cancelled and the closed loop submits the second workload.",
+          "- CPU used = the CPU the cell's process tree used in the measured window "
+          "(its cgroup's CPU accounting, or /proc) ÷ (cores × window); CPU ms/task = that "
+          "CPU ÷ the tasks completed in the window (under load; the workload table gives "
+          "the task alone). A cell marked ⚠ is not taken at face value and is neither the "
+          "oracle nor best-any: its CPU exceeds its cores, its completions would need more "
+          "CPU than the cores have at the task's CPU alone, or its window spans fewer than "
+          f"{scoring.BURST_PERIODS} waves of completions (tasks at once × CPU per task ÷ "
+          "cores); the note says which."]
     if proto["quick"]:
         L.append("- **Quick mode**: reduced sweep, few workloads, short windows: indicative "
-                 "only; adaptive strategies get the same short warm-up as the rest.")
+                 "only (best-any and the oracle included); adaptive strategies get the same "
+                 "short warm-up as the rest.")
+    flagged = [c for c in results["cells"] if c.get("flags")]
+    if flagged:
+        L.append(f"- {len(flagged)} of {len(results['cells'])} cells are marked ⚠ (listed "
+                 "under Flagged cells).")
     L.append("")
     L.append("## Summary (% of oracle, median of repetitions)")
     L.append("")
@@ -378,6 +391,13 @@ def markdown(results: Dict[str, Any], plots: Dict[str, Dict[str, str]],
         L.append("Strategies skipped: " + "; ".join(f"`{n}` — {s['reason']}"
                                                    for n, s in skipped.items()))
         L.append("")
+    if flagged:
+        L.append("## Flagged cells")
+        L.append("")
+        L += table(["config", "workload", "strategy", "tasks/s", "CPU used", "why"],
+                   [[c["config"], c["workload"], c["strategy"], num(c.get("throughput")),
+                     pct(c.get("cpu_utilisation")), "; ".join(c["flags"])] for c in flagged])
+        L.append("")
     # failures
     bad = [c for c in results["cells"] if c.get("status") in ("failed", "partial")]
     if bad:
@@ -410,23 +430,26 @@ def markdown(results: Dict[str, Any], plots: Dict[str, Dict[str, str]],
         for c in cells:
             if c.get("status") == "skipped":
                 rows.append([c["strategy"], "skipped", "", "", "", "", "", "", "", "", "",
-                             str(c.get("reason"))])
+                             "", "", str(c.get("reason"))])
                 continue
             workers = num(c.get("workers_final"), 0)
             if c.get("live_threads_at_start") is not None:
                 workers += f" ({c['live_threads_at_start']:.0f} live)"
             rows.append([
-                c["strategy"], num(c.get("throughput")),
+                c["strategy"] + (" ⚠" if c.get("flags") else ""), num(c.get("throughput")),
                 f"{num(c.get('throughput_min'))}–{num(c.get('throughput_max'))}",
                 pct(c.get("pct_oracle")), pct(c.get("pct_best_any")),
+                pct(c.get("cpu_utilisation")), num(c.get("cpu_ms_per_task_window"), 2),
                 ms(c.get("latency_p50_s")), ms(c.get("latency_p99_s")),
                 num(c.get("peak_rss_tree_mib"), 0), workers,
                 num(c.get("beta_final"), 2), c.get("backend") or "",
                 (c["status"] if c["status"] != "ok" else "")
                 + (f" {c.get('reason')}" if c.get("reason") else "")
-                + (f" {c.get('note')}" if c.get("note") else "")])
-        L += table(["strategy", "tasks/s", "min–max", "% oracle", "% best-any", "p50 ms",
-                    "p99 ms", "peak RSS MiB", "workers", "beta", "backend", "notes"], rows)
+                + (f" {c.get('note')}" if c.get("note") else "")
+                + "".join(f" ⚠ {f}." for f in c.get("flags") or ())])
+        L += table(["strategy", "tasks/s", "min–max", "% oracle", "% best-any", "CPU used",
+                    "CPU ms/task", "p50 ms", "p99 ms", "peak RSS MiB", "workers", "beta",
+                    "backend", "notes"], rows)
         L.append("")
         for kind in ("sweep", "timeline"):
             path = plots.get(f"{cfg}/{w}", {}).get(kind)

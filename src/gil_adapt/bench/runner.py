@@ -341,7 +341,7 @@ class Harness:
         result_path = os.path.join(self.tmp, f"result-{n}.json")
         log_path = os.path.join(self.tmp, f"stderr-{n}.log")
         with open(spec_path, "w") as f:
-            json.dump(rs.spec, f)
+            json.dump({**rs.spec, "own_cgroup": group is not None}, f)
         timeout = (float(rs.spec.get("warmup_s", 0)) + float(rs.spec.get("measure_s", 0))
                    + float(rs.spec.get("duration_s", 0))) * 3 + STARTUP_ALLOWANCE_S
         procs_files = [p.encode() for p in (group.procs_files() if group else [])]
@@ -636,10 +636,16 @@ def build_results(opts: Options, env: Dict[str, Any], config_rows: List[Dict[str
     cells: List[Dict[str, Any]] = []
     summaries: List[Dict[str, Any]] = []
     cell_runs = [r for r in runs if r["kind"] == "cell"]
+    for r in runs:
+        if r["kind"] == "probe" and r.get("workload") in workload_rows:
+            workload_rows[r["workload"]]["probe"] = {
+                k: r.get(k) for k in ("cpu_ms", "wall_ms", "io_ms", "tasks", "status",
+                                      "reason")}
     for row in config_rows:
         if row["status"] != "ran":
             continue
         cfg = row["name"]
+        cores = len(row.get("cpus") or ()) or 1
         for w, wrow in workload_rows.items():
             if wrow.get("status") != "ran":
                 continue
@@ -652,6 +658,12 @@ def build_results(opts: Options, env: Dict[str, Any], config_rows: List[Dict[str
                 if not reps:
                     continue  # interrupted before this cell
                 by_strategy[name] = scoring.summarise_cell(reps)
+            probe = wrow.get("probe") or {}
+            alone = probe.get("cpu_ms") if probe.get("status") == "ok" else None
+            for name, cell in by_strategy.items():
+                flags = scoring.soundness(cell, name, cores, opts.measure_s, alone)
+                if flags:
+                    cell["flags"] = flags
             if not by_strategy:
                 continue
             summary = scoring.score_cells(by_strategy)
@@ -728,11 +740,6 @@ def build_results(opts: Options, env: Dict[str, Any], config_rows: List[Dict[str
                              "hooks_off_reps": led["hooks-off"], "ratio": scoring.share(a, b),
                              "gil_wait_exact": exact[0] if exact else None})
 
-    for r in runs:
-        if r["kind"] == "probe" and r.get("workload") in workload_rows:
-            workload_rows[r["workload"]]["probe"] = {
-                k: r.get(k) for k in ("cpu_ms", "wall_ms", "io_ms", "tasks", "status",
-                                      "reason")}
     return {
         "schema": 1,
         "tool": "gil-adapt bench",

@@ -12,7 +12,10 @@ Conventions:
 * **best-any** is the best fixed strategy of any kind in the cell (the sweep, ``tpe-N``,
   ``threads-default``, ``naive-512``, ``processes``, ``asyncio-K``): what one could pick by
   hand. The adaptive strategies (``betapool``, ``gil-adapt``) are scored against it, not
-  part of it.
+  part of it;
+* a cell with ``flags`` (see :func:`soundness`: CPU above its cores, completions the cores
+  could not have run, a window of too few waves) is reported but is neither the oracle
+  nor best-any.
 """
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ from .strategies import parse_strategy
 
 CLIFF_FROM = 512
 CONVERGED_SHARE = 0.95
+CPU_TOLERANCE = 0.02      # CPU accounting granularity over a window (share of its cores)
+IMPLIED_TOLERANCE = 0.10  # the task's CPU alone against under load (clock drift, caches)
+BURST_PERIODS = 3         # a window spans at least this many waves of completions
 
 
 def _median(values: Sequence[float]) -> Optional[float]:
@@ -58,8 +64,13 @@ def summarise_cell(runs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
         out["reason"] = f"{len(bad)}/{len(ran)} repetitions failed: " + \
             "; ".join(sorted({str(r.get("reason")) for r in bad}))
     for key in ("latency_p50_s", "latency_p99_s", "workers_final", "beta_final",
-                "live_threads_at_start", "cgroup_peak_mib"):
+                "live_threads_at_start", "cgroup_peak_mib", "cpu_utilisation",
+                "cpu_ms_per_task_window"):
         out[key] = _median([r.get(key) for r in ok])
+    utils = [r["cpu_utilisation"] for r in ok if r.get("cpu_utilisation") is not None]
+    out["cpu_utilisation_max"] = max(utils) if utils else None
+    sources = sorted({str(r["cpu_source"]) for r in ok if r.get("cpu_source")})
+    out["cpu_source"] = ",".join(sources) if sources else None
     peaks = [r.get("peak_rss_tree_mib") for r in ran if r.get("peak_rss_tree_mib")]
     out["peak_rss_tree_mib"] = max(peaks) if peaks else None
     backends = sorted({str(r.get("backend")) for r in ok if r.get("backend")})
@@ -69,6 +80,44 @@ def summarise_cell(runs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
         out["note"] = (f"{len(starved)}/{len(ok)} repetitions completed no task in the "
                        f"measured window (start-up longer than the warm-up)")
     return out
+
+
+def soundness(cell: Dict[str, Any], strategy: str, cores: int, measure_s: float,
+              cpu_ms_alone: Optional[float]) -> List[str]:
+    """Why a cell's throughput cannot be taken at face value (empty: it can).
+
+    * the CPU its process tree used in a measured window exceeds what its cores allow
+      (beyond accounting granularity): the measurement itself is wrong;
+    * its completions imply more CPU than the cores have, at the CPU the task takes when
+      run alone (measured warm): the window caught a burst of completions;
+    * its window is shorter than ``BURST_PERIODS`` burst periods: a strategy running
+      ``size`` tasks at once completes them in waves about ``size x CPU per task / cores``
+      apart, and a window of a few waves over- or under-counts by up to a wave.
+    """
+    if cell.get("status") == "skipped":
+        return []
+    reasons = []
+    util = cell.get("cpu_utilisation_max")
+    if util is not None and util > 1.0 + CPU_TOLERANCE:
+        reasons.append(f"measured CPU {util:.0%} of its cores: above what they allow")
+    thr = cell.get("throughput") or 0.0
+    if cpu_ms_alone and thr > 0 and cores > 0:
+        implied = thr * cpu_ms_alone / 1e3 / cores
+        if implied > 1.0 + IMPLIED_TOLERANCE:
+            reasons.append(f"{thr:.1f} tasks/s at {cpu_ms_alone:.2f} ms of CPU each (alone) "
+                           f"is {implied:.0%} of its cores")
+    try:
+        size = parse_strategy(strategy).size
+    except ValueError:
+        size = None
+    size = size or cell.get("workers_final")
+    cpu_ms = cpu_ms_alone or cell.get("cpu_ms_per_task_window")
+    if size and cpu_ms and cores > 0 and measure_s > 0:
+        wave = float(size) * cpu_ms / 1e3 / cores
+        if measure_s < BURST_PERIODS * wave:
+            reasons.append(f"window {measure_s:g} s < {BURST_PERIODS} waves of {wave:.2f} s "
+                           f"({size:g} tasks at once x {cpu_ms:.2f} ms CPU / {cores} cores)")
+    return reasons
 
 
 def is_sweep(name: str) -> bool:
@@ -90,7 +139,7 @@ def pick_oracle(cells: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
     """The best ``threads-N`` (highest median; ties to the smaller N), or None."""
     best: Optional[Tuple[float, int, str]] = None
     for name, cell in cells.items():
-        if not is_sweep(name) or cell.get("status") == "skipped":
+        if not is_sweep(name) or cell.get("status") == "skipped" or cell.get("flags"):
             continue
         thr = cell.get("throughput") or 0.0
         if thr <= 0:
@@ -108,7 +157,7 @@ def pick_best_any(cells: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
     """The best fixed strategy of any kind (sweep, tpe, default, processes, asyncio)."""
     best: Optional[Tuple[float, str]] = None
     for name, cell in cells.items():
-        if not is_fixed(name) or cell.get("status") == "skipped":
+        if not is_fixed(name) or cell.get("status") == "skipped" or cell.get("flags"):
             continue
         thr = cell.get("throughput") or 0.0
         if thr > 0 and (best is None or (thr, name) > best):
