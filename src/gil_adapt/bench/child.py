@@ -82,6 +82,10 @@ class _Pool:
             from gil_adapt import AdaptiveExecutor
 
             ex = AdaptiveExecutor()
+        elif kind == "gil-adapt-auto":
+            from gil_adapt import AdaptiveExecutor
+
+            ex = AdaptiveExecutor(mode="auto")
         else:
             raise ValueError(f"not an executor strategy: {strategy.name}")
         self.ex: Any = ex
@@ -89,7 +93,7 @@ class _Pool:
     def sample(self) -> Dict[str, Any]:
         """Worker count (and the controller's figures where there is one) now."""
         ex, kind = self.ex, self.strategy.kind
-        if kind == "gil-adapt":
+        if kind in ("gil-adapt", "gil-adapt-auto"):
             st = ex.stats()
             out = {k: st.get(k) for k in ("workers", "target_workers", "beta", "throughput",
                                           "queue_length")}
@@ -558,15 +562,16 @@ def run(spec: Dict[str, Any]) -> Dict[str, Any]:
     if mode == "probe":
         return {**base, **run_probe(spec, task)}
     strategy = parse_strategy(spec["strategy"])
-    is_async = strategy.kind == "asyncio"
+    if strategy.uses_async_form:
+        task = wl.async_
     if spec.get("workload2"):
         wl2 = workloads.WORKLOADS[spec["workload2"]]
-        task2 = wl2.async_ if is_async else wl2.sync
+        task2 = wl2.async_ if strategy.uses_async_form else wl2.sync
     # Libraries and per-process state are ready before the clock, for every strategy.
     wl.sync()
     if task2 is not None:
         workloads.WORKLOADS[spec["workload2"]].sync()
-    if is_async:
+    if strategy.kind == "asyncio":
         return {**base, **run_asyncio(spec, strategy, wl.async_, task2)}
     return {**base, **run_executor(spec, strategy, task, task2)}
 

@@ -13,7 +13,7 @@ from .strategies import parse_strategy
 
 log = logging.getLogger("gil_adapt.bench")
 
-SUMMARY_COLUMNS = ("gil-adapt", "betapool", "naive-512", "threads-default", "processes",
+SUMMARY_COLUMNS = ("gil-adapt", "gil-adapt-auto", "betapool", "naive-512", "threads-default", "processes",
                    "asyncio-32", "asyncio-256")
 
 
@@ -70,9 +70,10 @@ def summary_rows(results: Dict[str, Any]) -> List[List[str]]:
                if best and oracle else (best["strategy"] if best else "—")]
         for name in SUMMARY_COLUMNS:
             row.append(_cell_text(cells.get((cfg, w, name))))
-        ga = cells.get((cfg, w, "gil-adapt"))
-        row.append(pct(ga.get("pct_best_any")) if ga and ga.get("status") != "skipped"
-                   else "—")
+        for name in ("gil-adapt", "gil-adapt-auto"):
+            ga = cells.get((cfg, w, name))
+            row.append(pct(ga.get("pct_best_any")) if ga and ga.get("status") != "skipped"
+                       else "—")
         row.append(cliff_text(s.get("cliff") or {}, cfg, w, cells))
         rows.append(row)
     return rows
@@ -94,7 +95,8 @@ def cliff_text(cliff: Dict[str, Optional[float]], cfg: str, w: str,
 
 
 SUMMARY_HEADERS = ["config", "workload", "oracle tasks/s", "best-any (% oracle)",
-                   *SUMMARY_COLUMNS, "gil-adapt % best-any", "cliff (N>=512)"]
+                   *SUMMARY_COLUMNS, "gil-adapt % best-any",
+                   "gil-adapt-auto % best-any", "cliff (N>=512)"]
 
 
 def summary_text(results: Dict[str, Any]) -> str:
@@ -182,7 +184,7 @@ def _plots(results: Dict[str, Any], out_dir: str) -> Dict[str, Dict[str, str]]:
         made[key]["sweep"] = name
         # controller timeline (the median repetition of each adaptive strategy)
         series = []
-        for strat in ("gil-adapt", "betapool"):
+        for strat in ("gil-adapt", "gil-adapt-auto", "betapool"):
             reps = [r for r in runs if r["kind"] == "cell" and r["config"] == cfg
                     and r["workload"] == w and r["strategy"] == strat
                     and r.get("status") == "ok" and r.get("series")]
@@ -197,7 +199,7 @@ def _plots(results: Dict[str, Any], out_dir: str) -> Dict[str, Dict[str, str]]:
              and r.get("series")]
     for cfg in sorted({r["config"] for r in phase}):
         series = []
-        for strat in ("gil-adapt", "betapool"):
+        for strat in ("gil-adapt", "gil-adapt-auto", "betapool"):
             reps = sorted((r for r in phase if r["config"] == cfg and r["strategy"] == strat),
                           key=lambda r: r.get("throughput") or 0.0)
             if reps:

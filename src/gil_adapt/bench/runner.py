@@ -680,7 +680,7 @@ def build_results(opts: Options, env: Dict[str, Any], config_rows: List[Dict[str
     for cfg_row in config_rows:
         cfg = cfg_row["name"]
         for name, srow in strategy_rows.items():
-            if srow["status"] == "skipped" or srow["kind"] not in ("gil-adapt", "betapool"):
+            if srow["status"] == "skipped" or srow["kind"] not in strategies.ADAPTIVE_KINDS:
                 continue
             for w in workload_rows:
                 oracle = oracle_of.get((cfg, w))

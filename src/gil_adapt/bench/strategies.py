@@ -9,7 +9,10 @@
 ``processes``       ``ProcessPoolExecutor(cores)``
 ``asyncio-K``       the async form of the task under ``asyncio.Semaphore(K)`` (K = 32, 256)
 ``betapool``        ``betapool.AdaptiveThreadPoolExecutor()`` defaults (optional)
-``gil-adapt``       ``gil_adapt.AdaptiveExecutor()`` defaults (threads only, the drop-in)
+``gil-adapt``       ``gil_adapt.AdaptiveExecutor()`` defaults (threads only, the drop-in),
+                    given the task's sync form
+``gil-adapt-auto``  ``gil_adapt.AdaptiveExecutor(mode="auto")`` given the task's async form
+                    (coroutine functions run on its event-loop threads)
 ==================  ========================================================================
 """
 from __future__ import annotations
@@ -23,12 +26,14 @@ from typing import List, Optional, Sequence
 FULL_SWEEP = [1 << i for i in range(12)]            # 1 .. 2048
 QUICK_SWEEP = [1, 4, 16, 64, 256, 512]
 ASYNCIO_LIMITS = (32, 256)
-FIXED = ("threads-default", "naive-512", "processes", "betapool", "gil-adapt")
+FIXED = ("threads-default", "naive-512", "processes", "betapool", "gil-adapt", "gil-adapt-auto")
+ADAPTIVE_KINDS = ("betapool", "gil-adapt", "gil-adapt-auto")
 
 
 @dataclass(frozen=True)
 class Strategy:
-    """``kind``: threads | tpe | default | processes | asyncio | betapool | gil-adapt."""
+    """``kind``: threads | tpe | default | processes | asyncio | betapool | gil-adapt |
+    gil-adapt-auto."""
 
     name: str
     kind: str
@@ -43,7 +48,12 @@ class Strategy:
 
     @property
     def adaptive(self) -> bool:
-        return self.kind in ("betapool", "gil-adapt")
+        return self.kind in ADAPTIVE_KINDS
+
+    @property
+    def uses_async_form(self) -> bool:
+        """Given the workload's coroutine function rather than its sync form."""
+        return self.kind in ("asyncio", "gil-adapt-auto")
 
 
 _SIZED = re.compile(r"^(threads|tpe|asyncio)-(\d+)$")
@@ -61,10 +71,10 @@ def parse_strategy(name: str) -> Strategy:
         return Strategy(name, "default")
     if name == "naive-512":
         return Strategy(name, "tpe", 512)
-    if name in ("processes", "betapool", "gil-adapt"):
+    if name in ("processes", "betapool", "gil-adapt", "gil-adapt-auto"):
         return Strategy(name, name)
     raise ValueError(f"unknown strategy {name!r} (threads-N, tpe-N, threads-default, "
-                     f"naive-512, processes, asyncio-K, betapool, gil-adapt; groups: "
+                     f"naive-512, processes, asyncio-K, betapool, gil-adapt, gil-adapt-auto; groups: "
                      f"threads, tpe, asyncio, all)")
 
 
@@ -75,7 +85,7 @@ def default_names(sweep: Sequence[int], quick: bool) -> List[str]:
     names += [f"tpe-{n}" for n in tpe_sizes if n != 512]
     names += ["threads-default", "naive-512", "processes"]
     names += [f"asyncio-{k}" for k in ASYNCIO_LIMITS]
-    names += ["betapool", "gil-adapt"]
+    names += ["betapool", "gil-adapt", "gil-adapt-auto"]
     return names
 
 
@@ -115,7 +125,7 @@ def unavailable_reason(strategy: Strategy) -> Optional[str]:
             importlib.import_module("betapool").AdaptiveThreadPoolExecutor  # noqa: B018
         except Exception as e:  # noqa: BLE001 - any import failure is the reason
             return f"betapool does not import: {type(e).__name__}: {e}"
-    if strategy.kind == "gil-adapt":
+    if strategy.kind in ("gil-adapt", "gil-adapt-auto"):
         try:
             importlib.import_module("gil_adapt").AdaptiveExecutor  # noqa: B018
         except Exception as e:  # noqa: BLE001
