@@ -1,6 +1,6 @@
 """AdaptiveExecutor(max_workers=2048) against a sweep of fixed thread pools, pinned to 1 and 2 cores.
 
-Workloads (pure-Python CPU by a calibrated loop, I/O by time.sleep, as in BENCH.md):
+Workloads (pure-Python CPU by a calibrated loop, I/O by time.sleep, as in docs/bench.md):
   mixed : 10 ms CPU + 50 ms I/O      micro : 0.1 ms CPU + 1 ms I/O      io : 50 ms I/O
 
 Strategies, each in a fresh process pinned to the first C CPUs it may use:

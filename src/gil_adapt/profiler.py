@@ -93,7 +93,7 @@ STATE_NAMES = {"cpu_ns": "cpu", "gil_wait_ns": "gil_wait", "lock_wait_ns": "lock
                "runq_wait_ns": "runq_wait", "io_wait_ns": "io_wait", "idle_ns": "idle"}
 BOUND = {"cpu_ns": "CPU-bound", "gil_wait_ns": "GIL-bound", "lock_wait_ns": "lock-bound",
          "runq_wait_ns": "core-bound", "io_wait_ns": "I/O-bound", "idle_ns": "idle"}
-BETA_THRESHOLD = 0.6  # the reference threshold (DESIGN.md)
+BETA_THRESHOLD = 0.6  # waiting mostly for the GIL: more threads only queue for it
 # The process is GIL-bound when its threads queue for the GIL at least this share of
 # their active time (cpu + gil_wait + runq_wait + io_wait) and either their waiting is
 # mostly for the GIL (beta) or the GIL is busy at least GIL_BUSY of the time (I/O threads
