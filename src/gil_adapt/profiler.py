@@ -40,7 +40,10 @@ threads each take waits up to the switch interval, so the rate reached is at mos
 samples/s cost about 5 % of their throughput, 20/s about 1 % (within noise).
 
 The live table (``--top``, or by default when stderr is a terminal) shows the last
-``--interval`` seconds; the final report covers the whole run.
+``--interval`` seconds; the final report covers the whole run. The timeline (``--json``,
+``--plot``: each thread's states per bin of at most 0.1 s, bins doubling in width past
+``MAX_BINS``) covers the report's threads, under the report's names: the
+``TIMELINE_THREADS`` with the most wall time one by one, the others summed.
 """
 from __future__ import annotations
 
@@ -103,8 +106,9 @@ GIL_BUSY = 0.5
 DUTY = 0.01           # the sampler's CPU time, at most this share of one core
 MAX_RECORDS = 4096    # exited threads followed one by one; older ones are folded together
 MAX_BINS = 400        # timeline bins per thread; past it bins double in width
-TIMELINE_THREADS = 64 # threads in the JSON timeline (the ones with the most wall time)
+TIMELINE_THREADS = 64 # threads in the timeline one by one (the most wall time); the rest summed
 _SERIES = ("wall_ns",) + STATE_KEYS  # a closed bin: its index, then these (ns)
+_WIDTH = 1 + len(_SERIES)            # ints per closed bin in a series
 OWN_THREAD_PREFIX = "gil-adapt-"
 _INTERRUPTED = 130    # the program ended by KeyboardInterrupt (its shell status)
 ATTRIBUTION_METHOD = (
@@ -258,6 +262,9 @@ def _code_key(code: Any) -> Tuple[str, str, int]:
 
 
 Key = Tuple[int, int]  # a ledger record: (tid, serial)
+#: Where exited threads folded together keep their function times and timeline bins (no
+#: thread has id 0); the report shows them as one row with tid 0.
+FOLDED: Key = (0, 0)
 
 
 def _prefer(a: Tuple[Any, ...], b: Tuple[Any, ...], tracked: Dict[Key, Any]) -> bool:
@@ -370,14 +377,23 @@ class Sampler:
             out.append(r)
         return out
 
+    def shown_records(self) -> Dict[int, Key]:
+        """The record that stands for each thread id in the report and the timeline: the
+        live one of a reused id, else its latest."""
+        chosen: Dict[int, Key] = {}
+        for key, r in self.rows.items():
+            old = chosen.get(key[0])
+            if old is not None and (self.rows[old][_I_ALIVE]
+                                    or (not r[_I_ALIVE] and old[1] > key[1])):
+                continue
+            chosen[key[0]] = key
+        return chosen
+
     def snapshot(self) -> Dict[str, Any]:
         """The records followed, shaped like ``_ledger.snapshot()`` (one per tid)."""
         threads: Dict[int, Dict[str, Any]] = {}
-        for key, r in self.rows.items():
-            tid = key[0]
-            old = threads.get(tid)
-            if old is not None and (old["alive"] or (not r[_I_ALIVE] and old["serial"] > key[1])):
-                continue  # the live record of a reused id, or its latest
+        for tid, key in self.shown_records().items():
+            r = self.rows[key]
             entry = dict(zip(_VEC_KEYS, _vec_of(r)))
             entry.update(serial=key[1], alive=bool(r[_I_ALIVE]), gil_held_ns=r[_I_HELD],
                          name=self.names.get(key) or self.born.get(tid)
@@ -464,8 +480,10 @@ class Sampler:
                 self._fold({(r[_I_TID], r[_I_SERIAL]) for r in rows})
 
     def _fold(self, listed: set) -> None:
-        """Bounds memory: exited threads the ledger no longer lists become one sum."""
+        """Bounds memory: exited threads the ledger no longer lists become one sum (their
+        timeline bins too, under FOLDED)."""
         gone = {key for key, r in self.rows.items() if not r[_I_ALIVE] and key not in listed}
+        folded_series: List["array[int]"] = []
         for key in gone:
             r = self.rows.pop(key)
             if key[0] in self.own_tids:
@@ -476,11 +494,18 @@ class Sampler:
             self.folded_held += r[_I_HELD] - held0
             self.names.pop(key, None)
             self.last_code.pop(key, None)
-            self.series.pop(key, None)
+            if key in self.open_bin:  # an unlisted record gets no more time: its bin is final
+                self._close_bin(key)
+            arr = self.series.pop(key, None)
+            if arr is not None:
+                folded_series.append(arr)
+        if folded_series:
+            self.series[FOLDED] = _merge_series([self.series.get(FOLDED, array("q"))]
+                                                + folded_series)
         for tid in {key[0] for key in gone} - {key[0] for key in self.rows}:
             self.born.pop(tid, None)
         for fk in [fk for fk in self.by_func if fk[0] in gone]:
-            to = ((0, 0), fk[1])
+            to = (FOLDED, fk[1])
             self.by_func[to] = _add(self.by_func.get(to, _ZERO), self.by_func.pop(fk))
             self.samples_by_func[to] = (self.samples_by_func.get(to, 0)
                                         + self.samples_by_func.pop(fk, 0))
@@ -502,7 +527,7 @@ class Sampler:
     def _coarsen(self) -> None:
         """Doubles the bin width: bins 2i and 2i+1 become bin i."""
         self.bin_ns *= 2
-        width = 1 + len(_SERIES)
+        width = _WIDTH
         for key, arr in self.series.items():
             merged = array("q")
             for j in range(0, len(arr), width):
@@ -536,6 +561,24 @@ class Sampler:
             self.out.flush()
         except (OSError, ValueError):
             self.live = False
+
+
+def _merge_series(series: Sequence["array[int]"]) -> "array[int]":
+    """Several threads' closed bins as one series: the bins of equal index summed."""
+    bins: Dict[int, List[int]] = {}
+    for arr in series:
+        for j in range(0, len(arr), _WIDTH):
+            row = bins.get(arr[j])
+            if row is None:
+                bins[arr[j]] = list(arr[j + 1:j + _WIDTH])
+            else:
+                for k in range(_WIDTH - 1):
+                    row[k] += arr[j + 1 + k]
+    out = array("q")
+    for idx in sorted(bins):
+        out.append(idx)
+        out.extend(bins[idx])
+    return out
 
 
 def _isatty(stream: Any) -> bool:
@@ -799,48 +842,80 @@ def render_functions(rows: List[Dict[str, Any]], max_rows: int = 15) -> str:
     return "\n".join(lines) + "\n"
 
 
-def timeline(sampler: Sampler) -> Dict[str, Any]:
-    """Per thread, its states in each bin (shares of the bin's wall time)."""
-    width = 1 + len(_SERIES)
-    walls = {key: sum(arr[1::width]) for key, arr in sampler.series.items()}
-    longest = max(walls.values(), default=0)
-    keys = [key for key in walls if walls[key] > 0
-            # a sliver the ledger recorded for no Python thread (e.g. a reused id)
-            and (key in sampler.names or walls[key] >= 0.01 * longest)]
-    keys.sort(key=lambda k: -walls[k])
-    out = []
-    for key in sorted(keys[:TIMELINE_THREADS]):
-        arr = sampler.series[key]
-        series: Dict[str, List[float]] = {"t_s": []}
-        for k in STATE_KEYS:
-            series[STATE_NAMES[k]] = []
-        for j in range(0, len(arr), width):
-            wall = arr[j + 1]
-            if wall <= 0:
-                continue
-            series["t_s"].append(round((arr[j] + 0.5) * sampler.bin_ns / 1e9, 4))
-            for n, k in enumerate(STATE_KEYS):
-                series[STATE_NAMES[k]].append(round(arr[j + 2 + n] / wall, 4))
-        out.append({"tid": key[0], "name": sampler.names.get(key, str(key[0])), **series})
+def _series_dict(arr: "array[int]", bin_ns: int) -> Dict[str, List[float]]:
+    """Closed bins as lists: bin centres (``t_s``), wall time (``wall_s``) and each state's
+    share of it; bins without wall time are left out."""
+    out: Dict[str, List[float]] = {"t_s": [], "wall_s": []}
+    for k in STATE_KEYS:
+        out[STATE_NAMES[k]] = []
+    for j in range(0, len(arr), _WIDTH):
+        wall = arr[j + 1]
+        if wall <= 0:
+            continue
+        out["t_s"].append(round((arr[j] + 0.5) * bin_ns / 1e9, 4))
+        out["wall_s"].append(round(wall / 1e9, 6))
+        for n, k in enumerate(STATE_KEYS):
+            out[STATE_NAMES[k]].append(round(arr[j + 2 + n] / wall, 4))
+    return out
+
+
+def timeline(sampler: Sampler, summary: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Per thread of the report, its states in each bin (shares of the bin's wall time).
+
+    The threads are the report's (``summary``, by default the final one): the same
+    records, names and count. The ``TIMELINE_THREADS`` with the most wall time are listed
+    one by one in ``threads``; the bins of the others are summed in ``left_out`` (their
+    number: ``threads_left_out``). ``threads_without_bins`` counts the report's threads
+    with no timeline bin, so ``threads_total``, the report's count, is the sum of the
+    three. ``folded_threads``: exited threads the report sums into one row (tid 0).
+    """
+    if summary is None:
+        summary = _final_summary(sampler)
+    shown = sampler.shown_records()
+    rows: List[Tuple[int, Dict[str, Any], "array[int]"]] = []  # (wall ns, thread, bins)
+    without_bins = 0
+    for t in summary["threads"]:
+        key = FOLDED if t["tid"] == FOLDED[0] else shown.get(t["tid"])
+        arr = sampler.series.get(key) if key is not None else None
+        wall = sum(arr[1::_WIDTH]) if arr is not None else 0
+        if wall <= 0:
+            without_bins += 1
+            continue
+        rows.append((wall, t, arr))
+    rows.sort(key=lambda r: (-r[0], r[1]["tid"]))
+    listed, rest = rows[:TIMELINE_THREADS], rows[TIMELINE_THREADS:]
+    out = [{"tid": t["tid"], "name": t["name"], **_series_dict(arr, sampler.bin_ns)}
+           for _, t, arr in sorted(listed, key=lambda r: r[1]["tid"])]
+    left_out = None
+    if rest:
+        left_out = {"threads": len(rest),
+                    **_series_dict(_merge_series([arr for _, _, arr in rest]), sampler.bin_ns)}
     return {"bin_s": sampler.bin_ns / 1e9, "threads": out,
-            "threads_left_out": max(0, len(keys) - TIMELINE_THREADS)}
+            "threads_left_out": len(rest), "left_out": left_out,
+            "threads_without_bins": without_bins, "threads_total": len(summary["threads"]),
+            "folded_threads": sampler.folded}
 
 
 def _seconds(d: Dict[str, Any]) -> Dict[str, float]:
     return {STATE_NAMES[k]: d[k] / 1e9 for k in STATE_KEYS}
 
 
-def build_report(sampler: Sampler, command: List[str],
-                 exit_code: Optional[int]) -> Dict[str, Any]:
-    """The final report (after ``sampler.stop()``) as a JSON-ready dict."""
+def _final_summary(sampler: Sampler) -> Dict[str, Any]:
+    """The report's threads and totals over the whole run (after ``sampler.stop()``)."""
     d = _ledger.diff(sampler.base, sampler.snapshot())
     if sampler.folded:
         entry = _states(sampler.folded_vec)
         entry.update(name=f"({sampler.folded} exited threads, summed)", alive=False,
                      gil_held_ns=sampler.folded_held)
         _ledger._derive(entry)
-        d["threads"][0] = entry
-    summary = summarise(d, sampler.own_tids)
+        d["threads"][FOLDED[0]] = entry
+    return summarise(d, sampler.own_tids)
+
+
+def build_report(sampler: Sampler, command: List[str],
+                 exit_code: Optional[int]) -> Dict[str, Any]:
+    """The final report (after ``sampler.stop()``) as a JSON-ready dict."""
+    summary = _final_summary(sampler)
     caps = _ledger.capabilities()
     total = summary["total"]
     v = verdict(summary, caps)
@@ -891,7 +966,7 @@ def build_report(sampler: Sampler, command: List[str],
                       "shares": _shares(r), "bound": r["bound"]} for r in funcs[:500]],
         },
         "executors": execs,
-        "timeline": timeline(sampler) if sampler.keep_timeline else None,
+        "timeline": timeline(sampler, summary) if sampler.keep_timeline else None,
         "profiler": {"sampler_cpu_s": sampler.cost_s, "samples": sampler.samples,
                      "live_tables": sampler.live_tables, "duty_limit": DUTY,
                      "duplicate_ledger_records_ignored": len(sampler.duplicates)},
