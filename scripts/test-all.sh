@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite (README's test command runs this through `make test`):
 #  1. the C unit tests, -Wall -Wextra -Werror, plain + ASan/UBSan + TSan;
-#  2. the lint check (ruff) and the full pytest suite on the default python3;
+#  2. the lint check (ruff) and the full pytest suite on the default python3 (with
+#     promtool from scripts/get-promtool.sh, which lints the metrics exporter's output);
 #  3. the build and the ledger, executor, fork, sub-interpreter and hook tests on every
 #     other CPython >= 3.9 that pyenv has, on a free-threaded CPython 3.13t (built once,
 #     see scripts/build-python.sh), and the ledger tests on Debian's statically linked
@@ -26,6 +27,13 @@ echo "== full suite on $($default_py --version)"
 venv_for "$default_py" .venv-test
 echo "== lint (ruff, configured in pyproject.toml)"
 .venv-test/bin/ruff check src tests benchmarks
+# promtool lints the exporter's output (tests/test_metrics_series.py); only the binary
+# is fetched, into the cache directory (see the script).
+if promtool=$(scripts/get-promtool.sh | tail -n 1) && [ -x "$promtool" ]; then
+  export PATH="$(dirname "$promtool"):$PATH"
+else
+  echo "WARNING: promtool unavailable: the promtool check of the metrics is SKIPPED"
+fi
 .venv-test/bin/python -m pytest -q tests
 
 default_ver=$($default_py -c 'import sys; print("%d.%d" % sys.version_info[:2])')

@@ -57,8 +57,8 @@ def test_text_parses_and_names_follow_conventions(named_thread):
             assert s.name == name + "_total"
             assert set(s.labels) == {"thread", "tid"}
             assert s.value >= 0
-    for name in ("gil_adapt_beta", "gil_adapt_contention", "gil_adapt_gil_utilisation",
-                 "gil_adapt_threads", "gil_adapt_build_info"):
+    for name in ("gil_adapt_beta_ratio", "gil_adapt_contention_ratio",
+                 "gil_adapt_gil_utilisation_ratio", "gil_adapt_threads", "gil_adapt_build_info"):
         assert fams[name].type == "gauge", name
     assert fams["gil_adapt_cpu_seconds"].samples[0].value > 0
     # the awkward thread name survives escaping
@@ -74,6 +74,9 @@ def test_openmetrics_parses():
     fams = {f.name: f for f in om_parser.text_string_to_metric_families(text)}
     assert fams["gil_adapt_thread_cpu_seconds"].unit == "seconds"
     assert fams["gil_adapt_thread_cpu_seconds"].type == "counter"
+    assert fams["gil_adapt_beta_ratio"].unit == "ratio"
+    assert fams["gil_adapt_build"].type == "info"
+    assert [s.name for s in fams["gil_adapt_build"].samples] == ["gil_adapt_build_info"]
 
 
 @needs_client
@@ -252,7 +255,8 @@ def test_prometheus_client_collector():
     text = generate_latest(reg).decode()
     fams = families(text)
     assert "gil_adapt_thread_cpu_seconds" in fams
-    assert "gil_adapt_beta" in fams
+    assert "gil_adapt_beta_ratio" in fams
+    assert fams["gil_adapt_build_info"].samples[0].labels["version"] == gil_adapt.__version__
 
 
 class FakeExecutor:

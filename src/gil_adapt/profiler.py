@@ -86,7 +86,9 @@ options:
   --json FILE      also write the final report as JSON to FILE
   --plot FILE.png  draw each thread's states over time (needs matplotlib)
   --sample-hz HZ   function samples per second at most (default 10)
-  --port PORT      serve Prometheus metrics on PORT while the program runs (0: any)
+  --port PORT      serve Prometheus metrics on PORT while the program runs (0: any;
+                   per-thread series: GIL_ADAPT_METRICS_PER_THREAD=thread|name|none,
+                   GIL_ADAPT_METRICS_MAX_THREAD_SERIES=N, see gil_adapt.metrics)
   --addr ADDR      address for --port (default 127.0.0.1)
   -h, --help       this text
 """
