@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <string.h>
 
+/* clang-format off */
 #define FILL 0.995             /* demand-based size: the bottleneck this busy (queueing model) */
 #define FLOOR 1.0              /* probes down go freely to this share of the demand-based size */
 #define LOW 1.0                /* ...and on evidence of a gain to this share, never further */
@@ -58,6 +59,7 @@
                                   time includes a holder's waits for a core, so a GIL and
                                   cores loaded alike read as GIL-bound) */
 #define U_GAIN 0.01            /* a step down may lose this much of the GIL-busy share */
+/* clang-format on */
 
 static int clamp(const gla_ctl *c, double n)
 {
@@ -298,7 +300,8 @@ static double observe(gla_ctl *c, const gla_window *w)
     if (w->completed >= 1) {
         c->rate_ewma = c->rate_ewma > 0 ? 0.7 * c->rate_ewma + 0.3 * rate : rate;
         if (w->task_wall_s > 0)
-            c->wall_ewma = c->wall_ewma > 0 ? 0.7 * c->wall_ewma + 0.3 * w->task_wall_s : w->task_wall_s;
+            c->wall_ewma = c->wall_ewma > 0 ? 0.7 * c->wall_ewma + 0.3 * w->task_wall_s
+                                            : w->task_wall_s;
     }
     return rate;
 }
@@ -319,8 +322,10 @@ static double observe(gla_ctl *c, const gla_window *w)
  * U_CORES 0.9 the same, 0.8 not). */
 static double gil_share(const gla_ctl *c, const gla_window *w)
 {
-    return w->gil_busy >= 0 && c->held_s > 0 && c->cores_s <= c->held_s * U_CORES && c->usable_cores >= 2
-               ? w->gil_busy : -1;
+    return w->gil_busy >= 0 && c->held_s > 0 && c->cores_s <= c->held_s * U_CORES &&
+                   c->usable_cores >= 2
+               ? w->gil_busy
+               : -1;
 }
 
 /* 0. A step up that made throughput collapse (thousands of threads starving the
@@ -337,9 +342,8 @@ static int step_up_collapsed(gla_ctl *c, const gla_window *w, double rate, gla_d
      * collapse their wall time explodes, and their CPU too: waiters burn it waking
      * up, but not the time they hold the GIL). */
     double held = w->task_gil_held_s > 0 ? w->task_gil_held_s : w->task_cpu_s;
-    int same_work = w->completed < 1 ||
-                    (held > 0 && c->ramp_held > 0 && held < c->ramp_held * 2 &&
-                     held * 2 > c->ramp_held);
+    int same_work = w->completed < 1 || (held > 0 && c->ramp_held > 0 && held < c->ramp_held * 2 &&
+                                         held * 2 > c->ramp_held);
     /* Or the step only lengthened each task's wait outside the GIL and the cores:
      * throughput no higher while that wait grew with the pool. */
     double h2, n2, io2;
@@ -402,7 +406,8 @@ static int demands_changed(gla_ctl *c, double little)
         /* the mean of the first 20 windows, then a moving one over ~20 (a moving
          * one over ~5 let the limit dip: one false re-size in test_noisy_demands) */
         c->little_var_n++;
-        c->little_var += (dev * dev - c->little_var) / (c->little_var_n < 20 ? c->little_var_n : 20);
+        c->little_var += (dev * dev - c->little_var) /
+                         (c->little_var_n < 20 ? c->little_var_n : 20);
     }
     c->little_size = little;
     c->little_smooth = c->little_smooth > 0 ? 0.7 * c->little_smooth + 0.3 * little : little;
@@ -556,16 +561,17 @@ static void too_few(gla_ctl *c, const gla_window *w, double rate, gla_decision *
         set_base(c, back);
         c->little_goal = 0;
         limit_collapse(c, back, rate, w->completed);
-        say(d, GLA_VETO, "no task finished at %.0f workers: back to %.0f",
-            (double)from, (double)back);
+        say(d, GLA_VETO, "no task finished at %.0f workers: back to %.0f", (double)from,
+            (double)back);
     } else if (c->good_size == 0 && w->queue_length > 0 && w->completed < 1 &&
                c->target < c->max_workers && w->busy >= c->target) {
         int n = clamp(c, c->target * 2.0);
         set_base(c, n);
-        say(d, GLA_GROW, "tasks queued and none finished in %.2f s: doubling to %.0f",
-            w->window_s, (double)n);
+        say(d, GLA_GROW, "tasks queued and none finished in %.2f s: doubling to %.0f", w->window_s,
+            (double)n);
     } else {
-        snprintf(d->reason, sizeof d->reason, "%.0f tasks in the window: too few to judge", w->completed);
+        snprintf(d->reason, sizeof d->reason, "%.0f tasks in the window: too few to judge",
+                 w->completed);
     }
 }
 
@@ -598,7 +604,8 @@ static int settle(gla_ctl *c, const gla_window *w, double rate, double u, gla_de
         /* GIL-bound: the base is the mean of two windows (below saturation one
          * window's GIL-busy share spreads a few per cent: it can read saturated) */
         double tasks = c->base_done + w->completed;
-        c->base_rate = tasks > 0 ? (c->base_rate * c->base_done + rate * w->completed) / tasks : rate;
+        c->base_rate = tasks > 0 ? (c->base_rate * c->base_done + rate * w->completed) / tasks
+                                 : rate;
         c->base_done = tasks;
         c->base_u_var = (c->base_u - u) * (c->base_u - u) / 2;
         c->base_u = (c->base_u + u) / 2;
@@ -608,8 +615,8 @@ static int settle(gla_ctl *c, const gla_window *w, double rate, double u, gla_de
     measure_base(c, w, rate, u);
     if (!(u > 0))
         return 0;
-    snprintf(d->reason, sizeof d->reason, "%d workers: the GIL busy %.1f %% of the time: one more window",
-             c->target, u * 100);
+    snprintf(d->reason, sizeof d->reason,
+             "%d workers: the GIL busy %.1f %% of the time: one more window", c->target, u * 100);
     return 1;
 }
 
@@ -625,8 +632,9 @@ static int judge_up(gla_ctl *c, const gla_window *w, double rate, double u, gla_
     int by_u = u > 0 && c->base_u > 0;
     double u_step = c->u_again && by_u ? (c->u_first + u) / 2 : u;
     double fill = c->base_rate * c->bneck_s;
-    int idle = !by_u && fill > 0 && fill < IDLE_FILL && c->held_s >= IDLE_TASK_S && c->little_smooth > 0 &&
-               c->target <= IDLE_CAP * c->little_smooth && rate >= c->base_rate * KEEP;
+    int idle = !by_u && fill > 0 && fill < IDLE_FILL && c->held_s >= IDLE_TASK_S &&
+               c->little_smooth > 0 && c->target <= IDLE_CAP * c->little_smooth &&
+               rate >= c->base_rate * KEEP;
     /* GIL-bound (2+ cores) with the GIL idle part of the time at the base (its
      * busy share under U_SAT): kept unless the workers hold it less of the time
      * (the count of tasks cannot show the few per cent a step is worth) or the
@@ -648,7 +656,8 @@ static int judge_up(gla_ctl *c, const gla_window *w, double rate, double u, gla_
          * of waiters come and go): judged on the mean of two */
         c->u_again = 1;
         c->u_first = u;
-        snprintf(d->reason, sizeof d->reason, "%d workers: the GIL busy %.1f %% of the time (was %.1f %%): one more window",
+        snprintf(d->reason, sizeof d->reason,
+                 "%d workers: the GIL busy %.1f %% of the time (was %.1f %%): one more window",
                  c->target, u * 100, c->base_u * 100);
         return 1;
     }
@@ -673,7 +682,8 @@ static int judge_up(gla_ctl *c, const gla_window *w, double rate, double u, gla_
     }
     c->target = c->base;
     c->phase = GLA_CTL_PROBE_DOWN;
-    say(d, GLA_VETO, "growth to more workers raised throughput only %.1f %% (beta %.2f): kept the size",
+    say(d, GLA_VETO,
+        "growth to more workers raised throughput only %.1f %% (beta %.2f): kept the size",
         c->base_rate > 0 ? (rate / c->base_rate - 1) * 100 : 0, w->beta);
     return 1;
 }
@@ -692,8 +702,8 @@ static int propose_up(gla_ctl *c, double u, gla_decision *d)
     }
     if (c->veto_above && up > c->veto_above && !gil_idle) {
         c->phase = GLA_CTL_PROBE_DOWN;
-        say(d, GLA_VETO, "growth past %.0f workers refused %.0f windows ago",
-            (double)c->veto_above, (double)(VETO_WINDOWS - c->veto_windows));
+        say(d, GLA_VETO, "growth past %.0f workers refused %.0f windows ago", (double)c->veto_above,
+            (double)(VETO_WINDOWS - c->veto_windows));
         return 1;
     }
     c->target = up;
@@ -713,7 +723,7 @@ static int judge_down(gla_ctl *c, const gla_window *w, double rate, double u, in
     /* GIL-bound: fewer workers that keep the GIL as busy lose nothing; that leave
      * it idle more lose what the count may not show */
     int kept = !below && u > 0 && c->base_u > 0 ? u >= c->base_u * (1 - U_GAIN)
-                                                 : rate >= c->base_rate * need;
+                                                : rate >= c->base_rate * need;
     if (kept) {
         if (below)
             c->model_cap = c->little_smooth;
@@ -728,8 +738,9 @@ static int judge_down(gla_ctl *c, const gla_window *w, double rate, double u, in
     }
     c->target = c->base;
     back_off(c);
-    say(d, GLA_GROW, below ? "fewer workers did not raise throughput (%.1f %%): back to %.0f"
-                           : "fewer workers lost throughput (%.1f %%): back to %.0f",
+    say(d, GLA_GROW,
+        below ? "fewer workers did not raise throughput (%.1f %%): back to %.0f"
+              : "fewer workers lost throughput (%.1f %%): back to %.0f",
         c->base_rate > 0 ? (1 - rate / c->base_rate) * 100 : 0, (double)c->base);
     return 1;
 }
@@ -759,7 +770,8 @@ static int probe_down(gla_ctl *c, const gla_window *w, double rate, double u, gl
         return 0;
     }
     c->target = down;
-    say(d, GLA_SHRINK, "probing %.0f workers (throughput %.1f tasks/s)", (double)down, c->base_rate);
+    say(d, GLA_SHRINK, "probing %.0f workers (throughput %.1f tasks/s)", (double)down,
+        c->base_rate);
     return 1;
 }
 
@@ -795,8 +807,8 @@ static int refine(gla_ctl *c, const gla_window *w, double rate, double u, gla_de
         c->base_rate = 0;
         if (c->target != c->base)
             c->target = c->base;
-        snprintf(d->reason, sizeof d->reason, "demand below capacity (%d of %d workers busy, queue empty)",
-                 w->busy, w->workers);
+        snprintf(d->reason, sizeof d->reason,
+                 "demand below capacity (%d of %d workers busy, queue empty)", w->busy, w->workers);
         return 1;
     }
     if (c->fresh) {
@@ -818,11 +830,8 @@ static int refine(gla_ctl *c, const gla_window *w, double rate, double u, gla_de
         if (propose_up(c, u, d))
             return 1;
         __attribute__((fallthrough));
-    case GLA_CTL_PROBE_DOWN:
-        return probe_down(c, w, rate, u, d);
-    case GLA_CTL_STEADY:
-        steady(c, w, rate, u);
-        break;
+    case GLA_CTL_PROBE_DOWN: return probe_down(c, w, rate, u, d);
+    case GLA_CTL_STEADY: steady(c, w, rate, u); break;
     }
     return 0;
 }
@@ -839,7 +848,8 @@ static void decide(gla_ctl *c, const gla_window *w, gla_decision *d)
     if (collapse_lifted(c, w, rate)) {
         snprintf(d->reason, sizeof d->reason,
                  "%.0f tasks/s at %d workers, no more than at the larger size (%.0f): no collapse, "
-                 "growth allowed again", rate, w->workers, c->collapse_rate);
+                 "growth allowed again",
+                 rate, w->workers, c->collapse_rate);
         return;
     }
     if (size_from_demands(c, w, rate, d))
@@ -881,7 +891,6 @@ double gla_ctl_policy(void *ctl, const gla_window *w, gla_decision *d)
 /* gla_ctl_policy is what a pool calls: it must stay a gla_policy_fn. */
 _Static_assert(_Generic(&gla_ctl_policy, gla_policy_fn: 1, default: 0),
                "gla_ctl_policy has the signature of gla_policy_fn");
-
 
 double gla_ctl_window_s(const gla_ctl *c)
 {

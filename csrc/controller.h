@@ -82,7 +82,12 @@
 extern "C" {
 #endif
 
-typedef enum { GLA_CTL_SETTLE = 0, GLA_CTL_PROBE_UP, GLA_CTL_PROBE_DOWN, GLA_CTL_STEADY } gla_ctl_phase;
+typedef enum {
+    GLA_CTL_SETTLE = 0,
+    GLA_CTL_PROBE_UP,
+    GLA_CTL_PROBE_DOWN,
+    GLA_CTL_STEADY
+} gla_ctl_phase;
 
 /* State: public so it can live inside the pool struct; treat as opaque. */
 typedef struct gla_ctl {
@@ -102,8 +107,10 @@ typedef struct gla_ctl {
     int steady_backoff;      /* current pause between probes, in windows */
     int veto_above;          /* growth past this was refused recently (0 = none) */
     int veto_windows;        /* windows the veto still holds */
-    int fresh;               /* the last decision changed the size: its first window is transient */
-    int collapse_veto;       /* the veto is a collapse's (throughput fell to a trickle above it) */
+    int fresh;               /* the last decision changed the size: its first window is
+                                transient */
+    int collapse_veto;       /* the veto is a collapse's (throughput fell to a trickle
+                                above it) */
     int collapse_contended;  /* ...found as contention (a wait that grew with the pool) */
     int collapse_check;      /* ...not yet confirmed by the size gone back to: */
     double collapse_rate;    /* the throughput at the collapsed size (tasks/s) */

@@ -89,8 +89,8 @@ static inline unsigned long gla_gil_interval(const void *gil_cond)
 /* Checks a candidate GIL condition variable against the layout above: its `interval`
  * must equal switch_interval_us and its `locked` must be 0 or 1; and cond must lie
  * inside [lo, hi) when hi > lo (checked first: a candidate outside is not read). */
-int gla_gil_layout_ok(const void *cond, unsigned long switch_interval_us,
-                      const void *lo, const void *hi);
+int gla_gil_layout_ok(const void *cond, unsigned long switch_interval_us, const void *lo,
+                      const void *hi);
 
 #ifdef __cplusplus
 }

@@ -72,7 +72,8 @@ static _Atomic uint64_t g_gil_signal_ns;
 static _Atomic uint64_t g_switch_signal_ns;
 
 static __thread int tls_calibrating __attribute__((tls_model("initial-exec")));
-static __thread uint64_t tls_held_since __attribute__((tls_model("initial-exec"))); /* 0: not holding */
+static __thread uint64_t tls_held_since
+    __attribute__((tls_model("initial-exec"))); /* 0: not holding */
 /* GIL hand-off samples (see sample_begin). */
 enum { SAMPLE_NONE = 0, SAMPLE_TAKE = 1, SAMPLE_DROP = 2 };
 static __thread int tls_sample_kind __attribute__((tls_model("initial-exec")));
@@ -131,7 +132,8 @@ static inline gla_thread *gil_begin(uint64_t *t0)
 
 /* tail_kind: GLA_GIL_TAIL for the GIL's condition, GLA_SWITCH_TAIL for the switch
  * condition (a dropping thread woken once the next holder took the GIL). */
-static inline uint64_t gil_end(gla_thread *t, uint64_t t0, uint64_t wake_ns, gla_wait_kind tail_kind)
+static inline uint64_t gil_end(gla_thread *t, uint64_t t0, uint64_t wake_ns,
+                               gla_wait_kind tail_kind)
 {
     uint64_t t1 = mono_ns();
     uint64_t woke = (wake_ns > t0 && wake_ns < t1) ? wake_ns : t1;
@@ -199,7 +201,8 @@ static int hook_cond_timedwait(pthread_cond_t *cond, pthread_mutex_t *mutex,
     if (!thread_sync())
         return next(cond, mutex, abstime);
     _Atomic uint64_t *signal_ns = cond == atomic_load_explicit(&g_gil_cond, memory_order_relaxed)
-                                      ? &g_gil_signal_ns : &g_switch_signal_ns;
+                                      ? &g_gil_signal_ns
+                                      : &g_switch_signal_ns;
     uint64_t t0;
     gla_thread *t = gil_begin(&t0);
     /* Waiter thinning (calm.h): a wait for the GIL may get a later deadline. */
@@ -277,7 +280,8 @@ static void sample_end(void)
     uint64_t runq = runq1 > tls_sample_runq0 ? runq1 - tls_sample_runq0 : 0;
     if (kind == SAMPLE_TAKE) {
         uint64_t tail1 = gla_ledger_wait(t, GLA_GIL_TAIL);
-        gla_ledger_add_take_sample(cpu, runq, tail1 > tls_sample_tail0 ? tail1 - tls_sample_tail0 : 0);
+        gla_ledger_add_take_sample(cpu, runq,
+                                   tail1 > tls_sample_tail0 ? tail1 - tls_sample_tail0 : 0);
     } else {
         gla_ledger_add_drop_sample(runq);
     }
@@ -339,7 +343,8 @@ static int hook_cond_wait(pthread_cond_t *cond, pthread_mutex_t *mutex)
     if (!thread_sync())
         return next(cond, mutex);
     _Atomic uint64_t *signal_ns = cond == atomic_load_explicit(&g_gil_cond, memory_order_relaxed)
-                                      ? &g_gil_signal_ns : &g_switch_signal_ns;
+                                      ? &g_gil_signal_ns
+                                      : &g_switch_signal_ns;
     uint64_t t0;
     gla_thread *t = gil_begin(&t0);
     int rc = next(cond, mutex);
@@ -682,8 +687,7 @@ int gla_hook_install(const void *anchor)
         goto out;
     if (env && (strcmp(env, "0") == 0 || strcasecmp(env, "false") == 0 ||
                 strcasecmp(env, "no") == 0 || strcasecmp(env, "off") == 0)) {
-        snprintf(g_status.reason, sizeof g_status.reason, "disabled by GIL_ADAPT_HOOK=%.16s",
-                 env);
+        snprintf(g_status.reason, sizeof g_status.reason, "disabled by GIL_ADAPT_HOOK=%.16s", env);
         rc = -ECANCELED;
         goto out;
     }
@@ -700,18 +704,22 @@ int gla_hook_install(const void *anchor)
     install_ctx ctx;
     memset(&ctx, 0, sizeof ctx);
     int found = 0;
-    int err = gla_got_walk(anchor, install_visit, &ctx, g_status.object, sizeof g_status.object, &found);
+    int err = gla_got_walk(anchor, install_visit, &ctx, g_status.object, sizeof g_status.object,
+                           &found);
     if (!found) {
-        snprintf(g_status.reason, sizeof g_status.reason, "no loaded object contains the interpreter");
+        snprintf(g_status.reason, sizeof g_status.reason,
+                 "no loaded object contains the interpreter");
         rc = -ENOENT;
     } else if (err < 0) {
         release_slots();
-        snprintf(g_status.reason, sizeof g_status.reason, "patching the GOT failed: %s", strerror(-err));
+        snprintf(g_status.reason, sizeof g_status.reason, "patching the GOT failed: %s",
+                 strerror(-err));
         rc = err;
     } else if (g_status.slots_cond == 0) {
         release_slots();
-        snprintf(g_status.reason, sizeof g_status.reason,
-                 "the interpreter does not import pthread_cond_timedwait@GLIBC_2.3.2 through its GOT");
+        snprintf(
+            g_status.reason, sizeof g_status.reason,
+            "the interpreter does not import pthread_cond_timedwait@GLIBC_2.3.2 through its GOT");
         rc = -ENOENT;
     }
     if (rc < 0) {
@@ -724,7 +732,8 @@ int gla_hook_install(const void *anchor)
         if (ctx.left[0])
             snprintf(g_status.reason, sizeof g_status.reason,
                      "GOT slot(s) held by another hook that may call gil_adapt's earlier wrapper "
-                     "were left alone: %s", ctx.left);
+                     "were left alone: %s",
+                     ctx.left);
         else if (ctx.conflict[0])
             snprintf(g_status.reason, sizeof g_status.reason,
                      "a second GOT slot behind a different hook was left alone: %s", ctx.conflict);
@@ -771,7 +780,10 @@ void gla_hook_set_gil(void *gil_cond)
     atomic_store(&g_gil_cond, gil_cond);
 }
 
-void *gla_hook_gil(void) { return atomic_load(&g_gil_cond); }
+void *gla_hook_gil(void)
+{
+    return atomic_load(&g_gil_cond);
+}
 
 uint64_t gla_hook_gil_held_ns(const gla_thread *t, uint64_t now_ns)
 {

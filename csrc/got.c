@@ -46,7 +46,8 @@ static const char *symbol_version(const ElfW(Half) *versym, const ElfW(Verneed) 
         return NULL;
     const ElfW(Verneed) *vn = verneed;
     for (size_t i = 0; i < verneednum; i++) {
-        const ElfW(Vernaux) *aux = (const ElfW(Vernaux) *)(const void *)((const char *)vn + vn->vn_aux);
+        const ElfW(Vernaux) *aux = (const ElfW(Vernaux) *)(const void *)((const char *)vn +
+                                                                         vn->vn_aux);
         for (ElfW(Half) j = 0; j < vn->vn_cnt; j++) {
             if (aux->vna_other == idx)
                 return strtab + aux->vna_name;
@@ -90,9 +91,9 @@ int gla_got_slot_cas(void **slot, void **expected, void *desired, int relro)
 }
 
 /* Calls the visitor for each JUMP_SLOT / GLOB_DAT relocation of one table. */
-static int visit_relocs(walk_ctx *w, const gla_got_object *obj, const ElfW(Rela) *rela, size_t count,
-                        const ElfW(Sym) *symtab, const char *strtab, const ElfW(Half) *versym,
-                        const ElfW(Verneed) *verneed, size_t verneednum)
+static int visit_relocs(walk_ctx *w, const gla_got_object *obj, const ElfW(Rela) *rela,
+                        size_t count, const ElfW(Sym) *symtab, const char *strtab,
+                        const ElfW(Half) *versym, const ElfW(Verneed) *verneed, size_t verneednum)
 {
     for (size_t i = 0; i < count; i++) {
         unsigned long type = ELF64_R_TYPE(rela[i].r_info);
@@ -201,8 +202,8 @@ typedef struct {
     int n;
 } got_patch_ctx;
 
-static int got_patch_visit(void *p, const gla_got_object *obj, const char *name, const char *version,
-                           void **slot)
+static int got_patch_visit(void *p, const gla_got_object *obj, const char *name,
+                           const char *version, void **slot)
 {
     (void)version;
     got_patch_ctx *c = p;

@@ -28,8 +28,14 @@ enum { SLOT_FREE = 0, SLOT_CLAIMED = 1, SLOT_LIVE = 2, SLOT_DEAD = 3 };
  * was claimed. Taking a record from another party (a twin, below) compares the whole word,
  * so a slot freed and claimed again meanwhile (by another thread) is never taken by
  * mistake. */
-static inline int st_of(uint64_t w) { return (int)(w & 0xffu); }
-static inline uint64_t with_st(uint64_t w, int st) { return (w & ~(uint64_t)0xffu) | (uint64_t)st; }
+static inline int st_of(uint64_t w)
+{
+    return (int)(w & 0xffu);
+}
+static inline uint64_t with_st(uint64_t w, int st)
+{
+    return (w & ~(uint64_t)0xffu) | (uint64_t)st;
+}
 
 struct gla_thread {
     _Atomic uint64_t state; /* see st_of */
@@ -112,7 +118,10 @@ uint64_t gla_now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static pid_t sys_gettid(void) { return (pid_t)syscall(SYS_gettid); }
+static pid_t sys_gettid(void)
+{
+    return (pid_t)syscall(SYS_gettid);
+}
 
 /* ---- tid without a system call ---------------------------------------------------- */
 
@@ -201,7 +210,8 @@ static void reset_record(struct gla_thread *t, pid_t tid, uint64_t start_ns)
     atomic_store_explicit(&t->runq_base_ns, 0, memory_order_relaxed);
     atomic_store_explicit(&t->start_known, 0, memory_order_relaxed);
     atomic_fetch_add_explicit(&t->generation, 1, memory_order_relaxed);
-    atomic_store_explicit(&t->serial, atomic_fetch_add_explicit(&g_serial, 1, memory_order_relaxed) + 1,
+    atomic_store_explicit(&t->serial,
+                          atomic_fetch_add_explicit(&g_serial, 1, memory_order_relaxed) + 1,
                           memory_order_relaxed);
 }
 
@@ -600,7 +610,8 @@ void gla_sample_finish(gla_sample *s)
     }
     /* GIL drops: run-queue time of the hand-off itself moves to gil_wait. */
     if (s->drop_samples > 0) {
-        double handoff = (double)s->drop_sample_runq_ns / (double)s->drop_samples * (double)s->gil_drops;
+        double handoff = (double)s->drop_sample_runq_ns / (double)s->drop_samples *
+                         (double)s->gil_drops;
         s->gil_wait_ns += take(&s->runq_ns, (uint64_t)handoff);
     }
     uint64_t sum = s->cpu_ns + s->runq_ns + s->gil_wait_ns + s->lock_wait_ns + s->idle_ns;

@@ -227,9 +227,12 @@ static PyObject *py_capabilities(PyObject *self, PyObject *args)
     pthread_mutex_lock(&g_reason_lock);
     snprintf(reason, sizeof reason, "%s", g_gil_reason);
     pthread_mutex_unlock(&g_reason_lock);
-    const char *gil_reason = gil_exact ? "" : (st.installed ? reason : (st.reason[0] ? st.reason : reason));
+    const char *gil_reason = gil_exact
+                                 ? ""
+                                 : (st.installed ? reason : (st.reason[0] ? st.reason : reason));
     if (free_threaded)
         gil_reason = "not applicable: free-threaded build, the GIL is disabled";
+    /* clang-format off */
     return Py_BuildValue(
         "{s:s,s:s,s:s,s:s,s:s,s:O,s:i,s:i,s:i,s:i,s:s}",
         "gil_wait", gil_exact ? "exact" : (free_threaded ? "not applicable" : "unavailable"),
@@ -243,6 +246,7 @@ static PyObject *py_capabilities(PyObject *self, PyObject *args)
         "hook_slots_chained", st.slots_chained,
         "hook_slots_left", st.slots_left,
         "hook_object", st.object[0] ? st.object : (st.installed ? "(main executable)" : ""));
+    /* clang-format on */
 }
 
 /* ---- per-thread records -------------------------------------------------------------
@@ -254,39 +258,39 @@ static PyObject *py_capabilities(PyObject *self, PyObject *args)
 enum { F_PID, F_INT, F_U64, F_NAME };
 
 /* X(python name, gla_sample member, kind, input of the partition, doc) */
-#define SAMPLE_TABLE(X)                                                                          \
-    X(tid, tid, F_PID, 0, "native thread id")                                                    \
-    X(alive, alive, F_INT, 0, "0 once the thread has exited (figures are its final totals)")     \
-    X(registered, registered, F_INT, 0, "1 if the thread registered itself (exact start/exit)")  \
-    X(os_name, name, F_NAME, 0, "the thread's name as the kernel knows it")                      \
+#define SAMPLE_TABLE(X)                                                                         \
+    X(tid, tid, F_PID, 0, "native thread id")                                                   \
+    X(alive, alive, F_INT, 0, "0 once the thread has exited (figures are its final totals)")    \
+    X(registered, registered, F_INT, 0, "1 if the thread registered itself (exact start/exit)") \
+    X(os_name, name, F_NAME, 0, "the thread's name as the kernel knows it")                     \
     X(start_ns, start_ns, F_U64, 0, "CLOCK_MONOTONIC when its accounting started")              \
-    X(wall_ns, wall_ns, F_U64, 1, "time accounted")                                              \
-    X(cpu_ns, cpu_ns, F_U64, 0, "on a core, outside lock waits")                                 \
-    X(runq_wait_ns, runq_ns, F_U64, 0, "runnable, waiting for a core, outside waits")            \
-    X(gil_wait_ns, gil_wait_ns, F_U64, 0, "waiting for the GIL")                                 \
-    X(lock_wait_ns, lock_wait_ns, F_U64, 0, "waiting for a Python-level lock")                   \
-    X(idle_ns, idle_ns, F_U64, 0, "an idle worker waiting for work")                             \
-    X(io_wait_ns, io_wait_ns, F_U64, 0, "the rest of the wall time (I/O, sleep, native waits)")  \
-    X(overlap_ns, overlap_ns, F_U64, 0, "kernel cpu+runq found inside waits, counted once")      \
-    X(raw_cpu_ns, raw_cpu_ns, F_U64, 1, "kernel cpu total")                                      \
-    X(raw_runq_ns, raw_runq_ns, F_U64, 1, "kernel run-queue total")                              \
-    X(raw_gil_wait_ns, raw_gil_wait_ns, F_U64, 1, "GIL waits as timed by the hook")              \
-    X(raw_lock_wait_ns, raw_lock_wait_ns, F_U64, 1, "lock waits as timed by the hook")           \
-    X(raw_idle_ns, raw_idle_ns, F_U64, 1, "idle waits as timed")                                 \
-    X(gil_tail_ns, gil_tail_ns, F_U64, 1, "wake-up-to-return part of the GIL waits")             \
-    X(lock_cpu_ns, lock_cpu_ns, F_U64, 1, "kernel cpu inside lock waits")                        \
-    X(lock_runq_ns, lock_runq_ns, F_U64, 1, "kernel run-queue time inside lock waits")           \
-    X(serial, serial, F_U64, 0, "unique per record life (tells a reused tid apart)")             \
-    X(waiting, waiting, F_INT, 0, "the wait under way: a gla_wait_kind, or -1")                  \
-    X(gil_held_ns, gil_held_ns, F_U64, 0, "time holding the GIL (overlaps cpu and runq)")        \
-    X(gil_takes, gil_takes, F_U64, 1, "contended GIL takes")                                     \
-    X(take_samples, take_samples, F_U64, 1, "process-wide takes sampled exactly")                \
-    X(take_sample_cpu_ns, take_sample_cpu_ns, F_U64, 1, "their cpu")                             \
-    X(take_sample_runq_ns, take_sample_runq_ns, F_U64, 1, "their run-queue time")                \
-    X(take_sample_tail_ns, take_sample_tail_ns, F_U64, 1, "their wake-up tails")                 \
-    X(switch_tail_ns, switch_tail_ns, F_U64, 1, "wake-up tails of switch waits")                 \
-    X(gil_drops, gil_drops, F_U64, 1, "this thread's GIL drops")                                 \
-    X(drop_samples, drop_samples, F_U64, 1, "process-wide drops sampled")                        \
+    X(wall_ns, wall_ns, F_U64, 1, "time accounted")                                             \
+    X(cpu_ns, cpu_ns, F_U64, 0, "on a core, outside lock waits")                                \
+    X(runq_wait_ns, runq_ns, F_U64, 0, "runnable, waiting for a core, outside waits")           \
+    X(gil_wait_ns, gil_wait_ns, F_U64, 0, "waiting for the GIL")                                \
+    X(lock_wait_ns, lock_wait_ns, F_U64, 0, "waiting for a Python-level lock")                  \
+    X(idle_ns, idle_ns, F_U64, 0, "an idle worker waiting for work")                            \
+    X(io_wait_ns, io_wait_ns, F_U64, 0, "the rest of the wall time (I/O, sleep, native waits)") \
+    X(overlap_ns, overlap_ns, F_U64, 0, "kernel cpu+runq found inside waits, counted once")     \
+    X(raw_cpu_ns, raw_cpu_ns, F_U64, 1, "kernel cpu total")                                     \
+    X(raw_runq_ns, raw_runq_ns, F_U64, 1, "kernel run-queue total")                             \
+    X(raw_gil_wait_ns, raw_gil_wait_ns, F_U64, 1, "GIL waits as timed by the hook")             \
+    X(raw_lock_wait_ns, raw_lock_wait_ns, F_U64, 1, "lock waits as timed by the hook")          \
+    X(raw_idle_ns, raw_idle_ns, F_U64, 1, "idle waits as timed")                                \
+    X(gil_tail_ns, gil_tail_ns, F_U64, 1, "wake-up-to-return part of the GIL waits")            \
+    X(lock_cpu_ns, lock_cpu_ns, F_U64, 1, "kernel cpu inside lock waits")                       \
+    X(lock_runq_ns, lock_runq_ns, F_U64, 1, "kernel run-queue time inside lock waits")          \
+    X(serial, serial, F_U64, 0, "unique per record life (tells a reused tid apart)")            \
+    X(waiting, waiting, F_INT, 0, "the wait under way: a gla_wait_kind, or -1")                 \
+    X(gil_held_ns, gil_held_ns, F_U64, 0, "time holding the GIL (overlaps cpu and runq)")       \
+    X(gil_takes, gil_takes, F_U64, 1, "contended GIL takes")                                    \
+    X(take_samples, take_samples, F_U64, 1, "process-wide takes sampled exactly")               \
+    X(take_sample_cpu_ns, take_sample_cpu_ns, F_U64, 1, "their cpu")                            \
+    X(take_sample_runq_ns, take_sample_runq_ns, F_U64, 1, "their run-queue time")               \
+    X(take_sample_tail_ns, take_sample_tail_ns, F_U64, 1, "their wake-up tails")                \
+    X(switch_tail_ns, switch_tail_ns, F_U64, 1, "wake-up tails of switch waits")                \
+    X(gil_drops, gil_drops, F_U64, 1, "this thread's GIL drops")                                \
+    X(drop_samples, drop_samples, F_U64, 1, "process-wide drops sampled")                       \
     X(drop_sample_runq_ns, drop_sample_runq_ns, F_U64, 1, "their run-queue time")
 
 typedef struct {
@@ -328,14 +332,10 @@ static PyObject *field_value(const gla_sample *s, const sample_field *f)
 {
     const char *p = (const char *)s + f->offset;
     switch (f->kind) {
-    case F_PID:
-        return PyLong_FromLong((long)*(const pid_t *)p);
-    case F_INT:
-        return PyLong_FromLong(*(const int *)p);
-    case F_NAME:
-        return PyUnicode_DecodeFSDefault(p);
-    default:
-        return PyLong_FromUnsignedLongLong(*(const uint64_t *)p);
+    case F_PID: return PyLong_FromLong((long)*(const pid_t *)p);
+    case F_INT: return PyLong_FromLong(*(const int *)p);
+    case F_NAME: return PyUnicode_DecodeFSDefault(p);
+    default: return PyLong_FromUnsignedLongLong(*(const uint64_t *)p);
     }
 }
 
@@ -425,11 +425,13 @@ static PyObject *py_finish(PyObject *self, PyObject *args, PyObject *kwargs)
     while (kwargs && PyDict_Next(kwargs, &pos, &key, &value)) {
         const sample_field *f = NULL;
         for (int i = 0; i < N_SAMPLE_FIELDS && !f; i++) {
-            if (sample_fields[i].input && PyUnicode_CompareWithASCIIString(key, sample_fields[i].name) == 0)
+            if (sample_fields[i].input &&
+                PyUnicode_CompareWithASCIIString(key, sample_fields[i].name) == 0)
                 f = &sample_fields[i];
         }
         if (!f)
-            return PyErr_Format(PyExc_TypeError, "finish() got an unexpected keyword argument %R", key);
+            return PyErr_Format(PyExc_TypeError, "finish() got an unexpected keyword argument %R",
+                                key);
         unsigned long long v = PyLong_AsUnsignedLongLong(value);
         if (v == (unsigned long long)-1 && PyErr_Occurred())
             return NULL;
@@ -489,6 +491,7 @@ static PyObject *py_limits(PyObject *self, PyObject *args)
     gla_read_usable_cores(&affinity, &quota, &usable);
     gla_read_memory(&limit, &avail);
     gla_read_thread_limits(&threads_max, &pid_max, &nproc);
+    /* clang-format off */
     return Py_BuildValue("{s:i,s:d,s:d,s:K,s:K,s:K,s:K,s:K}", "affinity_cores", affinity,
                          "cpu_quota_cores", quota, "usable_cores", usable,
                          "memory_limit_bytes", (unsigned long long)limit,
@@ -496,6 +499,7 @@ static PyObject *py_limits(PyObject *self, PyObject *args)
                          "threads_max", (unsigned long long)threads_max,
                          "pid_max", (unsigned long long)pid_max,
                          "nproc_limit", (unsigned long long)nproc);
+    /* clang-format on */
 }
 
 static PyObject *py_memory_groups(PyObject *self, PyObject *args)
@@ -572,7 +576,8 @@ static PyMethodDef core_methods[] = {
     {"set_calm_above", py_set_calm_above, METH_O,
      "set_calm_above(n) -> previous: thin only while more than n threads wait for the GIL."},
     {"calm", py_calm, METH_NOARGS, "(keep, waits stretched so far, above)."},
-    {"install", py_install, METH_NOARGS, "Install the GOT hooks and calibrate; returns 0 or -errno."},
+    {"install", py_install, METH_NOARGS,
+     "Install the GOT hooks and calibrate; returns 0 or -errno."},
     {"uninstall", py_uninstall, METH_NOARGS,
      "Restore the GOT slots that still hold gil_adapt's hooks (a slot another hook took\n"
      "since is left to it: capabilities()['hook_slots_left']); returns 0 or -errno."},
@@ -582,9 +587,11 @@ static PyMethodDef core_methods[] = {
     {"exited", py_exited, METH_NOARGS, "ThreadSample of the totals of all exited threads."},
     {"finish", (PyCFunction)(void (*)(void))py_finish, METH_VARARGS | METH_KEYWORDS,
      "finish(**inputs) -> ThreadSample: the partition of the inputs named in SAMPLE_INPUTS."},
-    {"register_thread", py_register_thread, METH_NOARGS, "Register the calling thread in the ledger."},
+    {"register_thread", py_register_thread, METH_NOARGS,
+     "Register the calling thread in the ledger."},
     {"gil_switches", py_gil_switches, METH_NOARGS, "GIL hand-offs so far, or -1."},
-    {"self_times", py_self_times, METH_NOARGS, "(now_ns, thread_cpu_ns, gil_wait_ns, gil_held_ns) of the calling thread; -1 where unknown."},
+    {"self_times", py_self_times, METH_NOARGS,
+     "(now_ns, thread_cpu_ns, gil_wait_ns, gil_held_ns) of the calling thread; -1 where unknown."},
     {"now_ns", py_now_ns, METH_NOARGS, "CLOCK_MONOTONIC in ns (the ledger's clock)."},
     {"limits", py_limits, METH_NOARGS,
      "Usable cores, memory budget and thread limits as read from affinity, cgroups and /proc."},
@@ -616,7 +623,8 @@ static int core_exec(PyObject *m)
     core_state *st = state_of(m);
     atomic_store(&g_free_threaded, detect_free_threaded());
     st->sample_type = PyStructSequence_NewType(&sample_desc);
-    if (!st->sample_type || PyModule_AddObjectRef(m, "ThreadSample", (PyObject *)st->sample_type) < 0)
+    if (!st->sample_type ||
+        PyModule_AddObjectRef(m, "ThreadSample", (PyObject *)st->sample_type) < 0)
         return -1;
     PyObject *fields = name_tuple(0), *inputs = name_tuple(1);
     int rc = fields && inputs && PyModule_AddObjectRef(m, "SAMPLE_FIELDS", fields) == 0 &&

@@ -579,7 +579,8 @@ static void idle_wait_locked(gla_pool *p, worker *w, gla_thread *rec)
     if (rec)
         gla_ledger_wait_begin(rec, GLA_IDLE, t0);
     uint64_t idle_deadline = p->cfg.idle_timeout_s > 0
-        ? t0 + (uint64_t)(p->cfg.idle_timeout_s * 1e9) : 0;
+                                 ? t0 + (uint64_t)(p->cfg.idle_timeout_s * 1e9)
+                                 : 0;
     while (!w->woken) {
         if (!idle_deadline) {
             pthread_cond_wait(&w->cond, &p->mu);
@@ -890,14 +891,16 @@ static void sample_workers(gla_pool *p, const pid_t tids[], const uint64_t idle[
  * ThreadPoolExecutor would have: double, bounded by the queue. (A short window without
  * completions is often the whole process descheduled on a busy machine, not a stall.)
  * Returns the raised target, or 0 (mu held). */
+/* clang-format off */
 #define STALL_WINDOWS 2
 #define STALL_MIN_S 0.5
 #define STUCK_MIN_S 1.0    /* busy workers, nothing done for this long... */
 #define STUCK_WALLS 8.0    /* ...and this many times the tasks' mean wall time so far... */
 #define STUCK_THREADS 64   /* ...below this many workers per core (past it, nothing
                               finishing can be the interpreter starving) */
-static int stall_target_locked(const gla_pool *p, int stalled, double cpu_share,
-                               double stalled_s, double mean_wall_s)
+/* clang-format on */
+static int stall_target_locked(const gla_pool *p, int stalled, double cpu_share, double stalled_s,
+                               double mean_wall_s)
 {
     if (!stalled || p->shutdown || p->queue_len == 0 || p->n_idle > 0 ||
         p->target >= p->cfg.max_workers || p->live < p->target)
@@ -1036,8 +1039,7 @@ static void *monitor_main(void *arg)
         totals cur;
         gather_locked(p, &cur);
         runq_pick_locked(p, tids, idle);
-        int nothing = cur.completed == last.completed && p->queue_len == 0 &&
-                      p->live == p->n_idle;
+        int nothing = cur.completed == last.completed && p->queue_len == 0 && p->live == p->n_idle;
         pthread_mutex_unlock(&p->mu);
 
         double cores = p->usable_cores;
@@ -1421,14 +1423,15 @@ void gla_pool_get_stats(gla_pool *p, gla_pool_stats *o)
     memcpy(o->last_reason, p->last_reason, sizeof o->last_reason);
     o->last_action = p->last_action;
     o->last_window = p->last_window;
-    o->throughput = p->last_window.window_s > 0
-        ? p->last_window.completed / p->last_window.window_s : 0.0;
+    o->throughput = p->last_window.window_s > 0 ? p->last_window.completed / p->last_window.window_s
+                                                : 0.0;
     o->stack_size = p->cfg.stack_size;
     o->windows = p->windows;
     o->usable_cores = p->usable_cores;
     o->history_n = p->windows < GLA_POOL_HISTORY ? (int)p->windows : GLA_POOL_HISTORY;
     for (int i = 0; i < o->history_n; i++)
-        o->history[i] = p->history[(p->windows - (uint64_t)o->history_n + (uint64_t)i) % GLA_POOL_HISTORY];
+        o->history[i] =
+            p->history[(p->windows - (uint64_t)o->history_n + (uint64_t)i) % GLA_POOL_HISTORY];
     pthread_mutex_unlock(&p->mu);
 }
 

@@ -527,25 +527,25 @@ static void py_leave(void *ctx, void *wdata, int holding)
 
 static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"min_workers", "max_workers", "initial_target", "stack_size",
-                             "name", "thread_start", "thread_stop", "broken_type",
-                             "idle_timeout", "controller", "start_burst", NULL};
+    static char *kwlist[] = {"min_workers",  "max_workers",  "initial_target", "stack_size",
+                             "name",         "thread_start", "thread_stop",    "broken_type",
+                             "idle_timeout", "controller",   "start_burst",    NULL};
     int min_w, max_w, initial = 0, use_controller = 1, burst = 0;
     Py_ssize_t stack = 0;
     const char *name = "gla";
     PyObject *start = Py_None, *stop = Py_None, *broken = NULL;
     double idle_timeout = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ii|insOOOdpi", kwlist, &min_w, &max_w,
-                                     &initial, &stack, &name, &start, &stop, &broken,
-                                     &idle_timeout, &use_controller, &burst))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ii|insOOOdpi", kwlist, &min_w, &max_w, &initial,
+                                     &stack, &name, &start, &stop, &broken, &idle_timeout,
+                                     &use_controller, &burst))
         return NULL;
     if (!in_main_interpreter())
         return PyErr_Format(PyExc_RuntimeError,
                             "gil_adapt executors run in the main interpreter only (their "
                             "worker threads take the main interpreter's thread states)");
     if (min_w < 1 || max_w < min_w)
-        return PyErr_Format(PyExc_ValueError,
-                            "need 1 <= min_workers <= max_workers (got %d, %d)", min_w, max_w);
+        return PyErr_Format(PyExc_ValueError, "need 1 <= min_workers <= max_workers (got %d, %d)",
+                            min_w, max_w);
     if (stack < 0)
         return PyErr_Format(PyExc_ValueError, "stack_size must be >= 0");
     if (burst < 0)
@@ -704,14 +704,10 @@ static PyObject *Pool_wait(PoolObject *po, PyObject *args, PyObject *kwds)
 static const char *action_name(gla_action a)
 {
     switch (a) {
-    case GLA_GROW:
-        return "grow";
-    case GLA_SHRINK:
-        return "shrink";
-    case GLA_VETO:
-        return "veto";
-    default:
-        return "hold";
+    case GLA_GROW: return "grow";
+    case GLA_SHRINK: return "shrink";
+    case GLA_VETO: return "veto";
+    default: return "hold";
     }
 }
 
@@ -728,11 +724,11 @@ static PyObject *Pool_stats(PoolObject *po, PyObject *unused)
     gla_pool_stats s;
     gla_pool_get_stats(po->pool, &s);
     const gla_window *w = &s.last_window;
-    PyObject *decisions = Py_BuildValue(
-        "{s:K,s:K,s:K,s:K}", "grow", (unsigned long long)s.decisions[GLA_GROW], "shrink",
-        (unsigned long long)s.decisions[GLA_SHRINK], "veto",
-        (unsigned long long)s.decisions[GLA_VETO], "hold",
-        (unsigned long long)s.decisions[GLA_HOLD]);
+    PyObject *decisions = Py_BuildValue("{s:K,s:K,s:K,s:K}", "grow",
+                                        (unsigned long long)s.decisions[GLA_GROW], "shrink",
+                                        (unsigned long long)s.decisions[GLA_SHRINK], "veto",
+                                        (unsigned long long)s.decisions[GLA_VETO], "hold",
+                                        (unsigned long long)s.decisions[GLA_HOLD]);
     if (!decisions)
         return NULL;
     PyObject *window;
@@ -740,13 +736,12 @@ static PyObject *Pool_stats(PoolObject *po, PyObject *unused)
         window = Py_NewRef(Py_None);
     } else {
         window = Py_BuildValue(
-            "{s:d,s:d,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:d,s:i}", "window_s", w->window_s, "completed",
-            w->completed, "task_cpu_s", opt_float(w->task_cpu_s), "task_gil_wait_s",
+            "{s:d,s:d,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:d,s:i}", "window_s", w->window_s,
+            "completed", w->completed, "task_cpu_s", opt_float(w->task_cpu_s), "task_gil_wait_s",
             opt_float(w->task_gil_wait_s), "task_gil_held_s", opt_float(w->task_gil_held_s),
             "task_wall_s", opt_float(w->task_wall_s), "task_io_s", opt_float(w->task_io_s), "beta",
             opt_float(w->beta), "runq_share", opt_float(w->runq_share), "gil_busy",
-            opt_float(w->gil_busy), "usable_cores",
-            w->usable_cores, "workers", w->workers);
+            opt_float(w->gil_busy), "usable_cores", w->usable_cores, "workers", w->workers);
     }
     if (!window) {
         Py_DECREF(decisions);
@@ -756,10 +751,10 @@ static PyObject *Pool_stats(PoolObject *po, PyObject *unused)
     for (int i = 0; history && i < s.history_n; i++) {
         const gla_pool_history_entry *h = &s.history[i];
         PyObject *e = Py_BuildValue("{s:d,s:d,s:d,s:i,s:O,s:i,s:s,s:s}", "at_s", h->at_s,
-                                    "window_s", h->window_s, "completed", h->completed,
-                                    "workers", h->workers, "queued",
-                                    h->queue_nonempty ? Py_True : Py_False, "target", h->target,
-                                    "decision", action_name(h->action), "reason", h->reason);
+                                    "window_s", h->window_s, "completed", h->completed, "workers",
+                                    h->workers, "queued", h->queue_nonempty ? Py_True : Py_False,
+                                    "target", h->target, "decision", action_name(h->action),
+                                    "reason", h->reason);
         if (!e)
             Py_CLEAR(history);
         else
@@ -772,23 +767,22 @@ static PyObject *Pool_stats(PoolObject *po, PyObject *unused)
     }
     const char *ctl = po->has_controller ? "gla_ctl" : "none (fixed target)";
     PyObject *last_error = s.last_start_errno ? PyUnicode_FromString(strerror(s.last_start_errno))
-                                               : Py_NewRef(Py_None);
+                                              : Py_NewRef(Py_None);
     return Py_BuildValue(
         "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:l,s:N,s:d,s:N,s:s,s:s,s:K,s:K,s:K,s:K,s:K,s:N,"
         "s:n,s:K,s:N,s:s,s:O,s:O,s:d,s:K,s:N}",
         "workers", s.workers, "target_workers", s.target, "min_workers", s.min_workers,
         "max_workers", s.max_workers, "idle", s.idle, "busy", s.busy, "starting", s.starting,
         "retire_pending", s.retire_pending, "queue_length", s.queue_length, "beta",
-        opt_float(s.windows ? w->beta : -1), "throughput", s.throughput, "decisions",
-        decisions, "last_decision", action_name(s.last_action), "last_reason", s.last_reason,
-        "submitted", (unsigned long long)s.submitted, "completed",
-        (unsigned long long)s.completed, "workers_started", (unsigned long long)s.started,
-        "workers_retired", (unsigned long long)s.retired, "start_failures",
-        (unsigned long long)s.start_failures, "last_start_error", last_error, "stack_size",
-        (Py_ssize_t)s.stack_size, "windows", (unsigned long long)s.windows, "window", window,
-        "controller", ctl, "shutdown", s.shutdown ? Py_True : Py_False, "broken",
-        s.broken ? Py_True : Py_False, "usable_cores", s.usable_cores, "taken",
-        (unsigned long long)s.taken, "history", history);
+        opt_float(s.windows ? w->beta : -1), "throughput", s.throughput, "decisions", decisions,
+        "last_decision", action_name(s.last_action), "last_reason", s.last_reason, "submitted",
+        (unsigned long long)s.submitted, "completed", (unsigned long long)s.completed,
+        "workers_started", (unsigned long long)s.started, "workers_retired",
+        (unsigned long long)s.retired, "start_failures", (unsigned long long)s.start_failures,
+        "last_start_error", last_error, "stack_size", (Py_ssize_t)s.stack_size, "windows",
+        (unsigned long long)s.windows, "window", window, "controller", ctl, "shutdown",
+        s.shutdown ? Py_True : Py_False, "broken", s.broken ? Py_True : Py_False, "usable_cores",
+        s.usable_cores, "taken", (unsigned long long)s.taken, "history", history);
 }
 
 static PyObject *Pool_set_target(PoolObject *po, PyObject *arg)
@@ -929,8 +923,9 @@ static PyObject *raise_refused(PoolObject *po, int rc)
     }
     if (rc == -ESHUTDOWN) {
         PyErr_SetString(PyExc_RuntimeError,
-                        atomic_load(&g_exiting) ? "cannot schedule new futures after interpreter shutdown"
-                                  : "cannot schedule new futures after shutdown");
+                        atomic_load(&g_exiting)
+                            ? "cannot schedule new futures after interpreter shutdown"
+                            : "cannot schedule new futures after shutdown");
         return NULL;
     }
     return PyErr_Format(PyExc_RuntimeError, "can't start new thread: %s", strerror(-rc));
@@ -1172,11 +1167,13 @@ static PyMethodDef pool_functions[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* clang-format off */
 #define STATE_OBJECTS(X)                                                                     \
     X(pool_type) X(exec_type) X(future_type) X(PENDING) X(RUNNING) X(FINISHED) X(s_set_running)  \
     X(s_set_result) X(s_set_exception) X(s_cancel) X(s__condition) X(s__lock) X(s__state)         \
     X(s__result) X(s__waiters) X(s__done_callbacks) X(s__invoke_callbacks) X(s_acquire)           \
     X(s_release)
+/* clang-format on */
 
 int gla_pool_py_exec(PyObject *m, gla_pool_py_state *st)
 {

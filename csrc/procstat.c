@@ -181,7 +181,8 @@ int gla_read_usable_cores(int *affinity, double *quota, double *usable)
     char dir[4096], buf[128];
     if (cgroup_dir("", dir, sizeof dir) == 0 && read_in(dir, "cpu.max", buf, sizeof buf) > 0) {
         long long q = -1, period = 0;
-        if (strncmp(buf, "max", 3) != 0 && sscanf(buf, "%lld %lld", &q, &period) == 2 && q > 0 && period > 0)
+        if (strncmp(buf, "max", 3) != 0 && sscanf(buf, "%lld %lld", &q, &period) == 2 && q > 0 &&
+            period > 0)
             quota_cores = (double)q / (double)period;
     } else if (cgroup_dir("cpu", dir, sizeof dir) == 0) {
         char pbuf[64];
@@ -219,7 +220,8 @@ static uint64_t stat_field(const char *dir, const char *leaf, const char *name)
     if (read_in(dir, leaf, buf, sizeof buf) <= 0)
         return 0;
     size_t len = strlen(name);
-    for (char *line = buf; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+    for (char *line = buf; line && *line;
+         line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
         if (strncmp(line, name, len) == 0 && line[len] == ' ')
             return strtoull(line + len + 1, NULL, 10);
     }
@@ -250,8 +252,10 @@ int gla_read_memory_groups(gla_mem_group *out, int cap)
         uint64_t limit = 0, usage = 0;
         int limited = v2 ? read_u64(dir, "memory.max", &limit)
                          : read_u64(dir, "memory.limit_in_bytes", &limit) && limit < (1ull << 62);
-        if (limited && limit > 0 && read_u64(dir, v2 ? "memory.current" : "memory.usage_in_bytes", &usage)) {
-            uint64_t inactive = stat_field(dir, "memory.stat", v2 ? "inactive_file" : "total_inactive_file");
+        if (limited && limit > 0 &&
+            read_u64(dir, v2 ? "memory.current" : "memory.usage_in_bytes", &usage)) {
+            uint64_t inactive = stat_field(dir, "memory.stat",
+                                           v2 ? "inactive_file" : "total_inactive_file");
             if (n < cap) {
                 snprintf(out[n].path, sizeof out[n].path, "%s", dir);
                 out[n].limit = limit;

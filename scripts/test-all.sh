@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite (README's test command runs this through `make test`):
 #  1. the C unit tests, -Wall -Wextra -Werror, plain + ASan/UBSan + TSan;
-#  2. the lint check (ruff) and the full pytest suite on the default python3 (with
-#     promtool from scripts/get-promtool.sh, which lints the metrics exporter's output);
+#  2. the lint checks (ruff; clang-format --dry-run on the C, style in .clang-format) and the
+#     full pytest suite on the default python3 (with promtool from scripts/get-promtool.sh,
+#     which lints the metrics exporter's output);
 #  3. the build and the ledger, executor, fork, sub-interpreter and hook tests on every
 #     other CPython >= 3.9 that pyenv has, on a free-threaded CPython 3.13t (built once,
 #     see scripts/build-python.sh), and the ledger tests on Debian's statically linked
@@ -27,6 +28,8 @@ echo "== full suite on $($default_py --version)"
 venv_for "$default_py" .venv-test
 echo "== lint (ruff, configured in pyproject.toml)"
 .venv-test/bin/ruff check src tests benchmarks
+echo "== format (clang-format, .clang-format)"
+git ls-files -z 'csrc/*.[ch]' 'tests/c/*.[ch]' | xargs -0 .venv-test/bin/clang-format --dry-run --Werror
 # promtool lints the exporter's output (tests/test_metrics_series.py); only the binary
 # is fetched, into the cache directory (see the script).
 if promtool=$(scripts/get-promtool.sh | tail -n 1) && [ -x "$promtool" ]; then

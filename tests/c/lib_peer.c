@@ -61,8 +61,10 @@ static const struct {
     void *wrapper;
     void *real;
 } g_hooks[PEER_N] = {
-    [PEER_COND_TIMEDWAIT] = {"pthread_cond_timedwait", (void *)peer_cond_timedwait, (void *)pthread_cond_timedwait},
-    [PEER_COND_SIGNAL] = {"pthread_cond_signal", (void *)peer_cond_signal, (void *)pthread_cond_signal},
+    [PEER_COND_TIMEDWAIT] = {"pthread_cond_timedwait", (void *)peer_cond_timedwait,
+                             (void *)pthread_cond_timedwait},
+    [PEER_COND_SIGNAL] = {"pthread_cond_signal", (void *)peer_cond_signal,
+                          (void *)pthread_cond_signal},
     [PEER_MUTEX_LOCK] = {"pthread_mutex_lock", (void *)peer_mutex_lock, (void *)pthread_mutex_lock},
     [PEER_SEM_WAIT] = {"sem_wait", (void *)peer_sem_wait, (void *)sem_wait},
     [PEER_CREATE] = {"pthread_create", (void *)peer_create, (void *)pthread_create},
@@ -115,7 +117,10 @@ int peer_uninstall(void)
     return left;
 }
 
-unsigned long peer_calls(int i) { return atomic_load(&g_calls[i]); }
+unsigned long peer_calls(int i)
+{
+    return atomic_load(&g_calls[i]);
+}
 
 void peer_reset(void)
 {
@@ -123,6 +128,15 @@ void peer_reset(void)
         atomic_store(&g_calls[i], 0);
 }
 
-const char *peer_name(int i) { return g_hooks[i].name; }
-void *peer_wrapper(int i) { return g_hooks[i].wrapper; }
-void *peer_found(int i) { return g_found[i]; }
+const char *peer_name(int i)
+{
+    return g_hooks[i].name;
+}
+void *peer_wrapper(int i)
+{
+    return g_hooks[i].wrapper;
+}
+void *peer_found(int i)
+{
+    return g_found[i];
+}

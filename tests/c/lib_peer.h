@@ -8,14 +8,7 @@ typedef int (*peer_patcher)(const void *anchor, const char *symbol, void *new_va
                             void **old_value);
 
 /* The functions the peer hooks: everything lib_waiter.c calls through its PLT. */
-enum {
-    PEER_COND_TIMEDWAIT,
-    PEER_COND_SIGNAL,
-    PEER_MUTEX_LOCK,
-    PEER_SEM_WAIT,
-    PEER_CREATE,
-    PEER_N
-};
+enum { PEER_COND_TIMEDWAIT, PEER_COND_SIGNAL, PEER_MUTEX_LOCK, PEER_SEM_WAIT, PEER_CREATE, PEER_N };
 
 /* Points every GOT slot of those functions in the object holding anchor at the peer's
  * counting wrappers, which chain to what each slot held (or to libc's function where

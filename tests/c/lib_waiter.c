@@ -27,15 +27,27 @@ int waiter_cond_timedwait_mono_ms(pthread_cond_t *cond, pthread_mutex_t *mutex, 
     return pthread_cond_timedwait(cond, mutex, &ts);
 }
 
-int waiter_cond_signal(pthread_cond_t *cond) { return pthread_cond_signal(cond); }
+int waiter_cond_signal(pthread_cond_t *cond)
+{
+    return pthread_cond_signal(cond);
+}
 
-int waiter_sem_wait(sem_t *sem) { return sem_wait(sem); }
+int waiter_sem_wait(sem_t *sem)
+{
+    return sem_wait(sem);
+}
 
-int waiter_mutex_lock(pthread_mutex_t *mutex) { return pthread_mutex_lock(mutex); }
+int waiter_mutex_lock(pthread_mutex_t *mutex)
+{
+    return pthread_mutex_lock(mutex);
+}
 
 int waiter_thread_create(pthread_t *thread, void *(*start)(void *), void *arg)
 {
     return pthread_create(thread, NULL, start, arg);
 }
 
-int waiter_anchor(void) { return 42; }
+int waiter_anchor(void)
+{
+    return 42;
+}

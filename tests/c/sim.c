@@ -10,7 +10,8 @@ enum { T_DEAD = 0, T_GIL_WAIT, T_PY, T_NATIVE, T_IO };
 
 typedef struct {
     int state;
-    int epilogue;      /* the Python phase running or awaited: PH_MAIN, PH_NATIVE_RET, PH_EPILOGUE */
+    int epilogue;      /* the Python phase running or awaited: PH_MAIN, PH_NATIVE_RET,
+                          PH_EPILOGUE */
     double rem;        /* Python work left while waiting for the GIL */
     double switches;   /* CPU spent on GIL hand-offs by this task (held, on its core) */
     double held_wall;  /* time this task held the GIL (the ledger's figure) */
@@ -129,10 +130,8 @@ static double draw(unsigned long long *state, double mean, sim_dist d)
     *state = mix(*state);
     double u = ((double)(*state >> 11) + 0.5) / 9007199254740992.0; /* (0, 1) */
     switch (d) {
-    case SIM_UNIFORM:
-        return 2 * mean * u;
-    case SIM_EXP:
-        return -mean * log(u);
+    case SIM_UNIFORM: return 2 * mean * u;
+    case SIM_EXP: return -mean * log(u);
     default: /* fixed, with +-10 % jitter: exact repeats lock threads into convoys */
         return mean * (0.9 + 0.2 * u);
     }

@@ -32,6 +32,7 @@ static double urand(void)
     return uniform_next(&g_seed);
 }
 
+/* clang-format off */
 #define WARM_S 2.0       /* fixed pools: start-up not counted */
 #define MEASURE_S 8.0    /* the controller's tail: throughput over this */
 #define GRID_S 8.0       /* fixed pools in the search for the best size */
@@ -42,6 +43,7 @@ static double urand(void)
 #define RUN_S 20.0       /* the controller's run from start */
 #define WORST_STEADY 0.95 /* no workload below this share of its optimum (0.88 until the
                              steps were judged on the GIL-busy share: worst then 0.916) */
+/* clang-format on */
 
 /* Throughput of a fixed pool of n on the evaluation tasks (another seed than the search's),
  * measured long: what holding n workers is worth. Memoized per workload. Long means at
@@ -54,7 +56,8 @@ static double urand(void)
 /* Per thread: the random workloads run on every CPU this process may use. */
 static _Thread_local sim_params g_eval;
 static _Thread_local double g_eval_s;   /* long enough for EVAL_TASKS tasks */
-static _Thread_local double g_eval_top; /* the search's best rate: sets the length of large pools' runs */
+static _Thread_local double g_eval_top; /* the search's best rate: sets the length of large
+                                           pools' runs */
 static _Thread_local double g_rate[2049];
 
 static void eval_reset(const sim_params *p)
@@ -413,26 +416,28 @@ static void test_random_workloads(int count)
         }
         if (r.steady_ratio < 0.97) {
             below97++;
-            printf("  below 97 %%: workload %d (%s; best N=%d, held %d): %.3f of optimum\n", i, desc, arg,
-                   r.final_target, r.steady_ratio);
+            printf("  below 97 %%: workload %d (%s; best N=%d, held %d): %.3f of optimum\n", i,
+                   desc, arg, r.final_target, r.steady_ratio);
         }
-        CHECK(r.steady_ratio >= WORST_STEADY, "workload %d (%s; best N=%d, held %d): %.3f of optimum", i,
-              desc, arg, r.final_target, r.steady_ratio);
+        CHECK(r.steady_ratio >= WORST_STEADY,
+              "workload %d (%s; best N=%d, held %d): %.3f of optimum", i, desc, arg, r.final_target,
+              r.steady_ratio);
         CHECK(r.realized >= 0.88, "workload %d (%s): finished %.3f of the optimum's tasks", i, desc,
               r.realized);
         if (r.realized < worst_real)
             worst_real = r.realized;
         if (r.converge_s < 0 || r.converge_s > 3.0)
             printf("  slower than 3 s: workload %d (%s): %.2f s\n", i, desc, r.converge_s);
-        CHECK(r.direction_changes <= 12, "workload %d (%s): %d direction changes in steady state", i,
-              desc, r.direction_changes);
+        CHECK(r.direction_changes <= 12, "workload %d (%s): %d direction changes in steady state",
+              i, desc, r.direction_changes);
         if (g_failures > 20)
             break;
     }
     free(q.w);
-    printf("random workloads: %d; worst steady state %.3f of optimum (%s); %d below 0.97; slowest "
-           "convergence %.2f s (%s); %d slower than 3 s; fewest tasks finished %.3f of the optimum's\n",
-           count, worst, worst_k, below97, worst_conv, worst_conv_k, slow, worst_real);
+    printf(
+        "random workloads: %d; worst steady state %.3f of optimum (%s); %d below 0.97; slowest "
+        "convergence %.2f s (%s); %d slower than 3 s; fewest tasks finished %.3f of the optimum's\n",
+        count, worst, worst_k, below97, worst_conv, worst_conv_k, slow, worst_real);
     /* The issue's bar is 97 % for every workload and 3 s. The first half is met and held
      * here; of the second, what it meets is held, so that a regression fails. With the
      * simulator's CPython GIL (sim.h, 2026-12-01: timed waits, signal to the waiter
@@ -479,10 +484,13 @@ static void test_phase_change(void)
         if (!s)
             return;
         run_result r = run(&c, s, 2048, RUN_S, best);
-        printf("phase %d: steady %.3f of optimum (best N=%d, held %d; finished %.3f), within 5 %% after "
-               "%.2f s\n", k, r.steady_ratio, arg, r.final_target, r.realized, r.converge_s);
+        printf(
+            "phase %d: steady %.3f of optimum (best N=%d, held %d; finished %.3f), within 5 %% after "
+            "%.2f s\n",
+            k, r.steady_ratio, arg, r.final_target, r.realized, r.converge_s);
         CHECK(r.steady_ratio >= 0.97, "phase %d: %.3f", k, r.steady_ratio);
-        CHECK(r.converge_s >= 0 && r.converge_s <= 3.0, "phase %d: converged after %.2f s", k, r.converge_s);
+        CHECK(r.converge_s >= 0 && r.converge_s <= 3.0, "phase %d: converged after %.2f s", k,
+              r.converge_s);
     }
     sim_free(s);
 }
@@ -581,7 +589,8 @@ static void test_slow_spell_is_not_collapse(void)
     }
     CHECK(went_back, "the slow spell did not send the pool back (target %d)", c.target);
     CHECK(lifted, "the limit was not lifted when the smaller size was as slow");
-    CHECK(peak_after > peak_before, "no growth past %d after the spell (peak %d)", peak_before, peak_after);
+    CHECK(peak_after > peak_before, "no growth past %d after the spell (peak %d)", peak_before,
+          peak_after);
 }
 
 /* The ramp toward a large demand-based size (0.4 ms CPU + 190 ms I/O on one core: ~70
@@ -603,7 +612,8 @@ static void test_ramp_on_few_tasks(void)
         w.completed = c.target * w.window_s / w.task_wall_s; /* 6 at 4 workers */
         gla_ctl_step(&c, &w);
     }
-    CHECK(start == 4 && c.target >= 64, "ramp from %d reached %d after 3 windows of few tasks", start, c.target);
+    CHECK(start == 4 && c.target >= 64, "ramp from %d reached %d after 3 windows of few tasks",
+          start, c.target);
 }
 
 /* Windows whose demands scatter as a window of ~30 exponential tasks' do (the I/O per task
@@ -678,7 +688,8 @@ static double gil_fill_case(int share_known)
 static void test_gil_fill(void)
 {
     double known = gil_fill_case(1), unknown = gil_fill_case(0);
-    CHECK(known >= 1.4 && known <= 2.0, "GIL-busy share known: held %.2f x the demand-based size", known);
+    CHECK(known >= 1.4 && known <= 2.0, "GIL-busy share known: held %.2f x the demand-based size",
+          known);
     CHECK(unknown <= 1.3, "share unknown: held %.2f x the demand-based size", unknown);
 }
 
@@ -732,7 +743,7 @@ static void test_collapse(void)
     test_dip_is_not_collapse(1);
     test_dip_is_not_collapse(2);
     test_slow_spell_is_not_collapse();
-    test_collapse_case(0);    /* nothing finishes */
+    test_collapse_case(0); /* nothing finishes */
     test_collapse_case(0.03); /* a trickle: 3 % of the rate Little's law expects */
 }
 

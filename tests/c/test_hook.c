@@ -24,8 +24,13 @@
 #include "testutil.h"
 
 /* CPython's GIL state (gil_layout.h), to stand in for the GIL. */
-static gla_gil_state g_fake_gil = {5000, NULL, 0, 0, PTHREAD_COND_INITIALIZER,
-                                   PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
+static gla_gil_state g_fake_gil = {5000,
+                                   NULL,
+                                   0,
+                                   0,
+                                   PTHREAD_COND_INITIALIZER,
+                                   PTHREAD_MUTEX_INITIALIZER,
+                                   PTHREAD_COND_INITIALIZER,
                                    PTHREAD_MUTEX_INITIALIZER};
 static pthread_mutex_t g_mutex = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_other = PTHREAD_COND_INITIALIZER;
@@ -140,8 +145,8 @@ static void test_peer_first(void)
     gla_hook_status st;
     gla_hook_get_status(&st);
     CHECK(st.installed && st.slots_cond >= 1 && st.slots_chained == PEER_N && st.slots_left == 0,
-          "installed=%d cond=%d chained=%d left=%d", st.installed, st.slots_cond,
-          st.slots_chained, st.slots_left);
+          "installed=%d cond=%d chained=%d left=%d", st.installed, st.slots_cond, st.slots_chained,
+          st.slots_left);
     for (int i = 0; i < PEER_N; i++)
         CHECK(IS_GLA_WRAPPER(slot_value(i)), "gil_adapt holds %s", peer_name(i));
 
@@ -193,8 +198,8 @@ static void test_peer_after(void)
     CHECK(gla_hook_uninstall() == 0, "uninstall (leaving slots is no error)");
     gla_hook_get_status(&st);
     CHECK(!st.installed && st.slots_left == PEER_N, "left %d of %d", st.slots_left, PEER_N);
-    CHECK(strstr(st.reason, "pthread_cond_timedwait") && strstr(st.reason, "left"),
-          "reason: %s", st.reason);
+    CHECK(strstr(st.reason, "pthread_cond_timedwait") && strstr(st.reason, "left"), "reason: %s",
+          st.reason);
     for (int i = 0; i < PEER_N; i++)
         CHECK(slot_value(i) == peer_wrapper(i), "the peer's %s left in place", peer_name(i));
     /* Calls still pass through both (peer -> gil_adapt's wrapper -> libc), untimed. */

@@ -89,7 +89,8 @@ static void test_partition_cases(void)
     gla_sample_finish(&s);
     CHECK(s.io_wait_ns == 0 && s.gil_wait_ns == 750 * MS && s.cpu_ns == 250 * MS && s.runq_ns == 0,
           "cpu-bound: io=%llu gil=%llu cpu=%llu runq=%llu", (unsigned long long)s.io_wait_ns,
-          (unsigned long long)s.gil_wait_ns, (unsigned long long)s.cpu_ns, (unsigned long long)s.runq_ns);
+          (unsigned long long)s.gil_wait_ns, (unsigned long long)s.cpu_ns,
+          (unsigned long long)s.runq_ns);
     CHECK(s.overlap_ns == 10 * MS, "overlap %llu", (unsigned long long)s.overlap_ns);
 
     /* Sampled takes: 4 ms of run-queue per 8 ms of tail in the samples, this thread had
@@ -225,8 +226,13 @@ static void test_wait_in_progress(void)
 /* ---- the hook --------------------------------------------------------------------- */
 
 /* CPython's GIL state (gil_layout.h), to stand in for the GIL. */
-static gla_gil_state g_fake_gil = {5000, NULL, 0, 0, PTHREAD_COND_INITIALIZER,
-                                   PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
+static gla_gil_state g_fake_gil = {5000,
+                                   NULL,
+                                   0,
+                                   0,
+                                   PTHREAD_COND_INITIALIZER,
+                                   PTHREAD_MUTEX_INITIALIZER,
+                                   PTHREAD_COND_INITIALIZER,
                                    PTHREAD_MUTEX_INITIALIZER};
 #define g_gil (g_fake_gil.cond)
 static pthread_mutex_t g_mutex = PTHREAD_MUTEX_INITIALIZER;
@@ -255,7 +261,8 @@ static void *cond_waiter(void *p)
     return NULL;
 }
 
-static uint64_t gil_wait_of_waiter(pthread_cond_t *cond, int ms, int via_hooked_create, int *registered)
+static uint64_t gil_wait_of_waiter(pthread_cond_t *cond, int ms, int via_hooked_create,
+                                   int *registered)
 {
     pthread_t th;
     cond_arg arg = {cond, ms, 0, 0};
@@ -389,8 +396,14 @@ static struct {
     pthread_mutex_t mutex;
     pthread_cond_t switch_cond;
     pthread_mutex_t switch_mutex;
-} g_mono_gil = {5000, NULL, 1, 0, PTHREAD_COND_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
-                PTHREAD_COND_INITIALIZER, PTHREAD_MUTEX_INITIALIZER};
+} g_mono_gil = {5000,
+                NULL,
+                1,
+                0,
+                PTHREAD_COND_INITIALIZER,
+                PTHREAD_MUTEX_INITIALIZER,
+                PTHREAD_COND_INITIALIZER,
+                PTHREAD_MUTEX_INITIALIZER};
 #define CALM_WAITERS 8
 static pthread_barrier_t g_calm_barrier;
 typedef struct {
@@ -456,8 +469,8 @@ static void test_calm(void)
         int stretched = calm_round(2, &short_n, &woken_n);
         CHECK(stretched == CALM_WAITERS - 2, "round %d: %d stretched", round, stretched);
         CHECK(short_n == 2 && woken_n == CALM_WAITERS - 2,
-              "round %d: %d timed out after the interval, %d woken by the signal", round,
-              short_n, woken_n);
+              "round %d: %d timed out after the interval, %d woken by the signal", round, short_n,
+              woken_n);
     }
     int short_n, woken_n;
     CHECK(calm_round(0, &short_n, &woken_n) == 0, "keep 0 stretches nothing");

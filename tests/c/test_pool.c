@@ -26,15 +26,15 @@ const char *__tsan_default_options(void)
 #endif
 
 static int g_failed, g_checks;
-#define CHECK(cond, ...)                                                                 \
-    do {                                                                                 \
-        g_checks++;                                                                      \
-        if (!(cond)) {                                                                   \
-            g_failed++;                                                                  \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);              \
-            fprintf(stderr, __VA_ARGS__);                                                \
-            fputc('\n', stderr);                                                         \
-        }                                                                                \
+#define CHECK(cond, ...)                                                    \
+    do {                                                                    \
+        g_checks++;                                                         \
+        if (!(cond)) {                                                      \
+            g_failed++;                                                     \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                   \
+            fputc('\n', stderr);                                            \
+        }                                                                   \
     } while (0)
 
 #define NTASKS 20000
@@ -229,8 +229,15 @@ static int stats_workers(gla_pool *p)
     gla_pool_get_stats(p, &s);
     return s.workers;
 }
-static int at_least_6(gla_pool *p) { return stats_workers(p) >= 6; }
-static int running_one(gla_pool *p) { (void)p; return atomic_load(&g_running_now) == 1; }
+static int at_least_6(gla_pool *p)
+{
+    return stats_workers(p) >= 6;
+}
+static int running_one(gla_pool *p)
+{
+    (void)p;
+    return atomic_load(&g_running_now) == 1;
+}
 static int at_most_1(gla_pool *p)
 {
     gla_pool_stats s;
@@ -261,9 +268,9 @@ static void test_exactly_once(void)
     CHECK(s.submitted == NTASKS && s.completed == NTASKS, "submitted %llu completed %llu",
           (unsigned long long)s.submitted, (unsigned long long)s.completed);
     CHECK(s.workers == 0 && s.queue_length == 0, "workers %d queue %ld", s.workers, s.queue_length);
-    CHECK(atomic_load(&g_running_max) <= 3, "ran %d at once with target 3", atomic_load(&g_running_max));
-    CHECK(leaves_match(), "enter %d leave %d",
-          atomic_load(&g_enter), atomic_load(&g_leave));
+    CHECK(atomic_load(&g_running_max) <= 3, "ran %d at once with target 3",
+          atomic_load(&g_running_max));
+    CHECK(leaves_match(), "enter %d leave %d", atomic_load(&g_enter), atomic_load(&g_leave));
     ctask *refused = mk(-1, 0, 0);
     CHECK(gla_pool_submit(p, &refused->link) == -ESHUTDOWN, "submit after shutdown");
     free(refused); /* a refused task stays the caller's */
@@ -855,7 +862,10 @@ static int barrier_enter(void *ctx, void **wdata, unsigned index)
     return h_enter(ctx, wdata, index);
 }
 
-static int workers_24(gla_pool *p) { return stats_workers(p) >= 24; }
+static int workers_24(gla_pool *p)
+{
+    return stats_workers(p) >= 24;
+}
 
 static void test_start_burst(void)
 {
@@ -870,8 +880,8 @@ static void test_start_burst(void)
     wait_until(workers_24, p, 20.0);
     gla_pool_stats s;
     gla_pool_get_stats(p, &s);
-    CHECK(s.workers == 24 && s.starting == 0, "all owed started: workers %d starting %d",
-          s.workers, s.starting);
+    CHECK(s.workers == 24 && s.starting == 0, "all owed started: workers %d starting %d", s.workers,
+          s.starting);
     int max = atomic_load(&g_in_enter_max);
     CHECK(max >= 1 && max <= GLA_POOL_START_BURST, "at most %d in enter at once: %d",
           GLA_POOL_START_BURST, max);
@@ -904,14 +914,20 @@ int main(void)
         const char *name;
         void (*fn)(void);
     } tests[] = {
-        {"exactly_once", test_exactly_once},   {"grow_retire", test_grow_retire},
-        {"start_failures", test_start_failures}, {"cancel_and_break", test_cancel_and_break},
-        {"enter_failure", test_enter_failure}, {"policy", test_policy},
+        {"exactly_once", test_exactly_once},
+        {"grow_retire", test_grow_retire},
+        {"start_failures", test_start_failures},
+        {"cancel_and_break", test_cancel_and_break},
+        {"enter_failure", test_enter_failure},
+        {"policy", test_policy},
         {"liveness", test_liveness},
-        {"idle_timeout", test_idle_timeout},   {"self_shutdown", test_self_shutdown},
-        {"fork", test_fork},                   {"fork_in_task", test_fork_in_task},
+        {"idle_timeout", test_idle_timeout},
+        {"self_shutdown", test_self_shutdown},
+        {"fork", test_fork},
+        {"fork_in_task", test_fork_in_task},
         {"bad_config", test_bad_config},
-        {"take", test_take},                   {"start_burst", test_start_burst},
+        {"take", test_take},
+        {"start_burst", test_start_burst},
     };
     int passed = 0, failed = 0;
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {

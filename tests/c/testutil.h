@@ -16,14 +16,14 @@
 #include <unistd.h>
 
 static _Atomic int g_failures;
-#define CHECK(cond, ...)                                                                   \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            g_failures++;                                                                  \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                \
-            fprintf(stderr, __VA_ARGS__);                                                  \
-            fprintf(stderr, "\n");                                                         \
-        }                                                                                  \
+#define CHECK(cond, ...)                                                    \
+    do {                                                                    \
+        if (!(cond)) {                                                      \
+            g_failures++;                                                   \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                   \
+            fprintf(stderr, "\n");                                          \
+        }                                                                   \
     } while (0)
 
 #define MS 1000000ull
@@ -35,7 +35,10 @@ static inline void sleep_ms(int ms)
     }
 }
 
-static inline pid_t my_tid(void) { return (pid_t)syscall(SYS_gettid); }
+static inline pid_t my_tid(void)
+{
+    return (pid_t)syscall(SYS_gettid);
+}
 
 /* Finds tid's sample (the live one if the tid was reused). */
 static inline int find_sample(pid_t tid, gla_sample *out)
