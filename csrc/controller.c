@@ -210,8 +210,9 @@ static double cores_for_limits(const gla_ctl *c)
 }
 
 /* Growth per step: x4, but x1.5 past RAMP_SLOW threads per core, where CPython starts to
- * starve (seen: 1024 sleeping threads on one core finished nothing in 3 s in one run, 68 %
- * of 512's rate in another): each step is checked for a collapse before the next. */
+ * starve (a thousand threads waking from short sleeps on one core can keep the
+ * interpreter from finishing anything for seconds): each step is checked for a collapse
+ * before the next. */
 static double ramp(const gla_ctl *c)
 {
     return c->target >= RAMP_SLOW * cores_for_limits(c) ? 1.5 : RAMP;
@@ -250,8 +251,8 @@ static void limit_collapse(gla_ctl *c, int back, double rate, double done)
 
 /* The first judged window at the size gone back to after a collapse: the interpreter's
  * limit if throughput came back there (by more than the noise); if not, the machine
- * slowed for a spell (seen on this VM: one core, 0.1 ms tasks, 12,000 tasks/s for a
- * second, then 6,700 at the same size), and the limit goes. Returns 1 if lifted. */
+ * slowed for a spell (a shared virtual CPU can lose nearly half its speed for a second
+ * at the same size), and the limit goes. Returns 1 if lifted. */
 static int collapse_lifted(gla_ctl *c, const gla_window *w, double rate)
 {
     if (!c->collapse_check || c->fresh || w->completed < MIN_TASKS || w->workers > c->veto_above)
@@ -314,12 +315,11 @@ static double observe(gla_ctl *c, const gla_window *w)
  * +-0.05 %; below saturation both spread more, the share less). Not on one core:
  * there the holder shares its core with every thread that wakes (I/O returns,
  * waiters' timeouts, the submitter) and holds the GIL longer for the same work
- * (simulator, 1.54 ms Python, one core: the share 0.955 from 128 to 250 workers while
- * throughput falls 5 %). Nor where the cores are loaded nearly as much as the GIL:
- * there the GIL idles while the next holder waits for a core, and more threads do
- * not fill it (simulator, workload 347: 0.54 ms Python + 0.58 native, 2 cores: the
- * share flat at 0.88 from 270 to 660 workers, best 257; held 529, 0.966; with
- * U_CORES 0.9 the same, 0.8 not). */
+ * (with a task of a millisecond or two of Python on one core, the share stays flat
+ * while the pool doubles and throughput falls). Nor where the cores are loaded nearly
+ * as much as the GIL: there the GIL idles while the next holder waits for a core, and
+ * more threads do not fill it (with Python and native CPU about equal on 2 cores, the
+ * share stays flat below 0.9 over a doubling of the pool). */
 static double gil_share(const gla_ctl *c, const gla_window *w)
 {
     return w->gil_busy >= 0 && c->held_s > 0 && c->cores_s <= c->held_s * U_CORES &&
@@ -416,8 +416,7 @@ static int demands_changed(gla_ctl *c, double little)
      * for a moment, and re-sizing on it alone oscillates between two sizes. It must
      * also be more than the demands' noise: with exponential demands a window's size
      * strays by a third now and then, twice in a row once in a few hundred windows,
-     * and each such re-size loses what the probes had found (simulator, workload 245:
-     * 51 -> 31 workers at 13 s). */
+     * and each such re-size loses what the probes had found. */
     double moved = prev > 0 ? log(little / prev) : 0;
     int dir = moved > lim ? 1 : moved < -lim ? -1 : 0;
     if (dir == 0 || (c->little_moved != 0 && (c->little_moved > 0) != (dir > 0)))
@@ -512,8 +511,8 @@ static int follow_demands(gla_ctl *c, const gla_window *w, double rate, gla_deci
 /* The next step of a ramp toward the demand-based size (little_goal). Each step waits
  * for a window that shows tasks finishing there; a full window's worth (MIN_TASKS)
  * only where a collapse could be near (past RAMP_SLOW threads per core): below that one
- * finished task will do (simulator workload 325, 0.2 s tasks: the first window at 4
- * workers finished 6, and the ramp waited there until 1.41 s). 1 when it stepped. */
+ * finished task will do (with tasks of a few hundred milliseconds a window holds only a
+ * few completions, and waiting for a full one stalls the ramp). 1 when it stepped. */
 static int ramp_to_goal(gla_ctl *c, const gla_window *w, double rate, gla_decision *d)
 {
     int shown = w->completed >= MIN_TASKS ||
@@ -643,9 +642,8 @@ static int judge_up(gla_ctl *c, const gla_window *w, double rate, double u, gla_
     double spread = noise(c, c->base_done, w->completed, GAIN - 1);
     int may_fill = by_u && c->base_u < U_SAT && c->little_smooth > 0 &&
                    c->target <= IDLE_CAP * c->little_smooth && rate >= c->base_rate * (1 - spread);
-    /* judged on two windows, a fall inside the windows' own spread is no fall
-     * (convoys: workload 776, 13.8 ms Python on 3 cores, base 0.960 / 0.918,
-     * the step 0.870 / 0.987) */
+    /* judged on two windows, a fall inside the windows' own spread is no fall (convoys
+     * make consecutive windows at one size differ by more than a step's change) */
     double step_var = c->u_again ? (c->u_first - u) * (c->u_first - u) / 2 : 0;
     int in_noise = c->u_again && c->base_u_var > 0 && c->base_u_n >= 2 &&
                    c->base_u - u_step <= 2 * sqrt(c->base_u_var / c->base_u_n + step_var / 2);
