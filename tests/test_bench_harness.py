@@ -11,7 +11,8 @@ import signal
 import pytest
 
 from gil_adapt import bench
-from gil_adapt.bench import configs, report, runner, strategies
+from gil_adapt.bench import configs, report, runner, scoring, staging, strategies
+from gil_adapt.bench.progress import Progress
 from gil_adapt.bench.runner import Options, build_results, classify
 
 
@@ -122,6 +123,151 @@ def test_plan_interleaves_reps_and_runs_naive_512_once(tmp_path):
     over = [r for r in plan if r.kind.startswith("overhead")]
     assert len(over) == 2 * 2 * 4
     assert all(r.estimate_s > 0 for r in plan)
+
+
+# ---- the staged plan (full mode) -------------------------------------------------------
+
+def test_refinement_sizes_are_the_sqrt2_points_around_the_best_coarse_size():
+    coarse = strategies.COARSE_SWEEP
+    # N* = 16: the x√2 points from N*/2 to 2 N*
+    assert staging.refinement_sizes(16, 2048, coarse) == [8, 11, 23, 32]
+    # N* = 1: nothing below 1; 1.41 rounds to 1, already run
+    assert staging.refinement_sizes(1, 2048, coarse) == [2]
+    # N* = 2048, the largest size: nothing above it; 1024 is a coarse size
+    assert staging.refinement_sizes(2048, 2048, coarse) == [1448]
+    assert staging.refinement_sizes(1024, 2048, coarse) == [512, 724, 1448]
+    # a small forced sweep: nothing above its largest size
+    assert staging.refinement_sizes(4, 4, [1, 4]) == [2, 3]
+    for n_star in (1, 16, 2048):
+        for n in staging.refinement_sizes(n_star, 2048, coarse):
+            assert n_star / 4 < n < 4 * n_star and n not in coarse
+
+
+def cell_record(strategy, thr, status="ok", **kw):
+    r = {"kind": "cell", "config": "1c-512m", "workload": "mixed", "strategy": strategy,
+         "rep": 0, "status": status, "throughput": thr if status == "ok" else 0.0,
+         "completed": 100}
+    if status != "ok":
+        r["reason"] = "OOM: killed under the 512 MiB cap"
+    r.update(kw)
+    return r
+
+
+def test_pruning_decision_from_first_repetitions():
+    records = [
+        cell_record("threads-1", 0.0, status="oom"),      # failed: counts as 0, pruned
+        cell_record("threads-4", 75.0),                   # 25 % below the best: pruned
+        cell_record("threads-11", 70.0),                  # next to the best size: kept
+        cell_record("threads-16", 100.0),                 # the best size (and best fixed)
+        cell_record("threads-23", 90.0),                  # next to the best size: kept
+        cell_record("threads-32", 85.0),                  # 15 % below: kept
+        cell_record("threads-64", 80.0),                  # exactly 20 % below: pruned
+        cell_record("threads-2048", 0.0, status="oom"),
+        cell_record("threads-default", 85.0),             # 15 % below: kept
+        cell_record("processes", 75.0),                   # 25 % below: pruned
+        cell_record("naive-512", 82.0),
+        # a burst figure: 256 tasks x 11 ms on one core are waves 2.8 s apart, a 6 s
+        # window is two of them; flagged, so not the reference (kept: not below it)
+        cell_record("asyncio-256", 200.0),
+        cell_record("gil-adapt", 10.0),                   # adaptive: always repeated
+        cell_record("gil-adapt-auto", 0.0, status="failed"),
+    ]
+    cells = staging.first_cells(records, cores=1, measure_s=6.0, cpu_ms_alone=11.0)
+    assert cells["asyncio-256"].get("flags")
+    assert staging.coarse_best(cells) == 16
+    repeated, pruned = staging.prune_decision(cells)
+    assert set(pruned) == {"threads-1", "threads-4", "threads-64", "threads-2048",
+                           "processes"}
+    assert set(repeated) == {"threads-11", "threads-16", "threads-23", "threads-32",
+                             "threads-default", "naive-512", "asyncio-256", "gil-adapt",
+                             "gil-adapt-auto"}
+    assert "25% below" in pruned["threads-4"] and "threads-16" in pruned["threads-4"]
+    assert "oom" in pruned["threads-1"]
+
+
+def test_pruning_keeps_the_best_sizes_neighbours_even_far_below_another_kind():
+    # asyncio wins by far: the sweep's best size and its neighbours are still repeated,
+    # so the oracle is judged on full medians
+    cells = {n: scoring.summarise_cell([cell_record(n, t)]) for n, t in [
+        ("threads-1", 10.0), ("threads-2", 19.0), ("threads-3", 25.0), ("threads-4", 20.0),
+        ("asyncio-32", 600.0), ("betapool", 5.0)]}
+    cells["processes"] = {"status": "skipped", "reason": "not here"}
+    repeated, pruned = staging.prune_decision(cells)
+    assert set(repeated) == {"threads-2", "threads-3", "threads-4", "asyncio-32", "betapool"}
+    assert set(pruned) == {"threads-1"}
+    # no sweep and no fixed reference: nothing to judge against, nothing pruned but failures
+    repeated, pruned = staging.prune_decision(
+        {"gil-adapt": scoring.summarise_cell([cell_record("gil-adapt", 5.0)]),
+         "processes": scoring.summarise_cell([cell_record("processes", 0.0, "failed")])})
+    assert repeated == ["gil-adapt"] and list(pruned) == ["processes"]
+
+
+def test_staged_estimate_bounds():
+    est = staging.estimate(configs=2, workloads=10, fixed=12, adaptive=2, reps=3,
+                           cell_s=10.0, extras_s=50.0, probes_s=35.0, pruned_share=0.6)
+    assert est["stage1_s"] == 2 * (10 * 14 * 10.0 + 50.0)
+    assert est["refinement_s"] == 2 * 10 * staging.REFINE_MAX * 10.0
+    assert est["repeats_all_s"] == 2 * 2 * (10 * (14 + staging.REFINE_MAX) * 10.0 + 50.0)
+    kept = 2 + 0.4 * (12 + staging.REFINE_MAX)
+    assert est["repeats_typical_s"] == pytest.approx(2 * 2 * (10 * kept * 10.0 + 50.0))
+    assert est["upper_s"] == pytest.approx(35.0 + est["stage1_s"] + est["refinement_s"]
+                                           + est["repeats_all_s"])
+    assert est["typical_s"] < est["upper_s"]
+    none = staging.estimate(2, 10, 12, 2, 3, 10.0, 50.0, 35.0, pruned_share=0.0)
+    assert none["typical_s"] == pytest.approx(none["upper_s"])
+    one = staging.estimate(2, 10, 12, 2, 1, 10.0, 50.0, 35.0)
+    assert one["repeats_all_s"] == one["repeats_typical_s"] == 0.0
+
+
+def test_full_mode_is_staged_at_the_coarse_sweep_without_tpe():
+    f = parse([])
+    assert f.staged and f.sweep == strategies.COARSE_SWEEP == [1, 4, 16, 64, 256, 1024, 2048]
+    names = [s.name for s in f.strategy_list()]
+    assert [n for n in names if n.startswith("threads-") and n[8:].isdigit()] == [
+        f"threads-{n}" for n in strategies.COARSE_SWEEP]
+    assert not [n for n in names if n.startswith("tpe-")]
+    for n in ("threads-default", "naive-512", "processes", "asyncio-32", "asyncio-256",
+              "betapool", "gil-adapt", "gil-adapt-auto"):
+        assert n in names
+    assert "tpe-2048" in [s.name for s in parse(["--strategies", "all,tpe"]).strategy_list()]
+    assert not parse(["--quick"]).staged
+    explicit = parse(["--sweep", "1,2,4"])
+    assert not explicit.staged and "tpe-2" in [s.name for s in explicit.strategy_list()]
+    forced = parse(["--coarse-sweep", "4,1"])
+    assert forced.staged and forced.sweep == [1, 4]
+
+
+def test_dry_run_describes_the_staged_plan(capsys):
+    text = runner.describe_plan(parse(["--configs", "1c-512m,2c-1g,4c-2g"]), host=[0, 1])
+    assert "nothing is run" in text and "4c-2g: needs 4 cores" in text
+    for part in ("stage 1", "refinement", "repetitions 2-3", "upper bound", "typical"):
+        assert part in text, part
+    static = runner.describe_plan(parse(["--quick"]), host=[0, 1])
+    assert "static plan" in static
+    assert bench.main(["--dry-run", "--configs", "1c-512m", "--workloads", "micro"]) == 0
+    assert "upper bound" in capsys.readouterr().out
+
+
+def test_progress_total_can_be_re_estimated():
+    p = Progress(10, 100.0, enabled=False)
+    for _ in range(4):
+        p.step(10.0)
+    p.set_total(20, 250.0)                     # a stage was planned: more to do
+    assert p.total == 20 and p.estimate_total == 250.0
+    p.set_total(3, 20.0)                       # corrected down: never below what is done
+    assert p.total == 4 and p.estimate_total == 40.0
+    assert p.eta_s() == 0.0
+
+
+def test_refinement_rows_are_ordered_by_size():
+    rows = {n: {"kind": strategies.parse_strategy(n).kind,
+                "size": strategies.parse_strategy(n).size, "status": "ran", "reason": None}
+            for n in ("threads-1", "threads-4", "threads-16", "asyncio-32", "gil-adapt")}
+    out = runner.with_refinement(rows, {("1c-512m", "mixed"): {"refinement": [2, 8, 6]},
+                                        ("1c-512m", "io"): {"refinement": [2, 3]}})
+    assert list(out) == ["threads-1", "threads-2", "threads-3", "threads-4", "threads-6",
+                         "threads-8", "threads-16", "asyncio-32", "gil-adapt"]
+    assert out["threads-6"]["refinement"] and not out["threads-4"].get("refinement")
 
 
 # ---- classifying a finished child ------------------------------------------------------
@@ -257,6 +403,54 @@ def test_report_plots(tmp_path):
     assert "1c-512m_mixed_sweep.png" in plots
     assert "1c-512m_mixed_timeline.png" in plots
     assert "1c-512m_phase_timeline.png" in plots
+
+
+def test_pruned_cells_keep_one_repetition_and_the_report_says_so(tmp_path):
+    opts = Options(out=str(tmp_path), sweep=[1, 4], reps=3, staged=True)
+    runs = []
+    for rep in range(3):
+        runs += [run("threads-4", 100.0 + rep, rep=rep), run("threads-3", 95.0, rep=rep),
+                 run("gil-adapt", 90.0, rep=rep)]
+    runs.append(run("threads-1", 20.0))                 # pruned after repetition 1
+    runs.append(run("threads-2", 45.0))
+    stages = {("1c-512m", "mixed"): {
+        "coarse_best": 4, "refinement": [2, 3],
+        "pruned": {"threads-1": "first repetition 20.0 tasks/s, 80% below the best fixed",
+                   "threads-2": "first repetition 45.0 tasks/s, 55% below the best fixed"}}}
+    rows = {n: {"kind": strategies.parse_strategy(n).kind, "size": None, "status": "ran",
+                "reason": None} for n in ("threads-1", "threads-4", "gil-adapt")}
+    rows = runner.with_refinement(rows, stages)
+    env = {"cpu_model": "Test CPU", "host_cpus": [0, 1], "memory_total_bytes": 1 << 30,
+           "kernel": "6.0", "python": "3.11", "python_build": "main", "implementation":
+           "cpython", "libraries": {}, "cgroup": {"description": "none"},
+           "thread_env": {"OMP_NUM_THREADS": "1"}}
+    res = build_results(opts=opts, env=env,
+                        config_rows=[{"name": "1c-512m", "cores": 1, "memory_bytes": 512 << 20,
+                                      "status": "ran", "cpus": [0]}],
+                        workload_rows={"mixed": {"description": "d", "io": "sleep",
+                                                 "status": "ran"}},
+                        strategy_rows=rows, runs=runs, loop_per_ms=20000.0, started=0.0,
+                        wall_s=1.0, interrupted=False, stale_removed=[], cgroup_failure=None,
+                        server_cpus={}, stages=stages)
+    cells = {c["strategy"]: c for c in res["cells"]}
+    assert [c["strategy"] for c in res["cells"]] == ["threads-1", "threads-2", "threads-3",
+                                                     "threads-4", "gil-adapt"]
+    assert cells["threads-1"]["pruned"] and cells["threads-1"]["reps"] == 1
+    assert cells["threads-1"]["throughput"] == 20.0
+    assert not cells["threads-4"]["pruned"] and cells["threads-4"]["reps"] == 3
+    assert res["summary"][0]["oracle"]["n"] == 4
+    p = res["protocol"]
+    assert p["staged"] and p["pruning"]["prune_below"] == 0.2
+    assert p["pruning"]["coarse_sweep"] == [1, 4]
+    assert p["pruning"]["cells"][0]["refinement"] == [2, 3]
+    assert (p["pruning"]["pruned_cells"], p["pruning"]["cells_run"]) == (2, 5)
+    paths = report.write(res, str(tmp_path / "out"), plots=False)
+    with open(paths["report"]) as f:
+        md = f.read()
+    assert "were not repeated: 2 of 5 cells" in md
+    assert "pruned: 1 repetition" in md and "N*=4: +2, 3" in md
+    # a static run has no pruning
+    assert synthetic_results(tmp_path)["protocol"]["pruning"] is None
 
 
 # ---- command line ----------------------------------------------------------------------

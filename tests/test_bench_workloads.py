@@ -156,6 +156,53 @@ def test_tiny_end_to_end_run(tmp_path, capsys):
     assert os.path.exists(out / "report.md")
 
 
+@pytest.mark.slow
+def test_tiny_staged_run_refines_and_prunes(tmp_path):
+    """The full run's staged plan on one cell, with a forced coarse sweep 1,4: the
+    refinement runs the sizes between, and what its first repetition showed clearly
+    beaten keeps that one repetition while the rest are repeated."""
+    from gil_adapt.bench import staging
+
+    out = tmp_path / "out"
+    rc = bench.main(["--configs", "1c-512m", "--workloads", "io",
+                     "--strategies", "threads,asyncio-32,gil-adapt", "--coarse-sweep", "1,4",
+                     "--inflight", "64", "--reps", "2", "--warmup", "0.2", "--measure", "0.3",
+                     "--no-cgroups", "--no-overhead", "--no-phase", "--no-plots",
+                     "--out", str(out), "-q", "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 0
+    with open(out / "results.json") as f:
+        res = json.load(f)
+    pruning = res["protocol"]["pruning"]
+    assert res["protocol"]["staged"] and pruning["coarse_sweep"] == [1, 4]
+    (stage,) = pruning["cells"]
+    assert stage["coarse_best"] in (1, 4)
+    assert stage["refinement"] == staging.refinement_sizes(stage["coarse_best"], 4, [1, 4])
+    assert stage["refinement"] == [2, 3]
+    cells = {c["strategy"]: c for c in res["cells"]}
+    assert set(cells) == {"threads-1", "threads-2", "threads-3", "threads-4", "asyncio-32",
+                          "gil-adapt"}
+    # the refinement ran its sizes once, in repetition 1
+    runs = [r for r in res["runs"] if r["kind"] == "cell"]
+    for n in stage["refinement"]:
+        assert [r["rep"] for r in runs if r["strategy"] == f"threads-{n}"][0] == 0
+    # the pruning is the decision on the first repetitions, and it is what ran
+    probe = res["workloads"]["io"]["probe"]
+    first = staging.first_cells([r for r in runs if r["rep"] == 0], cores=1, measure_s=0.3,
+                                cpu_ms_alone=probe["cpu_ms"] if probe["status"] == "ok"
+                                else None)
+    repeated, pruned = staging.prune_decision(first)
+    assert set(pruned) == set(stage["pruned"])
+    for name, c in cells.items():
+        assert c["pruned"] == (name in pruned)
+        assert c["reps"] == (1 if c["pruned"] else 2), name
+    assert not cells["gil-adapt"]["pruned"] and cells["gil-adapt"]["reps"] == 2
+    # threads-1 waits 50 ms per task: at most 20 tasks/s, far below 32 requests in flight
+    assert cells["threads-1"]["pruned"]
+    with open(out / "report.md") as f:
+        md = f.read()
+    assert "were not repeated" in md and "pruned: 1 repetition" in md
+
+
 def test_tree_cpu_counts_the_session_and_interpolates():
     from gil_adapt.bench import child
     cpu = child._TreeCpu(own_cgroup=False)

@@ -5,12 +5,16 @@ memory cap), every strategy in one run, each scored as a share of the best fixed
 pool (the oracle) and of the best strategy of any kind::
 
     gil-adapt bench [--quick] [--configs 1c-512m,2c-1g,4c-2g] [--workloads ...]
-                    [--strategies ...] [--out DIR]
+                    [--strategies ...] [--out DIR] [--dry-run]
+
+The full run is staged: a coarse sweep, a refinement around each cell's best size, and
+repetitions of what one repetition did not show clearly beaten (:mod:`.staging`).
 
 Modules: :mod:`.configs` and :mod:`.cgroups` (edge configurations as kernel limits),
 :mod:`.loopback` (the I/O server), :mod:`.workloads` and :mod:`.mobilenet` (the tasks),
 :mod:`.strategies`, :mod:`.child` (one run in a fresh process), :mod:`.runner` (the
-harness), :mod:`.scoring` (medians, oracle, scores), :mod:`.report` (JSON, Markdown, PNG).
+harness), :mod:`.staging` (the full run's coarse sweep, refinement and pruning),
+:mod:`.scoring` (medians, oracle, scores), :mod:`.report` (JSON, Markdown, PNG).
 """
 from __future__ import annotations
 
@@ -47,8 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated strategies or groups: threads, tpe, asyncio, "
                              "all; threads-N, tpe-N, threads-default, naive-512, processes, "
                              "asyncio-K, betapool, gil-adapt (default: all)")
-    parser.add_argument("--sweep", help="thread counts of the sweep, e.g. 1,2,4,...,2048 "
-                        "(default: powers of 2 to 2048; quick: 1,4,16,64,256,512)")
+    parser.add_argument("--sweep", help="thread counts of the sweep, e.g. 1,2,4,...,2048, "
+                        "each run every repetition (default: the staged plan's coarse sweep "
+                        "1,4,16,64,256,1024,2048, refined around each cell's best size; "
+                        "quick: 1,4,16,64,256,512)")
+    parser.add_argument("--coarse-sweep", help=argparse.SUPPRESS)  # the staged plan's sizes
+    parser.add_argument("--dry-run", "--plan", dest="dry_run", action="store_true",
+                        help="print what would run and the estimated duration (per stage "
+                             "of the full run: an upper bound and the typical figure with "
+                             "pruning), then exit")
     parser.add_argument("--out", default="bench-out", help="output directory "
                         "(results.json, report.md, plots/); default: bench-out")
     parser.add_argument("--reps", type=int, default=3,
@@ -92,14 +103,22 @@ def options_from_args(args: argparse.Namespace) -> Any:
     if unknown:
         raise ValueError(f"unknown workload(s) {', '.join(unknown)}; "
                          f"known: {', '.join(workloads.WORKLOADS)}")
-    if args.sweep:
-        sweep = sorted({int(x) for x in args.sweep.split(",") if x.strip()})
+    # the full run is staged (coarse sweep, refinement, pruning); quick mode and an
+    # explicit --sweep run every size every repetition
+    staged = not args.quick and not args.sweep
+    text = args.sweep or getattr(args, "coarse_sweep", None)
+    if text:
+        sweep = sorted({int(x) for x in text.split(",") if x.strip()})
         if not sweep or sweep[0] < 1:
             raise ValueError("--sweep needs positive thread counts")
+    elif args.quick:
+        sweep = list(strategies.QUICK_SWEEP)
     else:
-        sweep = list(strategies.QUICK_SWEEP if args.quick else strategies.FULL_SWEEP)
+        sweep = list(strategies.COARSE_SWEEP)
     tokens = [t for t in args.strategies.split(",") if t.strip()]
     strategies.expand(tokens, sweep, args.quick)  # validates names
+    if getattr(args, "coarse_sweep", None) and args.quick:
+        raise ValueError("--coarse-sweep is the full run's staged plan (not with --quick)")
     if args.reps < 1:
         raise ValueError("--reps must be >= 1")
     return Options(
@@ -112,7 +131,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
         cache_dir=args.cache_dir, plots=not args.no_plots, phase=not args.no_phase,
         overhead=not args.no_overhead, probe=True, overhead_s=d["overhead_s"],
         probe_s=d["probe_s"], use_cgroups=not args.no_cgroups,
-        progress=not args.no_progress)
+        progress=not args.no_progress, staged=staged)
 
 
 def _list() -> str:
@@ -122,7 +141,11 @@ def _list() -> str:
     for w in workloads.WORKLOADS.values():
         lines.append(f"  {w.name:18s} {w.description} [{w.io}]")
     lines.append("strategies:")
-    lines.append("  " + ", ".join(strategies.default_names(strategies.FULL_SWEEP, False)))
+    lines.append("  " + ", ".join(strategies.default_names(strategies.COARSE_SWEEP, False,
+                                                         tpe=False)))
+    lines.append("  (the full run; its refinement adds threads-N near each cell's best size)")
+    lines.append("  on request: tpe-N beside each N (--strategies all,tpe), any threads-N, "
+                 "tpe-N, asyncio-K")
     return "\n".join(lines)
 
 
@@ -145,7 +168,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
 
     from . import report
-    from .runner import Harness
+    from .runner import Harness, describe_plan
+
+    if args.dry_run:
+        print(describe_plan(opts))
+        return 0
 
     def echo(text: str) -> None:
         sys.stderr.write(text + "\n")

@@ -34,6 +34,12 @@ class Progress:
         self._last_draw = 0.0
         self._line_len = 0
 
+    def set_total(self, total_units: int, estimate_s: float) -> None:
+        """Re-estimates the whole (a staged plan learns its later stages as it goes): the
+        total may grow or shrink, never below what is done."""
+        self.total = max(1, total_units, self.done)
+        self.estimate_total = max(estimate_s, self.done_estimate, 1e-9)
+
     def eta_s(self) -> Optional[float]:
         elapsed = time.monotonic() - self.t0
         remaining = max(0.0, self.estimate_total - self.done_estimate)

@@ -43,10 +43,13 @@ def _cell_text(cell: Optional[Dict[str, Any]]) -> str:
     if status == "skipped":
         return "skipped"
     if status == "failed":
-        return "OOM" if cell.get("failure") == "oom" else "failed"
+        return ("OOM" if cell.get("failure") == "oom" else "failed") \
+            + (" (1 rep)" if cell.get("pruned") else "")
     text = pct(cell.get("pct_oracle"))
     if status == "partial":
         text += " (OOM in some reps)" if cell.get("failure") == "oom" else " (partial)"
+    if cell.get("pruned"):
+        text += " (1 rep)"
     return text
 
 
@@ -314,11 +317,15 @@ def markdown(results: Dict[str, Any], plots: Dict[str, Dict[str, str]],
           f"Closed loop: the main thread keeps {proto['inflight']} tasks submitted; warm-up "
           f"{proto['warmup_s']} s, then throughput and latency (submit → result) over the "
           f"{proto['measure_s']} s measured window.",
-          f"- Median of {proto['reps']} repetitions (interleaved); spread = min–max. "
-          f"A failed repetition (OOM kill, crash, timeout, tasks failing) counts as 0 tasks/s.",
-          f"- Sweep: threads-N for N in {proto['sweep']} with all N threads started before "
-          f"the clock (the live count is reported). Oracle = best threads-N. Best-any = best "
-          f"fixed strategy of any kind (sweep, tpe-N, default, processes, asyncio).",
+          f"- Median of {proto['reps']} repetitions (interleaved"
+          + ("; one where pruned, see below" if proto.get("pruning") else "")
+          + "); spread = min–max. "
+          "A failed repetition (OOM kill, crash, timeout, tasks failing) counts as 0 tasks/s.",
+          f"- Sweep: threads-N for N in {proto['sweep']}"
+          + (" (coarse; refined per cell, see below)" if proto.get("pruning") else "")
+          + " with all N threads started before "
+          "the clock (the live count is reported). Oracle = best threads-N. Best-any = best "
+          "fixed strategy of any kind (sweep, tpe-N, default, processes, asyncio).",
           f"- Cliff = loss of threads-N (N ≥ {proto['cliff_from']}) against the oracle. "
           f"Convergence = time until the running mean of throughput (0.5 s buckets) stays "
           f"≥ {proto['converged_share'] * 100:.0f}% of the oracle.",
@@ -342,6 +349,24 @@ def markdown(results: Dict[str, Any], plots: Dict[str, Dict[str, str]],
           "CPU than the cores have at the task's CPU alone, or its window spans fewer than "
           f"{scoring.BURST_PERIODS} waves of completions (tasks at once × CPU per task ÷ "
           "cores); the note says which."]
+    pruning = proto.get("pruning")
+    if pruning:
+        refined = [f"{c['config']}/{c['workload']} N*={c['coarse_best']}: "
+                   f"+{', '.join(str(n) for n in c['refinement'])}"
+                   for c in pruning["cells"] if c.get("refinement")]
+        L += ["- Staged plan: repetition 1 of every strategy at the coarse sweep; then per "
+              "cell a refinement, threads-N at the ×√2 points around the best coarse size "
+              "N* (N*/2.8 … 2.8·N*), one repetition each"
+              + (f" ({'; '.join(refined)})" if refined else "")
+              + f"; then repetitions 2–{proto['reps']} of every strategy except fixed ones "
+              f"whose first repetition was ≥ {pruning['prune_below'] * 100:.0f}% below the "
+              f"best fixed strategy of the cell (a failed one counts as 0). Adaptive "
+              f"strategies, the best threads-N and the sizes next to it are always repeated, "
+              f"so the oracle is judged on full medians.",
+              f"- Sizes and strategies ≥ {pruning['prune_below'] * 100:.0f}% below the best "
+              f"after one repetition were not repeated: {pruning['pruned_cells']} of "
+              f"{pruning['cells_run']} cells (their figures are that one repetition, "
+              f"marked “1 rep” in the summary and “pruned” in the cell tables)."]
     if proto["quick"]:
         L.append("- **Quick mode**: reduced sweep, few workloads, short windows: indicative "
                  "only (best-any and the oracle included); adaptive strategies get the same "
@@ -446,6 +471,8 @@ def markdown(results: Dict[str, Any], plots: Dict[str, Dict[str, str]],
                 num(c.get("peak_rss_tree_mib"), 0), workers,
                 num(c.get("beta_final"), 2), c.get("backend") or "",
                 (c["status"] if c["status"] != "ok" else "")
+                + (" pruned: 1 repetition (" + str(c.get("pruned_reason")) + ")"
+                   if c.get("pruned") else "")
                 + (f" {c.get('reason')}" if c.get("reason") else "")
                 + (f" {c.get('note')}" if c.get("note") else "")
                 + "".join(f" ⚠ {f}." for f in c.get("flags") or ())])

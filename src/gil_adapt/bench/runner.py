@@ -11,6 +11,7 @@ order rotates per repetition, so slow drift of a shared machine spreads over all
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,9 +24,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import cgroups, configs, loopback, scoring, strategies, workloads
+from . import cgroups, configs, loopback, scoring, staging, strategies, workloads
 from .configs import EdgeConfig
-from .progress import Progress
+from .progress import Progress, format_duration
 
 log = logging.getLogger("gil_adapt.bench")
 
@@ -62,9 +63,16 @@ class Options:
     cgroup_root: str = cgroups.DEFAULT_ROOT
     use_cgroups: bool = True
     progress: bool = True
+    staged: bool = False     # the full run's staged plan (coarse sweep, refinement, pruning)
 
     def inflight_for(self) -> int:
         return self.inflight or 2 * max(self.sweep)
+
+    def strategy_list(self) -> List[strategies.Strategy]:
+        """The strategies of the run (the staged plan puts no tpe-N beside each N unless
+        the ``tpe`` group is asked for)."""
+        return strategies.expand(self.strategy_tokens, self.sweep, self.quick,
+                                 tpe=False if self.staged else None)
 
 
 @dataclass
@@ -176,6 +184,197 @@ def classify(returncode: Optional[int], result: Optional[Dict[str, Any]], timed_
     return "ok", ""
 
 
+# ---- planning --------------------------------------------------------------------------
+
+def cell_estimate_s(o: Options) -> float:
+    """One cell run, for the ETA and the plan's estimate."""
+    return o.warmup_s + o.measure_s + CHILD_OVERHEAD_S
+
+
+def run_keys(strats: Sequence[strategies.Strategy]) -> Dict[str, List[str]]:
+    """Run key -> the strategy names it stands for (naive-512 is tpe-512: one run)."""
+    by_key: Dict[str, List[str]] = {}
+    for s in strats:
+        by_key.setdefault(s.run_key, []).append(s.name)
+    return by_key
+
+
+def rotated(keys: Sequence[str], rep: int) -> List[str]:
+    """The strategy order of repetition ``rep`` (rotated, so drift spreads over all)."""
+    shift = (rep * 5) % max(1, len(keys))
+    return list(keys[shift:]) + list(keys[:shift])
+
+
+def _base(o: Options, settings: Dict[str, Any]) -> Dict[str, Any]:
+    return {"warmup_s": o.warmup_s, "measure_s": o.measure_s, "inflight": o.inflight_for(),
+            "sample_interval_s": o.sample_interval_s, "settings": settings}
+
+
+def plan_probes(o: Options, workload_names: Sequence[str],
+                settings: Dict[str, Any]) -> List[RunSpec]:
+    """Each workload's task alone (its CPU and wall time), once, before the cells."""
+    if not o.probe:
+        return []
+    return [RunSpec("probe", None, w, None, 0, o.probe_s + 1.5,
+                    {"mode": "probe", "workload": w, "duration_s": o.probe_s,
+                     "settings": settings}) for w in workload_names]
+
+
+def plan_cells(o: Options, cfg: EdgeConfig, cells: Sequence[Tuple[str, List[str]]], rep: int,
+               settings: Dict[str, Any]) -> List[RunSpec]:
+    """One run per ``(workload, names)``: names[0] is run, reported under every name."""
+    base = _base(o, settings)
+    est = cell_estimate_s(o)
+    return [RunSpec("cell", cfg, w, names[0], rep, est,
+                    {**base, "mode": "cell", "workload": w, "strategy": names[0]},
+                    list(names)) for w, names in cells]
+
+
+def plan_extras(o: Options, cfg: EdgeConfig, rep: int, adaptive: Sequence[str],
+                workload_names: Sequence[str], settings: Dict[str, Any]) -> List[RunSpec]:
+    """The phase-change and overhead runs of one configuration and repetition."""
+    base = _base(o, settings)
+    runs: List[RunSpec] = []
+    if o.phase and "mixed" in workload_names and "micro" in workload_names:
+        half = o.warmup_s + o.measure_s
+        for name in adaptive:
+            runs.append(RunSpec(
+                "phase", cfg, "mixed>micro", name, rep, 2 * half + CHILD_OVERHEAD_S,
+                {**base, "mode": "cell", "workload": "mixed", "workload2": "micro",
+                 "switch_at_s": half, "warmup_s": half, "measure_s": half,
+                 "strategy": name}, [name]))
+    if o.overhead:
+        for which in ("tpe-default", "gil-adapt"):
+            runs.append(RunSpec("overhead-dispatch", cfg, None, which, rep,
+                                o.overhead_s + 1.0,
+                                {"mode": "overhead-dispatch", "strategy": which,
+                                 "duration_s": o.overhead_s, "settings": settings}))
+        for hooks in (False, True):
+            runs.append(RunSpec("overhead-ledger", cfg, None,
+                                "hooks-on" if hooks else "hooks-off", rep, o.overhead_s + 1.0,
+                                {"mode": "overhead-ledger", "hooks": hooks,
+                                 "duration_s": o.overhead_s, "settings": settings}))
+    return runs
+
+
+def plan_repetition(o: Options, cfg: EdgeConfig, cells: Sequence[Tuple[str, List[str]]],
+                    rep: int, adaptive: Sequence[str], workload_names: Sequence[str],
+                    settings: Dict[str, Any]) -> List[RunSpec]:
+    """Repetition ``rep`` of a configuration: its cell runs, then phase and overhead."""
+    return (plan_cells(o, cfg, cells, rep, settings)
+            + plan_extras(o, cfg, rep, adaptive, workload_names, settings))
+
+
+def plan_static(o: Options, usable_configs: Sequence[EdgeConfig],
+                workload_names: Sequence[str], strats: Sequence[strategies.Strategy],
+                settings: Dict[str, Any]) -> List[RunSpec]:
+    """The static plan (quick mode, an explicit --sweep): every repetition of every
+    strategy, built up front."""
+    runs: List[RunSpec] = plan_probes(o, workload_names, settings)
+    by_key = run_keys(strats)
+    keys = list(by_key)
+    adaptive = [s.name for s in strats if s.adaptive]
+    for cfg in usable_configs:
+        for rep in range(o.reps):
+            order = rotated(keys, rep)
+            cells = [(w, by_key[k]) for w in workload_names for k in order]
+            runs += plan_repetition(o, cfg, cells, rep, adaptive, workload_names, settings)
+    return runs
+
+
+def estimate_staged(o: Options, usable_configs: Sequence[EdgeConfig],
+                    workload_names: Sequence[str], strats: Sequence[strategies.Strategy],
+                    pruned_share: float = staging.TYPICAL_PRUNED_SHARE) -> Dict[str, Any]:
+    """The staged plan's duration before it runs: an upper bound (the refinement at its
+    most, everything repeated) and the typical figure with ``pruned_share`` of the fixed
+    strategies pruned."""
+    by_key = run_keys(strats)
+    adaptive = [s.name for s in strats if s.adaptive]
+    n_adaptive = sum(1 for names in by_key.values() if not scoring.is_fixed(names[0]))
+    n_fixed = len(by_key) - n_adaptive
+    extras = (sum(r.estimate_s for r in plan_extras(o, usable_configs[0], 0, adaptive,
+                                                    workload_names, {}))
+              if usable_configs else 0.0)
+    probes = sum(r.estimate_s for r in plan_probes(o, workload_names, {}))
+    est = staging.estimate(len(usable_configs), len(workload_names), n_fixed, n_adaptive,
+                           o.reps, cell_estimate_s(o), extras, probes,
+                           refine=any(s.kind == "threads" for s in strats),
+                           pruned_share=pruned_share)
+    est.update(configs=[c.name for c in usable_configs], workloads=list(workload_names),
+               fixed_runs=n_fixed, adaptive_runs=n_adaptive, reps=o.reps,
+               cell_s=cell_estimate_s(o))
+    return est
+
+
+def describe_plan(o: Options, host: Optional[Sequence[int]] = None) -> str:
+    """What a run with these options would do and how long it would take, without running
+    anything (``--dry-run``): the configurations, workloads and strategies that would run
+    here and the plan's estimate (for the staged plan, per stage: an upper bound and the
+    typical figure with ``staging.TYPICAL_PRUNED_SHARE`` of the fixed strategies pruned)."""
+    host = list(host) if host is not None else configs.host_cpus()
+    lines = ["gil-adapt bench --dry-run: nothing is run."]
+    usable = [c for c in o.configs if not configs.skip_reason(c, host)]
+    skipped = [f"{c.name}: {configs.skip_reason(c, host)}" for c in o.configs
+               if configs.skip_reason(c, host)]
+    lines.append(f"configs: {', '.join(c.name for c in usable) or 'none'}"
+                 + (f"; skipped: {'; '.join(skipped)}" if skipped else ""))
+    runnable = [w for w in o.workloads if not workloads.missing_modules(workloads.WORKLOADS[w])]
+    missing = [f"{w} (needs {', '.join(workloads.missing_modules(workloads.WORKLOADS[w]))})"
+               for w in o.workloads if w not in runnable]
+    lines.append(f"workloads ({len(runnable)}): {', '.join(runnable) or 'none'}"
+                 + (f"; skipped: {'; '.join(missing)}" if missing else ""))
+    strats = [s for s in o.strategy_list() if strategies.unavailable_reason(s) is None]
+    absent = [s.name for s in o.strategy_list() if strategies.unavailable_reason(s) is not None]
+    by_key = run_keys(strats)
+    # as the run does: no phase runs without an adaptive strategy, no overhead runs
+    # without gil-adapt
+    o = dataclasses.replace(o, phase=o.phase and any(s.adaptive for s in strats),
+                            overhead=o.overhead and "gil-adapt" not in absent)
+    lines.append(f"strategies ({len(by_key)} runs per cell): "
+                 + ", ".join("=".join(names) for names in by_key.values())
+                 + (f"; skipped (not available here): {', '.join(absent)}" if absent else ""))
+    lines.append(f"each run: {o.warmup_s:g} s warm-up + {o.measure_s:g} s measured, about "
+                 f"{cell_estimate_s(o):.1f} s with its start-up; {o.reps} repetitions")
+    if not usable or not runnable or not strats:
+        lines.append("nothing would run")
+        return "\n".join(lines)
+    if not o.staged:
+        plan = plan_static(o, usable, runnable, strats, {})
+        lines.append(f"static plan: {len(plan)} runs, estimated "
+                     f"{format_duration(sum(r.estimate_s for r in plan))}")
+        return "\n".join(lines)
+    est = estimate_staged(o, usable, runnable, strats)
+    n_c, n_w = len(usable), len(runnable)
+    n_f, n_a = est["fixed_runs"], est["adaptive_runs"]
+    add = staging.REFINE_MAX if any(s.kind == "threads" for s in strats) else 0
+    later = (o.reps - 1) * n_c * n_w
+    share = est["pruned_share"]
+    reps_text = f"repetitions 2-{o.reps}" if o.reps > 2 else "repetition 2"
+    rows = [("probes (each workload's task alone)", f"{n_w} runs", est["probes_s"]),
+            ("stage 1: repetition 1 of everything", f"{n_c * n_w * (n_f + n_a)} cell runs "
+             "+ phase/overhead", est["stage1_s"]),
+            ("refinement: x√2 around the best size", f"<= {n_c * n_w * add} cell runs",
+             est["refinement_s"])]
+    if o.reps > 1:
+        rows += [(f"{reps_text}, nothing pruned", f"{later * (n_f + add + n_a)} cell runs "
+                  "+ phase/overhead", est["repeats_all_s"]),
+                 (f"{reps_text}, {share:.0%} of fixed pruned",
+                  f"~{later * (n_a + (1 - share) * (n_f + add)):.0f} cell runs "
+                  "+ phase/overhead", est["repeats_typical_s"])]
+    lines.append(f"staged plan ({n_c} configs x {n_w} workloads; sweep {list(o.sweep)}):")
+    width = max(len(r[0]) for r in rows)
+    for name, runs, secs in rows:
+        lines.append(f"  {name:<{width}}  {runs:<34} {format_duration(secs):>7}")
+    lines.append(f"upper bound (everything repeated): {format_duration(est['upper_s'])}")
+    if o.reps > 1:
+        lines.append(f"typical: {format_duration(est['typical_s'])}, assuming {share:.0%} of "
+                     f"the fixed strategies of a cell (sweep and refinement sizes included) "
+                     f"are >= {staging.PRUNE_BELOW:.0%} below its best after one repetition "
+                     f"and not repeated (the recorded 2-CPU full run: 62%); each further 10% "
+                     f"pruned saves {format_duration(est['per_tenth_pruned_s'])}")
+    return "\n".join(lines)
+
+
 # ---- the harness -----------------------------------------------------------------------
 
 class Harness:
@@ -193,6 +392,8 @@ class Harness:
         self.host_cpus = configs.host_cpus()
         self.tmp = tempfile.mkdtemp(prefix="gil-adapt-bench-")
         self.progress: Optional[Progress] = None
+        # (config, workload) -> the staged plan's decisions: coarse_best, refinement, pruned
+        self.stages: Dict[Tuple[str, str], Dict[str, Any]] = {}
 
     # ---- set-up -------------------------------------------------------------------------
 
@@ -267,57 +468,7 @@ class Harness:
 
     def plan(self, usable_configs: List[EdgeConfig], workload_names: List[str],
              strats: List[strategies.Strategy], settings: Dict[str, Any]) -> List[RunSpec]:
-        o = self.opts
-        runs: List[RunSpec] = []
-        base = {"warmup_s": o.warmup_s, "measure_s": o.measure_s,
-                "inflight": o.inflight_for(), "sample_interval_s": o.sample_interval_s,
-                "settings": settings}
-        if o.probe:
-            for w in workload_names:
-                runs.append(RunSpec("probe", None, w, None, 0, o.probe_s + 1.5,
-                                    {"mode": "probe", "workload": w, "duration_s": o.probe_s,
-                                     "settings": settings}))
-        # strategies that are one measurement (naive-512 is tpe-512) run once
-        by_key: Dict[str, List[str]] = {}
-        for s in strats:
-            by_key.setdefault(s.run_key, []).append(s.name)
-        keys = list(by_key)
-        cell_est = o.warmup_s + o.measure_s + CHILD_OVERHEAD_S
-        adaptive = [s.name for s in strats if s.adaptive]
-        for cfg in usable_configs:
-            for rep in range(o.reps):
-                shift = (rep * 5) % max(1, len(keys))
-                order = keys[shift:] + keys[:shift]
-                for w in workload_names:
-                    for key in order:
-                        names = by_key[key]
-                        runs.append(RunSpec("cell", cfg, w, names[0], rep, cell_est,
-                                            {**base, "mode": "cell", "workload": w,
-                                             "strategy": names[0]}, names))
-                if o.phase and "mixed" in workload_names and "micro" in workload_names:
-                    half = o.warmup_s + o.measure_s
-                    for name in adaptive:
-                        runs.append(RunSpec(
-                            "phase", cfg, "mixed>micro", name, rep,
-                            2 * half + CHILD_OVERHEAD_S,
-                            {**base, "mode": "cell", "workload": "mixed",
-                             "workload2": "micro", "switch_at_s": half, "warmup_s": half,
-                             "measure_s": half, "strategy": name}, [name]))
-                if o.overhead:
-                    for which in ("tpe-default", "gil-adapt"):
-                        runs.append(RunSpec("overhead-dispatch", cfg, None, which, rep,
-                                            o.overhead_s + 1.0,
-                                            {"mode": "overhead-dispatch", "strategy": which,
-                                             "duration_s": o.overhead_s,
-                                             "settings": settings}))
-                    for hooks in (False, True):
-                        runs.append(RunSpec("overhead-ledger", cfg, None,
-                                            "hooks-on" if hooks else "hooks-off", rep,
-                                            o.overhead_s + 1.0,
-                                            {"mode": "overhead-ledger", "hooks": hooks,
-                                             "duration_s": o.overhead_s,
-                                             "settings": settings}))
-        return runs
+        return plan_static(self.opts, usable_configs, workload_names, strats, settings)
 
     # ---- one child ----------------------------------------------------------------------
 
@@ -517,7 +668,7 @@ class Harness:
                 self.echo(f"workload {name}: skipped ({row['reason']})")
 
         # strategies
-        strats = strategies.expand(o.strategy_tokens, o.sweep, o.quick)
+        strats = o.strategy_list()
         strategy_rows: Dict[str, Dict[str, Any]] = {}
         run_strats: List[strategies.Strategy] = []
         for s in strats:
@@ -541,40 +692,29 @@ class Harness:
         settings = {"server": list(self.server.address) if self.server else None,
                     "loop_per_ms": loop_per_ms, "model_path": model_path,
                     "latency_scale": o.latency_scale}
-        plan = self.plan(usable, runnable, run_strats, settings)
-        total_est = sum(r.estimate_s for r in plan)
-        self.echo(f"{len(plan)} runs planned, estimated {total_est / 60:.1f} min "
-                  f"({len(usable)} configs x {len(runnable)} workloads x "
-                  f"{len(run_strats)} strategies x {o.reps} reps + probes/overhead); "
-                  f"output: {o.out}")
-        self.progress = Progress(len(plan), total_est, enabled=o.progress)
         server_cpus: Dict[str, List[int]] = {}
         interrupted = False
         try:
-            for rs in plan:
-                if rs.config is not None:
-                    cpus = configs.config_cpus(rs.config, self.host_cpus)
-                else:
-                    cpus = [self.host_cpus[0]]
-                if self.server is not None:
-                    others = [c for c in self.host_cpus if c not in cpus]
-                    key = rs.config.name if rs.config else "probe"
-                    place = others or self.host_cpus
-                    if server_cpus.get(key) != place:
-                        self.server.set_cpus(place)
-                        server_cpus[key] = place
-                record = self.execute(rs, cpus)
-                for name in rs.names or [rs.strategy]:
-                    rec = dict(record, strategy=name)
-                    if name != rs.strategy:
-                        rec["same_run_as"] = rs.strategy
-                    self.runs.append(rec)
-                self.progress.step(rs.estimate_s, rs.label(), _short(record))
+            if o.staged:
+                self._run_staged(usable, runnable, run_strats, settings, server_cpus)
+            else:
+                plan = self.plan(usable, runnable, run_strats, settings)
+                total_est = sum(r.estimate_s for r in plan)
+                self.echo(f"{len(plan)} runs planned, estimated {total_est / 60:.1f} min "
+                          f"({len(usable)} configs x {len(runnable)} workloads x "
+                          f"{len(run_strats)} strategies x {o.reps} reps + probes/overhead); "
+                          f"output: {o.out}")
+                self.progress = Progress(len(plan), total_est, enabled=o.progress)
+                self._execute_all(plan, server_cpus)
         except KeyboardInterrupt:
             interrupted = True
-            self.progress.message("interrupted: writing what was measured so far")
+            if self.progress is not None:
+                self.progress.message("interrupted: writing what was measured so far")
         finally:
-            self.progress.close()
+            if self.progress is not None:
+                self.progress.close()
+        if self.stages:
+            strategy_rows = with_refinement(strategy_rows, self.stages)
         for row in config_rows:
             if row["name"] in server_cpus:
                 row["server_cpus"] = server_cpus[row["name"]]
@@ -590,8 +730,154 @@ class Harness:
             strategy_rows=strategy_rows, runs=self.runs, loop_per_ms=loop_per_ms,
             started=started, wall_s=time.monotonic() - t_start, interrupted=interrupted,
             stale_removed=removed, cgroup_failure=self.cgroup_failure,
-            server_cpus=server_cpus)
+            server_cpus=server_cpus, stages=self.stages if o.staged else None)
         return self.results
+
+    def _execute_all(self, plan: Sequence[RunSpec], server_cpus: Dict[str, List[int]]) -> None:
+        """Runs ``plan`` in order, one child at a time; records land in ``self.runs``."""
+        for rs in plan:
+            if rs.config is not None:
+                cpus = configs.config_cpus(rs.config, self.host_cpus)
+            else:
+                cpus = [self.host_cpus[0]]
+            if self.server is not None:
+                others = [c for c in self.host_cpus if c not in cpus]
+                key = rs.config.name if rs.config else "probe"
+                place = others or self.host_cpus
+                if server_cpus.get(key) != place:
+                    self.server.set_cpus(place)
+                    server_cpus[key] = place
+            record = self.execute(rs, cpus)
+            for name in rs.names or [rs.strategy]:
+                rec = dict(record, strategy=name)
+                if name != rs.strategy:
+                    rec["same_run_as"] = rs.strategy
+                self.runs.append(rec)
+            if self.progress is not None:
+                self.progress.step(rs.estimate_s, rs.label(), _short(record))
+
+    def _note(self, text: str) -> None:
+        """A line of its own, under the progress bar when there is one."""
+        if self.progress is not None and self.progress.enabled:
+            self.progress.message(text)
+        else:
+            self.echo(text)
+
+    def _first_cells(self, cfg: EdgeConfig, workload: str) -> Dict[str, Dict[str, Any]]:
+        """The first repetitions measured so far in a cell, summarised and flagged."""
+        probe = next((r for r in self.runs if r["kind"] == "probe"
+                      and r.get("workload") == workload and r.get("status") == "ok"), None)
+        records = [r for r in self.runs if r["kind"] == "cell" and r["config"] == cfg.name
+                   and r["workload"] == workload and r["rep"] == 0]
+        return staging.first_cells(records, cfg.cores, self.opts.measure_s,
+                                   probe.get("cpu_ms") if probe else None)
+
+    def _run_staged(self, usable: List[EdgeConfig], runnable: List[str],
+                    strats: List[strategies.Strategy], settings: Dict[str, Any],
+                    server_cpus: Dict[str, List[int]]) -> None:
+        """The full run's staged plan (:mod:`.staging`), per configuration: repetition 1 of
+        everything at the coarse sweep; the refinement around each cell's best coarse size;
+        then repetitions 2..R of what the first repetitions did not show clearly beaten."""
+        o = self.opts
+        by_key = run_keys(strats)
+        keys = list(by_key)
+        adaptive = [s.name for s in strats if s.adaptive]
+        coarse = sorted(s.size for s in strats if s.kind == "threads" and s.size)
+        max_size = max(o.sweep) if o.sweep else 0
+        est = estimate_staged(o, usable, runnable, strats)
+        self.echo(f"staged plan: {len(usable)} configs x {len(runnable)} workloads x "
+                  f"{len(keys)} runs per cell (sweep {coarse}), then up to "
+                  f"{staging.REFINE_MAX if coarse else 0} refinement sizes per cell and "
+                  f"{o.reps - 1} more repetitions of what is not pruned; estimated "
+                  f"{format_duration(est['typical_s'])} with "
+                  f"{est['pruned_share'] * 100:.0f}% of fixed strategies pruned, at most "
+                  f"{format_duration(est['upper_s'])}; output: {o.out}")
+        cell_s = cell_estimate_s(o)
+        extras = plan_extras(o, usable[0], 0, adaptive, runnable, settings) if usable else []
+        x_units, x_s = len(extras), sum(r.estimate_s for r in extras)
+        n_w, n_k, reps = len(runnable), len(keys), o.reps
+        n_a = sum(1 for k in keys if not scoring.is_fixed(by_key[k][0]))
+        most = staging.REFINE_MAX if coarse else 0
+        seen = [0, 0]      # fixed runs pruned, fixed runs judged: in the configs done so far
+
+        def cfg_total(refined: Optional[int], later: Optional[int]) -> Tuple[int, float]:
+            """(runs, seconds) of a configuration: the refinement at its most until it is
+            planned; until its pruning is decided, the share pruned so far in this run
+            (the typical share before any)."""
+            r = n_w * most if refined is None else refined
+            if later is None:
+                share = seen[0] / seen[1] if seen[1] else staging.TYPICAL_PRUNED_SHARE
+                per_rep = n_w * n_a + (1.0 - share) * (n_w * (n_k - n_a) + r)
+            else:
+                per_rep = later
+            cells = n_w * n_k + r + (reps - 1) * per_rep
+            return int(round(cells)) + reps * x_units, cells * cell_s + reps * x_s
+
+        probes = plan_probes(o, runnable, settings)
+        totals = {cfg.name: cfg_total(None, None) for cfg in usable}
+
+        def retotal() -> None:
+            units = len(probes) + sum(u for u, _ in totals.values())
+            secs = sum(r.estimate_s for r in probes) + sum(t for _, t in totals.values())
+            if self.progress is None:
+                self.progress = Progress(units, secs, enabled=o.progress)
+            else:
+                self.progress.set_total(units, secs)
+
+        retotal()
+        assert self.progress is not None
+        self._execute_all(probes, server_cpus)
+        for cfg in usable:
+            # stage 1: repetition 1 of every strategy, the coarse sweep
+            cells = [(w, by_key[k]) for w in runnable for k in keys]
+            self._execute_all(plan_repetition(o, cfg, cells, 0, adaptive, runnable, settings),
+                              server_cpus)
+            # the refinement around each cell's best coarse size, one repetition each
+            names_of = dict(by_key)
+            cell_keys = {w: list(keys) for w in runnable}
+            refine: List[Tuple[str, List[str]]] = []
+            for w in runnable:
+                first = self._first_cells(cfg, w)
+                n_star = staging.coarse_best(first)
+                sizes = staging.refinement_sizes(n_star, max_size, coarse) if n_star else []
+                self.stages[(cfg.name, w)] = {"coarse_best": n_star, "refinement": sizes}
+                for n in sizes:
+                    name = f"threads-{n}"
+                    names_of[name] = [name]
+                    cell_keys[w].append(name)
+                    refine.append((w, [name]))
+            totals[cfg.name] = cfg_total(len(refine), None)
+            retotal()
+            bests = ", ".join(f"{w} N*={self.stages[(cfg.name, w)]['coarse_best']}"
+                              for w in runnable)
+            self._note(f"{cfg.name}: refinement adds {len(refine)} runs ({bests})")
+            self._execute_all(plan_cells(o, cfg, refine, 0, settings), server_cpus)
+            # which strategies are repeated
+            kept: Dict[str, List[str]] = {}
+            for w in runnable:
+                repeated, pruned = staging.prune_decision(self._first_cells(cfg, w))
+                # one repetition in all: nothing is left out
+                self.stages[(cfg.name, w)].update(pruned=pruned if reps > 1 else {})
+                kept[w] = [k for k in cell_keys[w] if any(n in repeated for n in names_of[k])]
+            n_all = sum(len(v) for v in cell_keys.values())
+            n_kept = sum(len(v) for v in kept.values())
+            fixed = [(k in kept[w]) for w in runnable for k in cell_keys[w]
+                     if scoring.is_fixed(names_of[k][0])]
+            seen[0] += fixed.count(False)
+            seen[1] += len(fixed)
+            totals[cfg.name] = cfg_total(len(refine), n_kept)
+            for later_cfg in usable[usable.index(cfg) + 1:]:
+                totals[later_cfg.name] = cfg_total(None, None)
+            retotal()
+            if reps > 1:
+                self._note(f"{cfg.name}: {n_all - n_kept} of {n_all} runs pruned after one "
+                           f"repetition (>= {staging.PRUNE_BELOW:.0%} below the best fixed); "
+                           f"{n_kept} repeated {reps - 1} more time{'s' if reps > 2 else ''}")
+            for rep in range(1, reps):
+                cells = [(w, names_of[k]) for w in runnable
+                         for k in rotated(cell_keys[w], rep) if k in kept[w]]
+                self._execute_all(plan_repetition(o, cfg, cells, rep, adaptive, runnable,
+                                                  settings), server_cpus)
 
     def close(self) -> None:
         if self.current is not None:
@@ -623,6 +909,27 @@ def _short(record: Dict[str, Any]) -> str:
     return "ok"
 
 
+def with_refinement(strategy_rows: Dict[str, Dict[str, Any]],
+                    stages: Dict[Tuple[str, str], Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """The strategy rows with the sizes a refinement added, the threads-N rows in order of
+    N (a refinement size runs in the cells whose best coarse size it is near)."""
+    added = sorted({n for v in stages.values() for n in v.get("refinement") or ()})
+    threads = {name: row for name, row in strategy_rows.items() if row.get("kind") == "threads"}
+    for n in added:
+        threads.setdefault(f"threads-{n}", {"kind": "threads", "size": n, "status": "ran",
+                                            "reason": None, "refinement": True})
+    ordered = sorted(threads.items(), key=lambda kv: strategies.parse_strategy(kv[0]).size or 0)
+    out: Dict[str, Dict[str, Any]] = {}
+    for name, row in strategy_rows.items():
+        if row.get("kind") == "threads":
+            out.update(ordered)
+        else:
+            out[name] = row
+    if not any(row.get("kind") == "threads" for row in strategy_rows.values()):
+        out.update(ordered)
+    return out
+
+
 # ---- results ---------------------------------------------------------------------------
 
 def build_results(opts: Options, env: Dict[str, Any], config_rows: List[Dict[str, Any]],
@@ -630,9 +937,13 @@ def build_results(opts: Options, env: Dict[str, Any], config_rows: List[Dict[str
                   strategy_rows: Dict[str, Dict[str, Any]], runs: List[Dict[str, Any]],
                   loop_per_ms: float, started: float, wall_s: float, interrupted: bool,
                   stale_removed: Sequence[str], cgroup_failure: Optional[str],
-                  server_cpus: Dict[str, List[int]]) -> Dict[str, Any]:
+                  server_cpus: Dict[str, List[int]],
+                  stages: Optional[Dict[Tuple[str, str], Dict[str, Any]]] = None
+                  ) -> Dict[str, Any]:
     """Every figure: cells (median + spread, shares of oracle/best-any), per-cell summaries
-    (oracle, best-any, cliff), convergence, overhead, probes — and the raw runs."""
+    (oracle, best-any, cliff), convergence, overhead, probes — and the raw runs.
+    ``stages``: the staged plan's decisions per (config, workload) (coarse_best,
+    refinement, pruned), or None for a static plan."""
     cells: List[Dict[str, Any]] = []
     summaries: List[Dict[str, Any]] = []
     cell_runs = [r for r in runs if r["kind"] == "cell"]
@@ -666,6 +977,13 @@ def build_results(opts: Options, env: Dict[str, Any], config_rows: List[Dict[str
                     cell["flags"] = flags
             if not by_strategy:
                 continue
+            if stages is not None:     # a staged run: which cells kept one repetition
+                pruned = (stages.get((cfg, w)) or {}).get("pruned") or {}
+                for name, cell in by_strategy.items():
+                    if cell.get("status") != "skipped":
+                        cell["pruned"] = name in pruned
+                        if name in pruned:
+                            cell["pruned_reason"] = pruned[name]
             summary = scoring.score_cells(by_strategy)
             summary.update(config=cfg, workload=w)
             for name, cell in by_strategy.items():
@@ -757,6 +1075,8 @@ def build_results(opts: Options, env: Dict[str, Any], config_rows: List[Dict[str
             "driver": "closed loop: the main thread keeps `inflight` tasks submitted; "
                       "throughput and latency over tasks completed in the measured window",
             "failed_repetition_counts_as": 0.0,
+            "staged": stages is not None,
+            "pruning": _pruning_protocol(opts, stages, cells) if stages is not None else None,
         },
         "stale_cgroups_removed": list(stale_removed),
         "cgroup_failure": cgroup_failure,
@@ -769,6 +1089,33 @@ def build_results(opts: Options, env: Dict[str, Any], config_rows: List[Dict[str
         "convergence": convergence,
         "overhead": overhead,
         "runs": runs,
+    }
+
+
+def _pruning_protocol(opts: Options, stages: Dict[Tuple[str, str], Dict[str, Any]],
+                      cells: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The staged plan's rule and, per cell, its best coarse size, the sizes its refinement
+    added and the strategies it did not repeat."""
+    counts = staging.summarise_pruning(cells)
+    return {
+        "coarse_sweep": list(opts.sweep),
+        "refinement": "threads-N at round(N* x 2^(k/2)) for k = -3..3 around the best "
+                      "coarse size N* (N*/2.8 .. 2.8 N*, the x√2 points between N*'s coarse "
+                      f"neighbours), 1 <= N <= {max(opts.sweep) if opts.sweep else 0}, "
+                      "sizes not run yet; one repetition each, then pruned like the rest",
+        "prune_below": staging.PRUNE_BELOW,
+        "rule": f"repetitions 2..{opts.reps} of every strategy except fixed ones whose first "
+                f"repetition was >= {staging.PRUNE_BELOW:.0%} below the best fixed strategy "
+                "of the cell (refinement included; a failed first repetition counts as 0 and "
+                "is pruned; flagged figures are not the reference); adaptive strategies, the "
+                "best threads-N and the sizes next to it are always repeated; a pruned "
+                "strategy keeps its one repetition's figures",
+        "pruned_cells": counts["pruned"],
+        "cells_run": counts["cells"],
+        "cells": [{"config": c, "workload": w, "coarse_best": v.get("coarse_best"),
+                   "refinement": list(v.get("refinement") or ()),
+                   "pruned": dict(v.get("pruned") or {})}
+                  for (c, w), v in stages.items()],
     }
 
 

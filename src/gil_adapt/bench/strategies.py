@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 FULL_SWEEP = [1 << i for i in range(12)]            # 1 .. 2048
+COARSE_SWEEP = [1, 4, 16, 64, 256, 1024, 2048]      # the full run's first stage (x4 steps)
 QUICK_SWEEP = [1, 4, 16, 64, 256, 512]
 ASYNCIO_LIMITS = (32, 256)
 FIXED = ("threads-default", "naive-512", "processes", "betapool", "gil-adapt", "gil-adapt-auto")
@@ -78,10 +79,12 @@ def parse_strategy(name: str) -> Strategy:
                      f"threads, tpe, asyncio, all)")
 
 
-def default_names(sweep: Sequence[int], quick: bool) -> List[str]:
-    """All strategies of a run: the sweep, tpe-N beside it (not in quick mode), the rest."""
+def default_names(sweep: Sequence[int], quick: bool, tpe: Optional[bool] = None) -> List[str]:
+    """All strategies of a run: the sweep, tpe-N beside it (``tpe``; by default not in
+    quick mode), the rest."""
     names = [f"threads-{n}" for n in sweep]
-    tpe_sizes: List[int] = [] if quick else list(sweep)
+    beside = (not quick) if tpe is None else tpe
+    tpe_sizes: List[int] = list(sweep) if beside else []
     names += [f"tpe-{n}" for n in tpe_sizes if n != 512]
     names += ["threads-default", "naive-512", "processes"]
     names += [f"asyncio-{k}" for k in ASYNCIO_LIMITS]
@@ -89,15 +92,18 @@ def default_names(sweep: Sequence[int], quick: bool) -> List[str]:
     return names
 
 
-def expand(tokens: Sequence[str], sweep: Sequence[int], quick: bool) -> List[Strategy]:
-    """Strategy names or groups (``threads``, ``tpe``, ``asyncio``, ``all``) -> strategies."""
+def expand(tokens: Sequence[str], sweep: Sequence[int], quick: bool,
+           tpe: Optional[bool] = None) -> List[Strategy]:
+    """Strategy names or groups (``threads``, ``tpe``, ``asyncio``, ``all``) -> strategies.
+    ``tpe``: whether ``all`` puts tpe-N beside each N (default: not in quick mode); the
+    ``tpe`` group always does."""
     names: List[str] = []
     for token in tokens:
         token = token.strip()
         if not token:
             continue
         if token == "all":
-            names += default_names(sweep, quick)
+            names += default_names(sweep, quick, tpe)
         elif token == "threads":
             names += [f"threads-{n}" for n in sweep]
         elif token == "tpe":
