@@ -123,7 +123,9 @@ static int demands(const gla_window *w, double *held_out, double *native_out, do
     if (w->completed < 1 || !(w->task_wall_s > 0) || !(w->task_cpu_s >= 0))
         return 0;
     double cpu = w->task_cpu_s;
-    double held = w->task_gil_held_s > 0 ? w->task_gil_held_s : cpu;
+    /* Without a GIL no CPU is serialised by the interpreter: it is all "native" and
+     * the cores are the bottleneck. */
+    double held = w->free_threaded ? 0 : w->task_gil_held_s > 0 ? w->task_gil_held_s : cpu;
     if (held > cpu && cpu > 0)
         held = cpu;
     if (held < MIN_TASK_S)

@@ -136,21 +136,6 @@ static void *calibrate_once(unsigned long interval_us, const void *lo, const voi
     return found;
 }
 
-static int detect_free_threaded(void)
-{
-    PyObject *fn = PySys_GetObject("_is_gil_enabled");
-    if (!fn)
-        return 0;
-    PyObject *v = PyObject_CallObject(fn, NULL);
-    if (!v) {
-        PyErr_Clear();
-        return 0;
-    }
-    int enabled = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    return enabled == 0;
-}
-
 static void calibrate(void)
 {
     if (gla_hook_gil())
@@ -621,7 +606,7 @@ static PyObject *name_tuple(int inputs_only)
 static int core_exec(PyObject *m)
 {
     core_state *st = state_of(m);
-    atomic_store(&g_free_threaded, detect_free_threaded());
+    atomic_store(&g_free_threaded, gla_py_gil_disabled());
     st->sample_type = PyStructSequence_NewType(&sample_desc);
     if (!st->sample_type ||
         PyModule_AddObjectRef(m, "ThreadSample", (PyObject *)st->sample_type) < 0)

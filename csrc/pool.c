@@ -945,9 +945,13 @@ static void fill_window(const gla_pool *p, const totals *a, const totals *b, dou
         uint64_t lock = sub0(b->lock_ns, a->lock_ns);
         win->task_cpu_s = (double)cpu / 1e9 / (double)n;
         win->task_wall_s = (double)wall / 1e9 / (double)n;
-        if (p->cfg.gil_wait_known) {
-            win->task_gil_wait_s = (double)gil / 1e9 / (double)n;
-            win->task_gil_held_s = (double)sub0(b->held_ns, a->held_ns) / 1e9 / (double)n;
+        if (p->cfg.gil_wait_known || p->cfg.free_threaded) {
+            if (p->cfg.gil_wait_known) {
+                win->task_gil_wait_s = (double)gil / 1e9 / (double)n;
+                win->task_gil_held_s = (double)sub0(b->held_ns, a->held_ns) / 1e9 / (double)n;
+            } else {
+                gil = tail = 0; /* no GIL: the partition has no GIL wait */
+            }
             gla_sample s;
             memset(&s, 0, sizeof s);
             s.wall_ns = wall;
@@ -957,8 +961,11 @@ static void fill_window(const gla_pool *p, const totals *a, const totals *b, dou
             s.raw_lock_wait_ns = lock;
             s.gil_tail_ns = tail;
             gla_sample_finish(&s);
-            uint64_t denom = s.gil_wait_ns + s.io_wait_ns;
-            win->beta = denom ? (double)s.gil_wait_ns / (double)denom : -1.0;
+            /* beta: the share of waiting that is contention, not I/O; without a GIL the
+             * contention is for the cores (run queue) and for locks */
+            uint64_t cont = p->cfg.gil_wait_known ? s.gil_wait_ns : s.runq_ns + s.lock_wait_ns;
+            uint64_t denom = cont + s.io_wait_ns;
+            win->beta = denom ? (double)cont / (double)denom : -1.0;
             if (rq_share >= 0)
                 win->task_io_s = (double)s.io_wait_ns / 1e9 / (double)n;
         }
@@ -967,6 +974,7 @@ static void fill_window(const gla_pool *p, const totals *a, const totals *b, dou
     win->busy = p->live - p->n_idle;
     win->queue_length = p->queue_len;
     win->usable_cores = p->usable_cores;
+    win->free_threaded = p->cfg.free_threaded;
     win->target = p->target;
 }
 

@@ -129,6 +129,7 @@ typedef struct {
     double first_window_s;     /* first window length; <= 0: 0.1 s */
     double idle_timeout_s;     /* idle workers above min retire after this; <= 0: never */
     int gil_wait_known;        /* the ledger's GIL waits are exact (hook installed) */
+    int free_threaded;         /* no GIL in this process: windows say so (window.h) */
     int start_burst;           /* at most this many started workers not yet through enter
                                   (or gla_pool_worker_entered); <= 0: GLA_POOL_START_BURST */
     char name[GLA_POOL_NAME_LEN]; /* OS thread names: "<name>_<index>", cut to 15 chars */

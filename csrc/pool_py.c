@@ -579,6 +579,7 @@ static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     gla_hook_status hs;
     gla_hook_get_status(&hs);
     cfg.gil_wait_known = hs.installed && hs.gil_known;
+    cfg.free_threaded = gla_py_gil_disabled();
     cfg.hooks.enter = py_enter;
     cfg.hooks.pause = py_pause;
     cfg.hooks.resume = py_resume;

@@ -1,4 +1,5 @@
-/* pycompat.h — the few newer CPython C-API calls the binding uses, for older versions.
+/* pycompat.h — the few newer CPython C-API calls the binding uses, for older versions,
+ * and how to tell whether this process runs without the GIL.
  *
  * Py_NewRef and PyModule_AddObjectRef exist from 3.10; on 3.9 these static inline
  * equivalents stand in (same semantics: a new reference; add without stealing).
@@ -25,6 +26,23 @@ static inline int PyModule_AddObjectRef(PyObject *m, const char *name, PyObject 
     return 0;
 }
 #endif
+
+/* 1 when this process runs without the GIL (a free-threaded build with the GIL left
+ * off: sys._is_gil_enabled() is False); 0 with a GIL, or when that cannot be told. */
+static inline int gla_py_gil_disabled(void)
+{
+    PyObject *fn = PySys_GetObject("_is_gil_enabled"); /* borrowed */
+    if (!fn)
+        return 0;
+    PyObject *v = PyObject_CallObject(fn, NULL);
+    if (!v) {
+        PyErr_Clear();
+        return 0;
+    }
+    int enabled = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return enabled == 0;
+}
 
 /* Per-object critical sections (3.13): a lock on the object in the free-threaded build,
  * nothing with the GIL. Before 3.13 the GIL is the lock. */

@@ -44,8 +44,9 @@ typedef struct {
                                GIL and lock waits and run-queue time outside the GIL waits
                                (< 0: unknown; the controller then takes wall less
                                CPU and GIL wait) */
-    double beta;            /* gil_wait / (gil_wait + io_wait) of the workers' busy time
-                               (< 0: unknown) */
+    double beta;            /* gil_wait / (gil_wait + io_wait) of the workers' busy time;
+                               without a GIL (free_threaded), (run-queue + lock waits) /
+                               (those + io_wait) (< 0: unknown) */
     double runq_share;      /* run-queue delay / busy time of the sampled workers
                                (< 0: unknown) */
     double gil_busy;        /* share of the window the workers held the GIL (0-1), tasks in
@@ -54,6 +55,10 @@ typedef struct {
     int busy;               /* workers not idle at the window's end */
     long queue_length;      /* tasks waiting at the window's end */
     double usable_cores;    /* affinity ∩ cgroup CPU quota, may be fractional */
+    int free_threaded;      /* 1: no GIL in this process (a free-threaded build running
+                               without it): Python runs in parallel up to the cores, the
+                               GIL figures are unknown, and task_io_s is the partition's
+                               I/O with no GIL wait in it */
     int target;             /* the target in force during the window: filled by the pool
                                (and kept in its stats); the controller keeps its own and
                                does not read it */

@@ -291,6 +291,22 @@ static void test_directions(void)
     w.usable_cores = 4;
     double four = gla_ctl_little_size(&w, 4);
     CHECK(four > 3 * one, "native work scales with cores: %f vs %f", one, four);
+    /* Without a GIL (free-threaded) all CPU uses the cores: the same Python task needs
+     * the same size as with a GIL on one core, and half the bottleneck's demand per
+     * task on two, so clearly more workers (not twice: the queueing slack is not
+     * linear); its GIL-held figure (unknown there) is not read. */
+    task_window(&w, 0.01, 0.06, 0.05, 1);
+    double gil1 = gla_ctl_little_size(&w, 1);
+    w.usable_cores = 2;
+    double gil2 = gla_ctl_little_size(&w, 2);
+    w.free_threaded = 1;
+    w.task_gil_held_s = w.task_gil_wait_s = w.gil_busy = -1;
+    double ft2 = gla_ctl_little_size(&w, 2);
+    w.usable_cores = 1;
+    double ft1 = gla_ctl_little_size(&w, 1);
+    CHECK(fabs(ft1 - gil1) <= 1, "free-threaded, one core: %f (with a GIL: %f)", ft1, gil1);
+    CHECK(fabs(gil2 - gil1) <= 1 && ft2 > 1.5 * gil2 && ft2 < 2.3 * gil2,
+          "free-threaded, two cores: %f (with a GIL: %f)", ft2, gil2);
 
     /* Growth that does not pay is vetoed. */
     gla_ctl c;
