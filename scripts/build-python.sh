@@ -3,7 +3,9 @@
 # which needs one to test gil-adapt with the GIL really off and Debian has none to
 # install on bookworm.
 #
-#   scripts/build-python.sh 3.13t
+#   scripts/build-python.sh 3.13t        # the interpreter the test suite uses
+#   scripts/build-python.sh 3.13t-tsan   # the same built with --with-thread-sanitizer
+#                                        # (scripts/tsan-free-threaded.sh uses it)
 #
 # Fetches the source of Debian trixie's python3.13 with apt, through a private apt
 # configuration under the cache directory (the machine's own apt sources are left
@@ -21,15 +23,17 @@
 # printed on failure), and the python executable's path is the last line on stdout.
 set -euo pipefail
 
-usage() { echo "usage: $0 3.13t    (the only supported version: free-threaded CPython 3.13)" >&2; exit 2; }
+usage() { echo "usage: $0 3.13t|3.13t-tsan    (free-threaded CPython 3.13, optionally under TSan)" >&2; exit 2; }
 [ $# -eq 1 ] || usage
+extra_configure=()
 case $1 in
   3.13t) ;;
+  3.13t-tsan) extra_configure=(--with-thread-sanitizer) ;;
   *) usage ;;
 esac
 
 cache=${GIL_ADAPT_CACHE:-$HOME/.cache/gil-adapt}
-name=python-3.13t
+name=python-$1
 prefix=$cache/$name
 py=$prefix/bin/python3.13t
 log=$cache/$name-build.log
@@ -150,7 +154,7 @@ else
 fi
 
 # --- build ---
-build=$cache/build
+build=$cache/build-$name
 rm -rf "$build"
 mkdir -p "$build"
 msg "unpacking Python $upver"
@@ -159,13 +163,18 @@ tree=$build/Python-$upver
 [ -x "$tree/configure" ] || die "no $tree/configure"
 stage=$build/stage
 jobs=$(nproc)
-msg "configuring (--disable-gil --enable-shared --prefix=$prefix); log: $log"
-(cd "$tree" && run ./configure --disable-gil --enable-shared --prefix="$prefix" \
+msg "configuring (--disable-gil --enable-shared ${extra_configure[*]} --prefix=$prefix); log: $log"
+(cd "$tree" && run ./configure --disable-gil --enable-shared "${extra_configure[@]}" --prefix="$prefix" \
   LDFLAGS="-Wl,-rpath,$prefix/lib")
 msg "compiling with make -j$jobs (takes several minutes)"
 (cd "$tree" && run make -j"$jobs")
 msg "installing"
 (cd "$tree" && run make install DESTDIR="$stage")
+if [ ${#extra_configure[@]} -gt 0 ] && [ -d "$tree/Tools/tsan" ]; then
+  # CPython's suppressions for its own known races, for scripts/tsan-free-threaded.sh
+  mkdir -p "$stage$prefix/share/tsan"
+  cp "$tree"/Tools/tsan/*.txt "$stage$prefix/share/tsan/"
+fi
 
 # Move the staged install into place whole (its paths already name $prefix), then check it.
 staged_py=$stage$prefix/bin/python3.13t
