@@ -191,6 +191,15 @@ def capabilities() -> Dict[str, Any]:
     return caps
 
 
+def process_name() -> str:
+    """This process's name as the kernel has it (what an unnamed thread is called)."""
+    try:
+        with open("/proc/self/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def _python_names() -> Dict[int, str]:
     names = {}
     for t in threading.enumerate():

@@ -227,14 +227,6 @@ def _prune_born(before: int, listed: "set[int]") -> None:
             _born.pop(tid, None)
 
 
-def _process_name() -> str:
-    try:
-        with open("/proc/self/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
 # ---- executors ---------------------------------------------------------------------------
 
 _executors: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
@@ -517,7 +509,7 @@ class _Exporter:
         fams: List[Family] = []
         if per_thread != "none":
             per_state = self._per_thread(per_thread, cap).update(
-                snap, python_names, _process_name())
+                snap, python_names, _ledger.process_name())
             for k, part, what in _STATE_METRICS:
                 who = "each thread" if per_thread == "thread" else "the threads of each name"
                 fams.append(Family(f"gil_adapt_thread_{part}_seconds", "counter",

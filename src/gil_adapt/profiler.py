@@ -804,15 +804,7 @@ def _where(row: Dict[str, Any]) -> str:
     return f"{row['function']} ({os.path.basename(row['file'])}:{row['line']})"
 
 
-def _process_name() -> str:
-    try:
-        with open("/proc/self/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-_PROCESS_NAME = _process_name()
+_PROCESS_NAME = _ledger.process_name()
 
 
 def _native_name(tid: int, os_name: str) -> str:
