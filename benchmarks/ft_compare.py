@@ -17,6 +17,8 @@ import argparse
 import json
 from typing import Any, Dict, List, Optional, Tuple
 
+from gil_adapt.bench import scoring
+
 
 def _load(path: str) -> Dict[str, Any]:
     with open(path) as f:
@@ -25,21 +27,45 @@ def _load(path: str) -> Dict[str, Any]:
 
 def _index(res: Dict[str, Any]) -> Tuple[Dict[Tuple[str, str], Dict[str, Any]],
                                          Dict[Tuple[str, str, str], Dict[str, Any]]]:
-    summ = {(s["config"], s["workload"]): s for s in res["summary"]}
-    cells = {(c["config"], c["workload"], c["strategy"]): c for c in res["cells"]}
-    return summ, cells
+    """Per (config, workload): the summary, re-scored with this version's soundness
+    rules (a results file keeps the flags of the version that wrote it)."""
+    cores = {c["name"]: len(c.get("cpus") or ()) or 1 for c in res["configs"]}
+    measure = float(res["protocol"]["measure_s"])
+    groups: Dict[Tuple[str, str], Dict[str, Dict[str, Any]]] = {}
+    for c in res["cells"]:
+        groups.setdefault((c["config"], c["workload"]), {})[c["strategy"]] = c
+    summ = {}
+    for (cfg, w), cells in groups.items():
+        probe = res["workloads"].get(w, {}).get("probe") or {}
+        alone = probe.get("cpu_ms") if probe.get("status") == "ok" else None
+        for name, cell in cells.items():
+            cell.pop("flags", None)
+            flags = scoring.soundness(cell, name, cores.get(cfg, 1), measure, alone)
+            if flags:
+                cell["flags"] = flags
+        summ[(cfg, w)] = scoring.score_cells(cells)
+    cells_by = {(c["config"], c["workload"], c["strategy"]): c for c in res["cells"]}
+    return summ, cells_by
 
 
 def _pct(x: Optional[float]) -> str:
     return "—" if x is None else f"{x * 100:.0f} %"
 
 
-def _cliff(s: Dict[str, Any]) -> str:
+def _cliff(s: Dict[str, Any], cells: Dict[str, Dict[str, Any]]) -> str:
+    """The largest pool's loss against the best (a gain shows as +); ⚠: that cell is
+    flagged (its window spans few waves), so the figure is indicative."""
     cl = {k: v for k, v in (s.get("cliff") or {}).items() if v is not None}
     if not cl:
         return "—"
-    worst = max(cl.items(), key=lambda kv: kv[1])
-    return f"−{worst[1] * 100:.0f} % ({worst[0]})"
+    name, loss = max(cl.items(), key=lambda kv: kv[1])
+    mark = " ⚠" if cells.get(name, {}).get("flags") else ""
+    return f"{-loss * 100:+.0f} % ({name}){mark}"
+
+
+def _cells_of(cells: Dict[Tuple[str, str, str], Dict[str, Any]],
+              key: Tuple[str, str]) -> Dict[str, Dict[str, Any]]:
+    return {s: c for (cfg, w, s), c in cells.items() if (cfg, w) == key}
 
 
 def compare(gil: Dict[str, Any], ft: Dict[str, Any]) -> List[str]:
@@ -61,7 +87,7 @@ def compare(gil: Dict[str, Any], ft: Dict[str, Any]) -> List[str]:
             f"{oa['throughput']:.1f}/s (N={oa['n']})" if oa else "—",
             f"{ob['throughput']:.1f}/s (N={ob['n']})" if ob else "—",
             f"{speed:.2f}×" if speed else "—",
-            _cliff(a), _cliff(b),
+            _cliff(a, _cells_of(cg, key)), _cliff(b, _cells_of(cf, key)),
             _pct(ga.get("pct_oracle")) + (" ⚠" if ga.get("flags") else ""),
             _pct(gb.get("pct_oracle")) + (" ⚠" if gb.get("flags") else "")]) + " |")
     return out

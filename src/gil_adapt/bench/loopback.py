@@ -33,7 +33,7 @@ import struct
 import sys
 import threading
 import weakref
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 log = logging.getLogger("gil_adapt.bench")
 
@@ -166,8 +166,18 @@ def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
         pass
 
 
+def _quiet_resets(loop: asyncio.AbstractEventLoop, context: Dict[str, Any]) -> None:
+    """Clients are killed mid-exchange at the end of every run: a connection reset is
+    expected here, not an error to log (some asyncio versions log it from the stream's
+    internal futures); anything else goes to the default handler."""
+    if isinstance(context.get("exception"), ConnectionError):
+        return
+    loop.default_exception_handler(context)
+
+
 async def serve(host: str, port: int, ready: Optional[threading.Event] = None,
                 out: Optional[list] = None) -> None:
+    asyncio.get_running_loop().set_exception_handler(_quiet_resets)
     content = Content()
     server = await asyncio.start_server(lambda r, w: _handle(content, r, w), host, port,
                                         backlog=4096, reuse_address=True)

@@ -345,10 +345,9 @@ def markdown(results: Dict[str, Any], plots: Dict[str, Dict[str, str]],
           "(its cgroup's CPU accounting, or /proc) ÷ (cores × window); CPU ms/task = that "
           "CPU ÷ the tasks completed in the window (under load; the workload table gives "
           "the task alone). A cell marked ⚠ is not taken at face value and is neither the "
-          "oracle nor best-any: its CPU exceeds its cores, its completions would need more "
-          "CPU than the cores have at the task's CPU alone, or its window spans fewer than "
-          f"{scoring.BURST_PERIODS} waves of completions (tasks at once × CPU per task ÷ "
-          "cores); the note says which."]
+          "oracle nor best-any: its CPU exceeds its cores, or its window spans fewer than "
+          f"{scoring.BURST_PERIODS} waves of completions (tasks at once × CPU per task "
+          "alone ÷ cores); the note says which."]
     pruning = proto.get("pruning")
     if pruning:
         refined = [f"{c['config']}/{c['workload']} N*={c['coarse_best']}: "
