@@ -178,6 +178,10 @@ def test_report_written_when_terminated(tmp_path, signame):
     """timeout, kill, docker and systemd stop a program with SIGTERM: the report and the
     --json file are still written, and the process still ends by that signal."""
     sig = getattr(signal, signame)
+    if signal.getsignal(sig) == signal.SIG_IGN:
+        # inherited as ignored (e.g. the suite runs under nohup): the profiled program
+        # keeps it ignored, as Python does, so the signal cannot end it
+        pytest.skip(f"{signame} is ignored in this process")
     script = write(tmp_path, "term.py", """
         import sys, threading, time
         def io():
