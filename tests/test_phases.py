@@ -11,7 +11,9 @@ evidence, up to 1.5 s each when the function's tasks are only sampled, as after 
 phase, and then worker processes to start: a fresh executor measures every task from its
 first, so it may move sooner; and on a 2-CPU VM a 3 s window's rate varies by about 10 %
 from run to run.) Both sides run the same driver (64 tasks in flight) in the same
-process; the bound is a ratio of the two, never an absolute speed.
+process; the bound is a ratio of the two, never an absolute speed. Being a comparison of
+throughputs it runs only when asked (``GIL_ADAPT_PERF_TESTS=1 pytest tests/test_phases.py``):
+on a shared VM single 6 s windows of the same work differ by 10-20 %.
 """
 from __future__ import annotations
 
@@ -81,6 +83,9 @@ def run_fresh(mode: str, kind: str, n: int) -> Tuple[float, int, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("GIL_ADAPT_PERF_TESTS"),
+                    reason="a throughput comparison (this VM's CPU speed moves it by 10-20 % "
+                           "between runs): run with GIL_ADAPT_PERF_TESTS=1")
 def test_long_lived_executor_follows_phases() -> None:
     mode = "auto"
     n = 5 * _spin_per_ms()  # ~5 ms of pure-Python CPU a task
