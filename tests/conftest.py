@@ -1,10 +1,12 @@
-"""Shared fixtures: CPU work of a known size, pinning to one core."""
+"""Shared fixtures and helpers: CPU work of a known size, pinning to one core, short-lived
+threads the ledger has seen exit."""
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
-from typing import Iterator
+from typing import Iterator, Set
 
 import pytest
 
@@ -45,3 +47,24 @@ def one_core() -> Iterator[int]:
         yield core
     finally:
         os.sched_setaffinity(0, before)
+
+
+def short_threads_exited(n: int = 5, sleep_s: float = 0.05) -> Set[int]:
+    """Starts n threads named short-0 .. short-(n-1), one after another, each sleeping
+    sleep_s; returns their native ids once the ledger records every one as exited
+    (join() returns before the OS thread has ended)."""
+    import gil_adapt
+    from gil_adapt import profiler
+
+    tids = set()
+    for i in range(n):
+        t = threading.Thread(target=time.sleep, args=(sleep_s,), name=f"short-{i}")
+        t.start()
+        t.join()
+        tids.add(t.native_id)
+    alive, tid_i = profiler._I_ALIVE, profiler._I_TID
+    deadline = time.monotonic() + 10
+    while any(r[alive] and r[tid_i] in tids for r in gil_adapt._core.read()[1]):
+        assert time.monotonic() < deadline, "the ledger still lists a joined thread as alive"
+        time.sleep(0.01)
+    return tids

@@ -9,6 +9,7 @@ from typing import Any, Dict, List
 
 import pytest
 
+from conftest import short_threads_exited
 from gil_adapt import plot, profiler
 
 STATES = plot.STATES
@@ -233,17 +234,7 @@ def test_folded_threads_keep_their_bins_in_one_row():
                          sys.stderr)
     s.start()
     try:
-        tids = set()
-        for i in range(5):
-            t = threading.Thread(target=time.sleep, args=(0.03,), name=f"short-{i}")
-            t.start()
-            t.join()
-            tids.add(t.native_id)
-        alive, tid_i = profiler._I_ALIVE, profiler._I_TID
-        deadline = time.monotonic() + 10
-        while any(r[alive] and r[tid_i] in tids for r in gil_adapt._core.read()[1]):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        tids = short_threads_exited(5, 0.03)
         # the sampler's own thread stopped, its work done by hand: a tick that leaves the
         # exited threads' last bins open, then a fold as if the ledger had dropped them
         s._stop.set()

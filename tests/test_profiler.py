@@ -14,7 +14,7 @@ import pytest
 
 from gil_adapt import profiler
 
-from conftest import needs_gil
+from conftest import needs_gil, short_threads_exited
 
 RUN = [sys.executable, "-m", "gil_adapt", "run", "--no-live"]
 
@@ -427,26 +427,12 @@ def test_timeline_bins_coarsen(monkeypatch):
 
 
 def test_exited_threads_fold_into_one_row():
-    import threading
-    import time
-
     import gil_adapt
 
     gil_adapt.install()
     s = profiler.Sampler(profiler.Options(live=False), sys.stderr)
     s.start()
-    tids = set()
-    for i in range(5):
-        t = threading.Thread(target=time.sleep, args=(0.05,), name=f"short-{i}")
-        t.start()
-        t.join()
-        tids.add(t.native_id)
-    # join() returns before the OS thread has ended: wait until the ledger says so
-    alive, tid_i = profiler._I_ALIVE, profiler._I_TID
-    deadline = time.monotonic() + 10
-    while any(r[alive] and r[tid_i] in tids for r in gil_adapt._core.read()[1]):
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    short_threads_exited(5, 0.05)
     s.stop()
     before = {r["name"]: r for r in profiler.build_report(s, [], 0)["threads"]}
     assert {f"short-{i}" for i in range(5)} <= set(before)

@@ -199,18 +199,28 @@ class _TreeCpu:
             return None
 
     def _proc(self) -> float:
-        total = 0
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[3]) == self.sid:  # session id (field 6 of stat)
-                total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-        return total / self.tick
+        return sum(ticks for _, ticks in session_members(self.sid)) / self.tick
+
+
+def session_members(sid: int) -> List[Tuple[int, int]]:
+    """``(pid, CPU ticks)`` of every process whose session id is ``sid``.
+
+    The ticks are the process's own and its reaped children's user + system time
+    (``/proc/PID/stat`` utime, stime, cutime, cstime; ``SC_CLK_TCK`` per second). The
+    harness starts each child as a session leader, so ``sid`` is the child's pid.
+    """
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid:  # session id (field 6 of stat)
+                out.append((int(name), sum(int(x) for x in fields[11:15])))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
 
 
 class _Sampler(threading.Thread):

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import cgroups, configs, loopback, scoring, staging, strategies, workloads
+from . import cgroups, child, configs, loopback, scoring, staging, strategies, workloads
 from .configs import EdgeConfig
 from .progress import Progress, format_duration
 
@@ -117,22 +117,6 @@ def loadavg() -> Optional[List[float]]:
             return [float(x) for x in f.read().split()[:3]]
     except (OSError, ValueError):
         return None
-
-
-def session_pids(sid: int) -> List[int]:
-    """Processes whose session id is ``sid`` (a child started with start_new_session)."""
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                rest = f.read().rsplit(")", 1)[1].split()
-            if int(rest[3]) == sid:
-                out.append(int(name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
 
 
 def classify(returncode: Optional[int], result: Optional[Dict[str, Any]], timed_out: bool,
@@ -536,7 +520,8 @@ class Harness:
                         proc.returncode = returncode
                         rusage = ru
                         break
-                    pids = group.pids() if group else session_pids(proc.pid)
+                    pids = group.pids() if group else [
+                        pid for pid, _ in child.session_members(proc.pid)]
                     peak_tree = max(peak_tree, sum(rss_bytes(p) for p in pids))
                     if time.monotonic() - t0 > timeout:
                         timed_out = True
