@@ -13,7 +13,7 @@
  *   3.9, 3.10, 3.11, 3.12   unsigned long interval; _Py_atomic_address last_holder
  *                           (a uintptr_t); _Py_atomic_int locked (an int); unsigned long
  *                           switch_number; cond; mutex; switch_cond; switch_mutex
- *   3.13                    the same with PyThreadState *last_holder and int locked
+ *   3.13, 3.14, 3.15        the same with PyThreadState *last_holder and int locked
  * A free-threaded build (Py_GIL_DISABLED) puts an `int enabled` before `interval`; it
  * lies outside the fields below, and every field is reached from `cond`, so the offsets
  * used do not move. gil_layout.c checks at compile time that interval, locked and
@@ -35,7 +35,7 @@
 extern "C" {
 #endif
 
-/* struct _gil_runtime_state, CPython 3.9-3.13 (see above). */
+/* struct _gil_runtime_state, CPython 3.9-3.15 (see above). */
 typedef struct {
     unsigned long interval;      /* switch interval in µs (sys.getswitchinterval()) */
     void *last_holder;           /* the PyThreadState that holds / last held the GIL */

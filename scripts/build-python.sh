@@ -22,6 +22,7 @@
 # Progress goes to stderr, the build output to a log in the cache directory (its tail is
 # printed on failure), and the python executable's path is the last line on stdout.
 set -euo pipefail
+. "$(dirname "$0")/debian-mirror.sh"
 
 usage() { echo "usage: $0 3.13t|3.13t-tsan    (free-threaded CPython 3.13, optionally under TSan)" >&2; exit 2; }
 [ $# -eq 1 ] || usage
@@ -103,14 +104,8 @@ fi
 
 # --- source: Debian trixie's python3.13, via a private apt configuration ---
 # Use the Debian mirror the machine's apt already uses (default: deb.debian.org).
-mirror=${GIL_ADAPT_DEBIAN_MIRROR:-}
-if [ -z "$mirror" ]; then
-  mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null \
-    | grep -v '^[[:space:]]*#' | grep -oE 'https?://[^][ ]+/debian/?([[:space:]]|$)' | head -n 1 | tr -d '[:space:]' || true)
-  mirror=${mirror%/}
-  mirror=${mirror:-http://deb.debian.org/debian}
-fi
-keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+mirror=$(debian_mirror)
+keyring=$DEBIAN_KEYRING
 [ -r "$keyring" ] || die "$keyring is missing (install debian-archive-keyring)"
 aptdir=$cache/apt
 mkdir -p "$aptdir/state/lists/partial" "$aptdir/cache/archives/partial"

@@ -6,8 +6,9 @@
 #     which lints the metrics exporter's output);
 #  3. the build and the ledger, executor, fork, sub-interpreter and hook tests on every
 #     other CPython >= 3.9 that pyenv has, on a free-threaded CPython 3.13t (built once,
-#     see scripts/build-python.sh), and the ledger tests on Debian's statically linked
-#     python3.
+#     see scripts/build-python.sh), on Debian unstable's CPython 3.14 and 3.15 (in a root
+#     made once, see scripts/test-debian-python.sh), and the ledger tests on Debian's
+#     statically linked python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -72,6 +73,17 @@ elif [ "${GIL_ADAPT_REQUIRE_FT:-0}" = 1 ]; then
   exit 1
 else
   echo "WARNING: free-threaded leg SKIPPED: scripts/build-python.sh 3.13t failed (see its log in ~/.cache/gil-adapt)"
+fi
+# CPython 3.14 and 3.15, which pyenv here lacks: Debian unstable's builds, in a root made
+# once with debootstrap under ~/.cache/gil-adapt (see the script). Where the root cannot
+# be made (no network to Debian's mirror, no root) the leg is skipped with a warning.
+echo "== CPython 3.14 and 3.15 (Debian unstable's builds): build + ledger and executor tests"
+rc=0
+scripts/test-debian-python.sh 3.14 3.15 || rc=$?
+if [ $rc = 3 ]; then
+  echo "WARNING: CPython 3.14/3.15 leg SKIPPED: scripts/test-debian-python.sh could not make its root (see its log in ~/.cache/gil-adapt)"
+elif [ $rc != 0 ]; then
+  exit $rc
 fi
 # Debian's python3 links the interpreter statically: the hook patches the executable.
 if [ -x /usr/bin/python3 ] && ! readelf -d "$(readlink -f /usr/bin/python3)" 2>/dev/null | grep -q 'NEEDED.*libpython'; then
