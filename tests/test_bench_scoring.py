@@ -188,3 +188,80 @@ def test_flagged_cells_are_neither_oracle_nor_best_any():
     assert s["oracle"]["strategy"] == "threads-4"
     assert s["best_any"]["strategy"] == "threads-4"
     assert cells["asyncio-256"]["pct_best_any"] == pytest.approx(1.6)  # still reported
+
+
+def _run(strategy, thr, workers, buckets, window_start=1.0):
+    """A run record of a closed-loop cell: 0.5 s buckets, the executor sampled each 0.5 s."""
+    series = [{"t": 0.5 * i, "workers": workers, "target_workers": workers,
+               "decisions": {"grow": i, "shrink": 0}, "last_reason": f"step {i}"}
+              for i in range(len(buckets))]
+    return {"config": "1c", "workload": "mixed", "strategy": strategy, "status": "ok",
+            "throughput": thr, "window_start_s": window_start, "bucket_s": 0.5,
+            "buckets": buckets, "series": series}
+
+
+def _results(cells, runs, oracle_n=16):
+    return {"protocol": {"measure_s": 2.0}, "cells": cells, "runs": runs,
+            "summary": [{"config": "1c", "workload": "mixed",
+                         "oracle": {"strategy": f"threads-{oracle_n}", "n": oracle_n,
+                                    "throughput": 100.0},
+                         "best_any": {"strategy": "asyncio-32", "throughput": 110.0}}]}
+
+
+def test_misses_list_cells_below_the_bar_with_why():
+    cells = [
+        {"config": "1c", "workload": "mixed", "strategy": "gil-adapt", "status": "ok",
+         "throughput": 80.0, "throughput_max": 85.0, "pct_oracle": 0.80,
+         "pct_best_any": 0.73},
+        {"config": "1c", "workload": "mixed", "strategy": "gil-adapt-auto", "status": "ok",
+         "throughput": 108.5, "throughput_max": 110.0, "pct_oracle": 1.085,
+         "pct_best_any": 108.5 / 110.0, "backend": "auto: threads"},
+        {"config": "1c", "workload": "mixed", "strategy": "threads-16", "status": "ok",
+         "throughput": 100.0, "pct_oracle": 1.0, "pct_best_any": 0.91},
+    ]
+    # held 6 workers against the oracle's 16, ramping: 40 then 100 tasks/s in the window
+    # (buckets 2..5 are the window [1 s, 3 s))
+    runs = [_run("gil-adapt", 80.0, 6, [0, 0, 40, 40, 100, 100, 0]),
+            _run("gil-adapt-auto", 108.5, 16, [0, 0, 108, 109, 108, 109, 0])]
+    found = scoring.misses(_results(cells, runs))
+    assert [m["strategy"] for m in found] == ["gil-adapt"]  # auto: 98.6 % of best-any
+    m = found[0]
+    assert m["against"] == "oracle" and m["score"] == 0.80
+    assert m["workers_held"] == 6 and m["grow_in_window"] == 3
+    assert m["first_half"] == 40 and m["second_half"] == 100
+    why = " | ".join(m["why"])
+    assert "fewer workers than the best fixed size (6 vs 16)" in why
+    assert "still ramping" in why
+    assert "best repetition" not in why  # 85 % < 98 %
+    assert "last decision in the window: step 5" in why  # the window's last sample
+
+
+def test_misses_of_auto_name_the_kind_of_best_any_and_the_spread():
+    cells = [{"config": "1c", "workload": "mixed", "strategy": "gil-adapt-auto",
+              "status": "ok", "throughput": 100.0, "throughput_max": 109.0,
+              "pct_oracle": 1.0, "pct_best_any": 100.0 / 110.0, "backend": "auto: threads"}]
+    runs = [_run("gil-adapt-auto", 100.0, 16, [0, 0, 100, 100, 100, 100, 0])]
+    (m,) = scoring.misses(_results(cells, runs))
+    why = " | ".join(m["why"])
+    assert "best repetition reached 99%" in why
+    assert "best-any is asyncio-32 (asyncio); it ran on auto: threads" in why
+    assert "size" not in why  # best-any is no thread pool: no size to compare with
+    # at the bar nothing is listed
+    cells[0]["pct_best_any"] = 0.98
+    assert scoring.misses(_results(cells, runs)) == []
+
+
+def test_report_lists_the_misses_or_says_there_are_none():
+    from gil_adapt.bench import report
+
+    cells = [{"config": "1c", "workload": "mixed", "strategy": "gil-adapt", "status": "ok",
+              "throughput": 80.0, "throughput_max": 85.0, "pct_oracle": 0.80,
+              "pct_best_any": 0.73}]
+    runs = [_run("gil-adapt", 80.0, 6, [0, 0, 80, 80, 80, 80, 0])]
+    text = "\n".join(report.misses_section(_results(cells, runs)))
+    assert "## Where gil-adapt is below 98%" in text
+    assert "| 1c | mixed | gil-adapt | 80% of oracle (threads-16) | 85% | 6 (6) |" in text
+    cells[0]["pct_oracle"] = 0.99
+    text = "\n".join(report.misses_section(_results(cells, runs)))
+    assert "In every scored cell gil-adapt is at or above 98%" in text
+    assert report.misses_section(_results([], [])) == []  # neither ran: no section

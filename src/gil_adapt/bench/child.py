@@ -98,6 +98,7 @@ class _Pool:
             out = {k: st.get(k) for k in ("workers", "target_workers", "beta", "throughput",
                                           "queue_length")}
             out["decisions"] = dict(st.get("decisions") or {})
+            out["last_reason"] = st.get("last_reason")
             # where auto mode runs the workload's function(s) now, e.g. "auto: processes"
             chosen = sorted({k["backend"] for k in (st.get("kinds") or {}).values()})
             mode = st.get("mode", "threads")

@@ -273,6 +273,39 @@ def _slug(text: str) -> str:
 
 # ---- the Markdown report ---------------------------------------------------------------
 
+def misses_section(results: Dict[str, Any]) -> List[str]:
+    """The cells where gil-adapt (against the oracle) or gil-adapt-auto (against best-any)
+    is below the bar, with why (scoring.misses); nothing when neither ran."""
+    ran = {c.get("strategy") for c in results.get("cells", [])
+           if c.get("status") != "skipped"}
+    if not ran & {"gil-adapt", "gil-adapt-auto"}:
+        return []
+    bar = scoring.MISS_BAR
+    L = [f"## Where gil-adapt is below {bar:.0%}", ""]
+    found = scoring.misses(results, bar)
+    if not found:
+        return L + [f"In every scored cell gil-adapt is at or above {bar:.0%} of the oracle "
+                    f"and gil-adapt-auto at or above {bar:.0%} of best-any.", ""]
+    L.append(f"gil-adapt is held to {bar:.0%} of the oracle, gil-adapt-auto to {bar:.0%} of "
+             "best-any, in every cell. Below, from the measured windows of its repetitions: "
+             "the workers it held and its target (medians of the sampled state), its grow / "
+             "shrink decisions in the window, and why.")
+    L.append("")
+    rows = []
+    for m in found:
+        ref = m["reference"] or {}
+        rows.append([m["config"], m["workload"], m["strategy"],
+                     f"{pct(m['score'])} of {m['against']} ({ref.get('strategy', '')})",
+                     pct(m["best_rep_score"]),
+                     f"{num(m['workers_held'], 0)} ({num(m['target_workers'], 0)})",
+                     f"{num(m['grow_in_window'], 0)} / {num(m['shrink_in_window'], 0)}",
+                     "; ".join(m["why"])])
+    L += table(["config", "workload", "strategy", "score", "best rep", "workers (target)",
+                "grow / shrink", "why"], rows)
+    L.append("")
+    return L
+
+
 def markdown(results: Dict[str, Any], plots: Dict[str, Dict[str, str]],
              plots_note: Optional[str]) -> str:
     env, proto = results["environment"], results["protocol"]
@@ -390,6 +423,7 @@ def markdown(results: Dict[str, Any], plots: Dict[str, Dict[str, str]],
                          f"{e['worst_cell']} ({pct(e['worst_pct_best_any'])})"]
                         for e in eff]))
         L.append("")
+    L += misses_section(results)
     # configurations
     L.append("## Configurations")
     L.append("")

@@ -258,3 +258,110 @@ def cell_runs(runs: Iterable[Dict[str, Any]], config: str, workload: str,
               strategy: str) -> List[Dict[str, Any]]:
     return [r for r in runs if r.get("config") == config and r.get("workload") == workload
             and r.get("strategy") == strategy]
+
+
+#: The bar the adaptive executor is held to: ``gil-adapt`` against the oracle,
+#: ``gil-adapt-auto`` against best-any, in every cell.
+MISS_BAR = 0.98
+_AGAINST = {"gil-adapt": "pct_oracle", "gil-adapt-auto": "pct_best_any"}
+
+
+def misses(results: Dict[str, Any], bar: float = MISS_BAR) -> List[Dict[str, Any]]:
+    """The cells where ``gil-adapt`` is below ``bar`` of the oracle or ``gil-adapt-auto``
+    below ``bar`` of best-any, each with what its runs say about why.
+
+    From the repetitions' measured windows (the executor's state sampled every interval):
+    the workers it held (median), its target, its decisions in the window, the
+    throughput of the window's first and second halves, and its best repetition. The
+    ``why`` list reads, in order: a failure; a best repetition at or above the bar (the
+    miss lies within the repetitions' spread); fewer or more workers than the oracle's
+    size (beyond a ×√2 step); a window still ramping (first half < 90 % of the second);
+    the executor's last decision in the window (where sampled); for ``gil-adapt-auto``,
+    best-any of another kind than where auto ran its work.
+    """
+    measure_s = float(results.get("protocol", {}).get("measure_s") or 0.0)
+    summary = {(s["config"], s["workload"]): s for s in results.get("summary", [])}
+    out = []
+    for cell in results.get("cells", []):
+        name = cell.get("strategy")
+        key = _AGAINST.get(name or "")
+        if key is None or cell.get("status") == "skipped" or cell.get(key) is None:
+            continue
+        score = cell[key]
+        if score >= bar:
+            continue
+        s = summary.get((cell.get("config"), cell.get("workload")), {})
+        ref = s.get("oracle") if key == "pct_oracle" else s.get("best_any")
+        runs = [r for r in cell_runs(results.get("runs", []), cell.get("config", ""),
+                                     cell.get("workload", ""), name or "")
+                if r.get("status") == "ok"]
+        held, target, first, second, grew, shrank = [], [], [], [], [], []
+        last_reason = None
+        for r in runs:
+            lo = float(r.get("window_start_s") or 0.0)
+            hi = lo + measure_s
+            inside = [x for x in r.get("series") or () if lo <= float(x.get("t", -1)) < hi]
+            held += [x["workers"] for x in inside if x.get("workers") is not None]
+            target += [x["target_workers"] for x in inside
+                       if x.get("target_workers") is not None]
+            last_reason = next((x["last_reason"] for x in reversed(inside)
+                                if x.get("last_reason")), last_reason)
+            if len(inside) >= 2:
+                d0 = inside[0].get("decisions") or {}
+                d1 = inside[-1].get("decisions") or {}
+                grew.append((d1.get("grow") or 0) - (d0.get("grow") or 0))
+                shrank.append((d1.get("shrink") or 0) - (d0.get("shrink") or 0))
+            b, bs = r.get("buckets") or [], float(r.get("bucket_s") or 0.0)
+            if bs > 0 and measure_s > 0:
+                i0, n = int(round(lo / bs)), int(round(measure_s / bs))
+                seg = b[i0:i0 + n]
+                if len(seg) >= 2:
+                    half = len(seg) // 2
+                    first.append(sum(seg[:half]) / half)
+                    second.append(sum(seg[half:]) / (len(seg) - half))
+        m = {
+            "config": cell.get("config"), "workload": cell.get("workload"),
+            "strategy": name, "against": "oracle" if key == "pct_oracle" else "best-any",
+            "score": score, "reference": ref,
+            "best_rep_score": share(cell.get("throughput_max"),
+                                    ref.get("throughput") if ref else None),
+            "workers_held": _median(held), "target_workers": _median(target),
+            "grow_in_window": _median(grew), "shrink_in_window": _median(shrank),
+            "first_half": _median(first), "second_half": _median(second),
+            "backend": cell.get("backend"), "last_reason": last_reason,
+        }
+        m["why"] = _miss_reasons(cell, m, bar)
+        out.append(m)
+    return out
+
+
+def _miss_reasons(cell: Dict[str, Any], m: Dict[str, Any], bar: float) -> List[str]:
+    why = []
+    if cell.get("status") != "ok":
+        why.append(f"{cell.get('status')}: {cell.get('reason')}")
+    best = m["best_rep_score"]
+    if best is not None and best >= bar:
+        why.append(f"its best repetition reached {best:.0%}: within the repetitions' spread")
+    ref = m["reference"] or {}
+    n = ref.get("n")
+    if n is None and ref.get("strategy") and is_sweep(ref["strategy"]):
+        n = parse_strategy(ref["strategy"]).size
+    held = m["workers_held"]
+    if n and held is not None:
+        if held < n / 1.42:
+            why.append(f"held fewer workers than the best fixed size ({held:.0f} vs {n})")
+        elif held > n * 1.42:
+            why.append(f"held more workers than the best fixed size ({held:.0f} vs {n})")
+        else:
+            why.append(f"held about the best fixed size ({held:.0f} vs {n}): not the size")
+    a, b = m["first_half"], m["second_half"]
+    if a is not None and b and a < 0.9 * b:
+        why.append(f"still ramping in the window (first half {a:.1f} tasks/s, second "
+                   f"{b:.1f})")
+    if m["last_reason"]:
+        why.append(f"its last decision in the window: {m['last_reason']}")
+    if m["against"] == "best-any" and ref.get("strategy") and not is_sweep(ref["strategy"]):
+        kind = parse_strategy(ref["strategy"]).kind
+        why.append(f"best-any is {ref['strategy']} ({kind}); it ran on "
+                   f"{m['backend'] or 'threads'}")
+    return why
