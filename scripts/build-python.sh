@@ -22,7 +22,7 @@
 # Progress goes to stderr, the build output to a log in the cache directory (its tail is
 # printed on failure), and the python executable's path is the last line on stdout.
 set -euo pipefail
-. "$(dirname "$0")/debian-mirror.sh"
+. "$(dirname "$0")/debian-root.sh"
 
 usage() { echo "usage: $0 3.13t|3.13t-tsan    (free-threaded CPython 3.13, optionally under TSan)" >&2; exit 2; }
 [ $# -eq 1 ] || usage
