@@ -13,8 +13,10 @@
 # with apt inside it) and reused afterwards; a finished root is moved into place whole.
 # Each run copies the working tree into the root and, for each version, builds gil-adapt
 # with -Werror into a fresh venv there and runs the ledger, executor, fork,
-# sub-interpreter and hook tests. The root runs in a private mount namespace (its /proc,
-# /sys and /dev vanish with the run); the machine's own apt sources are left alone.
+# sub-interpreter and hook tests, after checking that the GIL calibrates (`gil_wait`
+# "exact": its layout is the one gil_layout.h describes). The root runs in a private
+# mount namespace (its /proc, /sys and /dev vanish with the run); the machine's own apt
+# sources are left alone.
 # Needs root (or sudo) for debootstrap and chroot, and the network to Debian's mirror and
 # to PyPI (pytest). Progress goes to stderr, the tests' output to stdout. Exit status: 0
 # all passed, 1 a test failed, 3 the root could not be made (no network, no root).
@@ -66,7 +68,7 @@ for v in "${versions[@]}"; do
       python$v -m venv /venv-$v
       /venv-$v/bin/python -m pip install -q --disable-pip-version-check pytest pytest-timeout setuptools wheel
       GIL_ADAPT_WERROR=1 /venv-$v/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation .
-      /venv-$v/bin/python -c 'import gil_adapt, json; print(json.dumps(gil_adapt.capabilities()))'
+      /venv-$v/bin/python -c 'import gil_adapt, json; c = gil_adapt.capabilities(); print(json.dumps(c)); assert c[\"gil_wait\"] == \"exact\", \"the GIL layout did not calibrate\"'
       /venv-$v/bin/python -m pytest -q -p no:cacheprovider $tests"; then
     status=1
   fi
