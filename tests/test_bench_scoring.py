@@ -246,6 +246,15 @@ def test_misses_of_auto_name_the_kind_of_best_any_and_the_spread():
     assert "best repetition reached 99%" in why
     assert "best-any is asyncio-32 (asyncio); it ran on auto: threads" in why
     assert "size" not in why  # best-any is no thread pool: no size to compare with
+    # work on the event loops holds no threads: no size to compare, the kinds are named
+    cells[0]["backend"] = "auto: asyncio"
+    runs[0]["series"] = [dict(x, workers=0) for x in runs[0]["series"]]
+    results = _results(cells, runs)
+    results["summary"][0]["best_any"] = {"strategy": "threads-16", "throughput": 110.0}
+    why = " | ".join(scoring.misses(results)[0]["why"])
+    assert "fewer workers" not in why
+    assert "best-any is threads-16 (threads); it ran on auto: asyncio" in why
+    cells[0]["backend"] = "auto: threads"
     # at the bar nothing is listed
     cells[0]["pct_best_any"] = 0.98
     assert scoring.misses(_results(cells, runs)) == []

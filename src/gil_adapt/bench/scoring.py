@@ -275,7 +275,8 @@ def misses(results: Dict[str, Any], bar: float = MISS_BAR) -> List[Dict[str, Any
     throughput of the window's first and second halves, and its best repetition. The
     ``why`` list reads, in order: a failure; a best repetition at or above the bar (the
     miss lies within the repetitions' spread); fewer or more workers than the oracle's
-    size (beyond a ×√2 step); a window still ramping (first half < 90 % of the second);
+    size (beyond a ×√2 step; not for work that ran on the event loops, which holds no
+    pool of threads); a window still ramping (first half < 90 % of the second);
     the executor's last decision in the window (where sampled); for ``gil-adapt-auto``,
     best-any of another kind than where auto ran its work.
     """
@@ -347,7 +348,8 @@ def _miss_reasons(cell: Dict[str, Any], m: Dict[str, Any], bar: float) -> List[s
     if n is None and ref.get("strategy") and is_sweep(ref["strategy"]):
         n = parse_strategy(ref["strategy"]).size
     held = m["workers_held"]
-    if n and held is not None:
+    on_loops = "asyncio" in str(m["backend"] or "") and not held
+    if n and held is not None and not on_loops:
         if held < n / 1.42:
             why.append(f"held fewer workers than the best fixed size ({held:.0f} vs {n})")
         elif held > n * 1.42:
@@ -360,7 +362,8 @@ def _miss_reasons(cell: Dict[str, Any], m: Dict[str, Any], bar: float) -> List[s
                    f"{b:.1f})")
     if m["last_reason"]:
         why.append(f"its last decision in the window: {m['last_reason']}")
-    if m["against"] == "best-any" and ref.get("strategy") and not is_sweep(ref["strategy"]):
+    if m["against"] == "best-any" and ref.get("strategy") and (
+            on_loops or not is_sweep(ref["strategy"])):
         kind = parse_strategy(ref["strategy"]).kind
         why.append(f"best-any is {ref['strategy']} ({kind}); it ran on "
                    f"{m['backend'] or 'threads'}")
