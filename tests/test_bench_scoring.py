@@ -157,6 +157,15 @@ def test_soundness_flags_cpu_above_the_cores():
     assert scoring.soundness(fine, "threads-4", cores=1, measure_s=6.0, cpu_ms_alone=None) == []
 
 
+def test_soundness_judges_the_cpu_certainly_used_where_recorded():
+    # interpolation read 106 % (late sampler timestamps); the bracketed floor 97 %
+    cell = scoring.summarise_cell([ok(100.0, cpu_utilisation=1.06, cpu_utilisation_floor=0.97)])
+    assert cell["cpu_utilisation_floor_max"] == 0.97
+    assert scoring.soundness(cell, "threads-4", cores=1, measure_s=6.0, cpu_ms_alone=None) == []
+    wrong = scoring.summarise_cell([ok(100.0, cpu_utilisation=1.3, cpu_utilisation_floor=1.2)])
+    assert scoring.soundness(wrong, "threads-4", cores=1, measure_s=6.0, cpu_ms_alone=None)
+
+
 def test_soundness_judges_the_cpu_used_not_the_task_alone():
     # 133 tasks/s of a task that took 10.2 ms alone, on one core: the CPU sped up under
     # load (7.5 ms a task in the window, 99 % of the core used); not a fault

@@ -233,14 +233,19 @@ class _Sampler(threading.Thread):
         self.stop = threading.Event()
         self.error: Optional[str] = None
         self.cpu = _TreeCpu(own_cgroup)
-        self.cpu_marks: List[Tuple[float, float]] = []
+        self.cpu_marks: List[Tuple[float, float, float]] = []
         self.mark_cpu()
 
     def mark_cpu(self) -> None:
-        """Notes (time, tree CPU) now; the sampler does at each interval."""
+        """Notes (time before, time after, tree CPU) now; the sampler does at each interval.
+
+        The read happened somewhere between the two times: this is a Python thread, and
+        in a busy cell it can wait a long time for the interpreter on either side of it."""
+        t_before = time.monotonic()
         c = self.cpu.read()
+        t_after = time.monotonic()
         if c is not None:
-            self.cpu_marks.append((time.monotonic(), c))
+            self.cpu_marks.append((t_before, t_after, c))
 
     def run(self) -> None:
         while not self.stop.wait(self.interval):
@@ -284,12 +289,31 @@ class _Window:
         return start + self.measure
 
 
-def _cpu_at(marks: Sequence[Tuple[float, float]], t: float) -> Optional[float]:
-    """Tree CPU at time t, interpolated between the marks around it (None: not covered)."""
-    for (ta, ca), (tb, cb) in zip(marks, marks[1:]):
+def _cpu_at(marks: Sequence[Tuple[float, float, float]], t: float) -> Optional[float]:
+    """Tree CPU at time t, interpolated between the marks around it, each taken at the
+    middle of its bracket (None: not covered)."""
+    mids = [((a + b) / 2.0, c) for a, b, c in marks]
+    for (ta, ca), (tb, cb) in zip(mids, mids[1:]):
         if ta <= t <= tb:
             return ca if tb == ta else ca + (cb - ca) * (t - ta) / (tb - ta)
     return None
+
+
+def _cpu_floor(marks: Sequence[Tuple[float, float, float]], start: float, end: float,
+               cores: int) -> Optional[float]:
+    """A utilisation the tree certainly reached inside [start, end] (None: too few marks).
+
+    Between the first mark read after ``start`` (its bracket begins after it) and the last
+    read before ``end`` (its bracket ends before it) the tree used their difference in CPU
+    over at most the time from the first bracket's beginning to the last one's end: that
+    CPU over that time is a lower bound of the mean utilisation between the two reads,
+    whatever the delays inside the brackets. Above the cores, the measurement is wrong."""
+    first = next((m for m in marks if m[0] >= start), None)
+    last = next((m for m in reversed(marks) if m[1] <= end), None)
+    if first is None or last is None or last[0] <= first[1] or cores <= 0:
+        return None
+    span = last[1] - first[0]
+    return max(0.0, last[2] - first[2]) / (cores * span) if span > 0 else None
 
 
 def _cpu_figures(sampler: "_Sampler", start: float, end: float, measure: float,
@@ -306,6 +330,7 @@ def _cpu_figures(sampler: "_Sampler", start: float, end: float, measure: float,
     cores = len(os.sched_getaffinity(0))
     used = max(0.0, c1 - c0)
     out.update(cpu_window_s=used, cpu_utilisation=used / (cores * measure),
+               cpu_utilisation_floor=_cpu_floor(marks, start, end, cores),
                cpu_ms_per_task_window=used / completed * 1e3 if completed else None)
     return out
 

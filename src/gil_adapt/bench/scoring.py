@@ -67,6 +67,9 @@ def summarise_cell(runs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
         out[key] = _median([r.get(key) for r in ok])
     utils = [r["cpu_utilisation"] for r in ok if r.get("cpu_utilisation") is not None]
     out["cpu_utilisation_max"] = max(utils) if utils else None
+    floors = [r["cpu_utilisation_floor"] for r in ok
+              if r.get("cpu_utilisation_floor") is not None]
+    out["cpu_utilisation_floor_max"] = max(floors) if floors else None
     sources = sorted({str(r["cpu_source"]) for r in ok if r.get("cpu_source")})
     out["cpu_source"] = ",".join(sources) if sources else None
     peaks = [r.get("peak_rss_tree_mib") for r in ran if r.get("peak_rss_tree_mib")]
@@ -85,7 +88,10 @@ def soundness(cell: Dict[str, Any], strategy: str, cores: int, measure_s: float,
     """Why a cell's throughput cannot be taken at face value (empty: it can).
 
     * the CPU its process tree used in a measured window exceeds what its cores allow
-      (beyond accounting granularity): the measurement itself is wrong;
+      (beyond accounting granularity): the measurement itself is wrong. Judged on the
+      CPU it certainly used (``cpu_utilisation_floor``: marks bracketed in time, see
+      child._cpu_floor) where the runs recorded it, so that a sampler's late timestamp
+      cannot flag a sound cell;
     * its window is shorter than ``BURST_PERIODS`` burst periods: a strategy running
       ``size`` tasks at once completes them in waves about ``size x CPU per task / cores``
       apart, and a window of a few waves over- or under-counts by up to a wave. The CPU
@@ -100,7 +106,11 @@ def soundness(cell: Dict[str, Any], strategy: str, cores: int, measure_s: float,
     if cell.get("status") == "skipped":
         return []
     reasons = []
-    util = cell.get("cpu_utilisation_max")
+    # the CPU the tree certainly used (marks bracketed in time) where recorded; runs
+    # recorded before brackets existed give only the interpolated figure
+    floor = cell.get("cpu_utilisation_floor_max")
+    util = floor if floor is not None or cell.get("cpu_utilisation_max") is None \
+        else cell["cpu_utilisation_max"]
     if util is not None and util > 1.0 + CPU_TOLERANCE:
         reasons.append(f"measured CPU {util:.0%} of its cores: above what they allow")
     try:
