@@ -57,8 +57,9 @@ if [ $prepare_only = 1 ]; then
 fi
 
 copy_tree "$root"
-tests="tests/test_ledger.py tests/test_executor.py tests/test_executor_semantics.py
-  tests/test_executor_modes.py tests/test_fork.py tests/test_subinterpreters.py tests/test_hook_peers.py"
+tests="tests/test_ledger.py tests/test_executor.py tests/test_executor_semantics.py"
+tests="$tests tests/test_executor_modes.py tests/test_fork.py tests/test_subinterpreters.py"
+tests="$tests tests/test_hook_peers.py"
 status=0
 for v in "${versions[@]}"; do
   echo "== build + ledger and executor tests on Debian's $(in_root "$root" "python$v" --version) (Debian unstable root)"
