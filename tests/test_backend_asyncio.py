@@ -7,9 +7,11 @@ Invariants only: timeouts guard against hangs and never bound a speed.
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import threading
 import time
+import weakref
 from concurrent.futures import Future, wait
 from typing import Any, Callable, List, Tuple
 
@@ -394,6 +396,38 @@ def test_nothing_lost_or_duplicated(backend) -> None:
             assert f.result() == i
     s = b.stats()
     assert s["completed"] == 3000 and s["failed"] == 1000
+
+
+async def wakes_through_a_weak_reference(delay: float) -> int:
+    """Awaits a future that nothing but this coroutine holds strongly, as a client of
+    asyncio streams awaits its reader (the protocol holds the reader weakly)."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    ref = weakref.ref(fut)
+    loop.call_later(delay, lambda: ref() is not None and ref().set_result(7))
+    return await fut
+
+
+def test_running_coroutines_survive_garbage_collection(backend) -> None:
+    """The loop keeps tasks weakly: the backend holds every running one, or a collection
+    while the coroutine waits destroys it and its future never completes. The caller here
+    keeps no reference either (only the done callback)."""
+    b = backend()
+    results: List[Any] = []
+    done = threading.Event()
+
+    def record(f: Future) -> None:
+        results.append(f.result())
+        if len(results) == 20:
+            done.set()
+
+    for _ in range(20):
+        submit(b, wakes_through_a_weak_reference, 0.3).add_done_callback(record)
+    assert poll(lambda: b.stats()["running"] == 20)
+    for _ in range(3):
+        gc.collect()
+    assert done.wait(HANG), f"{20 - len(results)} of 20 coroutines were lost"
+    assert results == [7] * 20
 
 
 def test_shutdown_from_a_coroutines_callback_does_not_deadlock(backend) -> None:

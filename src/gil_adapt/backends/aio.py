@@ -89,6 +89,9 @@ class _Loop:
         self.name = name
         self.running = 0
         self.done = 0
+        # (loop thread) the running tasks: the loop holds tasks only weakly, and a
+        # coroutine awaiting what only it references (a stream's reader) would be collected
+        self.tasks: "set[asyncio.Task[Any]]" = set()
         self.pull_pending = False
         self.stopping = False
         self.idle_since = time.monotonic()
@@ -336,10 +339,12 @@ class AsyncioBackend:
             self._finished(lp, e, None)
             return
         task = lp.loop.create_task(_guard(coro))
+        lp.tasks.add(task)
         task.add_done_callback(lambda t: self._task_done(lp, e, t))
         future.add_done_callback(lambda f: f.cancelled() and self._call(lp, task.cancel))
 
     def _task_done(self, lp: _Loop, e: _Entry, task: "asyncio.Task[Any]") -> None:
+        lp.tasks.discard(task)
         future = e.future
         if task.cancelled():
             future.cancel()
