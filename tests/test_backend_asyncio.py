@@ -206,7 +206,7 @@ def test_cancelled_before_start_never_runs(backend) -> None:
 # ---- concurrency limit, lag, stalls --------------------------------------------------------
 
 def test_concurrency_limit_per_loop(backend) -> None:
-    b = backend(1, max_loops=1, concurrency=3)
+    b = backend(1, max_loops=1, concurrency=3, max_concurrency=3)  # a fixed limit
     lock = threading.Lock()
     now = [0, 0]  # running, most seen
 
@@ -226,6 +226,67 @@ def test_concurrency_limit_per_loop(backend) -> None:
     futures = [submit(b, counted) for _ in range(30)]
     wait(futures, timeout=HANG)
     assert now[1] == 5
+
+
+async def io_wait(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+def test_limit_grows_while_more_at_once_completes_more(backend) -> None:
+    """Coroutines that only wait: each doubling of the limit doubles the rate, so the
+    limit grows to its maximum (and never beyond), and every task completes once."""
+    b = backend(1, max_loops=1, concurrency=4, max_concurrency=32)
+    futures = [submit(b, io_wait, 0.05) for _ in range(3000)]
+    try:
+        assert poll(lambda: b.stats()["concurrency"] == 32), b.stats()
+        s = b.stats()
+        assert s["concurrency_raised"] == 3 and s["concurrency_restored"] == 0, s
+        assert s["running"] <= 32
+    finally:
+        b.shutdown(wait=True, cancel_futures=True)
+    assert all(f.cancelled() or f.result() is None for f in futures)
+
+
+_gates: "weakref.WeakKeyDictionary[Any, asyncio.Semaphore]" = weakref.WeakKeyDictionary()
+
+
+async def through_a_server_of_four(seconds: float) -> None:
+    """A server that serves four requests at once: more coroutines only queue there."""
+    loop = asyncio.get_running_loop()
+    gate = _gates.get(loop)
+    if gate is None:
+        gate = _gates[loop] = asyncio.Semaphore(4)
+    async with gate:
+        await asyncio.sleep(seconds)
+
+
+def test_limit_goes_back_when_more_at_once_completes_no_more(backend) -> None:
+    b = backend(1, max_loops=1, concurrency=4, max_concurrency=64)
+    futures = [submit(b, through_a_server_of_four, 0.02) for _ in range(4000)]
+    try:
+        assert poll(lambda: b.stats()["concurrency_restored"] >= 1), b.stats()
+        s = b.stats()
+        assert s["concurrency"] == 4 and s["concurrency_raised"] == 1, s
+        time.sleep(1.0)  # held: not tried again for a while
+        assert b.stats()["concurrency_raised"] == 1
+    finally:
+        b.shutdown(wait=True, cancel_futures=True)
+    assert all(f.cancelled() or f.result() is None for f in futures)
+
+
+async def cpu_then_wait() -> None:
+    spin_cpu(0.05)  # 50 ms of CPU without yielding: the loop lags
+    await asyncio.sleep(0)
+
+
+def test_limit_does_not_grow_while_the_loop_lags(backend) -> None:
+    b = backend(1, max_loops=1, concurrency=2, max_concurrency=64)
+    futures = [submit(b, cpu_then_wait) for _ in range(60)]
+    done, not_done = wait(futures, timeout=HANG)
+    assert not not_done and all(f.result() is None for f in futures)
+    s = b.stats()
+    assert s["loops"][0]["lag_mean_ms"] > 10.0, s
+    assert s["concurrency_raised"] == 0 and s["concurrency"] == 2, s
 
 
 def test_lag_of_a_loop_stalled_by_cpu_phases_is_measured(backend) -> None:
@@ -440,6 +501,7 @@ def test_shutdown_from_a_coroutines_callback_does_not_deadlock(backend) -> None:
 
 def test_bad_arguments() -> None:
     for kwargs in (dict(loops=0), dict(concurrency=0), dict(loops=3, max_loops=2),
-                   dict(lag_interval=0)):
+                   dict(lag_interval=0), dict(concurrency=8, max_concurrency=4),
+                   dict(max_concurrency=0)):
         with pytest.raises(ValueError):
             AsyncioBackend(**kwargs)

@@ -8,8 +8,17 @@ the future stays pending while the coroutine runs, so ``future.cancel()`` cancel
 task; a task cancelled on the loop cancels the future.
 
 * **Queue**: one FIFO shared by the loops; each loop takes tasks while it runs fewer than
-  ``concurrency`` (the per-loop limit), when woken by a submit, when one of its tasks ends,
-  and at each heartbeat.
+  the per-loop limit, when woken by a submit, when one of its tasks ends, and at each
+  heartbeat. The backend holds every running task (the loop holds them only weakly).
+* **Limit, grown on evidence**: the limit starts at ``concurrency``. While tasks wait
+  for room (the oldest longer than ``lag_interval``) and no loop lags (its callbacks run within ``GROW_LAG_S``),
+  the coroutines mostly wait on I/O and more of them at once may complete more: the limit
+  is doubled (up to ``max_concurrency``) and kept if, once the new level has settled, the
+  completion rate rose by ``GROW_GAIN`` or more, or the new level is not filled; otherwise
+  it goes back and is not tried again for ``GROW_HOLD_S`` (a server that takes no more
+  requests at once). A loop that lags beyond ``stall_after`` halves a grown limit (never
+  below ``concurrency``). Each settle and measure period lasts three mean run times of a
+  task, 0.5 s to 5 s.
 * **Lag, measured**: a monitor thread posts a heartbeat to each busy loop every
   ``lag_interval``; how late the loop runs it is the loop's lag (how long CPU phases keep
   it from its callbacks), reported per loop with the loop thread's CPU share.
@@ -38,8 +47,18 @@ log = logging.getLogger("gil_adapt")
 
 __all__ = ["AsyncioBackend"]
 
-#: Coroutines running at once on one loop, by default.
+#: Coroutines running at once on one loop, by default, at first.
 DEFAULT_CONCURRENCY = 256
+#: The most the per-loop limit grows to, by default.
+MAX_CONCURRENCY = 4096
+#: The limit grows only while every loop's lag (moving average) is below this (s).
+GROW_LAG_S = 0.01
+#: A doubled limit is kept when the completion rate rose by this factor or more.
+GROW_GAIN = 1.10
+#: After a doubling that did not pay, none is tried for this long (s).
+GROW_HOLD_S = 30.0
+#: Weight of the newest task in the moving average of run times.
+RUN_EWMA = 0.05
 #: Heartbeat period of the lag measurement (s).
 LAG_INTERVAL_S = 0.05
 #: A heartbeat outstanding this long marks its loop stalled (s).
@@ -51,7 +70,7 @@ LAG_EWMA = 0.2
 
 
 class _Entry:
-    __slots__ = ("future", "fn", "args", "kwargs", "key", "queued_at")
+    __slots__ = ("future", "fn", "args", "kwargs", "key", "queued_at", "started_at")
 
     def __init__(self, future: Future, fn: Callable[..., Any], args: Tuple[Any, ...],
                  kwargs: Dict[str, Any]) -> None:
@@ -61,6 +80,7 @@ class _Entry:
         self.kwargs = kwargs
         self.key = function_key(fn)
         self.queued_at = time.monotonic()
+        self.started_at = 0.0
 
     def task(self) -> Task:
         return Task(self.future, self.fn, self.args, self.kwargs)
@@ -119,11 +139,14 @@ class AsyncioBackend:
     """Coroutine functions on event-loop threads (see the module's docstring).
 
     ``loops``: loops started at once (and kept); ``max_loops``: the most while loops are
-    stalled; ``concurrency``: coroutines running at once per loop.
+    stalled; ``concurrency``: coroutines running at once per loop, at first and at least;
+    ``max_concurrency``: the most the limit grows to on evidence (default: 4096, or
+    ``concurrency`` if that is more; equal to ``concurrency`` for a fixed limit).
     """
 
     def __init__(self, loops: int = 1, *, max_loops: Optional[int] = None,
-                 concurrency: int = DEFAULT_CONCURRENCY, lag_interval: float = LAG_INTERVAL_S,
+                 concurrency: int = DEFAULT_CONCURRENCY,
+                 max_concurrency: Optional[int] = None, lag_interval: float = LAG_INTERVAL_S,
                  stall_after: float = STALL_AFTER_S, idle_timeout: float = IDLE_TIMEOUT_S,
                  name: str = "gil_adapt-asyncio") -> None:
         positive_int("loops", loops)
@@ -132,11 +155,25 @@ class AsyncioBackend:
             max_loops = max(2, usable_cores(), loops)
         if max_loops < loops:
             raise ValueError("max_loops must not be below loops")
+        if max_concurrency is None:
+            max_concurrency = max(concurrency, MAX_CONCURRENCY)
+        positive_int("max_concurrency", max_concurrency)
+        if max_concurrency < concurrency:
+            raise ValueError("max_concurrency must not be below concurrency")
         if lag_interval <= 0 or stall_after <= 0:
             raise ValueError("lag_interval and stall_after must be positive")
         self._min_loops = loops
         self._max_loops = max_loops
         self._concurrency = concurrency
+        self._base_concurrency = concurrency
+        self._max_concurrency = max_concurrency
+        # growth of the limit (monitor thread, under the lock): the current period's
+        # start (time, tasks ended then), the trial under way (the limit before it, the
+        # rate it gave, "settle" or "measure"), and no trial before _hold_until
+        self._mark: Optional[Tuple[float, int]] = None
+        self._trial: Optional[Tuple[int, float, str]] = None
+        self._hold_until = 0.0
+        self._run_mean = 0.0
         self._interval = lag_interval
         self._stall_after = stall_after
         self._idle_timeout = idle_timeout
@@ -183,10 +220,13 @@ class AsyncioBackend:
             self._call(target, self._pull, target)
 
     def set_concurrency(self, concurrency: int) -> None:
-        """Coroutines running at once per loop (loops with room take queued tasks)."""
+        """Coroutines running at once per loop, from now on and at least (loops with room
+        take queued tasks); the limit grows from it as at the start."""
         positive_int("concurrency", concurrency)
         with self._lock:
-            self._concurrency = concurrency
+            self._concurrency = self._base_concurrency = concurrency
+            self._max_concurrency = max(self._max_concurrency, concurrency)
+            self._mark = self._trial = None
             loops = list(self._loops)
         for loop in loops:
             self._call(loop, self._pull, loop)
@@ -238,7 +278,8 @@ class AsyncioBackend:
             out: Dict[str, Any] = {
                 "time_s": now, "loops": loops, "loop_count": len(self._loops),
                 "min_loops": self._min_loops, "max_loops": self._max_loops,
-                "concurrency": self._concurrency, "queued": len(self._queue),
+                "concurrency": self._concurrency, "base_concurrency": self._base_concurrency,
+                "max_concurrency": self._max_concurrency, "queued": len(self._queue),
                 "running": sum(lp.running for lp in self._loops),
                 "lag_max_ms": max((lp.lag_max for lp in self._loops), default=0.0) * 1e3,
                 "max_queue_wait_ms": self._max_wait * 1e3,
@@ -247,7 +288,8 @@ class AsyncioBackend:
                               for k, v in self._fn_tasks.items()},
             }
             for name in ("submitted", "completed", "failed", "cancelled", "loops_added",
-                         "loops_retired", "moved_out"):
+                         "loops_retired", "moved_out", "concurrency_raised",
+                         "concurrency_restored"):
                 out[name] = self._counts[name]
         return out
 
@@ -312,7 +354,8 @@ class AsyncioBackend:
                 return
             e = self._queue.popleft()
             lp.running += 1
-            self._max_wait = max(self._max_wait, time.monotonic() - e.queued_at)
+            e.started_at = time.monotonic()
+            self._max_wait = max(self._max_wait, e.started_at - e.queued_at)
             again = bool(self._queue) and lp.running < self._concurrency
             lp.pull_pending = again
         self._start(lp, e)
@@ -376,6 +419,9 @@ class AsyncioBackend:
                 fig = self._fn_tasks[e.key]
                 fig[0] += 1
                 fig[1] += wall
+                run = max(0.0, time.monotonic() - e.started_at)
+                self._run_mean = run if self._run_mean == 0.0 else \
+                    (1 - RUN_EWMA) * self._run_mean + RUN_EWMA * run
             more = bool(self._queue) and not lp.pull_pending
             if more:
                 lp.pull_pending = True
@@ -444,6 +490,10 @@ class AsyncioBackend:
             all_stalled = bool(live) and all(
                 lp.stalled_for(now) > self._stall_after for lp in live)
             waited = now - self._queue[0].queued_at if self._queue else 0.0
+            wake = [lp for lp in live if not lp.pull_pending] \
+                if self._adapt_locked(now, live) else []
+            for lp in wake:
+                lp.pull_pending = True
             if (not live or all_stalled) and waited > self._stall_after and \
                     len(live) < self._max_loops:
                 start = self._add_loop_locked()
@@ -455,6 +505,8 @@ class AsyncioBackend:
                         stop.append(lp)
                         self._counts["loops_retired"] += 1
                         break
+        for lp in wake:  # the limit was raised: they take more
+            self._call(lp, self._pull, lp)
         for lp in beats:
             if not self._call(lp, self._beat, lp, now):
                 lp.beat_sent = 0.0
@@ -466,6 +518,68 @@ class AsyncioBackend:
             self._start_thread(start)
         for lp in stop:
             self._stop_loop(lp)
+
+    def _adapt_locked(self, now: float, live: List[_Loop]) -> bool:
+        """Grows the per-loop limit on evidence, or takes a grown one back (see the
+        module's docstring). True when the limit was raised (loops may take more)."""
+        if self._max_concurrency == self._base_concurrency:
+            return False
+        ended = self._counts["completed"] + self._counts["failed"] + self._counts["cancelled"]
+        lagging = any(lp.lag_mean > self._stall_after for lp in live)
+        if lagging and self._concurrency > self._base_concurrency:
+            if self._mark is not None and now - self._mark[0] < self._period():
+                return False  # one halving per period
+            self._set_limit_locked(max(self._base_concurrency, self._concurrency // 2),
+                                   "restored", "a loop lags", now, ended)
+            return False
+        # the loops are at the limit: a task has waited a heartbeat's period for room
+        full = bool(live) and bool(self._queue) and \
+            now - self._queue[0].queued_at > self._interval
+        calm = not any(lp.lag_mean > GROW_LAG_S for lp in live)
+        if self._trial is None and not (full and calm):
+            self._mark = None  # a period counts only while it holds throughout
+            return False
+        if self._mark is None:
+            self._mark = (now, ended)
+            return False
+        t0, ended0 = self._mark
+        if now - t0 < self._period():
+            return False
+        rate = (ended - ended0) / (now - t0)
+        if self._trial is None:
+            if now < self._hold_until or self._concurrency >= self._max_concurrency:
+                return False
+            before = self._concurrency
+            self._trial = (before, rate, "settle")
+            self._set_limit_locked(min(self._max_concurrency, 2 * before), "raised",
+                                   f"{rate:.0f} tasks/s at {before}", now, ended)
+            return True
+        before, rate_before, phase = self._trial
+        if phase == "settle":
+            self._trial = (before, rate_before, "measure")
+            self._mark = (now, ended)
+            return False
+        self._trial = None
+        if rate >= GROW_GAIN * rate_before or not full:
+            self._mark = (now, ended)  # kept; this period is the next one's base
+            return False
+        self._hold_until = now + GROW_HOLD_S
+        self._set_limit_locked(before, "restored",
+                               f"{rate:.0f} tasks/s at {self._concurrency}, "
+                               f"{rate_before:.0f} at {before}", now, ended)
+        return False
+
+    def _period(self) -> float:
+        return min(5.0, max(0.5, 3 * self._run_mean))
+
+    def _set_limit_locked(self, limit: int, what: str, why: str, now: float,
+                          ended: int) -> None:
+        log.info("gil_adapt: %s: coroutines at once per loop %s to %d (was %d: %s)",
+                 self._name, what, limit, self._concurrency, why)
+        self._concurrency = limit
+        self._counts["concurrency_" + what] += 1
+        self._mark = (now, ended)
+
 
     def _stop_loop(self, lp: _Loop) -> None:
         self._call(lp, lp.loop.stop)
