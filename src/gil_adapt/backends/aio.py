@@ -11,14 +11,14 @@ task; a task cancelled on the loop cancels the future.
   the per-loop limit, when woken by a submit, when one of its tasks ends, and at each
   heartbeat. The backend holds every running task (the loop holds them only weakly).
 * **Limit, grown on evidence**: the limit starts at ``concurrency``. While tasks wait
-  for room (the oldest longer than ``lag_interval``) and no loop lags (its callbacks run within ``GROW_LAG_S``),
-  the coroutines mostly wait on I/O and more of them at once may complete more: the limit
-  is doubled (up to ``max_concurrency``) and kept if, once the new level has settled, the
-  completion rate rose by ``GROW_GAIN`` or more, or the new level is not filled; otherwise
-  it goes back and is not tried again for ``GROW_HOLD_S`` (a server that takes no more
-  requests at once). A loop that lags beyond ``stall_after`` halves a grown limit (never
-  below ``concurrency``). Each settle and measure period lasts three mean run times of a
-  task, 0.5 s to 5 s.
+  for room (the oldest longer than ``lag_interval``) and no loop lags (its callbacks run
+  within ``GROW_LAG_S``), the coroutines mostly wait on I/O and more of them at once may
+  complete more: the limit is doubled (up to ``max_concurrency``) and kept if, once the
+  new level has settled, the completion rate rose by ``GROW_GAIN`` or more, or the new
+  level is not filled; otherwise it goes back and is not tried again for
+  ``GROW_HOLD_S`` (a server that takes no more requests at once). A loop that lags
+  beyond ``stall_after`` halves a grown limit (never below ``concurrency``). Each settle
+  and measure period lasts three mean run times of a task, 0.5 s to 5 s.
 * **Lag, measured**: a monitor thread posts a heartbeat to each busy loop every
   ``lag_interval``; how late the loop runs it is the loop's lag (how long CPU phases keep
   it from its callbacks), reported per loop with the loop thread's CPU share.
