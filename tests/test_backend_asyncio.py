@@ -289,6 +289,24 @@ def test_limit_does_not_grow_while_the_loop_lags(backend) -> None:
     assert s["concurrency_raised"] == 0 and s["concurrency"] == 2, s
 
 
+def test_a_lagging_loop_halves_a_grown_limit(backend) -> None:
+    """Grown on waits, then the work turns to CPU without awaits: the loop lags and the
+    limit comes down (never below its start)."""
+    b = backend(1, max_loops=1, concurrency=4, max_concurrency=32)
+    try:
+        for _ in range(3000):
+            submit(b, io_wait, 0.05)
+        assert poll(lambda: b.stats()["concurrency"] == 32), b.stats()
+        for t in b.take_queued():
+            t.future.cancel()
+        for _ in range(200):
+            submit(b, cpu_then_wait)
+        assert poll(lambda: b.stats()["concurrency_restored"] >= 1), b.stats()
+        assert 4 <= b.stats()["concurrency"] < 32
+    finally:
+        b.shutdown(wait=True, cancel_futures=True)
+
+
 def test_lag_of_a_loop_stalled_by_cpu_phases_is_measured(backend) -> None:
     b = backend(1, max_loops=1, lag_interval=0.01)
 

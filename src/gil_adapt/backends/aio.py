@@ -529,6 +529,7 @@ class AsyncioBackend:
         if lagging and self._concurrency > self._base_concurrency:
             if self._mark is not None and now - self._mark[0] < self._period():
                 return False  # one halving per period
+            self._trial = None
             self._set_limit_locked(max(self._base_concurrency, self._concurrency // 2),
                                    "restored", "a loop lags", now, ended)
             return False
