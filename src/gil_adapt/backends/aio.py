@@ -185,6 +185,7 @@ class AsyncioBackend:
         self._loop_ids = 0
         self._shutdown = False
         self._closed = False
+        self._monitor_idle = False
         self._counts: Dict[str, int] = collections.Counter()
         self._fn_tasks: Dict[str, List[float]] = collections.defaultdict(lambda: [0, 0.0])
         self._max_wait = 0.0
@@ -215,7 +216,8 @@ class AsyncioBackend:
             target = self._choose_locked(time.monotonic())
             if target is not None:
                 target.pull_pending = True
-            self._cond.notify_all()
+            if self._monitor_idle:
+                self._cond.notify_all()
         if target is not None:
             self._call(target, self._pull, target)
 
@@ -460,14 +462,24 @@ class AsyncioBackend:
         while True:
             with self._lock:
                 while not self._busy_locked() and not self._shutdown:
+                    self._monitor_idle = True
                     self._cond.wait()
-                if self._shutdown and not self._queue and \
-                        not any(lp.running for lp in self._loops):
+                self._monitor_idle = False
+                if self._done_locked():
                     break
             self._tick()
-            with self._lock:
-                self._cond.wait(self._interval)
+            with self._lock:  # a tick per interval, however often submits notify
+                end = time.monotonic() + self._interval
+                while not self._done_locked():
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
         self._close()
+
+    def _done_locked(self) -> bool:
+        return self._shutdown and not self._queue and \
+            not any(lp.running for lp in self._loops)
 
     def _busy_locked(self) -> bool:
         return bool(self._queue) or any(lp.running for lp in self._loops) or \
