@@ -1,7 +1,7 @@
 # gil-adapt: `make demo` installs and runs the demo; `make test` runs every test.
 PYTHON ?= python3
 
-.PHONY: demo test ctest clean
+.PHONY: demo test ctest test-aarch64 clean
 demo:
 	scripts/install-deps.sh
 	$(PYTHON) -m venv .venv
@@ -10,6 +10,9 @@ demo:
 
 test:
 	scripts/test-all.sh
+
+test-aarch64:
+	scripts/test-aarch64.sh
 
 ctest:
 	$(MAKE) -C tests/c
