@@ -14,6 +14,9 @@ Strategies, each in a fresh process pinned to the first C CPUs it may use:
 A closed-loop driver keeps --inflight tasks submitted (identical for every strategy);
 throughput is counted after --warmup seconds, over --measure seconds. For adaptive the
 time until its 0.5 s throughput stays within 5 % of its final figure is reported too.
+Every run also reports the CPU its process used over the measured window, as a share of
+the cores it was pinned to ("CPU %": above 100 is impossible; well below it with tasks
+queued, the cores idled).
 Acceptance: adaptive >= 97 % of the oracle in every cell, and ahead of threads-512 where
 threads-512 falls off the cliff (more than 5 % under the oracle).
 
@@ -102,6 +105,14 @@ CHILD = textwrap.dedent(r"""
 
     t0 = time.monotonic()
     end = t0 + warmup + measure
+    cpu_marks = []
+    def mark_cpu():  # the process's CPU at the measured window's edges
+        for at in (t0 + warmup, end):
+            time.sleep(max(0.0, at - time.monotonic()))
+            tm = os.times()
+            cpu_marks.append((time.monotonic(), tm.user + tm.system))
+    marker = threading.Thread(target=mark_cpu, daemon=True)
+    marker.start()
     while True:
         if not sem.acquire(timeout=0.05):
             if time.monotonic() >= end:
@@ -113,6 +124,12 @@ CHILD = textwrap.dedent(r"""
         ex.submit(task).add_done_callback(done)
     counted = [s for s in stamps if t0 + warmup <= s < end]
     result = {"throughput": len(counted) / measure, "per_ms": per_ms}
+    marker.join(1.0)
+    if len(cpu_marks) == 2 and cpu_marks[1][0] > cpu_marks[0][0]:
+        # CPU used / (cores x window): above 1 is impossible, well below it with tasks
+        # queued means the cores idled (or something else ran on them)
+        result["cpu_util"] = ((cpu_marks[1][1] - cpu_marks[0][1])
+                              / (cpu_marks[1][0] - cpu_marks[0][0]) / int(cpus))
     # 0.5 s buckets, for the adaptive executor's convergence
     buckets = [0] * int((warmup + measure) / 0.5 + 1)
     for s in stamps:
@@ -235,12 +252,14 @@ def main() -> int:
             ada = cell["adaptive"]
             print(f"\n== {cpus} core(s), {workload} ({time.monotonic() - t_start:.0f} s)")
             print("   " + "  ".join(f"{k[8:]}:{v:.0f}" for k, v in sweep.items()))
+            print("   CPU %: " + "  ".join(f"{k[8:]}:{cell[k].get('cpu_util', float('nan')) * 100:.0f}"
+                                         for k in sweep))
             for k in ("tpe-512", "adaptive"):
                 v = cell[k]
                 if "throughput" not in v:
                     print(f"   {k:10s} error: {v.get('error')}")
                     continue
-                extra = ""
+                extra = f", CPU {v.get('cpu_util', float('nan')) * 100:.0f} %"
                 if k == "adaptive":
                     conv = convergence_s(v["buckets"], v["throughput"])
                     extra = (f"  workers {v['workers']} (target {v['target']}), beta "
@@ -264,6 +283,7 @@ def main() -> int:
                               f"(AdaptiveExecutor held at {n} workers)")
             if args.confirm > 0:
                 pairs: Dict[str, List[float]] = {best_key: [], "adaptive": []}
+                utils: Dict[str, List[float]] = {best_key: [], "adaptive": []}
                 for i in range(args.confirm):
                     order = (best_key, "adaptive") if i % 2 == 0 else ("adaptive", best_key)
                     got = {k: run_once(cpus, workload, k, args, args.confirm_measure)
@@ -271,7 +291,9 @@ def main() -> int:
                     if all("throughput" in v for v in got.values()):  # whole pairs only
                         for k, v in got.items():
                             pairs[k].append(v["throughput"])
+                            utils[k].append(v.get("cpu_util", float("nan")))
                 cell["confirm"] = pairs
+                cell["confirm_cpu_util"] = utils
                 verdict = paired_verdict(pairs[best_key], pairs["adaptive"])
                 cell["confirm_verdict"] = verdict
                 if not verdict:
@@ -285,6 +307,9 @@ def main() -> int:
                       f"median pair ratio {ratio * 100:.1f} % (90 % interval "
                       f"{verdict['low'] * 100:.1f}-{verdict['high'] * 100:.1f}; ratio of "
                       f"medians {verdict['ratio_of_medians'] * 100:.1f} %)")
+                print(f"   confirm CPU %: {best_key} "
+                      f"{'/'.join(f'{x * 100:.0f}' for x in utils[best_key])}, adaptive "
+                      f"{'/'.join(f'{x * 100:.0f}' for x in utils['adaptive'])}")
             t512 = sweep.get("threads-512")
             cliff = t512 is not None and t512 < 0.95 * oracle
             ok = ratio >= 0.97 and (not cliff or ratio * oracle > t512)

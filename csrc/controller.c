@@ -49,6 +49,12 @@
 #define IDLE_TASK_S 3e-3       /* ...for tasks that hold the GIL this long (shorter ones
                                   lose a larger share to the hand-offs themselves: more
                                   threads do not fill that) */
+#define CORES_SAT 0.99         /* without a GIL, tasks taking IDLE_TASK_S of CPU per core
+                                  or more: steps are judged on the cores' busy share, and
+                                  this share of it is saturation (a thread more costs
+                                  little there, and threads sharing the cores in time wake
+                                  in bunches and leave them idle a few per cent of the time
+                                  at the demand-based size) */
 #define U_SAT 0.97             /* GIL-bound, the workers holding the GIL this share of the
                                   time: it is saturated (a hand-off leaves it idle a moment:
                                   CPython here, 8-64 threads of 10 ms Python: 0.971-0.980) */
@@ -291,6 +297,7 @@ static double observe(gla_ctl *c, const gla_window *w)
 {
     if (w->usable_cores > 0)
         c->usable_cores = w->usable_cores;
+    c->free_threaded = w->free_threaded;
     if (c->veto_windows > 0 && --c->veto_windows == 0 && !c->collapse_veto)
         c->veto_above = 0; /* a collapse's veto holds until the demands change */
     double rate = w->window_s > 0 ? w->completed / w->window_s : 0;
@@ -309,8 +316,33 @@ static double observe(gla_ctl *c, const gla_window *w)
     return rate;
 }
 
-/* The GIL-busy share the steps are judged on, or -1 where they are judged on the count of
- * tasks. Where the GIL is the bottleneck, the share is the work the pool gets done
+/* Without a GIL the cores are the bottleneck: their busy share (the workers' CPU over the
+ * window, tasks in flight included, over the window and the cores), for tasks taking
+ * IDLE_TASK_S of CPU per core or more (-1 for shorter ones: judged on the count). */
+static double cores_share(const gla_ctl *c, const gla_window *w)
+{
+    if (!(c->cores_s >= IDLE_TASK_S) || !(w->task_cpu_s > 0) || !(w->window_s > 0) ||
+        w->completed < 1)
+        return -1;
+    double u = w->completed * w->task_cpu_s / (w->window_s * window_cores(w, c->usable_cores));
+    return u < 1 ? u : 1;
+}
+
+/* The share (of the GIL, or without one of the cores) at which the bottleneck is
+ * saturated. */
+static double u_sat(const gla_ctl *c)
+{
+    return c->free_threaded ? CORES_SAT : U_SAT;
+}
+
+/* What the share is of, for the reasons given. */
+static const char *u_name(const gla_ctl *c)
+{
+    return c->free_threaded ? "the cores" : "the GIL";
+}
+
+/* The bottleneck's busy share the steps are judged on (the GIL's; without a GIL, the
+ * cores': cores_share), or -1 where they are judged on the count of tasks. Where the GIL is the bottleneck, the share is the work the pool gets done
  * (tasks/s x GIL time per task), measured over the whole window, tasks in flight
  * included: far steadier than the count of tasks finished in it (2 cores, 6 ms of
  * Python per task, 64 workers, windows of ~30 tasks: counts +-1.6 %, the share
@@ -322,8 +354,10 @@ static double observe(gla_ctl *c, const gla_window *w)
  * as much as the GIL: there the GIL idles while the next holder waits for a core, and
  * more threads do not fill it (with Python and native CPU about equal on 2 cores, the
  * share stays flat below 0.9 over a doubling of the pool). */
-static double gil_share(const gla_ctl *c, const gla_window *w)
+static double busy_share(const gla_ctl *c, const gla_window *w)
 {
+    if (c->free_threaded)
+        return cores_share(c, w);
     return w->gil_busy >= 0 && c->held_s > 0 && c->cores_s <= c->held_s * U_CORES &&
                    c->usable_cores >= 2
                ? w->gil_busy
@@ -617,7 +651,8 @@ static int settle(gla_ctl *c, const gla_window *w, double rate, double u, gla_de
     if (!(u > 0))
         return 0;
     snprintf(d->reason, sizeof d->reason,
-             "%d workers: the GIL busy %.1f %% of the time: one more window", c->target, u * 100);
+             "%d workers: %s busy %.1f %% of the time: one more window", c->target, u_name(c),
+             u * 100);
     return 1;
 }
 
@@ -642,7 +677,7 @@ static int judge_up(gla_ctl *c, const gla_window *w, double rate, double u, gla_
      * count fell by more than its noise (a holder that shares its core holds
      * the GIL longer for the same work) */
     double spread = noise(c, c->base_done, w->completed, GAIN - 1);
-    int may_fill = by_u && c->base_u < U_SAT && c->little_smooth > 0 &&
+    int may_fill = by_u && c->base_u < u_sat(c) && c->little_smooth > 0 &&
                    c->target <= IDLE_CAP * c->little_smooth && rate >= c->base_rate * (1 - spread);
     /* judged on two windows, a fall inside the windows' own spread is no fall (convoys
      * make consecutive windows at one size differ by more than a step's change) */
@@ -657,8 +692,8 @@ static int judge_up(gla_ctl *c, const gla_window *w, double rate, double u, gla_
         c->u_again = 1;
         c->u_first = u;
         snprintf(d->reason, sizeof d->reason,
-                 "%d workers: the GIL busy %.1f %% of the time (was %.1f %%): one more window",
-                 c->target, u * 100, c->base_u * 100);
+                 "%d workers: %s busy %.1f %% of the time (was %.1f %%): one more window",
+                 c->target, u_name(c), u * 100, c->base_u * 100);
         return 1;
     }
     c->u_again = 0;
@@ -673,7 +708,7 @@ static int judge_up(gla_ctl *c, const gla_window *w, double rate, double u, gla_
     if (collapsed(c->base_rate, c->base_done, rate, w->completed)) {
         /* the step up collapsed the interpreter: a lasting limit */
         limit_collapse(c, c->base, rate, w->completed);
-    } else if (by_u && c->base_u < U_SAT) {
+    } else if (by_u && c->base_u < u_sat(c)) {
         /* the GIL idles at the base: one window of the step said no, the
          * next probe may say otherwise (no veto) */
     } else if (!c->collapse_veto) { /* a collapse's limit stays */
@@ -695,7 +730,7 @@ static int propose_up(gla_ctl *c, double u, gla_decision *d)
     int up = clamp(c, ceil(c->base * 1.25));
     /* GIL-bound and the GIL idle at this size over several windows: growth is worth
      * another look, whatever one window said before (not past a collapse) */
-    int gil_idle = u > 0 && c->base_u_n >= 3 && c->base_u < U_SAT && !c->collapse_veto;
+    int gil_idle = u > 0 && c->base_u_n >= 3 && c->base_u < u_sat(c) && !c->collapse_veto;
     if (up == c->base) {
         c->phase = GLA_CTL_PROBE_DOWN;
         return 0;
@@ -842,7 +877,7 @@ static int refine(gla_ctl *c, const gla_window *w, double rate, double u, gla_de
 static void decide(gla_ctl *c, const gla_window *w, gla_decision *d)
 {
     double rate = observe(c, w);
-    double u = gil_share(c, w);
+    double u = busy_share(c, w);
     if (step_up_collapsed(c, w, rate, d))
         return;
     if (collapse_lifted(c, w, rate)) {

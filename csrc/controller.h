@@ -61,7 +61,11 @@
  *      demand-based size, and probes down stop there; above 97 % only a rise in the
  *      count keeps it. A step down is kept if it lost less than 1 % of the share. Growth
  *      refused while the GIL idled (below 97 %) over several windows is looked at again
- *      at the next probe (no veto).
+ *      at the next probe (no veto). Without a GIL (free-threaded), for tasks taking
+ *      3 ms of CPU per core or more, the same rules judge steps on the cores' busy share
+ *      (the workers' CPU over the window and the cores), saturated at 99 %: threads
+ *      sharing the cores in time wake in bunches and leave them idle a few per cent of
+ *      the time at the demand-based size, and a thread more costs little there.
  *   3. Damp: the first window at a new size is not judged (retiring threads finish their
  *      tasks in it, new ones have not finished their first); the probe cadence backs off
  *      while the size holds.
@@ -132,6 +136,7 @@ typedef struct gla_ctl {
     double cores_s;          /* CPU per task over the usable cores, last measured (s) */
     int idle_floor;          /* a step kept for an idle bottleneck reached this: no probes
                                 down below it (0 = none) */
+    int free_threaded;       /* the last window's: no GIL, the cores are the bottleneck */
     double rate_var;         /* relative variance of window throughputs at a held size */
     int rate_var_n;          /* windows rate_var is made of */
     double little_ref;       /* the Little's-law size last sized to (0 = none) */

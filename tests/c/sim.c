@@ -2,6 +2,7 @@
 #include "sim.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -330,6 +331,16 @@ static void start_task(sim *s, int id)
     double h = draw(&st, s->p.h, s->p.cpu_dist);
     t->native = draw(&st, s->p.n, s->p.cpu_dist);
     t->io = draw(&st, s->p.w, s->p.io_dist);
+    if (s->p.free_threaded) { /* no GIL: all of its CPU on the cores, then the I/O */
+        double cpu = h + t->native, io = t->io;
+        memset(t, 0, offsetof(thr, key));
+        t->native = cpu;
+        t->io = io;
+        t->t_start = s->now;
+        t->state = T_NATIVE;
+        run_cpu(s, id, t->native);
+        return;
+    }
     /* Python after the native call (back from it, on to the I/O) and after the I/O */
     double tiny = t->native > 0 ? h / 3 : h / 2;
     t->epi = tiny < EPILOGUE_MAX ? tiny : EPILOGUE_MAX;
@@ -343,9 +354,15 @@ static void start_task(sim *s, int id)
     want_gil(s, id, h - (t->native > 0 ? 2 : 1) * t->epi);
 }
 
+static void finish_task(sim *s, int id);
+
 static void after_io(sim *s, int id)
 {
     thr *t = &s->t[id];
+    if (s->p.free_threaded) {
+        finish_task(s, id);
+        return;
+    }
     t->epilogue = PH_EPILOGUE;
     want_gil(s, id, t->epi);
 }
@@ -392,6 +409,9 @@ static void cpu_done(sim *s, int id)
             heap_push(s, &s->io, id, s->now + t->io);
         }
         gil_signal(s);
+    } else if (s->p.free_threaded) { /* T_NATIVE, no GIL: on to the I/O */
+        t->state = T_IO;
+        heap_push(s, &s->io, id, s->now + t->io);
     } else { /* T_NATIVE: back in Python to start the I/O */
         t->epilogue = PH_NATIVE_RET;
         want_gil(s, id, t->epi);
@@ -582,6 +602,11 @@ void sim_run(sim *s, double seconds, gla_window *out)
     out->busy = s->live;
     out->queue_length = 100000;
     out->usable_cores = s->p.cores;
+    if (s->p.free_threaded) {
+        out->free_threaded = 1;
+        out->task_gil_held_s = out->task_gil_wait_s = out->gil_busy = -1;
+        out->beta = s->w_runq + s->w_iop > 0 ? s->w_runq / (s->w_runq + s->w_iop) : -1;
+    }
 }
 
 double sim_now(const sim *s)

@@ -36,6 +36,10 @@
  * one, over their wall time; their I/O (task_io_s) is booked as the ledger's partition
  * books it: wall less CPU, GIL wait and that run-queue time. gil_busy is the share of the
  * window some thread held the GIL (holdings under way included), as the pool measures it.
+ * free_threaded models a build without the GIL: a task is one CPU phase of h + n on the
+ * processor-shared cores, then its I/O; the window says free_threaded, its GIL figures
+ * are unknown (-1) and its beta is the contention form (run-queue time over run-queue
+ * time and I/O).
  */
 #ifndef GIL_ADAPT_TEST_SIM_H
 #define GIL_ADAPT_TEST_SIM_H
@@ -52,6 +56,7 @@ typedef struct {
     double switch_cost;       /* CPU per GIL hand-off (s) */
     double wake_cost;         /* CPU per waiter wake-up (s), once per switch interval */
     double wake_latency;      /* a signalled GIL waiter runs this long after the drop (s) */
+    int free_threaded;        /* no GIL: a task's CPU (h + n) shares the cores at once */
     unsigned long long seed;
 } sim_params;
 

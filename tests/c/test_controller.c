@@ -709,6 +709,65 @@ static void test_gil_fill(void)
     CHECK(unknown <= 1.3, "share unknown: held %.2f x the demand-based size", unknown);
 }
 
+/* Without a GIL (10 ms of CPU, 50 ms of I/O, one core, a deep queue) whose cores are
+ * `at_size` busy at the demand-based size L and saturated from 1.6 L on, while the count
+ * of tasks rises only with the cores' busy share (inside its noise for windows of a few
+ * dozen tasks): cores left idle draw the pool past L, cores already busy keep it near L.
+ * Returns the final target / L. */
+static double ft_fill_case(double at_size)
+{
+    gla_ctl c;
+    gla_ctl_init(&c, 1, 2048, 1);
+    gla_window w;
+    task_window(&w, 0.010, 0.060, 0.050, 1);
+    w.free_threaded = 1;
+    w.task_gil_held_s = w.task_gil_wait_s = -1;
+    w.beta = 0.1;
+    w.runq_share = 0.05;
+    double L = gla_ctl_little_size(&w, 1);
+    for (int i = 0; i < 200; i++) {
+        int n = c.target;
+        double x = n / L;
+        double fill = x < 1 ? at_size * x : at_size + (1 - at_size) * (x - 1) / 0.6;
+        w.workers = w.busy = n;
+        w.completed = w.window_s * (fill < 1 ? fill : 1) / w.task_cpu_s;
+        gla_decision d = gla_ctl_step(&c, &w);
+        CHECK(d.target >= 1 && d.target <= 2048, "target %d", d.target);
+    }
+    return c.target / L;
+}
+
+/* The simulator without a GIL (free_threaded): the pool reaches 97 % of the best fixed
+ * size on one and two cores for 10 ms + 50 ms and 0.1 ms + 1 ms tasks. */
+static void test_free_threaded(void)
+{
+    double idle = ft_fill_case(0.93), busy = ft_fill_case(0.995);
+    CHECK(idle >= 1.4 && idle <= 2.0, "cores 93 %% busy at L: held %.2f x L", idle);
+    CHECK(busy <= 1.3, "cores busy at L: held %.2f x L", busy);
+    const double demands[2][2] = {{0.010, 0.050}, {0.0001, 0.001}};
+    for (int cores = 1; cores <= 2; cores++)
+        for (int k = 0; k < 2; k++) {
+            sim_params p;
+            sim_defaults(&p, demands[k][0], 0, demands[k][1], cores);
+            p.free_threaded = 1;
+            double best;
+            int at = best_size(&p, 2048, &best);
+            gla_ctl c;
+            gla_ctl_init(&c, 1, 2048, cores);
+            sim *s = sim_new(&p, c.target);
+            CHECK(s != NULL, "sim_new");
+            if (!s)
+                return;
+            run_result r = run(&c, s, 2048, RUN_S, best);
+            sim_free(s);
+            CHECK(r.steady_ratio >= 0.97,
+                  "free-threaded, %d core(s), %.1f ms + %.0f ms: %.3f "
+                  "of the best fixed pool (%d workers; held %d)",
+                  cores, demands[k][0] * 1e3, demands[k][1] * 1e3, r.steady_ratio, at,
+                  r.final_target);
+        }
+}
+
 /* Tasks that wait on something the threads share (a native library's lock, a server at
  * its capacity: 300 tasks/s whatever the pool): 0.2 ms of Python, then a wait that grows
  * with the pool (n / 300 s for n workers, 5 ms at least). Little's law reads that wait
@@ -767,6 +826,7 @@ int main(void)
 {
     test_collapse();
     test_gil_fill();
+    test_free_threaded();
     test_noisy_demands();
     test_ramp_on_few_tasks();
     test_bounds_and_bad_input();
