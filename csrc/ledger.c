@@ -56,7 +56,8 @@ struct gla_thread {
     _Atomic uint64_t cpu_base_ns; /* kernel totals when accounting started */
     _Atomic uint64_t runq_base_ns;
     _Atomic int start_known;      /* start_ns is exact or read from /proc */
-    char name[GLA_NAME_LEN];      /* written and read under g_reader_lock only */
+    char name[GLA_NAME_LEN];      /* written and read under g_reader_lock only... */
+    uint64_t name_generation;     /* ...as is the generation (life) it was read for */
 };
 
 static struct gla_thread g_slots[GLA_MAX_THREADS];
@@ -769,6 +770,11 @@ int gla_ledger_read_exited(gla_sample *out, size_t cap, size_t *n, gla_sample *e
         if (st != SLOT_LIVE && (st != SLOT_DEAD || recyclable(t, now)))
             continue; /* a record dead long enough is in the exited aggregate only */
         pid_t tid = atomic_load_explicit(&t->tid, memory_order_relaxed);
+        uint64_t gen = atomic_load_explicit(&t->generation, memory_order_relaxed);
+        if (t->name_generation != gen) { /* a recycled slot: not the last life's name */
+            t->name[0] = '\0';
+            t->name_generation = gen;
+        }
         if (st == SLOT_LIVE) {
             if (!atomic_load_explicit(&t->start_known, memory_order_relaxed)) {
                 uint64_t start;

@@ -343,6 +343,51 @@ def _run_py(code, env=None):
                           text=True, env=e, timeout=120)
 
 
+RECYCLED_NAMES = """
+import ctypes, json, threading, time
+import gil_adapt
+from gil_adapt import _core
+gil_adapt.install()
+libc = ctypes.CDLL(None, use_errno=True)
+def named(i, go):
+    libc.prctl(15, ("old-%d" % i).encode(), 0, 0, 0)   # PR_SET_NAME
+    go.wait()
+go = threading.Event()
+olds = [threading.Thread(target=named, args=(i, go)) for i in range(20)]
+for t in olds:
+    t.start()
+time.sleep(0.2)
+_core.read()                      # the ledger reads their OS names
+go.set()
+for t in olds:
+    t.join()
+time.sleep(0.3)                   # past the listing time of exited threads
+_core.read()                      # their records are recycled from now on
+stop = threading.Event()
+news = [threading.Thread(target=stop.wait) for _ in range(20)]
+for t in news:
+    t.start()
+time.sleep(0.2)
+rows = _core.read()[1]
+tids = {t.native_id for t in news}
+print(json.dumps(sorted(r[3] for r in rows if r[0] in tids)))
+stop.set()
+for t in news:
+    t.join()
+"""
+
+
+def test_a_recycled_record_reads_its_own_threads_name():
+    """A record taken over by a new thread is not shown under the OS name of the thread
+    that had it before: 20 threads named old-N exit, 20 new ones take their records."""
+    import json
+    out = _run_py(RECYCLED_NAMES, {"GIL_ADAPT_DEAD_KEEP_MS": "100"})
+    assert out.returncode == 0, out.stderr
+    names = json.loads(out.stdout)
+    assert len(names) == 20, names
+    assert not [n for n in names if n.startswith("old-")], names
+
+
 @pytest.mark.parametrize("value", ["0", "off", "False", "NO"])
 def test_hook_disabled_by_environment(value):
     out = _run_py("""
