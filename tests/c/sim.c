@@ -2,7 +2,6 @@
 #include "sim.h"
 
 #include <math.h>
-#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -331,16 +330,6 @@ static void start_task(sim *s, int id)
     double h = draw(&st, s->p.h, s->p.cpu_dist);
     t->native = draw(&st, s->p.n, s->p.cpu_dist);
     t->io = draw(&st, s->p.w, s->p.io_dist);
-    if (s->p.free_threaded) { /* no GIL: all of its CPU on the cores, then the I/O */
-        double cpu = h + t->native, io = t->io;
-        memset(t, 0, offsetof(thr, key));
-        t->native = cpu;
-        t->io = io;
-        t->t_start = s->now;
-        t->state = T_NATIVE;
-        run_cpu(s, id, t->native);
-        return;
-    }
     /* Python after the native call (back from it, on to the I/O) and after the I/O */
     double tiny = t->native > 0 ? h / 3 : h / 2;
     t->epi = tiny < EPILOGUE_MAX ? tiny : EPILOGUE_MAX;
@@ -351,6 +340,13 @@ static void start_task(sim *s, int id)
     t->held_wall = 0;
     t->runq = 0;
     t->t_start = s->now;
+    if (s->p.free_threaded) { /* no GIL: all of its CPU on the cores, then the I/O */
+        t->native += h;
+        t->held = t->epi = 0;
+        t->state = T_NATIVE;
+        run_cpu(s, id, t->native);
+        return;
+    }
     want_gil(s, id, h - (t->native > 0 ? 2 : 1) * t->epi);
 }
 

@@ -673,6 +673,29 @@ static void test_noisy_demands(void)
     CHECK(caught >= 0 && caught <= 4, "a x4 change in I/O followed after %d windows", caught);
 }
 
+/* Drives c for 200 windows from w, `shape` filling in each one's figures for the size in
+ * force (x: that size over the demand-based size L; arg: the case's parameter), and
+ * returns the final target / L. */
+static double drive_windows(gla_ctl *c, gla_window *w, double L,
+                            void (*shape)(gla_window *, double x, double arg), double arg)
+{
+    for (int i = 0; i < 200; i++) {
+        int n = c->target;
+        w->workers = w->busy = n;
+        shape(w, n / L, arg);
+        gla_decision d = gla_ctl_step(c, w);
+        CHECK(d.target >= 1 && d.target <= 2048, "target %d", d.target);
+    }
+    return c->target / L;
+}
+
+static void gil_fill_shape(gla_window *w, double x, double share_known)
+{
+    w->completed = w->window_s * 80 * (x > 1 ? pow(x, -0.135) : x);
+    double u = x < 1 ? 0.80 * x : 0.80 + 0.36 * (x - 1);
+    w->gil_busy = share_known ? (u > 0.98 ? 0.98 : u) : -1;
+}
+
 /* GIL-bound windows (10 ms Python, 100 ms I/O, 2 cores, a deep queue) whose GIL-busy share
  * rises past the demand-based size L (0.80 at L, saturated at 1.5 L) while the count of
  * tasks falls 3 % per x1.25 step (inside its noise for windows of a few dozen tasks): with
@@ -687,18 +710,7 @@ static double gil_fill_case(int share_known)
     w.task_gil_wait_s = 0.005;
     w.beta = 0.05;
     w.runq_share = 0;
-    double L = gla_ctl_little_size(&w, 2);
-    for (int i = 0; i < 200; i++) {
-        int n = c.target;
-        double x = n / L;
-        w.workers = w.busy = n;
-        w.completed = w.window_s * 80 * (x > 1 ? pow(x, -0.135) : x);
-        double u = x < 1 ? 0.80 * x : 0.80 + 0.36 * (x - 1);
-        w.gil_busy = share_known ? (u > 0.98 ? 0.98 : u) : -1;
-        gla_decision d = gla_ctl_step(&c, &w);
-        CHECK(d.target >= 1 && d.target <= 2048, "target %d", d.target);
-    }
-    return c.target / L;
+    return drive_windows(&c, &w, gla_ctl_little_size(&w, 2), gil_fill_shape, share_known);
 }
 
 static void test_gil_fill(void)
@@ -707,6 +719,12 @@ static void test_gil_fill(void)
     CHECK(known >= 1.4 && known <= 2.0, "GIL-busy share known: held %.2f x the demand-based size",
           known);
     CHECK(unknown <= 1.3, "share unknown: held %.2f x the demand-based size", unknown);
+}
+
+static void ft_fill_shape(gla_window *w, double x, double at_size)
+{
+    double fill = x < 1 ? at_size * x : at_size + (1 - at_size) * (x - 1) / 0.6;
+    w->completed = w->window_s * (fill < 1 ? fill : 1) / w->task_cpu_s;
 }
 
 /* Without a GIL (10 ms of CPU, 50 ms of I/O, one core, a deep queue) whose cores are
@@ -724,17 +742,7 @@ static double ft_fill_case(double at_size)
     w.task_gil_held_s = w.task_gil_wait_s = -1;
     w.beta = 0.1;
     w.runq_share = 0.05;
-    double L = gla_ctl_little_size(&w, 1);
-    for (int i = 0; i < 200; i++) {
-        int n = c.target;
-        double x = n / L;
-        double fill = x < 1 ? at_size * x : at_size + (1 - at_size) * (x - 1) / 0.6;
-        w.workers = w.busy = n;
-        w.completed = w.window_s * (fill < 1 ? fill : 1) / w.task_cpu_s;
-        gla_decision d = gla_ctl_step(&c, &w);
-        CHECK(d.target >= 1 && d.target <= 2048, "target %d", d.target);
-    }
-    return c.target / L;
+    return drive_windows(&c, &w, gla_ctl_little_size(&w, 1), ft_fill_shape, at_size);
 }
 
 /* The simulator without a GIL (free_threaded): the pool reaches 97 % of the best fixed
