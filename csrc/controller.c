@@ -49,12 +49,16 @@
 #define IDLE_TASK_S 3e-3       /* ...for tasks that hold the GIL this long (shorter ones
                                   lose a larger share to the hand-offs themselves: more
                                   threads do not fill that) */
-#define CORES_SAT 0.99         /* without a GIL, tasks taking IDLE_TASK_S of CPU per core
-                                  or more: steps are judged on the cores' busy share, and
-                                  this share of it is saturation (a thread more costs
-                                  little there, and threads sharing the cores in time wake
-                                  in bunches and leave them idle a few per cent of the time
-                                  at the demand-based size) */
+#define CORES_SAT 0.99         /* where the cores are the bottleneck, tasks taking
+                                  IDLE_TASK_S of CPU per core or more: steps are judged on
+                                  the cores' busy share, and without a GIL this share of it
+                                  is saturation (with one, U_SAT: a hand-off leaves them
+                                  idle a moment); threads sharing the cores in time wake in
+                                  bunches and leave them idle at the demand-based size */
+#define CORES_CAP 4.0          /* ...and a step that keeps the share is kept up to this
+                                  many times the demand-based size (native code of a few
+                                  ms per task on one core: several times the model's size
+                                  before the core is busy) */
 #define U_SAT 0.97             /* GIL-bound, the workers holding the GIL this share of the
                                   time: it is saturated (a hand-off leaves it idle a moment:
                                   CPython here, 8-64 threads of 10 ms Python: 0.971-0.980) */
@@ -307,6 +311,9 @@ static double observe(gla_ctl *c, const gla_window *w)
         c->held_s = held;
         c->cores_s = (held + native) / window_cores(w, c->usable_cores);
     }
+    /* The cores are the bottleneck without a GIL, and with one where the tasks' CPU per
+     * core is at least their GIL-held time (always on one core). */
+    c->by_cores = c->free_threaded || (c->held_s > 0 && c->cores_s >= c->held_s);
     if (w->completed >= 1) {
         c->rate_ewma = c->rate_ewma > 0 ? 0.7 * c->rate_ewma + 0.3 * rate : rate;
         if (w->task_wall_s > 0)
@@ -316,33 +323,46 @@ static double observe(gla_ctl *c, const gla_window *w)
     return rate;
 }
 
-/* Without a GIL the cores are the bottleneck: their busy share (the workers' CPU over the
- * window, tasks in flight included, over the window and the cores), for tasks taking
- * IDLE_TASK_S of CPU per core or more (-1 for shorter ones: judged on the count). */
+/* Where the cores are the bottleneck: their busy share (the process's CPU over the window
+ * and the usable cores, cpu_busy; where unknown, the finished tasks' CPU), for tasks
+ * taking IDLE_TASK_S of CPU per core or more (-1 for shorter ones: judged on the count). */
 static double cores_share(const gla_ctl *c, const gla_window *w)
 {
     if (!(c->cores_s >= IDLE_TASK_S) || !(w->task_cpu_s > 0) || !(w->window_s > 0) ||
         w->completed < 1)
         return -1;
-    double u = w->completed * w->task_cpu_s / (w->window_s * window_cores(w, c->usable_cores));
+    double u = w->cpu_busy > 0 ? w->cpu_busy
+                               : w->completed * w->task_cpu_s /
+                                     (w->window_s * window_cores(w, c->usable_cores));
     return u < 1 ? u : 1;
 }
 
-/* The share (of the GIL, or without one of the cores) at which the bottleneck is
- * saturated. */
+/* The share at which the bottleneck is saturated: the GIL's, or the cores' where they are
+ * the bottleneck (with a GIL, a hand-off leaves them idle a moment too). */
 static double u_sat(const gla_ctl *c)
 {
     return c->free_threaded ? CORES_SAT : U_SAT;
 }
 
+/* How far a step that keeps the share is kept: a multiple of the demand-based size, or
+ * where the cores are the bottleneck of the size last sized to if larger (the tasks' I/O
+ * reads shorter as the pool grows: run-queue waits take part of it). */
+static double fill_limit(const gla_ctl *c)
+{
+    if (!c->by_cores)
+        return IDLE_CAP * c->little_smooth;
+    double ref = c->little_ref > c->little_smooth ? c->little_ref : c->little_smooth;
+    return CORES_CAP * ref;
+}
+
 /* What the share is of, for the reasons given. */
 static const char *u_name(const gla_ctl *c)
 {
-    return c->free_threaded ? "the cores" : "the GIL";
+    return c->by_cores ? "the cores" : "the GIL";
 }
 
-/* The bottleneck's busy share the steps are judged on (the GIL's; without a GIL, the
- * cores': cores_share), or -1 where they are judged on the count of tasks. Where the GIL is the bottleneck, the share is the work the pool gets done
+/* The bottleneck's busy share the steps are judged on (the GIL's; where the cores are the
+ * bottleneck, theirs: cores_share), or -1 where they are judged on the count of tasks. Where the GIL is the bottleneck, the share is the work the pool gets done
  * (tasks/s x GIL time per task), measured over the whole window, tasks in flight
  * included: far steadier than the count of tasks finished in it (2 cores, 6 ms of
  * Python per task, 64 workers, windows of ~30 tasks: counts +-1.6 %, the share
@@ -356,7 +376,7 @@ static const char *u_name(const gla_ctl *c)
  * share stays flat below 0.9 over a doubling of the pool). */
 static double busy_share(const gla_ctl *c, const gla_window *w)
 {
-    if (c->free_threaded)
+    if (c->by_cores)
         return cores_share(c, w);
     return w->gil_busy >= 0 && c->held_s > 0 && c->cores_s <= c->held_s * U_CORES &&
                    c->usable_cores >= 2
@@ -678,7 +698,7 @@ static int judge_up(gla_ctl *c, const gla_window *w, double rate, double u, gla_
      * the GIL longer for the same work) */
     double spread = noise(c, c->base_done, w->completed, GAIN - 1);
     int may_fill = by_u && c->base_u < u_sat(c) && c->little_smooth > 0 &&
-                   c->target <= IDLE_CAP * c->little_smooth && rate >= c->base_rate * (1 - spread);
+                   c->target <= fill_limit(c) && rate >= c->base_rate * (1 - spread);
     /* judged on two windows, a fall inside the windows' own spread is no fall (convoys
      * make consecutive windows at one size differ by more than a step's change) */
     double step_var = c->u_again ? (c->u_first - u) * (c->u_first - u) / 2 : 0;

@@ -61,11 +61,15 @@
  *      demand-based size, and probes down stop there; above 97 % only a rise in the
  *      count keeps it. A step down is kept if it lost less than 1 % of the share. Growth
  *      refused while the GIL idled (below 97 %) over several windows is looked at again
- *      at the next probe (no veto). Without a GIL (free-threaded), for tasks taking
- *      3 ms of CPU per core or more, the same rules judge steps on the cores' busy share
- *      (the workers' CPU over the window and the cores), saturated at 99 %: threads
- *      sharing the cores in time wake in bunches and leave them idle a few per cent of
- *      the time at the demand-based size, and a thread more costs little there.
+ *      at the next probe (no veto). Where the cores are the bottleneck — without a GIL
+ *      (free-threaded), and with one where the tasks' CPU per core is at least their
+ *      GIL-held time (always on one core; native code that releases the GIL on more) —
+ *      for tasks taking 3 ms of CPU per core or more, the same rules judge steps on the
+ *      cores' busy share (the process's CPU over the window and the usable cores,
+ *      cpu_busy), saturated at 99 % without a GIL and at 97 % with one, a step that
+ *      keeps the share kept up to 4x the demand-based size: threads sharing the cores
+ *      in time wake in bunches and leave them idle at the demand-based size, by more
+ *      than the model's slack and by less than one window's count of tasks can show.
  *   3. Damp: the first window at a new size is not judged (retiring threads finish their
  *      tasks in it, new ones have not finished their first); the probe cadence backs off
  *      while the size holds.
@@ -137,6 +141,9 @@ typedef struct gla_ctl {
     int idle_floor;          /* a step kept for an idle bottleneck reached this: no probes
                                 down below it (0 = none) */
     int free_threaded;       /* the last window's: no GIL, the cores are the bottleneck */
+    int by_cores;            /* the cores are the bottleneck (no GIL, or the tasks' CPU per
+                                core at least their GIL-held time): steps are judged on
+                                their busy share */
     double rate_var;         /* relative variance of window throughputs at a held size */
     int rate_var_n;          /* windows rate_var is made of */
     double little_ref;       /* the Little's-law size last sized to (0 = none) */

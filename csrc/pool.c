@@ -38,7 +38,8 @@
 
 typedef struct {
     uint64_t completed, cpu_ns, wall_ns, gil_ns, gil_tail_ns, lock_ns, idle_ns, held_ns;
-    uint64_t busy_ns; /* time the workers held the GIL, tasks in flight included */
+    uint64_t busy_ns;     /* time the workers held the GIL, tasks in flight included */
+    uint64_t proc_cpu_ns; /* the process's CPU time when gathered (0: unknown) */
 } totals;
 
 typedef struct worker {
@@ -810,6 +811,10 @@ static void gather_locked(gla_pool *p, totals *t)
     uint64_t now = gla_now_ns();
     for (worker *w = p->all; w; w = w->all_next)
         add_worker_totals(t, w, now);
+    struct timespec ts;
+    t->proc_cpu_ns = clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) == 0
+                         ? (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec
+                         : 0;
 }
 
 /* Fills the sample slots from the live workers and copies (tid, idle) for reading: one
@@ -935,6 +940,11 @@ static void fill_window(const gla_pool *p, const totals *a, const totals *b, dou
     win->beta = -1.0;
     win->runq_share = rq_share;
     win->gil_busy = -1.0;
+    win->cpu_busy = -1.0;
+    if (a->proc_cpu_ns && b->proc_cpu_ns && span_s > 0 && p->usable_cores > 0) {
+        double u = (double)sub0(b->proc_cpu_ns, a->proc_cpu_ns) / 1e9 / span_s / p->usable_cores;
+        win->cpu_busy = u > 1.0 ? 1.0 : u;
+    }
     if (p->cfg.gil_wait_known && span_s > 0) {
         double u = (double)sub0(b->busy_ns, a->busy_ns) / 1e9 / span_s;
         win->gil_busy = u > 1.0 ? 1.0 : u;

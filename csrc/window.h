@@ -51,6 +51,9 @@ typedef struct {
                                (< 0: unknown) */
     double gil_busy;        /* share of the window the workers held the GIL (0-1), tasks in
                                flight included (< 0: no exact GIL figure) */
+    double cpu_busy;        /* the CPU the whole process used over the window, over the
+                               window and the usable cores (0-1; tasks in flight and
+                               threads outside the pool included; <= 0: unknown) */
     int workers;            /* live workers at the window's end */
     int busy;               /* workers not idle at the window's end */
     long queue_length;      /* tasks waiting at the window's end */

@@ -160,6 +160,22 @@ def test_window_gil_busy() -> None:
     assert 0.0 <= idle <= 0.3, idle
 
 
+def test_window_cpu_busy() -> None:
+    """The cores' busy share: the process's CPU over the window and the usable cores —
+    one worker spinning keeps one core busy, workers that sleep keep none."""
+    def spin() -> None:
+        end = time.perf_counter() + 0.002
+        while time.perf_counter() < end:
+            pass
+
+    w = _window_while(spin, 1)
+    idle = _window_while(lambda: time.sleep(0.002), 2)["cpu_busy"]
+    cores = w["usable_cores"]
+    assert w["cpu_busy"] is not None and idle is not None
+    assert 0.5 / cores <= w["cpu_busy"] <= 1.0, (w["cpu_busy"], cores)
+    assert 0.0 <= idle <= 0.2, idle
+
+
 def test_stats_after_shutdown() -> None:
     ex = AdaptiveExecutor(2)
     ex.submit(abs, -1).result(timeout=HANG)

@@ -55,6 +55,7 @@ struct sim {
     double w_done, w_wall, w_cpu, w_held, w_gwait, w_io, w_runq;
     double w_iop; /* I/O as the ledger's partition books it: run-queue time is not I/O */
     double w_from, w_busy; /* the window's start; the time the GIL was held in it */
+    double w_core;         /* the cores' busy time in it (core-seconds) */
 };
 
 /* ---- heaps keyed by thr.key ------------------------------------------------------ */
@@ -149,6 +150,17 @@ static double core_rate(const sim *s)
     if (cores < 0.05 * s->p.cores)
         cores = 0.05 * s->p.cores;
     return running <= cores ? 1 : cores / running;
+}
+
+/* The cores busy now (in cores): the CPU phases running, and the waiters' wake-ups. */
+static double cores_busy(const sim *s)
+{
+    double burn = s->qlen * s->p.wake_cost / s->p.switch_interval;
+    double cores = s->p.cores - burn;
+    if (cores < 0.05 * s->p.cores)
+        cores = 0.05 * s->p.cores;
+    double running = s->cpu.len;
+    return (running < cores ? running : cores) + (s->p.cores - cores);
 }
 
 static void run_cpu(sim *s, int id, double work)
@@ -510,7 +522,7 @@ void sim_run(sim *s, double seconds, gla_window *out)
 {
     double end = s->now + seconds;
     s->w_done = s->w_wall = s->w_cpu = s->w_held = s->w_gwait = s->w_io = s->w_runq = s->w_iop = 0;
-    s->w_busy = 0;
+    s->w_busy = s->w_core = 0;
     s->w_from = s->now;
     for (;;) {
         double r = core_rate(s);
@@ -533,6 +545,7 @@ void sim_run(sim *s, double seconds, gla_window *out)
             ev = 3;
         }
         if (end <= next) {
+            s->w_core += (end - s->now) * cores_busy(s);
             s->vtime += (end - s->now) * r;
             s->now = end;
             if (s->holder >= 0)
@@ -541,6 +554,7 @@ void sim_run(sim *s, double seconds, gla_window *out)
         }
         if (next < s->now)
             next = s->now;
+        s->w_core += (next - s->now) * cores_busy(s);
         s->vtime += (next - s->now) * r;
         s->now = next;
         if (ev == 0) {
@@ -594,6 +608,7 @@ void sim_run(sim *s, double seconds, gla_window *out)
     out->beta = s->w_gwait + s->w_io > 0 ? s->w_gwait / (s->w_gwait + s->w_io) : -1;
     out->runq_share = s->w_wall > 0 ? s->w_runq / s->w_wall : -1;
     out->gil_busy = seconds > 0 ? s->w_busy / seconds : -1;
+    out->cpu_busy = seconds > 0 ? s->w_core / (seconds * s->p.cores) : -1;
     out->workers = s->live;
     out->busy = s->live;
     out->queue_length = 100000;

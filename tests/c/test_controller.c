@@ -256,7 +256,7 @@ static void task_window(gla_window *w, double held, double wall, double io, doub
     w->task_gil_wait_s = 0;
     w->task_wall_s = wall;
     w->task_io_s = io;
-    w->beta = w->runq_share = w->gil_busy = -1;
+    w->beta = w->runq_share = w->gil_busy = w->cpu_busy = -1;
     w->queue_length = 5000;
     w->usable_cores = cores;
 }
@@ -727,29 +727,52 @@ static void ft_fill_shape(gla_window *w, double x, double at_size)
     w->completed = w->window_s * (fill < 1 ? fill : 1) / w->task_cpu_s;
 }
 
-/* Without a GIL (10 ms of CPU, 50 ms of I/O, one core, a deep queue) whose cores are
- * `at_size` busy at the demand-based size L and saturated from 1.6 L on, while the count
- * of tasks rises only with the cores' busy share (inside its noise for windows of a few
- * dozen tasks): cores left idle draw the pool past L, cores already busy keep it near L.
- * Returns the final target / L. */
-static double ft_fill_case(double at_size)
+static void native_fill_shape(gla_window *w, double x, double at_size)
+{
+    ft_fill_shape(w, x, at_size);
+    w->cpu_busy = w->completed * w->task_cpu_s / w->window_s;
+}
+
+/* One core, a deep queue, the core `at_size` busy at the demand-based size L and
+ * saturated from 1.6 L on, while the count of tasks rises only with the core's busy share
+ * (inside its noise for windows of a few dozen tasks): without a GIL (`native` 0: 10 ms
+ * of CPU, 50 ms of I/O, the busy share from the finished tasks' CPU), or with one
+ * (`native` 1: 1 ms of Python and 7 ms of native code that releases the GIL, 10 ms of
+ * I/O, the process's CPU measured: cpu_busy). A core left idle draws the pool past L, a
+ * busy one keeps it near L. Returns the final target / L. */
+static double cores_fill_case(double at_size, int native)
 {
     gla_ctl c;
     gla_ctl_init(&c, 1, 2048, 1);
     gla_window w;
-    task_window(&w, 0.010, 0.060, 0.050, 1);
-    w.free_threaded = 1;
-    w.task_gil_held_s = w.task_gil_wait_s = -1;
+    if (native) {
+        task_window(&w, 0.001, 0.018, 0.010, 1);
+        w.task_cpu_s = 0.008;
+    } else {
+        task_window(&w, 0.010, 0.060, 0.050, 1);
+        w.free_threaded = 1;
+        w.task_gil_held_s = w.task_gil_wait_s = -1;
+    }
     w.beta = 0.1;
     w.runq_share = 0.05;
-    return drive_windows(&c, &w, gla_ctl_little_size(&w, 1), ft_fill_shape, at_size);
+    return drive_windows(&c, &w, gla_ctl_little_size(&w, 1),
+                         native ? native_fill_shape : ft_fill_shape, at_size);
+}
+
+/* Where the cores are the bottleneck with a GIL (one core, native code), an idle core
+ * draws the pool past the demand-based size and a busy one keeps it there. */
+static void test_native_fill(void)
+{
+    double idle = cores_fill_case(0.93, 1), busy = cores_fill_case(0.99, 1);
+    CHECK(idle >= 1.4 && idle <= 4.0, "core 93 %% busy at L: held %.2f x L", idle);
+    CHECK(busy <= 1.3, "core busy at L: held %.2f x L", busy);
 }
 
 /* The simulator without a GIL (free_threaded): the pool reaches 97 % of the best fixed
  * size on one and two cores for 10 ms + 50 ms and 0.1 ms + 1 ms tasks. */
 static void test_free_threaded(void)
 {
-    double idle = ft_fill_case(0.93), busy = ft_fill_case(0.995);
+    double idle = cores_fill_case(0.93, 0), busy = cores_fill_case(0.995, 0);
     CHECK(idle >= 1.4 && idle <= 2.0, "cores 93 %% busy at L: held %.2f x L", idle);
     CHECK(busy <= 1.3, "cores busy at L: held %.2f x L", busy);
     const double demands[2][2] = {{0.010, 0.050}, {0.0001, 0.001}};
@@ -835,6 +858,7 @@ int main(void)
     test_collapse();
     test_gil_fill();
     test_free_threaded();
+    test_native_fill();
     test_noisy_demands();
     test_ramp_on_few_tasks();
     test_bounds_and_bad_input();
