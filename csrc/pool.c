@@ -620,12 +620,24 @@ static inline int run_task(worker_run *r, gla_pool_task *t)
         queue_push_front(p, t);
         return -1;
     }
-    if (w->pass_wake && pthread_mutex_trylock(&p->mu) == 0) {
-        /* We hold the GIL now: the next idle worker may come if tasks wait. (When
-         * the mutex is busy this is done after the task, under its lock.) */
+    if (w->pass_wake) {
+        /* We hold the GIL now: the next idle worker may come if tasks wait. Before the
+         * task, always: a task can block for as long as it likes (on a task queued
+         * behind it, say), and the queue must not wait for it while workers idle. Never
+         * sleep on the mutex holding the GIL (a convoy): when it is busy, let the GIL go
+         * meanwhile. */
+        if (pthread_mutex_trylock(&p->mu) != 0) {
+            worker_pause(r);
+            pthread_mutex_lock(&p->mu);
+        }
         worker *next = pass_wake_locked(p, w);
         pthread_mutex_unlock(&p->mu);
         signal_worker(next);
+        if (!r->holding && worker_resume(r) < 0) {
+            pthread_mutex_lock(&p->mu);
+            queue_push_front(p, t);
+            return -1;
+        }
     }
     if (r->h.run)
         r->h.run(r->ctx, r->wdata, t);
@@ -640,8 +652,6 @@ static inline int run_task(worker_run *r, gla_pool_task *t)
         worker_pause(r);
         pthread_mutex_lock(&p->mu);
     }
-    if (w->pass_wake)
-        signal_worker(pass_wake_locked(p, w));
     if (!p->cfg.policy)
         p->idle_credit++;
     return 0;

@@ -11,7 +11,8 @@
  * at the bottom are retired first). Wake-ups are serialized as in CPython's SimpleQueue:
  * a submit wakes the most recently idled worker only if no woken worker is still on its
  * way to the GIL, and a woken worker wakes the next once it holds the GIL and tasks still
- * wait; running workers take queued tasks themselves. (One wake-up per task made every
+ * wait, always before it runs its task (a task may block for as long as it likes);
+ * running workers take queued tasks themselves. (One wake-up per task made every
  * queued task one more GIL contender: hundreds of threads on one core collapsed.) A task is never dropped: it
  * is run exactly once by a worker, or given back to the caller by gla_pool_shutdown
  * (cancel) / gla_pool_break / gla_pool_reset_after_fork.

@@ -908,6 +908,67 @@ static void test_start_burst(void)
     gla_pool_destroy(p);
 }
 
+static _Atomic int g_hammer;
+static void *hammer_stats(void *arg)
+{
+    gla_pool *p = arg;
+    while (atomic_load(&g_hammer)) {
+        gla_pool_stats s;
+        gla_pool_get_stats(p, &s);
+    }
+    return NULL;
+}
+static int running_three(gla_pool *p)
+{
+    (void)p;
+    return atomic_load(&g_running_now) == 3;
+}
+static int total_is(int n)
+{
+    uint64_t end = gla_now_ns() + 5000000000ull;
+    while (atomic_load(&g_total) < n && gla_now_ns() < end)
+        sleep_us(200);
+    return atomic_load(&g_total) == n;
+}
+
+/* 15. A task that blocks does not hold up the tasks queued behind it while workers idle:
+ * three idle workers, three tasks that block until a gate opens, submitted at once while
+ * another thread keeps taking the pool's mutex (so a woken worker often finds it busy
+ * when it would wake the next one) — all three run at once, every time. */
+static void test_blocking_task_passes_the_wake(void)
+{
+    reset_counts();
+    gla_pool_config c = base_config(3, 3, 3);
+    gla_pool *p = gla_pool_create(&c);
+    CHECK(p != NULL, "create");
+    if (!p)
+        return;
+    atomic_store(&g_hammer, 1);
+    pthread_t th;
+    int hammering = pthread_create(&th, NULL, hammer_stats, p) == 0;
+    int stuck = 0, n = 0;
+    for (int trial = 0; trial < 300 && !stuck; trial++) {
+        sleep_us(2000); /* the workers back on the idle stack */
+        atomic_store(&g_gate_open, 0);
+        for (int i = 0; i < 3; i++)
+            CHECK(gla_pool_submit(p, &mk(-1, 0, 1)->link) == 0, "submit");
+        wait_until(running_three, p, 2.0);
+        stuck = !running_three(p);
+        atomic_store(&g_gate_open, 1);
+        n += 3;
+        CHECK(total_is(n), "%d of %d tasks done", atomic_load(&g_total), n);
+    }
+    atomic_store(&g_hammer, 0);
+    if (hammering)
+        pthread_join(th, NULL);
+    CHECK(!stuck, "a queued task waited for a blocking one while a worker idled (%d tasks)", n);
+    gla_pool_shutdown(p, 0, NULL);
+    gla_pool_wait(p, 0);
+    CHECK(leaves_match(), "enter %d leave %d", atomic_load(&g_enter), atomic_load(&g_leave));
+    CHECK(gla_pool_claim_drained(p) == 1, "drained");
+    gla_pool_destroy(p);
+}
+
 int main(void)
 {
     struct {
@@ -928,6 +989,7 @@ int main(void)
         {"bad_config", test_bad_config},
         {"take", test_take},
         {"start_burst", test_start_burst},
+        {"blocking_task_passes_the_wake", test_blocking_task_passes_the_wake},
     };
     int passed = 0, failed = 0;
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
