@@ -311,9 +311,12 @@ static double observe(gla_ctl *c, const gla_window *w)
         c->held_s = held;
         c->cores_s = (held + native) / window_cores(w, c->usable_cores);
     }
-    /* The cores are the bottleneck without a GIL, and with one where the tasks' CPU per
-     * core is at least their GIL-held time (always on one core). */
-    c->by_cores = c->free_threaded || (c->held_s > 0 && c->cores_s >= c->held_s);
+    /* The cores are the bottleneck without a GIL, with one on one core, and on more where
+     * the GIL's demand per task is at most U_CORES of the cores' (loaded alike, the GIL
+     * keeps the cores from filling: more threads only wait for it). */
+    c->by_cores = c->free_threaded || (c->held_s > 0 && (window_cores(w, c->usable_cores) < 2
+                                                             ? c->cores_s >= c->held_s
+                                                             : c->held_s <= c->cores_s * U_CORES));
     if (w->completed >= 1) {
         c->rate_ewma = c->rate_ewma > 0 ? 0.7 * c->rate_ewma + 0.3 * rate : rate;
         if (w->task_wall_s > 0)

@@ -62,8 +62,8 @@
  *      count keeps it. A step down is kept if it lost less than 1 % of the share. Growth
  *      refused while the GIL idled (below 97 %) over several windows is looked at again
  *      at the next probe (no veto). Where the cores are the bottleneck — without a GIL
- *      (free-threaded), and with one where the tasks' CPU per core is at least their
- *      GIL-held time (always on one core; native code that releases the GIL on more) —
+ *      (free-threaded), with one on one core, and on more where the tasks' GIL-held time
+ *      is at most 80 % of their CPU per core (native code that releases the GIL) —
  *      for tasks taking 3 ms of CPU per core or more, the same rules judge steps on the
  *      cores' busy share (the process's CPU over the window and the usable cores,
  *      cpu_busy), saturated at 99 % without a GIL and at 97 % with one, a step that
@@ -141,9 +141,9 @@ typedef struct gla_ctl {
     int idle_floor;          /* a step kept for an idle bottleneck reached this: no probes
                                 down below it (0 = none) */
     int free_threaded;       /* the last window's: no GIL, the cores are the bottleneck */
-    int by_cores;            /* the cores are the bottleneck (no GIL, or the tasks' CPU per
-                                core at least their GIL-held time): steps are judged on
-                                their busy share */
+    int by_cores;            /* the cores are the bottleneck (no GIL; one core; or the
+                                GIL's demand per task at most U_CORES of the cores'):
+                                steps are judged on their busy share */
     double rate_var;         /* relative variance of window throughputs at a held size */
     int rate_var_n;          /* windows rate_var is made of */
     double little_ref;       /* the Little's-law size last sized to (0 = none) */

@@ -738,16 +738,18 @@ static void native_fill_shape(gla_window *w, double x, double at_size)
  * (inside its noise for windows of a few dozen tasks): without a GIL (`native` 0: 10 ms
  * of CPU, 50 ms of I/O, the busy share from the finished tasks' CPU), or with one
  * (`native` 1: 1 ms of Python and 7 ms of native code that releases the GIL, 10 ms of
- * I/O, the process's CPU measured: cpu_busy). A core left idle draws the pool past L, a
- * busy one keeps it near L. Returns the final target / L. */
+ * I/O, the process's CPU measured: cpu_busy; `native` 2: two cores, 2.9 ms of Python in
+ * 7 ms of CPU, the GIL loaded nearly as much as the cores). A core left idle draws the
+ * pool past L, a busy one keeps it near L. Returns the final target / L. */
 static double cores_fill_case(double at_size, int native)
 {
     gla_ctl c;
-    gla_ctl_init(&c, 1, 2048, 1);
+    double cores = native == 2 ? 2 : 1;
+    gla_ctl_init(&c, 1, 2048, cores);
     gla_window w;
     if (native) {
-        task_window(&w, 0.001, 0.018, 0.010, 1);
-        w.task_cpu_s = 0.008;
+        task_window(&w, native == 2 ? 0.0029 : 0.001, 0.018, 0.010, cores);
+        w.task_cpu_s = native == 2 ? 0.007 : 0.008;
     } else {
         task_window(&w, 0.010, 0.060, 0.050, 1);
         w.free_threaded = 1;
@@ -755,17 +757,20 @@ static double cores_fill_case(double at_size, int native)
     }
     w.beta = 0.1;
     w.runq_share = 0.05;
-    return drive_windows(&c, &w, gla_ctl_little_size(&w, 1),
+    return drive_windows(&c, &w, gla_ctl_little_size(&w, cores),
                          native ? native_fill_shape : ft_fill_shape, at_size);
 }
 
 /* Where the cores are the bottleneck with a GIL (one core, native code), an idle core
- * draws the pool past the demand-based size and a busy one keeps it there. */
+ * draws the pool past the demand-based size and a busy one keeps it there; on two cores
+ * loaded as much as the GIL, idle cores do not (the GIL keeps them from filling). */
 static void test_native_fill(void)
 {
     double idle = cores_fill_case(0.93, 1), busy = cores_fill_case(0.99, 1);
     CHECK(idle >= 1.4 && idle <= 4.0, "core 93 %% busy at L: held %.2f x L", idle);
     CHECK(busy <= 1.3, "core busy at L: held %.2f x L", busy);
+    double alike = cores_fill_case(0.93, 2);
+    CHECK(alike <= 1.3, "two cores loaded as the GIL, 93 %% busy at L: held %.2f x L", alike);
 }
 
 /* The simulator without a GIL (free_threaded): the pool reaches 97 % of the best fixed
