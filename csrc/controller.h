@@ -67,7 +67,8 @@
  *      for tasks taking 3 ms of CPU per core or more, the same rules judge steps on the
  *      cores' busy share (the process's CPU over the window and the usable cores,
  *      cpu_busy), saturated at 99 % without a GIL and at 97 % with one, a step that
- *      keeps the share kept up to 4x the demand-based size: threads sharing the cores
+ *      keeps the share kept up to 4x the demand-based size (the size last sized to, if
+ *      larger: the I/O a task reads shrinks as the pool grows): threads sharing the cores
  *      in time wake in bunches and leave them idle at the demand-based size, by more
  *      than the model's slack and by less than one window's count of tasks can show.
  *   3. Damp: the first window at a new size is not judged (retiring threads finish their
