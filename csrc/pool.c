@@ -39,7 +39,7 @@
 typedef struct {
     uint64_t completed, cpu_ns, wall_ns, gil_ns, gil_tail_ns, lock_ns, idle_ns, held_ns;
     uint64_t busy_ns;     /* time the workers held the GIL, tasks in flight included */
-    uint64_t proc_cpu_ns; /* the process's CPU time when gathered (0: unknown) */
+    uint64_t proc_cpu_ns; /* the process's CPU time, set by the monitor (0: unknown) */
 } totals;
 
 typedef struct worker {
@@ -608,6 +608,17 @@ static void idle_wait_locked(gla_pool *p, worker *w, gla_thread *rec)
     w->wake_for_work = 0;
 }
 
+/* Takes back what pause released unless still held; when that fails t goes back to the
+ * front of the queue and -1 is returned with mu held (the worker leaves). */
+static inline int resume_or_requeue(worker_run *r, gla_pool_task *t)
+{
+    if (r->holding || worker_resume(r) == 0)
+        return 0;
+    pthread_mutex_lock(&r->p->mu);
+    queue_push_front(r->p, t);
+    return -1;
+}
+
 /* Runs t, taken off the queue (mu not held): takes back what pause released, passes a
  * wake on once holding it, runs the task and books its figures. Returns with mu held: 0,
  * or -1 when resume failed (t is back at the front of the queue: the worker leaves). */
@@ -615,11 +626,8 @@ static inline int run_task(worker_run *r, gla_pool_task *t)
 {
     worker *w = r->w;
     gla_pool *p = r->p;
-    if (!r->holding && worker_resume(r) < 0) {
-        pthread_mutex_lock(&p->mu);
-        queue_push_front(p, t);
+    if (resume_or_requeue(r, t) < 0)
         return -1;
-    }
     if (w->pass_wake) {
         /* We hold the GIL now: the next idle worker may come if tasks wait. Before the
          * task, always: a task can block for as long as it likes (on a task queued
@@ -633,11 +641,8 @@ static inline int run_task(worker_run *r, gla_pool_task *t)
         worker *next = pass_wake_locked(p, w);
         pthread_mutex_unlock(&p->mu);
         signal_worker(next);
-        if (!r->holding && worker_resume(r) < 0) {
-            pthread_mutex_lock(&p->mu);
-            queue_push_front(p, t);
+        if (resume_or_requeue(r, t) < 0)
             return -1;
-        }
     }
     if (r->h.run)
         r->h.run(r->ctx, r->wdata, t);
@@ -821,10 +826,16 @@ static void gather_locked(gla_pool *p, totals *t)
     uint64_t now = gla_now_ns();
     for (worker *w = p->all; w; w = w->all_next)
         add_worker_totals(t, w, now);
+}
+
+/* The process's CPU time (0: unknown). The kernel sums it over every thread: the monitor
+ * reads it once per window, outside the pool's mutex. */
+static uint64_t proc_cpu_ns(void)
+{
     struct timespec ts;
-    t->proc_cpu_ns = clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) == 0
-                         ? (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec
-                         : 0;
+    return clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) == 0
+               ? (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec
+               : 0;
 }
 
 /* Fills the sample slots from the live workers and copies (tid, idle) for reading: one
@@ -1050,6 +1061,7 @@ static void *monitor_main(void *arg)
     pthread_mutex_lock(&p->mu);
     totals last;
     gather_locked(p, &last);
+    last.proc_cpu_ns = proc_cpu_ns();
     uint64_t win_start = gla_now_ns();
     uint64_t deadline = win_start + (uint64_t)(next_s * 1e9);
     int quiet = 0;
@@ -1069,6 +1081,7 @@ static void *monitor_main(void *arg)
         runq_pick_locked(p, tids, idle);
         int nothing = cur.completed == last.completed && p->queue_len == 0 && p->live == p->n_idle;
         pthread_mutex_unlock(&p->mu);
+        cur.proc_cpu_ns = proc_cpu_ns();
 
         double cores = p->usable_cores;
         int aff;
@@ -1150,6 +1163,7 @@ static void *monitor_main(void *arg)
                 pthread_cond_wait(&p->monitor_cond, &p->mu);
             quiet = 0;
             gather_locked(p, &last);
+            last.proc_cpu_ns = proc_cpu_ns();
             win_start = gla_now_ns();
             deadline = win_start + (uint64_t)(next_s * 1e9);
         }
