@@ -1,7 +1,8 @@
 """Dispatch overhead: no-op tasks through submit/result, AdaptiveExecutor vs ThreadPoolExecutor(4).
 
 Patterns (each from one thread):
-  batch    : submit N no-op tasks, then result() each   <- the acceptance figure (>= 2x)
+  batch    : submit N no-op tasks, then result() each   <- the acceptance figure: >= 2.2x
+             (the goal is 2x; the margin keeps this machine's noise from flipping it)
   map      : list(executor.map(noop, range(N)))
   pingpong : submit(noop).result() N times (latency-bound: two thread wake-ups per task)
 
@@ -23,6 +24,8 @@ import time
 from typing import Callable, Dict, List
 
 from gil_adapt import AdaptiveExecutor
+
+ACCEPT = 2.2  # batch: ThreadPoolExecutor(4)'s median time over AdaptiveExecutor()'s
 
 
 def noop() -> None:
@@ -105,7 +108,8 @@ def main() -> int:
         if name == "batch":
             worst = ratio
     if worst is not None:
-        print(f"acceptance (batch >= 2.0x): {'PASS' if worst >= 2.0 else 'FAIL'} ({worst:.2f}x)")
+        print(f"acceptance (batch >= {ACCEPT:.1f}x): {'PASS' if worst >= ACCEPT else 'FAIL'} "
+              f"({worst:.2f}x)")
     return 0
 
 

@@ -167,6 +167,55 @@ static void future_call(PyObject *future, PyObject *name, PyObject *arg)
  * set_result does. Anything else (cancelled, waiters, an unexpected layout) goes through
  * the Future's methods. future_fast_init checks the layout once against a real Future. */
 
+/* ---- Futures out of the garbage collector's way -----------------------------------------
+ *
+ * A Future's Condition keeps its RLock and five methods bound to it (acquire, release,
+ * _release_save, _acquire_restore, _is_owned): six of the twelve containers a Future
+ * allocates. None of the six can be part of a reference cycle — an RLock refers to its
+ * type only, a bound method to its lock and type, and neither type refers back — so none
+ * can ever be garbage that only the collector finds; yet a program holding many futures
+ * (a batch of submits, then result() on each) has every full collection walk them.
+ * Untracking them, as CPython itself does for tuples and dicts of atomic values, takes
+ * them out of those walks. The Future, its Condition, their dicts, lists and deque stay
+ * tracked: what they hold is the program's. Only an RLock of exactly _thread.RLock and
+ * methods bound to that lock are untracked; anything else is left as it is. */
+
+static int future_untrack_init(gla_pool_py_state *st)
+{
+    if (getenv("GIL_ADAPT_NO_UNTRACK"))
+        return 0;
+    PyObject *thread = PyImport_ImportModule("_thread");
+    if (!thread)
+        return -1;
+    st->rlock_type = PyObject_GetAttrString(thread, "RLock");
+    Py_DECREF(thread);
+    if (!st->rlock_type)
+        PyErr_Clear(); /* a build without a C RLock: nothing to untrack */
+    return 0;
+}
+
+static void future_untrack_lock(const gla_pool_py_state *st, PyObject *f)
+{
+    PyObject *cond = PyObject_GetAttr(f, st->s__condition);
+    PyObject *lock = cond ? PyObject_GetAttr(cond, st->s__lock) : NULL;
+    if (lock && (PyObject *)Py_TYPE(lock) == st->rlock_type) {
+        PyObject *const names[] = {st->s_acquire, st->s_release, st->s__release_save,
+                                   st->s__acquire_restore, st->s__is_owned};
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+            PyObject *m = PyObject_GetAttr(cond, names[i]);
+            if (m && PyCFunction_Check(m) && PyCFunction_GET_SELF(m) == lock &&
+                PyObject_GC_IsTracked(m))
+                PyObject_GC_UnTrack(m);
+            Py_XDECREF(m);
+        }
+        if (PyObject_GC_IsTracked(lock))
+            PyObject_GC_UnTrack(lock);
+    }
+    Py_XDECREF(lock);
+    Py_XDECREF(cond);
+    PyErr_Clear();
+}
+
 static int future_fast_init(gla_pool_py_state *st)
 {
     PyObject *base = PyImport_ImportModule("concurrent.futures._base");
@@ -960,6 +1009,8 @@ static PyObject *Exec_submit(ExecObject *self, PyObject *const *args, Py_ssize_t
         PyMem_Free(t);
         return NULL;
     }
+    if (po->st->rlock_type)
+        future_untrack_lock(po->st, future);
     t->link.next = NULL;
     t->future = Py_NewRef(future);
     t->fn = Py_NewRef(fn);
@@ -1174,7 +1225,7 @@ static PyMethodDef pool_functions[] = {
     X(pool_type) X(exec_type) X(future_type) X(PENDING) X(RUNNING) X(FINISHED) X(s_set_running)  \
     X(s_set_result) X(s_set_exception) X(s_cancel) X(s__condition) X(s__lock) X(s__state)         \
     X(s__result) X(s__waiters) X(s__done_callbacks) X(s__invoke_callbacks) X(s_acquire)           \
-    X(s_release)
+    X(s_release) X(rlock_type) X(s__release_save) X(s__acquire_restore) X(s__is_owned)
 /* clang-format on */
 
 int gla_pool_py_exec(PyObject *m, gla_pool_py_state *st)
@@ -1196,13 +1247,16 @@ int gla_pool_py_exec(PyObject *m, gla_pool_py_state *st)
         {offsetof(gla_pool_py_state, s__invoke_callbacks), "_invoke_callbacks"},
         {offsetof(gla_pool_py_state, s_acquire), "acquire"},
         {offsetof(gla_pool_py_state, s_release), "release"},
+        {offsetof(gla_pool_py_state, s__release_save), "_release_save"},
+        {offsetof(gla_pool_py_state, s__acquire_restore), "_acquire_restore"},
+        {offsetof(gla_pool_py_state, s__is_owned), "_is_owned"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         PyObject **slot = (PyObject **)((char *)st + names[i].offset);
         if (!(*slot = PyUnicode_InternFromString(names[i].text)))
             return -1;
     }
-    if (future_fast_init(st) < 0)
+    if (future_fast_init(st) < 0 || future_untrack_init(st) < 0)
         return -1;
     st->pool_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Pool_spec, NULL);
     if (!st->pool_type)

@@ -36,6 +36,10 @@ typedef struct {
     PyObject *s_set_running, *s_set_result, *s_set_exception, *s_cancel;
     PyObject *s__condition, *s__lock, *s__state, *s__result, *s__waiters, *s__done_callbacks,
         *s__invoke_callbacks, *s_acquire, *s_release;
+    /* The lock type whose new futures' lock parts are taken out of the garbage
+     * collector's lists (see future_untrack_lock in pool_py.c), or NULL. */
+    PyObject *rlock_type;
+    PyObject *s__release_save, *s__acquire_restore, *s__is_owned;
 } gla_pool_py_state;
 
 int gla_pool_py_exec(PyObject *module, gla_pool_py_state *state);

@@ -184,6 +184,25 @@ def test_stats_after_shutdown() -> None:
     assert s["shutdown"] is True and s["workers"] == 0
 
 
+def test_future_lock_parts_are_out_of_the_collectors_way() -> None:
+    """A future's RLock and the methods its Condition binds to it (containers that cannot
+    be in a cycle) are untracked; what holds the program's objects stays tracked, and
+    the future works as any other (wait, as_completed, result)."""
+    import concurrent.futures as cf
+    import gc
+
+    with AdaptiveExecutor(2) as ex:
+        f = ex.submit(abs, -3)
+        cond = f._condition
+        lock_parts = [cond._lock, cond.acquire, cond.release, cond._release_save,
+                      cond._acquire_restore, cond._is_owned]
+        assert not any(gc.is_tracked(o) for o in lock_parts)
+        kept = [f, cond, f._waiters, f._done_callbacks, cond._waiters]
+        assert all(gc.is_tracked(o) for o in kept)
+        assert cf.wait([f], timeout=HANG).not_done == set()
+        assert next(cf.as_completed([f], timeout=HANG)) is f and f.result() == 3
+
+
 # ---- workers added and retired while tasks run ----------------------------------------
 
 def test_workers_grow_and_retire_while_tasks_run(fixed: None) -> None:

@@ -348,6 +348,26 @@ def test_no_reference_kept_to_callable_arguments_or_result(make):
         gc.collect()
         time.sleep(0.01)
 
+def test_futures_in_reference_cycles_are_collected(make):
+    # a future whose result and done-callback refer back to it: only the garbage
+    # collector can free it, and it must
+    ex = make(2)
+    refs = []
+    for _ in range(50):
+        holder: List[Any] = []
+        f = ex.submit(lambda h=holder: h)
+        holder.append(f)
+        f.add_done_callback(lambda done, f=f: f)
+        assert f.result(timeout=HANG) is holder
+        refs.append(weakref.ref(f))
+        del f, holder
+    deadline = time.monotonic() + HANG
+    while any(r() is not None for r in refs):
+        assert time.monotonic() < deadline, sum(r() is not None for r in refs)
+        gc.collect()
+        time.sleep(0.01)
+
+
 # ---- initializer and threads ----------------------------------------------------------
 
 def test_initializer_runs_in_each_worker(make):
