@@ -29,7 +29,7 @@
                                   standard deviations of the counts) is a collapse */
 #define MODEL_MAX 512          /* demand-based sizes stop at this many threads per core */
 #define RAMP_SLOW 256          /* per usable core: past this, growth steps are x1.5 */
-#define MIN_TASKS 8.0          /* fewer completions than this: the window says nothing */
+#define MIN_TASKS ((double)GLA_CTL_MIN_TASKS)
 #define CONTENDED 0.8          /* a step up by a factor g >= 1.5 after which each task
                                   waits 1 + CONTENDED (g - 1) times longer, and at least
                                   1.8 times (outside the GIL and the cores: nearly in
@@ -952,6 +952,13 @@ _Static_assert(_Generic(&gla_ctl_policy, gla_policy_fn: 1, default: 0),
 
 double gla_ctl_window_s(const gla_ctl *c)
 {
+    /* Ramping below RAMP_SLOW, a step waits only for tasks finishing at the size in force
+     * (ramp_to_goal): the floor is lower, or a burst of short tasks is over before the
+     * ramp's few steps are. */
+    double floor = c->little_goal > c->target &&
+                           c->target * ramp(c) <= RAMP_SLOW * cores_for_limits(c)
+                       ? 0.02
+                       : 0.05;
     double s = 0.1;
     double rate = c->rate_ewma;
     /* Just re-sized: the rate to expect at the new size (Little's law), not the old one's
@@ -962,8 +969,8 @@ double gla_ctl_window_s(const gla_ctl *c)
         s = 30.0 / rate;
     if (c->wall_ewma > 0 && s < 2 * c->wall_ewma)
         s = 2 * c->wall_ewma;
-    if (s < 0.05)
-        s = 0.05;
+    if (s < floor)
+        s = floor;
     if (s > 2.0)
         s = 2.0;
     return s;

@@ -91,6 +91,9 @@
 extern "C" {
 #endif
 
+/* Fewer completions than this in a window: its counts say nothing. */
+#define GLA_CTL_MIN_TASKS 8
+
 typedef enum {
     GLA_CTL_SETTLE = 0,
     GLA_CTL_PROBE_UP,

@@ -1053,6 +1053,19 @@ void gla_pool_worker_entered(void)
         start_owed(p);
 }
 
+/* The first window: the size the pool starts at is a guess, and a burst of short tasks
+ * can be over before a full window at that size ends. Once first_window_tasks have
+ * finished while more wait, the window has shown what it can (mu held). */
+#define FIRST_POLL_NS 10000000ull
+static int first_window_shown_locked(gla_pool *p, const totals *start)
+{
+    if (p->queue_len == 0)
+        return 0;
+    totals now;
+    gather_locked(p, &now);
+    return sub0(now.completed, start->completed) >= (uint64_t)p->cfg.first_window_tasks;
+}
+
 static void *monitor_main(void *arg)
 {
     gla_pool *p = arg;
@@ -1067,15 +1080,19 @@ static void *monitor_main(void *arg)
     int quiet = 0;
     int stall_windows = 0;
     uint64_t stall_since = 0;
+    int first = p->cfg.first_window_tasks > 0; /* the first window may end sooner */
     pid_t tids[GLA_POOL_RUNQ_SAMPLE];
     uint64_t idle[GLA_POOL_RUNQ_SAMPLE];
     while (!p->monitor_stop) {
         uint64_t now = gla_now_ns();
-        if (now < deadline) {
-            struct timespec ts = abs_mono(deadline);
+        if (now < deadline && !(first && first_window_shown_locked(p, &last))) {
+            uint64_t until = first && now + FIRST_POLL_NS < deadline ? now + FIRST_POLL_NS
+                                                                     : deadline;
+            struct timespec ts = abs_mono(until);
             pthread_cond_timedwait(&p->monitor_cond, &p->mu, &ts);
             continue;
         }
+        first = 0;
         totals cur;
         gather_locked(p, &cur);
         runq_pick_locked(p, tids, idle);

@@ -128,6 +128,8 @@ typedef struct {
     size_t stack_size;         /* 0: GLA_POOL_DEFAULT_STACK */
     double usable_cores;       /* reported in windows; <= 0: read from procstat */
     double first_window_s;     /* first window length; <= 0: 0.1 s */
+    int first_window_tasks;    /* the first window ends sooner once this many tasks finished
+                                  while tasks wait (looked at every 10 ms); <= 0: never */
     double idle_timeout_s;     /* idle workers above min retire after this; <= 0: never */
     int gil_wait_known;        /* the ledger's GIL waits are exact (hook installed) */
     int free_threaded;         /* no GIL in this process: windows say so (window.h) */

@@ -639,6 +639,7 @@ static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (use_controller) {
         cfg.policy = gla_ctl_policy;
         cfg.policy_ctx = &po->ctl;
+        cfg.first_window_tasks = GLA_CTL_MIN_TASKS;
         po->has_controller = 1;
     }
 #else

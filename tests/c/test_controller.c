@@ -632,6 +632,36 @@ static void test_ramp_on_few_tasks(void)
           start, c.target);
 }
 
+/* A burst of short tasks (5.5 ms, nearly all of it I/O, one core: ~70 workers) ramps
+ * on windows shorter than the usual floor of 50 ms — a step needs only tasks finishing at
+ * the size in force — and is back on full windows once there. */
+static void test_ramp_windows(void)
+{
+    gla_ctl c;
+    gla_ctl_init(&c, 1, 2048, 1);
+    gla_window w;
+    task_window(&w, 0.0001, 0.0055, 0.0054, 1);
+    w.workers = w.busy = 2;
+    w.window_s = 0.04;
+    w.completed = 10;
+    gla_ctl_step(&c, &w);
+    double longest = 0;
+    int steps = 0;
+    while (c.little_goal > c.target && steps < 10) {
+        double s = gla_ctl_window_s(&c);
+        longest = s > longest ? s : longest;
+        w.workers = w.busy = c.target;
+        w.window_s = s;
+        w.completed = c.target * s / w.task_wall_s;
+        gla_ctl_step(&c, &w);
+        steps++;
+    }
+    double after = gla_ctl_window_s(&c);
+    CHECK(steps >= 2 && c.target >= 50 && longest < 0.045 && after >= 0.05,
+          "ramp to %d in %d steps, longest window %.3f s, then %.3f s", c.target, steps, longest,
+          after);
+}
+
 /* Windows whose demands scatter as a window of ~30 exponential tasks' do (the I/O per task
  * log-normal, sd 0.18 about 100 ms; 5 ms of Python, 2 cores, a deep queue): the size holds,
  * no re-size on the scatter; then the I/O quadruples: re-sized within a few windows.
@@ -866,6 +896,7 @@ int main(void)
     test_native_fill();
     test_noisy_demands();
     test_ramp_on_few_tasks();
+    test_ramp_windows();
     test_bounds_and_bad_input();
     test_directions();
 #if defined(__SANITIZE_THREAD__)

@@ -496,6 +496,49 @@ static void test_liveness(void)
     gla_pool_destroy(p);
 }
 
+/* 6c. The first window ends once first_window_tasks have finished while tasks wait, long
+ *     before its first_window_s; with nothing queued it keeps its length. */
+static _Atomic int g_first_calls;
+static double first_policy(void *ctx, const gla_window *w, gla_decision *d)
+{
+    if (atomic_fetch_add(&g_first_calls, 1) == 0)
+        *(gla_window *)ctx = *w;
+    d->target = w->target;
+    d->action = GLA_HOLD;
+    snprintf(d->reason, sizeof d->reason, "hold");
+    return 10.0;
+}
+
+static void test_first_window(void)
+{
+    for (int queued = 1; queued >= 0; queued--) {
+        reset_counts();
+        atomic_store(&g_first_calls, 0);
+        gla_window first;
+        memset(&first, 0, sizeof first);
+        gla_pool_config c = base_config(1, 2, 2);
+        c.policy = first_policy;
+        c.policy_ctx = &first;
+        c.first_window_s = 30.0;
+        c.first_window_tasks = 8;
+        gla_pool *p = gla_pool_create(&c);
+        int n = queued ? 400 : 4; /* 400 x 2 ms on two workers: a queue for 0.4 s */
+        for (int i = 0; i < n; i++)
+            gla_pool_submit(p, &mk(i, 2000, 0)->link);
+        uint64_t end = gla_now_ns() + (queued ? 20000000000ull : 300000000ull);
+        while (atomic_load(&g_first_calls) == 0 && gla_now_ns() < end)
+            sleep_us(1000);
+        if (queued)
+            CHECK(atomic_load(&g_first_calls) >= 1 && first.completed >= 8 && first.window_s < 20.0,
+                  "first window: calls %d, %.0f tasks in %.3f s", atomic_load(&g_first_calls),
+                  first.completed, first.window_s);
+        else
+            CHECK(atomic_load(&g_first_calls) == 0, "nothing queued: the window ended early");
+        drain_and_check(p, n);
+        gla_pool_destroy(p);
+    }
+}
+
 /* 7. Idle workers above min retire after the idle timeout; idle time is accounted. */
 static void test_idle_timeout(void)
 {
@@ -982,6 +1025,7 @@ int main(void)
         {"enter_failure", test_enter_failure},
         {"policy", test_policy},
         {"liveness", test_liveness},
+        {"first_window", test_first_window},
         {"idle_timeout", test_idle_timeout},
         {"self_shutdown", test_self_shutdown},
         {"fork", test_fork},
