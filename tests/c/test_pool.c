@@ -501,8 +501,10 @@ static void test_liveness(void)
 static _Atomic int g_first_calls;
 static double first_policy(void *ctx, const gla_window *w, gla_decision *d)
 {
-    if (atomic_fetch_add(&g_first_calls, 1) == 0)
+    /* the monitor is the only caller: copy, then publish the copy with the count */
+    if (atomic_load(&g_first_calls) == 0)
         *(gla_window *)ctx = *w;
+    atomic_fetch_add(&g_first_calls, 1);
     d->target = w->target;
     d->action = GLA_HOLD;
     snprintf(d->reason, sizeof d->reason, "hold");
