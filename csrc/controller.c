@@ -29,7 +29,7 @@
                                   standard deviations of the counts) is a collapse */
 #define MODEL_MAX 512          /* demand-based sizes stop at this many threads per core */
 #define RAMP_SLOW 256          /* per usable core: past this, growth steps are x1.5 */
-#define MIN_TASKS ((double)GLA_CTL_MIN_TASKS)
+#define MIN_TASKS ((double)GLA_CTL_MIN_TASKS) /* a window with fewer says nothing */
 #define CONTENDED 0.8          /* a step up by a factor g >= 1.5 after which each task
                                   waits 1 + CONTENDED (g - 1) times longer, and at least
                                   1.8 times (outside the GIL and the cores: nearly in
