@@ -49,8 +49,12 @@ if command -v pyenv >/dev/null 2>&1; then
     [ "$short" = "$default_ver" ] && continue
     echo "== build + ledger and executor tests on Python $ver"
     venv_for "$py" ".venv-$ver"
+    # CPython's own ThreadPoolExecutor tests (where the interpreter ships them): on 3.10,
+    # the suite's one-module layout; the package layout runs on 3.13t below
+    suite=""
+    [ "$short" = 3.10 ] && suite=tests/test_cpython_suite.py
     ".venv-$ver/bin/python" -m pytest -q tests/test_ledger.py tests/test_executor.py tests/test_executor_semantics.py tests/test_executor_modes.py \
-      tests/test_fork.py tests/test_subinterpreters.py tests/test_hook_peers.py
+      tests/test_fork.py tests/test_subinterpreters.py tests/test_hook_peers.py $suite
   done
 fi
 # A free-threaded CPython (no GIL): scripts/build-python.sh builds 3.13t once from Debian's
@@ -67,7 +71,7 @@ if ft_py=$(scripts/build-python.sh 3.13t | tail -n 1) && [ -x "$ft_py" ]; then
   .venv-3.13t/bin/python -W error::RuntimeWarning -c 'import sys, gil_adapt; assert not sys._is_gil_enabled(), "gil_adapt enabled the GIL"'
   .venv-3.13t/bin/python -m pytest -q -p no:cacheprovider tests/test_ledger.py tests/test_executor.py \
     tests/test_executor_semantics.py tests/test_executor_modes.py tests/test_profiler.py \
-    tests/test_fork.py tests/test_subinterpreters.py tests/test_hook_peers.py
+    tests/test_fork.py tests/test_subinterpreters.py tests/test_hook_peers.py tests/test_cpython_suite.py
 elif [ "${GIL_ADAPT_REQUIRE_FT:-0}" = 1 ]; then
   echo "free-threaded CPython could not be built (GIL_ADAPT_REQUIRE_FT=1)" >&2
   exit 1

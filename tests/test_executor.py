@@ -374,16 +374,18 @@ def test_huge_sizes_and_infinite_timeouts_behave_as_threadpool() -> None:
 # ---- broken pool ------------------------------------------------------------------------
 
 def test_initializer_failure_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    # where ThreadPoolExecutor logs it: the concurrent.futures logger
     def init() -> None:
         raise ValueError("bad init")
 
-    with caplog.at_level("CRITICAL", logger="gil_adapt"):
+    with caplog.at_level("CRITICAL", logger="concurrent.futures"):
         ex = AdaptiveExecutor(2, initializer=init)
         f = ex.submit(abs, 1)
         with pytest.raises(executor_mod.BrokenThreadPool):
             f.result(timeout=HANG)
         ex.shutdown()
-    assert any("initializer" in r.getMessage() for r in caplog.records)
+    assert any("initializer" in r.getMessage() and r.name == "concurrent.futures"
+               for r in caplog.records)
     assert ex.stats()["broken"] is True
 
 

@@ -30,6 +30,7 @@ from . import _core, _ledger
 from ._router import MODES, Router, resolve_pins
 
 log = logging.getLogger("gil_adapt")
+_cf_log = logging.getLogger("concurrent.futures")
 
 __all__ = ["AdaptiveExecutor", "BrokenThreadPool", "default_max_workers", "worker_stack_size"]
 
@@ -156,7 +157,8 @@ def _thread_hooks(prefix: str, initializer: Optional[Callable[..., Any]],
             try:
                 initializer(*initargs)
             except BaseException:
-                log.critical("Exception in initializer:", exc_info=True)
+                # where ThreadPoolExecutor logs it: on the concurrent.futures logger
+                _cf_log.critical("Exception in initializer:", exc_info=True)
                 return False, token
         return True, token
 
