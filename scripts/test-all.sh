@@ -49,12 +49,8 @@ if command -v pyenv >/dev/null 2>&1; then
     [ "$short" = "$default_ver" ] && continue
     echo "== build + ledger and executor tests on Python $ver"
     venv_for "$py" ".venv-$ver"
-    # CPython's own ThreadPoolExecutor tests (where the interpreter ships them): on 3.10,
-    # the suite's one-module layout; the package layout runs on 3.13t below
-    suite=""
-    [ "$short" = 3.10 ] && suite=tests/test_cpython_suite.py
     ".venv-$ver/bin/python" -m pytest -q tests/test_ledger.py tests/test_executor.py tests/test_executor_semantics.py tests/test_executor_modes.py \
-      tests/test_fork.py tests/test_subinterpreters.py tests/test_hook_peers.py $suite
+      tests/test_fork.py tests/test_subinterpreters.py tests/test_hook_peers.py
   done
 fi
 # A free-threaded CPython (no GIL): scripts/build-python.sh builds 3.13t once from Debian's
@@ -69,6 +65,8 @@ if ft_py=$(scripts/build-python.sh 3.13t | tail -n 1) && [ -x "$ft_py" ]; then
   .venv-3.13t/bin/python -m pip install -q "pytest>=7" "pytest-timeout>=2" >/dev/null
   # -W error::RuntimeWarning: importing gil_adapt must never turn the GIL back on
   .venv-3.13t/bin/python -W error::RuntimeWarning -c 'import sys, gil_adapt; assert not sys._is_gil_enabled(), "gil_adapt enabled the GIL"'
+  # with CPython's own ThreadPoolExecutor tests (tests/test_cpython_suite.py): the build
+  # ships them, and free threading is where an executor's races would show
   .venv-3.13t/bin/python -m pytest -q -p no:cacheprovider tests/test_ledger.py tests/test_executor.py \
     tests/test_executor_semantics.py tests/test_executor_modes.py tests/test_profiler.py \
     tests/test_fork.py tests/test_subinterpreters.py tests/test_hook_peers.py tests/test_cpython_suite.py
