@@ -157,16 +157,6 @@ static void future_call(PyObject *future, PyObject *name, PyObject *arg)
         PyErr_WriteUnraisable(future);
 }
 
-/* ---- Future fast path -------------------------------------------------------------------
- *
- * A worker moves each future PENDING -> RUNNING -> FINISHED. Future's own methods do it
- * in Python under `with self._condition`; here the same transitions are made under the
- * same lock (the Condition's RLock) for the common case only — state as expected, nobody
- * waiting (future._waiters empty: no as_completed/wait; condition._waiters empty: no
- * result() blocked) — and the done-callbacks are run through Future._invoke_callbacks as
- * set_result does. Anything else (cancelled, waiters, an unexpected layout) goes through
- * the Future's methods. future_fast_init checks the layout once against a real Future. */
-
 /* ---- Futures out of the garbage collector's way -----------------------------------------
  *
  * A Future's Condition keeps its RLock and five methods bound to it (acquire, release,
@@ -215,6 +205,16 @@ static void future_untrack_lock(const gla_pool_py_state *st, PyObject *f)
     Py_XDECREF(cond);
     PyErr_Clear();
 }
+
+/* ---- Future fast path -------------------------------------------------------------------
+ *
+ * A worker moves each future PENDING -> RUNNING -> FINISHED. Future's own methods do it
+ * in Python under `with self._condition`; here the same transitions are made under the
+ * same lock (the Condition's RLock) for the common case only — state as expected, nobody
+ * waiting (future._waiters empty: no as_completed/wait; condition._waiters empty: no
+ * result() blocked) — and the done-callbacks are run through Future._invoke_callbacks as
+ * set_result does. Anything else (cancelled, waiters, an unexpected layout) goes through
+ * the Future's methods. future_fast_init checks the layout once against a real Future. */
 
 static int future_fast_init(gla_pool_py_state *st)
 {
