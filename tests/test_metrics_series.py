@@ -254,7 +254,7 @@ def test_promtool_check_metrics(busy_process, per_thread):
 REQUESTS = textwrap.dedent("""
     import json, sys, threading, time
     from prometheus_client import parser
-    from gil_adapt import metrics
+    from gil_adapt import _ledger, metrics
 
     CAP = 8
     MODES = (("name", CAP), ("thread", CAP))
@@ -300,7 +300,10 @@ REQUESTS = textwrap.dedent("""
                            (("thread", "Thread-N (process_request_thread)"),))
                     group.append(cur.get(key, 0.0))
                     total = cur[("gil_adapt_cpu_seconds_total", ())]
-                    gaps.append([sum(cpu.values()), total])
+                    snap = _ledger.snapshot()  # after the read: the kernel's CPU so far
+                    raw = snap["exited"]["raw_cpu_ns"] + sum(
+                        t["raw_cpu_ns"] for t in snap["threads"].values() if t["alive"])
+                    gaps.append([sum(cpu.values()), total, raw / 1e9])
     print(json.dumps({"decreases": decreases, "sizes": sizes, "labels": sorted(labels),
                       "group": group, "gaps": gaps, "threads": n}))
 """)
@@ -330,9 +333,13 @@ def test_thread_per_request_series_bounded_and_monotonic(tmp_path):
     assert all("Thread-1" not in lab for lab in res["labels"])
     group = res["group"]
     assert group == sorted(group) and group[-1] > group[0]
-    # the name mode's series add up to the process totals (the exited threads included)
-    for thread_sum, total in res["gaps"]:
-        assert thread_sum == pytest.approx(total, rel=0.02, abs=0.002)
+    # The name mode's series hold the process total (the exited threads included) and
+    # no more CPU than the kernel counted. They may exceed the total: a thread's CPU is the
+    # kernel's less an estimate of the CPU inside its GIL waits, that estimate is revised
+    # as samples come in, and every series keeps the most it published.
+    for thread_sum, total, raw in res["gaps"]:
+        assert thread_sum >= total * 0.98 - 0.002, (thread_sum, total)
+        assert thread_sum <= raw + 1e-6, (thread_sum, raw)
 
 
 HOOK = textwrap.dedent("""
