@@ -69,6 +69,21 @@
                                   time includes a holder's waits for a core, so a GIL and
                                   cores loaded alike read as GIL-bound) */
 #define U_GAIN 0.01            /* a step down may lose this much of the GIL-busy share */
+#define LOW_RATE 0.25          /* judged on the bottleneck's work rate, probes down go on
+                                  below the demand-based size on a gain, to this share of it
+                                  (tasks that release the GIL often cost more with every
+                                  waiter: the model's size, computed from what they cost at
+                                  the size in force, can be several times the best) */
+#define RATE_MOVE 0.02         /* the work rate moved: by two standard deviations of the
+                                  difference (from the tasks' spread of GIL-held time and
+                                  the share's, or the windows' own), at least 2 % */
+#define RATE_SD 0.05           /* the windows' own spread is used where one window's work
+                                  rate spreads by at most this (standard deviation, log
+                                  scale): a noisier rate looked at again and again would
+                                  take steps on chance */
+#define SHEDS 1.5              /* a step kept for an idle bottleneck that cut the work rate
+                                  by 1.5 times RATE_MOVE's measure (3 standard deviations):
+                                  the demands grow with the pool */
 /* clang-format on */
 
 static int clamp(const gla_ctl *c, double n)
@@ -387,6 +402,97 @@ static double busy_share(const gla_ctl *c, const gla_window *w)
                : -1;
 }
 
+/* The bottleneck's demand per task in a window: the GIL's held time, or where the cores
+ * are the bottleneck the CPU per task over the cores (0: unknown). */
+static double demand_of(const gla_ctl *c, const gla_window *w)
+{
+    double d = c->by_cores ? w->task_cpu_s / window_cores(w, c->usable_cores) : w->task_gil_held_s;
+    return d > 0 ? d : 0;
+}
+
+/* The bottleneck's work rate in tasks/s: its busy share over its demand per task in the
+ * same window, or 0 where the share is not used. Unlike the share alone it falls when
+ * each task costs the bottleneck more: a task that releases the GIL often is handed over
+ * at each release while others wait, and the more threads take turns the more each
+ * hand-off costs (pandas: each task holds the GIL longer in a larger pool, the GIL's
+ * busy share much the same). */
+static double work_rate(const gla_ctl *c, const gla_window *w, double u)
+{
+    double d = demand_of(c, w);
+    return u > 0 && d > 0 ? u / d : 0;
+}
+
+/* Starts a figure's mean at a new base from one window (x <= 0: unknown). */
+static void logmean_start(gla_ctl_logmean *m, double x)
+{
+    m->mean = x > 0 ? log(x) : 0;
+    m->n = x > 0;
+}
+
+/* One more window at the base: into the mean (the last 16) and into the windows' spread
+ * (a window's deviation from the mean of the n before it has variance var (1 + 1/n)). */
+static void logmean_add(gla_ctl_logmean *m, double x)
+{
+    if (!(x > 0) || m->n < 1)
+        return;
+    double dev = log(x) - m->mean;
+    double sample = dev * dev / (1 + 1.0 / m->n);
+    if (m->var_n < 16)
+        m->var_n++;
+    m->var += (sample - m->var) / m->var_n;
+    if (m->n < 16)
+        m->n++;
+    m->mean += dev / m->n;
+}
+
+/* How far one window's figure must be from the base's mean to count: two standard
+ * deviations of the difference (the windows' spread as measured at the sizes held since
+ * the demands last changed), and at least RATE_MOVE (log scale). 0 while the spread is
+ * unknown, or where it exceeds RATE_SD: tasks of widely varying demands (a window of 30
+ * exponential ones: about 12 %), where repeated looks at a noisy figure would take steps
+ * on chance. */
+static double logmean_move(const gla_ctl_logmean *m)
+{
+    if (m->n < 1 || m->var_n < 4 || m->var > RATE_SD * RATE_SD)
+        return 0;
+    double sd = sqrt(m->var * (1 + 1.0 / m->n));
+    return 2 * sd > RATE_MOVE ? 2 * sd : RATE_MOVE;
+}
+
+/* The relative standard error of a window's demand per task, from the spread of its tasks'
+ * GIL-held times (where the GIL is the bottleneck and the pool measures it; else -1). */
+static double window_dse(const gla_ctl *c, const gla_window *w)
+{
+    if (c->by_cores || !(w->task_gil_held_sd > 0) || !(w->task_gil_held_s > 0) || w->completed < 2)
+        return -1;
+    return w->task_gil_held_sd / w->task_gil_held_s / sqrt(w->completed);
+}
+
+/* Two standard errors of the difference of two means whose relative errors are a and b
+ * (and extra variance `more`), at least RATE_MOVE; 0 if either is unknown. */
+static double se_move(double a, double b, double more)
+{
+    if (!(a > 0) || !(b > 0))
+        return 0;
+    double m = 2 * sqrt(a * a + b * b + more);
+    return m > RATE_MOVE ? m : RATE_MOVE;
+}
+
+static double larger(double a, double b)
+{
+    return a > b ? a : b;
+}
+
+/* How far this window's work rate must be from the base's to count (log scale): from the
+ * spread of its tasks' demands and of the share, and from the windows' where known; 0 if
+ * neither is. */
+static double rate_move(const gla_ctl *c, const gla_window *w)
+{
+    double uvar = c->base_u_n >= 2 && c->base_u > 0 ? c->base_u_var / (c->base_u * c->base_u) : -1;
+    double se = uvar >= 0 ? se_move(window_dse(c, w), c->base_dse, 2 * uvar) : 0;
+    return larger(logmean_move(&c->rate_at), se);
+}
+
 /* 0. A step up that made throughput collapse (thousands of threads starving the
  * interpreter finish a trickle, not nothing): back, and no growth past there. Looked at
  * in the window after each step up (note_step). 1 when it decided. */
@@ -502,6 +608,9 @@ static void new_demands(gla_ctl *c, double little)
     c->model_cap = 0;
     c->idle_floor = 0;
     c->rate_var_n = 0;
+    c->rate_at.var_n = 0;
+    c->sheds = 0;
+    c->fill_known = 0;
     c->little_moved = 0;
     c->little_goal = clamp(c, ceil(model_cap_size(c, little)));
     /* Contention is the workload's: its limit goes with it. */
@@ -642,6 +751,18 @@ static void measure_base(gla_ctl *c, const gla_window *w, double rate, double u)
     c->base_u = u > 0 ? u : 0;
     c->base_u_n = u > 0;
     c->base_u_var = 0;
+    logmean_start(&c->rate_at, work_rate(c, w, u));
+    c->base_dse = u > 0 ? window_dse(c, w) : -1;
+}
+
+/* One more window at the base into its work rate's mean and spread, and its demand's
+ * standard error. */
+static void add_base_rate(gla_ctl *c, const gla_window *w, double u)
+{
+    logmean_add(&c->rate_at, work_rate(c, w, u));
+    double e = u > 0 ? window_dse(c, w) : -1;
+    if (c->base_dse > 0 && e > 0) /* the error of the mean of both */
+        c->base_dse = 1 / sqrt(1 / (c->base_dse * c->base_dse) + 1 / (e * e));
 }
 
 /* Probing is over for now: the size holds, and the next probe waits twice as long as
@@ -668,6 +789,7 @@ static int settle(gla_ctl *c, const gla_window *w, double rate, double u, gla_de
         c->base_u_var = (c->base_u - u) * (c->base_u - u) / 2;
         c->base_u = (c->base_u + u) / 2;
         c->base_u_n = 2;
+        add_base_rate(c, w, u);
         return 0;
     }
     measure_base(c, w, rate, u);
@@ -691,7 +813,7 @@ static int judge_up(gla_ctl *c, const gla_window *w, double rate, double u, gla_
     int by_u = u > 0 && c->base_u > 0;
     double u_step = c->u_again && by_u ? (c->u_first + u) / 2 : u;
     double fill = c->base_rate * c->bneck_s;
-    int idle = !by_u && fill > 0 && fill < IDLE_FILL && c->held_s >= IDLE_TASK_S &&
+    int idle = !by_u && !c->sheds && fill > 0 && fill < IDLE_FILL && c->held_s >= IDLE_TASK_S &&
                c->little_smooth > 0 && c->target <= IDLE_CAP * c->little_smooth &&
                rate >= c->base_rate * KEEP;
     /* GIL-bound (2+ cores) with the GIL idle part of the time at the base (its
@@ -700,15 +822,25 @@ static int judge_up(gla_ctl *c, const gla_window *w, double rate, double u, gla_
      * count fell by more than its noise (a holder that shares its core holds
      * the GIL longer for the same work) */
     double spread = noise(c, c->base_done, w->completed, GAIN - 1);
-    int may_fill = by_u && c->base_u < u_sat(c) && c->little_smooth > 0 &&
+    int may_fill = by_u && !c->sheds && c->base_u < u_sat(c) && c->little_smooth > 0 &&
                    c->target <= fill_limit(c) && rate >= c->base_rate * (1 - spread);
     /* judged on two windows, a fall inside the windows' own spread is no fall (convoys
      * make consecutive windows at one size differ by more than a step's change) */
     double step_var = c->u_again ? (c->u_first - u) * (c->u_first - u) / 2 : 0;
     int in_noise = c->u_again && c->base_u_var > 0 && c->base_u_n >= 2 &&
                    c->base_u - u_step <= 2 * sqrt(c->base_u_var / c->base_u_n + step_var / 2);
-    int filled = may_fill && (u_step >= c->base_u * (1 - U_KEEP) || in_noise);
-    int gained = rate > c->base_rate * (1 + spread);
+    /* ...unless the bottleneck's work rate fell beyond its noise: each task costs it more
+     * at the larger size (the share was kept by costlier tasks, not by more work). A fall
+     * well beyond the noise says the demands grow with the pool: no step is kept for an
+     * idle bottleneck any more. */
+    double r = work_rate(c, w, u), rmove = rate_move(c, w);
+    int r_known = r > 0 && rmove > 0 && c->rate_at.n > 0;
+    double r_dev = r_known ? log(r) - c->rate_at.mean : 0;
+    int costlier = r_known && r_dev < -rmove;
+    if (may_fill && r_known && r_dev < -SHEDS * rmove)
+        c->sheds = 1;
+    int filled = may_fill && !costlier && (u_step >= c->base_u * (1 - U_KEEP) || in_noise);
+    int gained = rate > c->base_rate * (1 + spread) || (r_known && r_dev > rmove);
     if (may_fill && !filled && !gained && !c->u_again) {
         /* below saturation one window's share spreads a few per cent (convoys
          * of waiters come and go): judged on the mean of two */
@@ -721,8 +853,14 @@ static int judge_up(gla_ctl *c, const gla_window *w, double rate, double u, gla_
     }
     c->u_again = 0;
     if (gained || idle || filled) {
-        if (idle || filled)
+        if (idle || filled) {
+            if (!c->idle_floor) {
+                c->fill_lr = c->rate_at.mean;
+                c->fill_dse = c->base_dse;
+                c->fill_known = c->rate_at.n > 0;
+            }
             c->idle_floor = c->target;
+        }
         c->base = c->target;
         measure_base(c, w, rate, u);
         c->steady_backoff = STEADY_FIRST;
@@ -782,6 +920,19 @@ static int judge_down(gla_ctl *c, const gla_window *w, double rate, double u, in
      * it idle more lose what the count may not show */
     int kept = !below && u > 0 && c->base_u > 0 ? u >= c->base_u * (1 - U_GAIN)
                                                 : rate >= c->base_rate * need;
+    /* Judged on the bottleneck's work rate, a gain beyond its own noise keeps the step
+     * (the count no lower than its noise allows): the share alone counts the extra cost
+     * of each task at the larger size as work. Below the demand-based size nothing else
+     * does. */
+    double r = work_rate(c, w, u), move = rate_move(c, w);
+    if (r > 0 && move > 0 && c->rate_at.n > 0 && (below || !kept))
+        kept = log(r) - c->rate_at.mean > move &&
+               rate >= c->base_rate * (1 - noise(c, c->base_done, w->completed, GAIN - 1));
+    /* More work done with fewer workers: each task cost the bottleneck more at the
+     * larger size (the demands grow with the pool), and what the model sized from was
+     * that cost */
+    if (kept && r > 0 && move > 0 && c->rate_at.n > 0 && log(r) - c->rate_at.mean > move)
+        c->sheds = 1;
     if (kept) {
         if (below)
             c->model_cap = c->little_smooth;
@@ -792,14 +943,39 @@ static int judge_down(gla_ctl *c, const gla_window *w, double rate, double u, in
         }
         if (u > c->base_u)
             c->base_u = u;
+        /* the work rate is the new size's own (the windows' spread is kept) */
+        logmean_start(&c->rate_at, r);
+        c->base_dse = r > 0 ? window_dse(c, w) : -1;
         return 0;
     }
     c->target = c->base;
     back_off(c);
-    say(d, GLA_GROW,
-        below ? "fewer workers did not raise throughput (%.1f %%): back to %.0f"
-              : "fewer workers lost throughput (%.1f %%): back to %.0f",
-        c->base_rate > 0 ? (1 - rate / c->base_rate) * 100 : 0, (double)c->base);
+    d->action = GLA_GROW;
+    if (r > 0 && move > 0 && c->rate_at.n > 0)
+        snprintf(d->reason, sizeof d->reason,
+                 "fewer workers did not raise the work rate of %s (%+.1f %%): back to %d",
+                 u_name(c), (r / exp(c->rate_at.mean) - 1) * 100, c->base);
+    else
+        snprintf(d->reason, sizeof d->reason,
+                 below ? "fewer workers did not raise throughput (%.1f %%): back to %d"
+                       : "fewer workers lost throughput (%.1f %%): back to %d",
+                 c->base_rate > 0 ? (1 - rate / c->base_rate) * 100 : 0, c->base);
+    return 1;
+}
+
+/* Steps kept for an idle bottleneck that, measured since, cut its work rate: each task
+ * cost it more at the larger size (the share was kept by costlier tasks, not by more
+ * work). The floor they set goes, and the demands are known to grow with the pool. 1 if
+ * so. */
+static int fill_was_costlier(gla_ctl *c)
+{
+    double move = larger(logmean_move(&c->rate_at), se_move(c->base_dse, c->fill_dse, 0));
+    if (!(c->idle_floor && c->fill_known && move > 0 &&
+          c->rate_at.mean < c->fill_lr - SHEDS * move))
+        return 0;
+    c->idle_floor = 0;
+    c->fill_known = 0;
+    c->sheds = 1;
     return 1;
 }
 
@@ -814,8 +990,11 @@ static int probe_down(gla_ctl *c, const gla_window *w, double rate, double u, gl
     int hard = clamp(c, ceil(c->little_smooth * LOW));
     if (c->model_cap > 0 && soft > c->base)
         soft = c->base; /* an earlier step below the model paid */
+    fill_was_costlier(c);
     if (c->idle_floor > hard)
         soft = hard = c->idle_floor; /* grown into an idle bottleneck: not back */
+    if (c->sheds && work_rate(c, w, u) > 0 && rate_move(c, w) > 0)
+        hard = clamp(c, ceil(c->little_smooth * LOW_RATE)); /* further on a work-rate gain */
     if (c->target != c->base && judge_down(c, w, rate, u, soft, d))
         return 1;
     int down = clamp(c, floor(c->base * 0.8));
@@ -848,9 +1027,12 @@ static void steady(gla_ctl *c, const gla_window *w, double rate, double u)
             c->base_u_n++;
         c->base_u += (u - c->base_u) / c->base_u_n;
         c->base_u_var += ((u - c->base_u) * (u - c->base_u) - c->base_u_var) / c->base_u_n;
+        add_base_rate(c, w, u);
     }
     c->base_done = 0.8 * c->base_done + w->completed; /* ~ the tasks the average spans */
-    if (--c->steady_windows <= 0)
+    if (fill_was_costlier(c))
+        c->phase = GLA_CTL_PROBE_DOWN; /* down at once */
+    else if (--c->steady_windows <= 0)
         c->phase = GLA_CTL_PROBE_UP;
 }
 

@@ -71,6 +71,16 @@
  *      larger: the I/O a task reads shrinks as the pool grows): threads sharing the cores
  *      in time wake in bunches and leave them idle at the demand-based size, by more
  *      than the model's slack and by less than one window's count of tasks can show.
+ *      Where the share is used, steps are also judged on the bottleneck's work rate, its
+ *      share over its demand per task in the same window (tasks/s, counting the extra
+ *      cost of each task in a larger pool as the share alone does not), whose noise is
+ *      known from the spread of the tasks' GIL-held times (task_gil_held_sd) and of the
+ *      share, or from the windows' own: a step kept for an idle bottleneck must not cut
+ *      it; a step that raises it beyond the noise is kept; and once fewer workers raised
+ *      it, or a step for an idle bottleneck cut it by 3 standard deviations, the
+ *      demands grow with the pool (tasks that release the GIL often: every waiter makes
+ *      each hand-off cost more): no more steps for an idle bottleneck, and probes go
+ *      below the demand-based size (to a quarter of it) on a gain of work rate.
  *   3. Damp: the first window at a new size is not judged (retiring threads finish their
  *      tasks in it, new ones have not finished their first); the probe cadence backs off
  *      while the size holds.
@@ -101,6 +111,16 @@ typedef enum {
     GLA_CTL_STEADY
 } gla_ctl_phase;
 
+/* A figure measured once per window, on a log scale: its mean over the windows at the
+ * size in force, and the spread of one window about such a mean (the workload's, kept
+ * across sizes until the demands change). */
+typedef struct {
+    double mean; /* over the last n windows at base (at most 16) */
+    int n;       /* 0 = unknown */
+    double var;  /* variance of one window about its size's mean... */
+    int var_n;   /* ...from this many windows (at most the last 16) */
+} gla_ctl_logmean;
+
 /* State: public so it can live inside the pool struct; treat as opaque. */
 typedef struct gla_ctl {
     int min_workers, max_workers;
@@ -112,6 +132,18 @@ typedef struct gla_ctl {
     double base_u;           /* the workers' GIL-busy share at base (0 = unknown)... */
     int base_u_n;            /* ...the mean of this many windows... */
     double base_u_var;       /* ...whose variance is this (0 = unknown) */
+    gla_ctl_logmean rate_at; /* the bottleneck's work rate at base (its busy share over
+                                its demand per task, tasks/s), log scale */
+    double base_dse;         /* the relative standard error of the base's demand per task,
+                                from the tasks' own spread (GIL-held time; <= 0: unknown) */
+    double fill_lr;          /* the log work rate (and its demand's error) at the size a
+                                chain of steps kept for an idle bottleneck began from... */
+    double fill_dse;
+    int fill_known;          /* ...if known */
+    int sheds;               /* fewer workers did more work, or a step kept for an idle
+                                bottleneck cut its work rate: each task costs it more in a
+                                larger pool; no more such steps, and probes go below the
+                                demand-based size on a gain of work rate */
     int u_again;             /* a step up is judged on a second window... */
     double u_first;          /* ...with the first one's GIL-busy share */
     gla_ctl_phase phase;

@@ -27,6 +27,7 @@
 #include "procstat.h"
 
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -38,6 +39,8 @@
 
 typedef struct {
     uint64_t completed, cpu_ns, wall_ns, gil_ns, gil_tail_ns, lock_ns, idle_ns, held_ns;
+    uint64_t held_sq;     /* sum of each task's GIL-held time squared, in us^2 (modulo 2^64:
+                             differences are exact) */
     uint64_t busy_ns;     /* time the workers held the GIL, tasks in flight included */
     uint64_t proc_cpu_ns; /* the process's CPU time, set by the monitor (0: unknown) */
 } totals;
@@ -61,6 +64,7 @@ typedef struct worker {
     uint64_t held0;         /* (set before registering) */
     /* written by the worker only, read by the monitor */
     _Atomic uint64_t completed, cpu_ns, wall_ns, gil_ns, gil_tail_ns, lock_ns, idle_ns, held_ns;
+    _Atomic uint64_t held_sq;
 } worker;
 
 typedef struct {
@@ -382,7 +386,11 @@ static void account_task(worker *w, const edge *a, const edge *b)
     add_owned(&w->gil_ns, sub0(b->gil, a->gil));
     add_owned(&w->gil_tail_ns, sub0(b->gil_tail, a->gil_tail));
     add_owned(&w->lock_ns, sub0(b->lock, a->lock));
+    uint64_t held_us = sub0(b->held, a->held) / 1000;
     add_owned(&w->held_ns, sub0(b->held, a->held));
+    if (held_us > UINT32_MAX)
+        held_us = UINT32_MAX; /* over an hour held by one task: its square still fits */
+    add_owned(&w->held_sq, held_us * held_us);
 }
 
 /* Thread CPU of the tasks, exact in sum: the thread CPU clock (a system call) is read
@@ -435,6 +443,7 @@ static void add_worker_totals(totals *t, const worker *w, uint64_t now)
     t->lock_ns += ld(&w->lock_ns);
     t->idle_ns += ld(&w->idle_ns);
     t->held_ns += ld(&w->held_ns);
+    t->held_sq += ld(&w->held_sq);
 }
 
 static void set_os_name(const gla_pool *p, const char *suffix, unsigned index)
@@ -788,6 +797,7 @@ static int spawn(gla_pool *p)
         atomic_store(&w->lock_ns, 0);
         atomic_store(&w->idle_ns, 0);
         atomic_store(&w->held_ns, 0);
+        atomic_store(&w->held_sq, 0);
     }
     if (!err) {
         pthread_attr_t attr;
@@ -957,6 +967,7 @@ static void fill_window(const gla_pool *p, const totals *a, const totals *b, dou
     uint64_t n = sub0(b->completed, a->completed);
     win->completed = (double)n;
     win->task_cpu_s = win->task_gil_wait_s = win->task_wall_s = win->task_gil_held_s = -1.0;
+    win->task_gil_held_sd = -1.0;
     win->task_io_s = -1.0;
     win->beta = -1.0;
     win->runq_share = rq_share;
@@ -980,6 +991,13 @@ static void fill_window(const gla_pool *p, const totals *a, const totals *b, dou
             if (p->cfg.gil_wait_known) {
                 win->task_gil_wait_s = (double)gil / 1e9 / (double)n;
                 win->task_gil_held_s = (double)sub0(b->held_ns, a->held_ns) / 1e9 / (double)n;
+                if (n >= 2) { /* the tasks' spread, from their squares (us^2) */
+                    double mean_us = win->task_gil_held_s * 1e6;
+                    double var = ((double)(b->held_sq - a->held_sq) / (double)n -
+                                  mean_us * mean_us) *
+                                 (double)n / (double)(n - 1);
+                    win->task_gil_held_sd = var > 0 ? sqrt(var) / 1e6 : -1.0;
+                }
             } else {
                 gil = tail = 0; /* no GIL: the partition has no GIL wait */
             }
@@ -1619,6 +1637,7 @@ gla_pool_task *gla_pool_reset_after_fork(gla_pool *p)
         atomic_store(&self->lock_ns, 0);
         atomic_store(&self->idle_ns, 0);
         atomic_store(&self->held_ns, 0);
+        atomic_store(&self->held_sq, 0);
     }
     return list;
 }

@@ -787,9 +787,10 @@ static PyObject *Pool_stats(PoolObject *po, PyObject *unused)
         window = Py_NewRef(Py_None);
     } else {
         window = Py_BuildValue(
-            "{s:d,s:d,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:d,s:i}", "window_s", w->window_s,
+            "{s:d,s:d,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:d,s:i}", "window_s", w->window_s,
             "completed", w->completed, "task_cpu_s", opt_float(w->task_cpu_s), "task_gil_wait_s",
             opt_float(w->task_gil_wait_s), "task_gil_held_s", opt_float(w->task_gil_held_s),
+            "task_gil_held_sd", opt_float(w->task_gil_held_sd > 0 ? w->task_gil_held_sd : -1.0),
             "task_wall_s", opt_float(w->task_wall_s), "task_io_s", opt_float(w->task_io_s), "beta",
             opt_float(w->beta), "runq_share", opt_float(w->runq_share), "gil_busy",
             opt_float(w->gil_busy), "cpu_busy", opt_float(w->cpu_busy), "usable_cores",

@@ -40,6 +40,8 @@ typedef struct {
     double task_gil_wait_s; /* mean GIL wait per task (< 0: no exact GIL figure) */
     double task_wall_s;     /* mean wall per task, from the worker taking it to its end */
     double task_gil_held_s; /* mean time holding the GIL per task (< 0: unknown) */
+    double task_gil_held_sd; /* its standard deviation over the window's tasks (<= 0:
+                                unknown: fewer than 2 tasks, or no exact GIL figure) */
     double task_io_s;       /* mean I/O per task by the ledger's partition: wall less CPU,
                                GIL and lock waits and run-queue time outside the GIL waits
                                (< 0: unknown; the controller then takes wall less

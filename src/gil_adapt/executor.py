@@ -368,7 +368,8 @@ class AdaptiveExecutor(_core.ExecutorBase, concurrent.futures.ThreadPoolExecutor
         window), ``queue_length``, ``decisions`` (counts of ``grow``/``shrink``/``veto``/
         ``hold``), ``last_decision`` and ``last_reason``; also idle/busy/starting workers,
         submitted/completed tasks, workers started/retired, start failures, the last
-        window's figures (``window``: per task; ``gil_busy``, the share of the window
+        window's figures (``window``: means per task, and ``task_gil_held_sd`` the tasks'
+        spread of GIL-held time; ``gil_busy``, the share of the window
         the workers held the GIL, None without the GIL hook; ``cpu_busy``, the process's
         CPU over the window and the usable cores), ``history`` (the last 32 windows, oldest
         first: ``at_s`` since the pool was created, ``window_s``, ``completed``,

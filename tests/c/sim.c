@@ -7,6 +7,7 @@
 
 enum { T_DEAD = 0, T_GIL_WAIT, T_PY, T_NATIVE, T_IO };
 #define EPILOGUE_MAX 20e-6 /* Python after the I/O: taking the result, setting the future */
+#define HANDOFF_MAX 8      /* handoff_cost: at most this many other holders' worth */
 
 typedef struct {
     int state;
@@ -19,6 +20,9 @@ typedef struct {
     double run_since, run_work; /* the CPU phase under way: its start and its work */
     double t_start, wait_start, gil_wait;
     double held, native, io, epi;
+    double py_seg, nat_seg; /* Python and native work of each main segment */
+    int segs_left;     /* main segments not yet run (segments: the GIL released each time) */
+    long long changes_seen; /* the GIL's hand-offs when this thread last took it */
     double key;        /* finish: virtual CPU time (cpu heap) or time (I/O heap) */
     int pos;           /* position in its heap, -1 none */
     double phase;      /* GIL waiters: when its current timed wait began, mod the interval */
@@ -48,11 +52,12 @@ struct sim {
     int holder;        /* -1: GIL free */
     int pending;       /* the waiter a drop signalled, running at t_wake; -1 none */
     int last_holder;   /* CPython's last_holder: a switch is a take by another thread */
+    long long changes; /* takes by another thread than the last holder, so far */
     double hold_start, last_switch, t_force, t_wake;
     double now, vtime;
     long long next_task, done;
     /* window sums */
-    double w_done, w_wall, w_cpu, w_held, w_gwait, w_io, w_runq;
+    double w_done, w_wall, w_cpu, w_held, w_held_sq, w_gwait, w_io, w_runq;
     double w_iop; /* I/O as the ledger's partition books it: run-queue time is not I/O */
     double w_from, w_busy; /* the window's start; the time the GIL was held in it */
     double w_core;         /* the cores' busy time in it (core-seconds) */
@@ -293,14 +298,24 @@ static void take(sim *s, int id)
 {
     thr *t = &s->t[id];
     t->gil_wait += s->now - t->wait_start;
-    t->switches += s->p.switch_cost;
+    double cost = s->p.switch_cost;
     t->state = T_PY;
     s->holder = id;
     s->hold_start = s->now;
     if (id != s->last_holder) {
+        if (s->last_holder >= 0) {
+            /* cold caches: the more other holders since this one's last turn, the more
+             * of its working set they evicted (up to HANDOFF_MAX of them) */
+            long long others = ++s->changes - t->changes_seen - 1;
+            cost += s->p.handoff_cost * (double)(others < 1             ? 1
+                                                 : others > HANDOFF_MAX ? HANDOFF_MAX
+                                                                        : others);
+        }
         s->last_holder = id;
         s->last_switch = s->now;
     }
+    t->changes_seen = s->changes;
+    t->switches += cost;
     double d;
     s->t_force = INFINITY;
     if (s->qlen > 0 && wq_next(s, s->last_switch, 0, &d) >= 0) {
@@ -308,7 +323,7 @@ static void take(sim *s, int id)
         if (s->t_force < s->now)
             s->t_force = s->now;
     }
-    run_cpu(s, id, t->rem + s->p.switch_cost);
+    run_cpu(s, id, t->rem + cost);
 }
 
 /* The GIL was dropped: signal a waiter unless one is already on its way. */
@@ -359,7 +374,10 @@ static void start_task(sim *s, int id)
         run_cpu(s, id, t->native);
         return;
     }
-    want_gil(s, id, h - (t->native > 0 ? 2 : 1) * t->epi);
+    t->segs_left = t->native > 0 && s->p.segments > 1 ? s->p.segments : 1;
+    t->py_seg = (h - (t->native > 0 ? 2 : 1) * t->epi) / t->segs_left;
+    t->nat_seg = t->native / t->segs_left;
+    want_gil(s, id, t->py_seg);
 }
 
 static void finish_task(sim *s, int id);
@@ -385,6 +403,7 @@ static void finish_task(sim *s, int id)
     double cpu = t->held + t->switches + t->native;
     s->w_cpu += cpu;
     s->w_held += t->held_wall;
+    s->w_held_sq += t->held_wall * t->held_wall;
     s->w_gwait += t->gil_wait;
     s->w_io += wall - t->held_wall - t->native - t->gil_wait;
     s->w_runq += t->runq;
@@ -411,7 +430,7 @@ static void cpu_done(sim *s, int id)
             finish_task(s, id); /* the next task's Python goes on with the GIL */
         } else if (t->epilogue == PH_MAIN && t->native > 0) {
             t->state = T_NATIVE;
-            run_cpu(s, id, t->native);
+            run_cpu(s, id, t->nat_seg);
         } else {
             t->state = T_IO;
             heap_push(s, &s->io, id, s->now + t->io);
@@ -420,6 +439,8 @@ static void cpu_done(sim *s, int id)
     } else if (s->p.free_threaded) { /* T_NATIVE, no GIL: on to the I/O */
         t->state = T_IO;
         heap_push(s, &s->io, id, s->now + t->io);
+    } else if (--t->segs_left > 0) { /* T_NATIVE: back in Python for the next segment */
+        want_gil(s, id, t->py_seg);
     } else { /* T_NATIVE: back in Python to start the I/O */
         t->epilogue = PH_NATIVE_RET;
         want_gil(s, id, t->epi);
@@ -522,6 +543,7 @@ void sim_run(sim *s, double seconds, gla_window *out)
 {
     double end = s->now + seconds;
     s->w_done = s->w_wall = s->w_cpu = s->w_held = s->w_gwait = s->w_io = s->w_runq = s->w_iop = 0;
+    s->w_held_sq = 0;
     s->w_busy = s->w_core = 0;
     s->w_from = s->now;
     for (;;) {
@@ -599,6 +621,11 @@ void sim_run(sim *s, double seconds, gla_window *out)
         out->task_wall_s = s->w_wall / s->w_done;
         out->task_cpu_s = s->w_cpu / s->w_done;
         out->task_gil_held_s = s->w_held / s->w_done;
+        if (s->w_done >= 2) {
+            double m = out->task_gil_held_s;
+            double var = (s->w_held_sq / s->w_done - m * m) * s->w_done / (s->w_done - 1);
+            out->task_gil_held_sd = var > 0 ? sqrt(var) : -1;
+        }
         out->task_gil_wait_s = s->w_gwait / s->w_done;
         out->task_io_s = s->w_iop / s->w_done;
     } else {
@@ -616,6 +643,7 @@ void sim_run(sim *s, double seconds, gla_window *out)
     if (s->p.free_threaded) {
         out->free_threaded = 1;
         out->task_gil_held_s = out->task_gil_wait_s = out->gil_busy = -1;
+        out->task_gil_held_sd = -1;
         out->beta = s->w_runq + s->w_iop > 0 ? s->w_runq / (s->w_runq + s->w_iop) : -1;
     }
 }

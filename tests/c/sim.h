@@ -24,7 +24,12 @@
  * wait began first, i.e. the one nearest its next timeout (the order is the waiters'
  * phase, not their arrival), which runs wake_latency later and takes the GIL only if it is
  * still free: a thread that wants the GIL while it is free takes it at once (barging).
- * Each take costs switch_cost of CPU. Until 2026-12-01 the model handed the GIL over FIFO
+ * Each take costs switch_cost of CPU, and a take by another thread than the last holder
+ * handoff_cost more per other thread that held it since the taker's own last turn, up to
+ * 8 (its caches are cold, the more so the more working sets went through them: a task
+ * that releases the GIL many times — `segments` alternations of Python and native code,
+ * as pandas does — pays it at each release while others wait, so its GIL time grows
+ * with the pool). Until 2026-12-01 the model handed the GIL over FIFO
  * at once, timed forced switches from the hold's start and had no hand-off after native
  * code: its throughput then peaked sharply below the sizes CPython needs (the same
  * demands run for real rise to a plateau; benchmarks/sim_vs_real.py).
@@ -56,6 +61,11 @@ typedef struct {
     double switch_cost;       /* CPU per GIL hand-off (s) */
     double wake_cost;         /* CPU per waiter wake-up (s), once per switch interval */
     double wake_latency;      /* a signalled GIL waiter runs this long after the drop (s) */
+    int segments;             /* the Python and native CPU in this many alternations (the GIL
+                                 released this many times a task; 0 or 1: once) */
+    double handoff_cost;      /* CPU the GIL's new holder spends per other thread that held
+                                 it since its own last turn (cold caches; at most 8 of
+                                 them; 0: none) */
     int free_threaded;        /* no GIL: a task's CPU (h + n) shares the cores at once */
     unsigned long long seed;
 } sim_params;
