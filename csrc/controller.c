@@ -448,13 +448,15 @@ static void logmean_add(gla_ctl_logmean *m, double x)
 /* How far one window's figure must be from the base's mean to count: two standard
  * deviations of the difference (the windows' spread as measured at the sizes held since
  * the demands last changed), and at least RATE_MOVE (log scale). 0 while the spread is
- * unknown, or where it exceeds RATE_SD: tasks of widely varying demands (a window of 30
- * exponential ones: about 12 %), where repeated looks at a noisy figure would take steps
- * on chance. */
+ * unknown; -1 where it exceeds RATE_SD: tasks of widely varying demands (a window of 30
+ * exponential ones: about 12 %), or a machine whose speed wanders from window to window,
+ * where repeated looks at so noisy a figure would take steps on chance. */
 static double logmean_move(const gla_ctl_logmean *m)
 {
-    if (m->n < 1 || m->var_n < 4 || m->var > RATE_SD * RATE_SD)
+    if (m->n < 1 || m->var_n < 4)
         return 0;
+    if (m->var > RATE_SD * RATE_SD)
+        return -1;
     double sd = sqrt(m->var * (1 + 1.0 / m->n));
     return 2 * sd > RATE_MOVE ? 2 * sd : RATE_MOVE;
 }
@@ -484,13 +486,16 @@ static double larger(double a, double b)
 }
 
 /* How far this window's work rate must be from the base's to count (log scale): from the
- * spread of its tasks' demands and of the share, and from the windows' where known; 0 if
- * neither is. */
+ * spread of its tasks' demands and of the share, and from the windows' where known; 0
+ * (not judged on it) if neither is known, or where the windows spread too much. */
 static double rate_move(const gla_ctl *c, const gla_window *w)
 {
+    double windows = logmean_move(&c->rate_at);
+    if (windows < 0)
+        return 0;
     double uvar = c->base_u_n >= 2 && c->base_u > 0 ? c->base_u_var / (c->base_u * c->base_u) : -1;
     double se = uvar >= 0 ? se_move(window_dse(c, w), c->base_dse, 2 * uvar) : 0;
-    return larger(logmean_move(&c->rate_at), se);
+    return larger(windows, se);
 }
 
 /* 0. A step up that made throughput collapse (thousands of threads starving the
@@ -969,7 +974,8 @@ static int judge_down(gla_ctl *c, const gla_window *w, double rate, double u, in
  * so. */
 static int fill_was_costlier(gla_ctl *c)
 {
-    double move = larger(logmean_move(&c->rate_at), se_move(c->base_dse, c->fill_dse, 0));
+    double windows = logmean_move(&c->rate_at);
+    double move = windows < 0 ? 0 : larger(windows, se_move(c->base_dse, c->fill_dse, 0));
     if (!(c->idle_floor && c->fill_known && move > 0 &&
           c->rate_at.mean < c->fill_lr - SHEDS * move))
         return 0;
