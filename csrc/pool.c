@@ -386,8 +386,8 @@ static void account_task(worker *w, const edge *a, const edge *b)
     add_owned(&w->gil_ns, sub0(b->gil, a->gil));
     add_owned(&w->gil_tail_ns, sub0(b->gil_tail, a->gil_tail));
     add_owned(&w->lock_ns, sub0(b->lock, a->lock));
-    uint64_t held_us = sub0(b->held, a->held) / 1000;
-    add_owned(&w->held_ns, sub0(b->held, a->held));
+    uint64_t held = sub0(b->held, a->held), held_us = held / 1000;
+    add_owned(&w->held_ns, held);
     if (held_us > UINT32_MAX)
         held_us = UINT32_MAX; /* over an hour held by one task: its square still fits */
     add_owned(&w->held_sq, held_us * held_us);
