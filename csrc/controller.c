@@ -668,7 +668,7 @@ static int follow_demands(gla_ctl *c, const gla_window *w, double rate, gla_deci
 {
     int model = clamp(c, ceil(model_cap_size(c, c->little_smooth * FLOOR)));
     if (c->little_goal == 0 && c->target == c->base && w->completed >= MIN_TASKS &&
-        model > c->target * 1.1 &&
+        model > c->target * 1.1 && !c->sheds &&
         !(c->model_cap > 0 && c->little_smooth < c->model_cap * PHASE_CHANGE) &&
         !(c->collapse_veto && c->veto_above && model > c->veto_above)) {
         int from = c->target;
@@ -938,6 +938,14 @@ static int judge_down(gla_ctl *c, const gla_window *w, double rate, double u, in
      * that cost */
     if (kept && r > 0 && move > 0 && c->rate_at.n > 0 && log(r) - c->rate_at.mean > move)
         c->sheds = 1;
+    /* Or fewer workers kept the GIL busier, beyond the share's spread (two standard
+     * deviations of one window against the base's mean, and 1 %): the hand-offs among
+     * more threads left it idle longer. Without such costs a step down never does. */
+    if (!c->by_cores && u > 0 && c->base_u > 0 && c->base_u_n >= 2 &&
+        u > c->base_u + U_GAIN + 2 * sqrt(c->base_u_var * (1 + 1.0 / c->base_u_n))) {
+        kept = 1;
+        c->sheds = 1;
+    }
     if (kept) {
         if (below)
             c->model_cap = c->little_smooth;
@@ -999,8 +1007,8 @@ static int probe_down(gla_ctl *c, const gla_window *w, double rate, double u, gl
     fill_was_costlier(c);
     if (c->idle_floor > hard)
         soft = hard = c->idle_floor; /* grown into an idle bottleneck: not back */
-    if (c->sheds && work_rate(c, w, u) > 0 && rate_move(c, w) > 0)
-        hard = clamp(c, ceil(c->little_smooth * LOW_RATE)); /* further on a work-rate gain */
+    if (c->sheds && u > 0 && (!c->by_cores || rate_move(c, w) > 0))
+        hard = clamp(c, ceil(c->little_smooth * LOW_RATE)); /* further on a gain */
     if (c->target != c->base && judge_down(c, w, rate, u, soft, d))
         return 1;
     int down = clamp(c, floor(c->base * 0.8));

@@ -77,10 +77,11 @@
  *      known from the spread of the tasks' GIL-held times (task_gil_held_sd) and of the
  *      share, or from the windows' own: a step kept for an idle bottleneck must not cut
  *      it; a step that raises it beyond the noise is kept; and once fewer workers raised
- *      it, or a step for an idle bottleneck cut it by 3 standard deviations, the
- *      demands grow with the pool (tasks that release the GIL often: every waiter makes
- *      each hand-off cost more): no more steps for an idle bottleneck, and probes go
- *      below the demand-based size (to a quarter of it) on a gain of work rate.
+ *      it or kept the GIL busier (beyond the share's spread), or a step for an idle
+ *      bottleneck cut it by 3 standard deviations, the demands grow with the pool
+ *      (tasks that release the GIL often: every waiter makes each hand-off cost more):
+ *      no more steps for an idle bottleneck, the demand-based size is no longer followed
+ *      upward, and probes go below it (to a quarter of it) on such a gain.
  *   3. Damp: the first window at a new size is not judged (retiring threads finish their
  *      tasks in it, new ones have not finished their first); the probe cadence backs off
  *      while the size holds.
