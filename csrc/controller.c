@@ -747,6 +747,13 @@ static void too_few(gla_ctl *c, const gla_window *w, double rate, gla_decision *
     }
 }
 
+/* The base's work rate from this window alone (a new size), and its demand's error. */
+static void start_rate(gla_ctl *c, const gla_window *w, double u)
+{
+    logmean_start(&c->rate_at, work_rate(c, w, u));
+    c->base_dse = u > 0 ? window_dse(c, w) : -1;
+}
+
 /* The base's figures from this window: its throughput and, GIL-bound, its GIL-busy share
  * (the mean of one window so far). */
 static void measure_base(gla_ctl *c, const gla_window *w, double rate, double u)
@@ -756,8 +763,7 @@ static void measure_base(gla_ctl *c, const gla_window *w, double rate, double u)
     c->base_u = u > 0 ? u : 0;
     c->base_u_n = u > 0;
     c->base_u_var = 0;
-    logmean_start(&c->rate_at, work_rate(c, w, u));
-    c->base_dse = u > 0 ? window_dse(c, w) : -1;
+    start_rate(c, w, u);
 }
 
 /* One more window at the base into its work rate's mean and spread, and its demand's
@@ -956,9 +962,7 @@ static int judge_down(gla_ctl *c, const gla_window *w, double rate, double u, in
         }
         if (u > c->base_u)
             c->base_u = u;
-        /* the work rate is the new size's own (the windows' spread is kept) */
-        logmean_start(&c->rate_at, r);
-        c->base_dse = r > 0 ? window_dse(c, w) : -1;
+        start_rate(c, w, u); /* the new size's own (the windows' spread is kept) */
         return 0;
     }
     c->target = c->base;
