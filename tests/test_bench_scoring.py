@@ -245,6 +245,28 @@ def test_misses_list_cells_below_the_bar_with_why():
     assert "last decision in the window: step 5" in why  # the window's last sample
 
 
+def test_misses_say_where_each_task_cost_more_cpu_and_faults():
+    cells = [
+        {"config": "1c", "workload": "mixed", "strategy": "gil-adapt", "status": "ok",
+         "throughput": 62.0, "throughput_max": 63.0, "pct_oracle": 0.62, "pct_best_any": 0.56,
+         "cpu_ms_per_task_window": 0.70, "faults_per_task_window": 231.0},
+        {"config": "1c", "workload": "mixed", "strategy": "threads-16", "status": "ok",
+         "throughput": 100.0, "pct_oracle": 1.0, "pct_best_any": 0.91,
+         "cpu_ms_per_task_window": 0.42, "faults_per_task_window": 35.0},
+    ]
+    runs = [_run("gil-adapt", 62.0, 16, [0, 0, 62, 62, 62, 62, 0])]
+    why = " | ".join(scoring.misses(_results(cells, runs))[0]["why"])
+    assert ("each task took 0.70 ms of CPU against 0.42 ms at threads-16 (+67%), "
+            "231 against 35 page faults per task") in why
+    # within 10 % of the reference's CPU per task: nothing said; no faults: CPU only
+    cells[0]["cpu_ms_per_task_window"] = 0.46
+    assert "ms of CPU" not in " | ".join(scoring.misses(_results(cells, runs))[0]["why"])
+    cells[0]["cpu_ms_per_task_window"] = 0.70
+    del cells[1]["faults_per_task_window"]
+    why = " | ".join(scoring.misses(_results(cells, runs))[0]["why"])
+    assert "at threads-16 (+67%)" in why and "page faults" not in why
+
+
 def test_misses_of_auto_name_the_kind_of_best_any_and_the_spread():
     cells = [{"config": "1c", "workload": "mixed", "strategy": "gil-adapt-auto",
               "status": "ok", "throughput": 100.0, "throughput_max": 109.0,

@@ -222,6 +222,23 @@ def test_tree_cpu_counts_the_session_and_interpolates():
     assert child._cpu_at(marks, 4.0) is None
 
 
+def test_tree_faults_count_memory_first_touched():
+    import mmap
+
+    from gil_adapt.bench import child
+    cpu = child._TreeCpu(own_cgroup=False)
+    a = cpu.read_faults()
+    m = mmap.mmap(-1, 8 << 20)  # fresh pages: each first write faults
+    try:
+        for off in range(0, len(m), 4096):
+            m[off] = 1
+    finally:
+        m.close()
+    b = cpu.read_faults()
+    assert a is not None and b is not None
+    assert b - a >= 0.9 * (8 << 20) / 4096  # at least one fault per page touched
+
+
 def test_cpu_floor_is_what_late_timestamps_cannot_inflate():
     from gil_adapt.bench import child
     # one core, truly 100 % busy from t=0 (CPU = t); each read waited for the interpreter

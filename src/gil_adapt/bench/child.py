@@ -150,18 +150,25 @@ class _Recorder:
 
 
 class _TreeCpu:
-    """CPU seconds used so far by this process and its descendants.
+    """CPU seconds used so far by this process and its descendants, and the page faults
+    they took.
 
-    From the group the harness made for this run when ``own_cgroup`` (cgroup v2
+    CPU from the group the harness made for this run when ``own_cgroup`` (cgroup v2
     ``cpu.stat`` ``usage_usec``, v1 ``cpuacct.usage``: exact, and it includes exited
     worker processes), otherwise from ``/proc``: every process of this session (the
     harness starts each child as a session leader), its own and its reaped children's user
-    + system time.
+    + system time. Page faults from the run's memory group (``memory.stat`` ``pgfault``,
+    v1 ``total_pgfault``: the whole tree) when ``own_cgroup``, otherwise this process's
+    and its reaped children's (``/proc/self/stat`` minflt + majflt + cminflt + cmajflt;
+    live worker processes not counted): a task that faults its heap in again each time
+    (an allocator handing memory back to the kernel) costs CPU the task alone does not.
     """
 
     def __init__(self, own_cgroup: bool = False) -> None:
         self.path: Optional[str] = None
         self.source = "proc"
+        self.faults_path: Optional[str] = None
+        self.faults_source = "proc self"
         lines: List[str] = []
         if own_cgroup:
             try:
@@ -172,15 +179,23 @@ class _TreeCpu:
         for line in lines:
             hier, _, rest = line.partition(":")
             ctrls, _, path = rest.partition(":")
+            if path in ("", "/"):
+                continue
             if hier == "0" and not ctrls:
-                cand, kind = f"/sys/fs/cgroup{path}/cpu.stat", "cgroup v2 cpu.stat"
+                cpu = (f"/sys/fs/cgroup{path}/cpu.stat", "cgroup v2 cpu.stat")
+                mem = (f"/sys/fs/cgroup{path}/memory.stat", "cgroup v2 memory.stat")
             elif "cpuacct" in ctrls.split(","):
-                cand, kind = f"/sys/fs/cgroup/{ctrls}{path}/cpuacct.usage", "cgroup v1 cpuacct"
+                cpu = (f"/sys/fs/cgroup/{ctrls}{path}/cpuacct.usage", "cgroup v1 cpuacct")
+                mem = None
+            elif "memory" in ctrls.split(","):
+                cpu = None
+                mem = (f"/sys/fs/cgroup/{ctrls}{path}/memory.stat", "cgroup v1 memory.stat")
             else:
                 continue
-            if path not in ("", "/") and os.access(cand, os.R_OK):
-                self.path, self.source = cand, kind
-                break
+            if cpu and self.path is None and os.access(cpu[0], os.R_OK):
+                self.path, self.source = cpu
+            if mem and self.faults_path is None and os.access(mem[0], os.R_OK):
+                self.faults_path, self.faults_source = mem
         self.sid = os.getsid(0)
         self.tick = os.sysconf("SC_CLK_TCK")
 
@@ -201,6 +216,20 @@ class _TreeCpu:
 
     def _proc(self) -> float:
         return sum(ticks for _, ticks in session_members(self.sid)) / self.tick
+
+    def read_faults(self) -> Optional[float]:
+        """Page faults so far (see the class); None where unreadable."""
+        try:
+            if self.faults_path is not None:
+                with open(self.faults_path) as f:
+                    stat = dict(line.split()[:2] for line in f if line.strip())
+                value = stat.get("total_pgfault", stat.get("pgfault"))
+                return float(value) if value is not None else None
+            with open("/proc/self/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return float(sum(int(x) for x in fields[7:11]))  # minflt cminflt majflt cmajflt
+        except (OSError, ValueError, IndexError):
+            return None
 
 
 def session_members(sid: int) -> List[Tuple[int, int]]:
@@ -234,10 +263,12 @@ class _Sampler(threading.Thread):
         self.error: Optional[str] = None
         self.cpu = _TreeCpu(own_cgroup)
         self.cpu_marks: List[Tuple[float, float, float]] = []
+        self.fault_marks: List[Tuple[float, float, float]] = []
         self.mark_cpu()
 
     def mark_cpu(self) -> None:
-        """Notes (time before, time after, tree CPU) now; the sampler does at each interval.
+        """Notes (time before, time after, tree CPU) now, and the page faults likewise;
+        the sampler does at each interval.
 
         The read happened somewhere between the two times: this is a Python thread, and
         in a busy cell it can wait a long time for the interpreter on either side of it."""
@@ -246,6 +277,9 @@ class _Sampler(threading.Thread):
         t_after = time.monotonic()
         if c is not None:
             self.cpu_marks.append((t_before, t_after, c))
+        f = self.cpu.read_faults()
+        if f is not None:
+            self.fault_marks.append((t_after, time.monotonic(), f))
 
     def run(self) -> None:
         while not self.stop.wait(self.interval):
@@ -332,6 +366,11 @@ def _cpu_figures(sampler: "_Sampler", start: float, end: float, measure: float,
     out.update(cpu_window_s=used, cpu_utilisation=used / (cores * measure),
                cpu_utilisation_floor=_cpu_floor(marks, start, end, cores),
                cpu_ms_per_task_window=used / completed * 1e3 if completed else None)
+    faults = sorted(sampler.fault_marks)
+    f0, f1 = _cpu_at(faults, start), _cpu_at(faults, end)
+    if f0 is not None and f1 is not None and completed:
+        out.update(faults_source=sampler.cpu.faults_source,
+                   faults_per_task_window=max(0.0, f1 - f0) / completed)
     return out
 
 

@@ -377,7 +377,10 @@ def markdown(results: Dict[str, Any], plots: Dict[str, Dict[str, str]],
           "- CPU used = the CPU the cell's process tree used in the measured window "
           "(its cgroup's CPU accounting, or /proc) ÷ (cores × window); CPU ms/task = that "
           "CPU ÷ the tasks completed in the window (under load; the workload table gives "
-          "the task alone). A cell marked ⚠ is not taken at face value and is neither the "
+          "the task alone); faults/task = the page faults the tree took in the window "
+          "(its memory cgroup's, or this process's) ÷ those tasks: a task whose heap is "
+          "handed back to the kernel and faulted in again each time costs CPU the task "
+          "alone does not. A cell marked ⚠ is not taken at face value and is neither the "
           "oracle nor best-any: its CPU exceeds its cores, or its window spans fewer than "
           f"{scoring.BURST_PERIODS} waves of completions (tasks at once × CPU per task "
           "alone ÷ cores); the note says which."]
@@ -490,7 +493,7 @@ def markdown(results: Dict[str, Any], plots: Dict[str, Dict[str, str]],
         for c in cells:
             if c.get("status") == "skipped":
                 rows.append([c["strategy"], "skipped", "", "", "", "", "", "", "", "", "",
-                             "", "", str(c.get("reason"))])
+                             "", "", "", str(c.get("reason"))])
                 continue
             workers = num(c.get("workers_final"), 0)
             if c.get("live_threads_at_start") is not None:
@@ -500,6 +503,7 @@ def markdown(results: Dict[str, Any], plots: Dict[str, Dict[str, str]],
                 f"{num(c.get('throughput_min'))}–{num(c.get('throughput_max'))}",
                 pct(c.get("pct_oracle")), pct(c.get("pct_best_any")),
                 pct(c.get("cpu_utilisation")), num(c.get("cpu_ms_per_task_window"), 2),
+                num(c.get("faults_per_task_window"), 0),
                 ms(c.get("latency_p50_s")), ms(c.get("latency_p99_s")),
                 num(c.get("peak_rss_tree_mib"), 0), workers,
                 num(c.get("beta_final"), 2), c.get("backend") or "",
@@ -510,7 +514,8 @@ def markdown(results: Dict[str, Any], plots: Dict[str, Dict[str, str]],
                 + (f" {c.get('note')}" if c.get("note") else "")
                 + "".join(f" ⚠ {f}." for f in c.get("flags") or ())])
         L += table(["strategy", "tasks/s", "min–max", "% oracle", "% best-any", "CPU used",
-                    "CPU ms/task", "p50 ms", "p99 ms", "peak RSS MiB", "workers", "beta",
+                    "CPU ms/task", "faults/task", "p50 ms", "p99 ms", "peak RSS MiB",
+                    "workers", "beta",
                     "backend", "notes"], rows)
         L.append("")
         for kind in ("sweep", "timeline"):

@@ -63,7 +63,7 @@ def summarise_cell(runs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
             "; ".join(sorted({str(r.get("reason")) for r in bad}))
     for key in ("latency_p50_s", "latency_p99_s", "workers_final", "beta_final",
                 "live_threads_at_start", "cgroup_peak_mib", "cpu_utilisation",
-                "cpu_ms_per_task_window"):
+                "cpu_ms_per_task_window", "faults_per_task_window"):
         out[key] = _median([r.get(key) for r in ok])
     utils = [r["cpu_utilisation"] for r in ok if r.get("cpu_utilisation") is not None]
     out["cpu_utilisation_max"] = max(utils) if utils else None
@@ -292,6 +292,8 @@ def misses(results: Dict[str, Any], bar: float = MISS_BAR) -> List[Dict[str, Any
     """
     measure_s = float(results.get("protocol", {}).get("measure_s") or 0.0)
     summary = {(s["config"], s["workload"]): s for s in results.get("summary", [])}
+    by_name = {(c.get("config"), c.get("workload"), c.get("strategy")): c
+               for c in results.get("cells", [])}
     out = []
     for cell in results.get("cells", []):
         name = cell.get("strategy")
@@ -341,9 +343,26 @@ def misses(results: Dict[str, Any], bar: float = MISS_BAR) -> List[Dict[str, Any
             "first_half": _median(first), "second_half": _median(second),
             "backend": cell.get("backend"), "last_reason": last_reason,
         }
-        m["why"] = _miss_reasons(cell, m, bar)
+        ref_cell = by_name.get((cell.get("config"), cell.get("workload"),
+                                ref.get("strategy") if ref else None)) or {}
+        m["why"] = _miss_reasons(cell, m, bar) + _cost_reasons(cell, ref_cell)
         out.append(m)
     return out
+
+
+def _cost_reasons(cell: Dict[str, Any], ref: Dict[str, Any]) -> List[str]:
+    """Where each task cost more CPU than at the reference (by over 10 %), by how much,
+    with the page faults per task of both where recorded: a heap handed back to the
+    kernel and faulted in again each task shows there (see README's limits)."""
+    a, b = cell.get("cpu_ms_per_task_window"), ref.get("cpu_ms_per_task_window")
+    if not (a and b and a > 1.1 * b):
+        return []
+    text = (f"each task took {a:.2f} ms of CPU against {b:.2f} ms at "
+            f"{ref.get('strategy')} (+{a / b - 1:.0%})")
+    fa, fb = cell.get("faults_per_task_window"), ref.get("faults_per_task_window")
+    if fa is not None and fb is not None:
+        text += f", {fa:.0f} against {fb:.0f} page faults per task"
+    return [text]
 
 
 def _miss_reasons(cell: Dict[str, Any], m: Dict[str, Any], bar: float) -> List[str]:
