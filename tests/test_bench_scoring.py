@@ -305,3 +305,65 @@ def test_report_lists_the_misses_or_says_there_are_none():
     text = "\n".join(report.misses_section(_results(cells, runs)))
     assert "In every scored cell gil-adapt is at or above 98%" in text
     assert report.misses_section(_results([], [])) == []  # neither ran: no section
+
+
+def _reps(*thr, fail_rep=None):
+    """A cell's repetitions 0, 1, ... with those throughputs (fail_rep: that one OOM)."""
+    return scoring.summarise_cell([
+        {"status": "oom", "reason": "OOM", "rep": i} if i == fail_rep else ok(t, rep=i)
+        for i, t in enumerate(thr)])
+
+
+def test_fresh_reference_picks_on_the_first_repetition_and_measures_on_the_rest():
+    # threads-16 ran high in its first repetition and low later; threads-8 steady
+    cells = {"threads-8": _reps(100.0, 100.0, 100.0),
+             "threads-16": _reps(120.0, 90.0, 92.0),
+             "threads-32": _reps(95.0),                      # pruned: one repetition
+             "asyncio-256": _reps(110.0, 105.0, 107.0),
+             "gil-adapt": _reps(98.0, 97.0, 99.0)}
+    s = scoring.score_cells(cells)
+    assert s["oracle"]["strategy"] == "threads-8"            # highest median: 100
+    assert s["oracle_fresh"] == {"strategy": "threads-16", "throughput": 91.0,
+                                 "first": 120.0, "reps": 2}
+    assert s["best_any_fresh"]["strategy"] == "threads-16"   # 120 first: fixed of any kind
+    ga = cells["gil-adapt"]
+    assert ga["pct_oracle"] == pytest.approx(0.98)
+    assert ga["pct_oracle_fresh"] == pytest.approx(98.0 / 91.0)
+    assert "pct_oracle_fresh" not in cells["threads-8"]      # fixed cells: no fresh score
+    # a failed later repetition counts as 0; a flagged cell is no reference
+    cells["threads-16"] = _reps(120.0, 90.0, 92.0, fail_rep=2)
+    assert scoring.score_cells(cells)["oracle_fresh"]["throughput"] == 45.0
+    cells["threads-16"]["flags"] = ["window too short"]
+    assert scoring.score_cells(cells)["oracle_fresh"]["strategy"] == "threads-8"
+    # one repetition everywhere: no fresh reference, no fresh score
+    single = {"threads-8": _reps(100.0), "gil-adapt": _reps(99.0)}
+    s = scoring.score_cells(single)
+    assert s["oracle_fresh"] is None and single["gil-adapt"]["pct_oracle_fresh"] is None
+
+
+def test_misses_and_the_tally_give_the_fresh_score():
+    cells = [
+        {"config": "1c", "workload": "mixed", "strategy": "gil-adapt", "status": "ok",
+         "throughput": 95.0, "throughput_max": 96.0, "pct_oracle": 0.95,
+         "pct_best_any": 0.86, "pct_oracle_fresh": 1.01},
+        {"config": "1c", "workload": "micro", "strategy": "gil-adapt", "status": "ok",
+         "pct_oracle": 1.0, "pct_oracle_fresh": 0.90},
+    ]
+    runs = [_run("gil-adapt", 95.0, 16, [0, 0, 95, 95, 95, 95, 0])]
+    results = _results(cells, runs)
+    results["summary"][0]["oracle_fresh"] = {"strategy": "threads-23", "throughput": 94.1,
+                                             "first": 104.0, "reps": 2}
+    (m,) = scoring.misses(results)
+    assert m["fresh_score"] == 1.01
+    why = " | ".join(m["why"])
+    assert ("against the oracle picked on the first repetition and measured on the later "
+            "ones (threads-23, 94.1 tasks/s): 101%: at the bar, the miss is the pick's "
+            "bias") in why
+    t = scoring.fresh_tally(cells, "gil-adapt")
+    assert t["at_bar"] == 1 and t["cells"] == 2
+    assert t["mean"] == pytest.approx(0.955) and t["min"] == 0.90
+    assert scoring.fresh_tally(cells, "gil-adapt-auto") is None
+    from gil_adapt.bench import report
+
+    text = "\n".join(report.misses_section(results))
+    assert "gil-adapt at or above 98% in 1 of 2 cells, mean 96%, lowest 90%" in text

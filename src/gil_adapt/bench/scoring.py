@@ -14,7 +14,11 @@ Conventions:
   hand. The adaptive strategies (``betapool``, ``gil-adapt``) are scored against it, not
   part of it;
 * a cell with ``flags`` (see :func:`soundness`: CPU above its cores, a window of too few
-  waves) is reported but is neither the oracle nor best-any.
+  waves) is reported but is neither the oracle nor best-any;
+* the highest of several noisy medians runs high (the size picked is the one whose
+  repetitions happened to run fast), so beside them each cell has **fresh** references
+  (:func:`fresh_reference`): the strategy best in the first repetition, measured by the
+  median of its later repetitions, which played no part in picking it.
 """
 from __future__ import annotations
 
@@ -56,6 +60,8 @@ def summarise_cell(runs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
         "throughput_reps": thr,
         "spread": (max(thr) - min(thr)) / med if med > 0 else None,
     }
+    if all(r.get("rep") is not None for r in ran):
+        out["throughput_by_rep"] = {int(r["rep"]): t for r, t in zip(ran, thr)}
     if bad:
         kinds = sorted({r.get("status") for r in bad})
         out["failure"] = "oom" if "oom" in kinds else kinds[0]
@@ -195,18 +201,52 @@ def cliff(cells: Dict[str, Dict[str, Any]], oracle: Optional[Dict[str, Any]],
     return dict(sorted(out.items(), key=lambda kv: parse_strategy(kv[0]).size or 0))
 
 
+def fresh_reference(cells: Dict[str, Dict[str, Any]], sweep_only: bool
+                    ) -> Optional[Dict[str, Any]]:
+    """The reference free of the pick's bias: among the unflagged ``threads-N`` cells
+    (``sweep_only``) or fixed cells, the one with the highest first repetition (rep 0),
+    and as its figure the median of its later repetitions (each failed one 0). None where
+    no candidate has a first repetition and a later one."""
+    best: Optional[Tuple[float, str]] = None
+    for name, cell in cells.items():
+        if not (is_sweep(name) if sweep_only else is_fixed(name)):
+            continue
+        by_rep = cell.get("throughput_by_rep") or {}
+        if cell.get("status") == "skipped" or cell.get("flags") or 0 not in by_rep:
+            continue
+        if best is None or (by_rep[0], name) > best:
+            best = (by_rep[0], name)
+    if best is None:
+        return None
+    later = [t for rep, t in cells[best[1]]["throughput_by_rep"].items() if rep != 0]
+    if not later:
+        return None
+    return {"strategy": best[1], "throughput": statistics.median(later),
+            "first": best[0], "reps": len(later)}
+
+
 def score_cells(cells: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-    """Adds ``pct_oracle`` and ``pct_best_any`` to every cell; returns the cell's summary."""
+    """Adds ``pct_oracle`` and ``pct_best_any`` to every cell, and to the adaptive ones
+    ``pct_oracle_fresh`` and ``pct_best_any_fresh`` (against :func:`fresh_reference`,
+    None where there is none); returns the cell's summary."""
     oracle = pick_oracle(cells)
     best = pick_best_any(cells)
-    for cell in cells.values():
+    oracle_fresh = fresh_reference(cells, sweep_only=True)
+    best_fresh = fresh_reference(cells, sweep_only=False)
+    for name, cell in cells.items():
         if cell.get("status") == "skipped":
             cell["pct_oracle"] = cell["pct_best_any"] = None
             continue
         thr = cell.get("throughput")
         cell["pct_oracle"] = share(thr, oracle["throughput"] if oracle else None)
         cell["pct_best_any"] = share(thr, best["throughput"] if best else None)
-    return {"oracle": oracle, "best_any": best, "cliff": cliff(cells, oracle)}
+        if not is_fixed(name):
+            cell["pct_oracle_fresh"] = share(
+                thr, oracle_fresh["throughput"] if oracle_fresh else None)
+            cell["pct_best_any_fresh"] = share(
+                thr, best_fresh["throughput"] if best_fresh else None)
+    return {"oracle": oracle, "best_any": best, "oracle_fresh": oracle_fresh,
+            "best_any_fresh": best_fresh, "cliff": cliff(cells, oracle)}
 
 
 def efficiency(cells: Iterable[Dict[str, Any]],
@@ -343,11 +383,42 @@ def misses(results: Dict[str, Any], bar: float = MISS_BAR) -> List[Dict[str, Any
             "first_half": _median(first), "second_half": _median(second),
             "backend": cell.get("backend"), "last_reason": last_reason,
         }
+        m["fresh_score"] = cell.get(key + "_fresh")
+        m["fresh_reference"] = s.get("oracle_fresh" if key == "pct_oracle" else
+                                     "best_any_fresh")
         ref_cell = by_name.get((cell.get("config"), cell.get("workload"),
                                 ref.get("strategy") if ref else None)) or {}
-        m["why"] = _miss_reasons(cell, m, bar) + _cost_reasons(cell, ref_cell)
+        m["why"] = (_miss_reasons(cell, m, bar) + _fresh_reasons(m, bar)
+                    + _cost_reasons(cell, ref_cell))
         out.append(m)
     return out
+
+
+def fresh_tally(cells: Iterable[Dict[str, Any]], strategy: str, bar: float = MISS_BAR
+                ) -> Optional[Dict[str, Any]]:
+    """Over the cells where ``strategy`` (an adaptive one) has a fresh score (against the
+    oracle for ``gil-adapt``, best-any for the others; see :func:`fresh_reference`): how
+    many are at or above ``bar``, of how many, and their mean. None where none has."""
+    key = _AGAINST.get(strategy, "pct_best_any") + "_fresh"
+    scores = [c[key] for c in cells if c.get("strategy") == strategy
+              and c.get("status") != "skipped" and c.get(key) is not None]
+    if not scores:
+        return None
+    return {"at_bar": sum(1 for x in scores if x >= bar), "cells": len(scores),
+            "mean": sum(scores) / len(scores), "min": min(scores)}
+
+
+def _fresh_reasons(m: Dict[str, Any], bar: float) -> List[str]:
+    """The score against the fresh reference (see :func:`fresh_reference`), where known."""
+    ref, score = m.get("fresh_reference"), m.get("fresh_score")
+    if not ref or score is None:
+        return []
+    text = (f"against the {m['against']} picked on the first repetition and measured on "
+            f"the later ones ({ref['strategy']}, {ref['throughput']:.1f} tasks/s): "
+            f"{score:.0%}")
+    if score >= bar:
+        text += ": at the bar, the miss is the pick's bias"
+    return [text]
 
 
 def _cost_reasons(cell: Dict[str, Any], ref: Dict[str, Any]) -> List[str]:
