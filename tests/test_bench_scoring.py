@@ -367,3 +367,30 @@ def test_misses_and_the_tally_give_the_fresh_score():
 
     text = "\n".join(report.misses_section(results))
     assert "gil-adapt at or above 98% in 1 of 2 cells, mean 96%, lowest 90%" in text
+
+
+def test_rescore_scores_a_recorded_run_again_with_its_flags():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "rescore.py")
+    spec = importlib.util.spec_from_file_location("rescore", path)
+    rescore = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rescore)
+
+    def run(strategy, rep, thr):
+        return {"kind": "cell", "config": "1c", "workload": "mixed", "strategy": strategy,
+                "rep": rep, "status": "ok", "throughput": thr, "completed": 10}
+
+    runs = [run("threads-8", i, t) for i, t in enumerate((100.0, 100.0, 100.0))]
+    runs += [run("threads-16", i, t) for i, t in enumerate((130.0, 90.0, 92.0))]
+    runs += [run("threads-32", i, t) for i, t in enumerate((140.0, 140.0, 140.0))]
+    runs += [run("gil-adapt", i, t) for i, t in enumerate((98.0, 97.0, 99.0))]
+    flagged = {"config": "1c", "workload": "mixed", "strategy": "threads-32",
+               "flags": ["CPU above the cores"]}
+    cells = {c["strategy"]: c for c in rescore.rescore({"runs": runs, "cells": [flagged]})}
+    ga = cells["gil-adapt"]
+    assert ga["summary"]["oracle"]["strategy"] == "threads-8"   # threads-32 flagged
+    assert ga["pct_oracle"] == pytest.approx(0.98)
+    assert ga["summary"]["oracle_fresh"]["strategy"] == "threads-16"
+    assert ga["pct_oracle_fresh"] == pytest.approx(98.0 / 91.0)
