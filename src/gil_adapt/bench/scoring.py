@@ -417,7 +417,7 @@ def _fresh_reasons(m: Dict[str, Any], bar: float) -> List[str]:
             f"the later ones ({ref['strategy']}, {ref['throughput']:.1f} tasks/s): "
             f"{score:.0%}")
     if score >= bar:
-        text += ": at the bar, the miss is the pick's bias"
+        text += ": at the bar, the miss is within the pick's bias"
     return [text]
 
 
