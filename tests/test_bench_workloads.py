@@ -239,6 +239,31 @@ def test_tree_faults_count_memory_first_touched():
     assert b - a >= 0.9 * (8 << 20) / 4096  # at least one fault per page touched
 
 
+DETACH = """
+import os, sys, threading
+from gil_adapt.bench import child
+stop = threading.Event()
+threading.Thread(target=stop.wait).start()   # never ends: a normal exit would wait for it
+parent = os.getpid()
+child._detach()
+with open(sys.argv[1], "w") as f:             # only in the copy: the original left
+    f.write(f"{parent} {os.getpid()} {threading.active_count()}")
+os._exit(0)
+"""
+
+
+def test_detach_takes_the_figures_in_a_copy_holding_only_this_thread(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "copy.txt"
+    proc = subprocess.run([sys.executable, "-c", DETACH, str(out)], timeout=60)
+    assert proc.returncode == 0
+    parent, pid, threads = (int(x) for x in out.read_text().split())
+    assert pid != parent  # written by the copy
+    assert threads == 1   # the worker thread is not in it
+
+
 def test_cpu_floor_is_what_late_timestamps_cannot_inflate():
     from gil_adapt.bench import child
     # one core, truly 100 % busy from t=0 (CPU = t); each read waited for the interpreter

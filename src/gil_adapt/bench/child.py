@@ -12,6 +12,10 @@ Modes:
   a warm-up of ``warmup_s`` (longer when no task has completed by then: see ``_Window``).
   With ``workload2`` and ``switch_at_s`` the task changes at that time
   (a workload phase change). The executor's state is sampled every ``sample_interval_s``.
+  Once the window is over, the figures are taken in a forked copy of the process that
+  holds only the thread that forked (:func:`_detach`): a pool of thousands of threads
+  with work queued leaves that thread waiting tens of seconds for each turn at the
+  interpreter otherwise. The harness stops the whole tree once the result is written.
 * ``probe`` — the sync task run serially: its wall and CPU time per task.
 * ``overhead-dispatch`` — no-op tasks per second through submit/result.
 * ``overhead-ledger`` — a GIL-heavy loop in 4 threads, with the ledger's hooks on or off.
@@ -468,6 +472,7 @@ def run_executor(spec: Dict[str, Any], strategy: Strategy, task: Callable[[], An
         final = pool.sample()
     except Exception as e:  # noqa: BLE001
         final = {"error": f"{type(e).__name__}: {e}"}
+    _detach()
     out = _summarise(rec, win, switch_at, sampler)
     out.update(backend=final.get("backend", pool.backend), workers_final=final.get("workers"),
                target_workers_final=final.get("target_workers"), beta_final=final.get("beta"),
@@ -480,6 +485,32 @@ def run_executor(spec: Dict[str, Any], strategy: Strategy, task: Callable[[], An
         out["error"] = submit_error
     pool.kill()
     return out
+
+
+def _detach() -> None:
+    """Goes on in a forked copy of this process, which has this thread only: the window's
+    records are complete (appended to under the interpreter's lock, which the forking
+    thread holds), and no worker competes with it for the interpreter while it sums them
+    up and writes the result. The original process waits for the copy and leaves; the
+    harness stops the tree as soon as the result is written. Where fork is unavailable
+    or fails, the figures are taken here, as before."""
+    if not hasattr(os, "fork"):
+        return
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            # 3.12+: forking a threaded process; the copy only reads its own memory
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except OSError:
+        return
+    if pid == 0:
+        return
+    try:
+        os.waitpid(pid, 0)
+    finally:
+        os._exit(0)
 
 
 def run_asyncio(spec: Dict[str, Any], strategy: Strategy, task: Callable[[], Any],

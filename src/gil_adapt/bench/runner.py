@@ -520,6 +520,16 @@ class Harness:
                         proc.returncode = returncode
                         rusage = ru
                         break
+                    if os.path.exists(result_path):
+                        # written whole (renamed into place): the child's figures are
+                        # in; what is left of it (a saturated pool) is stopped here
+                        self._kill_tree(proc.pid, group)
+                        try:
+                            _, _, rusage = os.wait4(proc.pid, 0)
+                        except ChildProcessError:  # reaped by _kill_tree
+                            pass
+                        returncode = proc.returncode = 0
+                        break
                     pids = group.pids() if group else [
                         pid for pid, _ in child.session_members(proc.pid)]
                     peak_tree = max(peak_tree, sum(rss_bytes(p) for p in pids))
