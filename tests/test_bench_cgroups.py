@@ -223,6 +223,34 @@ def test_real_memory_cap_oom_kill_is_detected():
     assert all(not os.path.exists(p) for p in group.paths.values())
 
 
+@pytest.mark.cgroup
+def test_real_memory_headroom_is_read_inside_the_cap():
+    support = real_support()
+    mgr = cgroups.CgroupManager(support)
+    group = mgr.create(128 << 20, sorted(os.sched_getaffinity(0))[:1])
+    try:
+        files = [p.encode() for p in group.procs_files()]
+
+        def enter():
+            for path in files:
+                fd = os.open(path, os.O_WRONLY)
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+
+        child = subprocess.run(
+            [sys.executable, "-c", "from gil_adapt.bench import child;"
+                                   "a = child._memory_headroom();"
+                                   "x = bytearray(48 << 20); x[::4096] = b'1' * len(x[::4096]);"
+                                   "print(a, child._memory_headroom())"],
+            preexec_fn=enter, capture_output=True, text=True, timeout=60)
+        assert child.returncode == 0, child.stderr
+        before, after = (int(v) for v in child.stdout.split())
+        assert 0 < before <= 128 << 20       # under the cap, less what Python took
+        assert before - after >= 40 << 20    # the 48 MiB touched count against it
+    finally:
+        mgr.destroy(group)
+
+
 CRASHER = textwrap.dedent("""
     import os, signal, subprocess, sys, time
     from gil_adapt.bench import cgroups

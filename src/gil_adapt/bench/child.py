@@ -487,14 +487,53 @@ def run_executor(spec: Dict[str, Any], strategy: Strategy, task: Callable[[], An
     return out
 
 
+FORK_HEADROOM = 64 << 20  # the copy's own memory (pages it writes, the result) fits
+
+
+def _memory_headroom() -> Optional[int]:
+    """Bytes left under this process's cgroup memory limit (v2 ``memory.max`` less
+    ``memory.current``, v1 ``memory.limit_in_bytes`` less ``memory.usage_in_bytes``);
+    None where there is no limit or it cannot be read."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        hier, _, rest = line.partition(":")
+        ctrls, _, path = rest.partition(":")
+        if hier == "0" and not ctrls:
+            files = (f"/sys/fs/cgroup{path}/memory.max", f"/sys/fs/cgroup{path}/memory.current")
+        elif "memory" in ctrls.split(","):
+            base = f"/sys/fs/cgroup/{ctrls}{path}"
+            files = (f"{base}/memory.limit_in_bytes", f"{base}/memory.usage_in_bytes")
+        else:
+            continue
+        try:
+            with open(files[0]) as f:
+                limit = f.read().strip()
+            with open(files[1]) as f:
+                used = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < (1 << 60):
+            return int(limit) - used
+    return None
+
+
 def _detach() -> None:
     """Goes on in a forked copy of this process, which has this thread only: the window's
     records are complete (appended to under the interpreter's lock, which the forking
     thread holds), and no worker competes with it for the interpreter while it sums them
     up and writes the result. The original process waits for the copy and leaves; the
     harness stops the tree as soon as the result is written. Where fork is unavailable
-    or fails, the figures are taken here, as before."""
+    or fails, or the memory cap leaves the copy too little room (its own pages would
+    count against it, and an OOM kill there would fail a finished run), the figures are
+    taken here, as before."""
     if not hasattr(os, "fork"):
+        return
+    room = _memory_headroom()
+    if room is not None and room < FORK_HEADROOM:
         return
     import warnings
 
