@@ -192,6 +192,19 @@ def real_support() -> cgroups.CgroupSupport:
     return support
 
 
+def _enter(group):
+    """A preexec_fn that puts the child into ``group``."""
+    files = [p.encode() for p in group.procs_files()]
+
+    def enter():
+        for path in files:
+            fd = os.open(path, os.O_WRONLY)
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+
+    return enter
+
+
 @pytest.mark.cgroup
 def test_real_memory_cap_oom_kill_is_detected():
     support = real_support()
@@ -199,14 +212,7 @@ def test_real_memory_cap_oom_kill_is_detected():
     cpus = sorted(os.sched_getaffinity(0))[:1]
     group = mgr.create(64 << 20, cpus)
     try:
-        files = [p.encode() for p in group.procs_files()]
-
-        def enter():
-            for path in files:
-                fd = os.open(path, os.O_WRONLY)
-                os.write(fd, str(os.getpid()).encode())
-                os.close(fd)
-
+        enter = _enter(group)
         child = subprocess.run(
             [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)));"
                                    "x = [bytearray(1 << 20) for _ in range(400)]"],
@@ -229,14 +235,7 @@ def test_real_memory_headroom_is_read_inside_the_cap():
     mgr = cgroups.CgroupManager(support)
     group = mgr.create(128 << 20, sorted(os.sched_getaffinity(0))[:1])
     try:
-        files = [p.encode() for p in group.procs_files()]
-
-        def enter():
-            for path in files:
-                fd = os.open(path, os.O_WRONLY)
-                os.write(fd, str(os.getpid()).encode())
-                os.close(fd)
-
+        enter = _enter(group)
         child = subprocess.run(
             [sys.executable, "-c", "from gil_adapt.bench import child;"
                                    "a = child._memory_headroom();"
