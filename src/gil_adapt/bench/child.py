@@ -153,6 +153,28 @@ class _Recorder:
         self.latency.append(now - t_submit)
 
 
+def _own_groups() -> List[Tuple[int, List[str], str]]:
+    """This process's cgroups below the root, from ``/proc/self/cgroup``: (2, [], its
+    directory) for the unified hierarchy, (1, controllers, its directory) for each v1
+    one; empty where the file cannot be read."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        hier, _, rest = line.partition(":")
+        ctrls, _, path = rest.partition(":")
+        if path in ("", "/"):
+            continue
+        if hier == "0" and not ctrls:
+            out.append((2, [], f"/sys/fs/cgroup{path}"))
+        else:
+            out.append((1, ctrls.split(","), f"/sys/fs/cgroup/{ctrls}{path}"))
+    return out
+
+
 class _TreeCpu:
     """CPU seconds used so far by this process and its descendants, and the page faults
     they took.
@@ -173,27 +195,14 @@ class _TreeCpu:
         self.source = "proc"
         self.faults_path: Optional[str] = None
         self.faults_source = "proc self"
-        lines: List[str] = []
-        if own_cgroup:
-            try:
-                with open("/proc/self/cgroup") as f:
-                    lines = f.read().splitlines()
-            except OSError:
-                pass
-        for line in lines:
-            hier, _, rest = line.partition(":")
-            ctrls, _, path = rest.partition(":")
-            if path in ("", "/"):
-                continue
-            if hier == "0" and not ctrls:
-                cpu = (f"/sys/fs/cgroup{path}/cpu.stat", "cgroup v2 cpu.stat")
-                mem = (f"/sys/fs/cgroup{path}/memory.stat", "cgroup v2 memory.stat")
-            elif "cpuacct" in ctrls.split(","):
-                cpu = (f"/sys/fs/cgroup/{ctrls}{path}/cpuacct.usage", "cgroup v1 cpuacct")
-                mem = None
-            elif "memory" in ctrls.split(","):
-                cpu = None
-                mem = (f"/sys/fs/cgroup/{ctrls}{path}/memory.stat", "cgroup v1 memory.stat")
+        for version, ctrls, base in _own_groups() if own_cgroup else ():
+            if version == 2:
+                cpu = (f"{base}/cpu.stat", "cgroup v2 cpu.stat")
+                mem = (f"{base}/memory.stat", "cgroup v2 memory.stat")
+            elif "cpuacct" in ctrls:
+                cpu, mem = (f"{base}/cpuacct.usage", "cgroup v1 cpuacct"), None
+            elif "memory" in ctrls:
+                cpu, mem = None, (f"{base}/memory.stat", "cgroup v1 memory.stat")
             else:
                 continue
             if cpu and self.path is None and os.access(cpu[0], os.R_OK):
@@ -494,18 +503,10 @@ def _memory_headroom() -> Optional[int]:
     """Bytes left under this process's cgroup memory limit (v2 ``memory.max`` less
     ``memory.current``, v1 ``memory.limit_in_bytes`` less ``memory.usage_in_bytes``);
     None where there is no limit or it cannot be read."""
-    try:
-        with open("/proc/self/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        hier, _, rest = line.partition(":")
-        ctrls, _, path = rest.partition(":")
-        if hier == "0" and not ctrls:
-            files = (f"/sys/fs/cgroup{path}/memory.max", f"/sys/fs/cgroup{path}/memory.current")
-        elif "memory" in ctrls.split(","):
-            base = f"/sys/fs/cgroup/{ctrls}{path}"
+    for version, ctrls, base in _own_groups():
+        if version == 2:
+            files = (f"{base}/memory.max", f"{base}/memory.current")
+        elif "memory" in ctrls:
             files = (f"{base}/memory.limit_in_bytes", f"{base}/memory.usage_in_bytes")
         else:
             continue
